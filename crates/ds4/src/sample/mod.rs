@@ -1,11 +1,16 @@
 //! Token sampling (spec/serving.md §3): ds4's knobs and their defaults (§3.1), ds4's sampler
-//! (`sample_top_p_min_p` / `sample_full_vocab`, §3.3) with its xorshift64* stream,. Logits in, one token id out: no model,
+//! (`sample_top_p_min_p` / `sample_full_vocab`, §3.3) with its xorshift64* stream, and stop
+//! sequences over streamed text (§3.4, [`StopMatcher`]). Logits in, one token id out: no model,
 //! no tokenizer, no HTTP. The server's per-token overrides (§3.2) come in through
 //! [`SamplerParams::for_thinking`] and [`Sampler::set_force_greedy`].
 
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+mod stop;
+
+pub use stop::{StopMatcher, StopStep};
 
 /// `DS4_DEFAULT_TEMPERATURE` (ds4.h, §3.1).
 pub const DEFAULT_TEMPERATURE: f32 = 1.0;
