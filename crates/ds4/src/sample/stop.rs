@@ -2,7 +2,7 @@
 //! `stop_sequences` strings, matched as substrings of the raw generated text (reasoning
 //! included). Text goes out as soon as no stop can start in it; a tail that could still grow
 //! into a stop is held back. No tokens here: the caller feeds whole UTF-8 text, after its own
-//! hold-back of incomplete UTF-8 (§5 `utf8_stream_safe_len`).
+//! hold-back of incomplete UTF-8 (§4.9, `utf8_stream_safe_len`).
 
 /// What one [`StopMatcher::push`] lets through.
 #[derive(Debug, Clone, PartialEq, Eq)]
