@@ -162,3 +162,70 @@ const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<GgufFile>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::super::types::GgmlType;
+    use super::super::write::GgufWriter;
+    use super::*;
+
+    fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("ds4-gguf-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn open_maps_file_and_views_tensor_bytes_in_place() {
+        let mut w = GgufWriter::new();
+        w.add("general.name", Value::String("tiny".into())).unwrap();
+        w.add_tensor("a", &[2, 2], GgmlType::I32, (0u8..16).collect())
+            .unwrap();
+        let mut bytes = Vec::new();
+        w.write_to(&mut bytes).unwrap();
+        let path = temp_file("open.gguf", &bytes);
+        let f = GgufFile::open(&path).unwrap();
+        assert_eq!(f.bytes(), &bytes[..]);
+        assert_eq!(f.get("general.name").and_then(Value::as_str), Some("tiny"));
+        let t = f.tensor("a").unwrap();
+        assert_eq!(t.data, &(0u8..16).collect::<Vec<_>>()[..]);
+        // Zero-copy: the view points into the mapped file at the tensor's offset.
+        let base = f.bytes().as_ptr() as usize;
+        assert_eq!(t.data.as_ptr() as usize - base, t.info.offset as usize);
+        assert!(f.tensor("missing").is_none());
+        assert!(format!("{f:?}").contains("mapped: true"));
+        drop(f);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn open_reports_missing_file_with_its_path() {
+        let path = std::env::temp_dir().join("ds4-gguf-definitely-missing.gguf");
+        let e = GgufFile::open(&path).unwrap_err();
+        assert!(matches!(&e, Error::Io { path: p, .. } if *p == path));
+        assert!(
+            e.to_string().contains("ds4-gguf-definitely-missing.gguf"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn open_rejects_empty_file_as_too_short() {
+        let path = temp_file("empty.gguf", &[]);
+        let e = GgufFile::open(&path).unwrap_err();
+        assert!(matches!(e, Error::TooShort { len: 0 }), "{e:?}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn data_of_rejects_info_outside_the_file() {
+        let mut w = GgufWriter::new();
+        w.add_tensor("a", &[1], GgmlType::F32, vec![0; 4]).unwrap();
+        let mut bytes = Vec::new();
+        w.write_to(&mut bytes).unwrap();
+        let f = GgufFile::from_bytes(bytes).unwrap();
+        let mut info = f.tensors()[0].clone();
+        info.offset = u64::MAX - 1;
+        assert!(f.data_of(&info).is_none());
+    }
+}

@@ -306,3 +306,200 @@ impl<W: Write> Out<'_, W> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::read::GgufFile;
+    use super::super::types::ValueType;
+    use super::*;
+
+    fn written(w: &GgufWriter) -> Vec<u8> {
+        let mut out = Vec::new();
+        w.write_to(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn written_file_reads_back_with_aligned_tensors() {
+        let mut w = GgufWriter::new();
+        w.add("general.architecture", Value::String("deepseek4".into()))
+            .unwrap();
+        w.add("n", Value::U32(7)).unwrap();
+        w.add_tensor("a", &[3], GgmlType::F32, vec![1; 12]).unwrap();
+        w.add_tensor("b", &[32, 2], GgmlType::Q8_0, vec![2; 68])
+            .unwrap();
+        let bytes = written(&w);
+        let f = GgufFile::from_bytes(bytes).unwrap();
+        assert_eq!(f.alignment(), 32);
+        assert_eq!(f.get("n"), Some(&Value::U32(7)));
+        assert_eq!(
+            f.metadata().len(),
+            2,
+            "no general.alignment at the default alignment"
+        );
+        let a = f.tensor("a").unwrap();
+        let b = f.tensor("b").unwrap();
+        assert_eq!(a.info.offset, f.data_offset());
+        assert_eq!(b.info.offset, f.data_offset() + 32, "12 bytes padded to 32");
+        assert_eq!(a.data, &[1; 12][..]);
+        assert_eq!(b.data, &[2; 68][..]);
+        assert_eq!(b.info.dims, vec![32, 2]);
+        assert_eq!(
+            f.file_len() % 32,
+            0,
+            "last tensor padded too, as gguf-py does"
+        );
+    }
+
+    #[test]
+    fn non_default_alignment_is_recorded_first_as_u32() {
+        let mut w = GgufWriter::with_alignment(64);
+        w.add("x", Value::Bool(true)).unwrap();
+        w.add_tensor("a", &[1], GgmlType::F32, vec![0; 4]).unwrap();
+        w.add_tensor("b", &[1], GgmlType::F32, vec![0; 4]).unwrap();
+        let f = GgufFile::from_bytes(written(&w)).unwrap();
+        assert_eq!(f.metadata()[0], (ALIGNMENT_KEY.to_owned(), Value::U32(64)));
+        assert_eq!(f.alignment(), 64);
+        assert_eq!(f.tensor("b").unwrap().info.offset, f.data_offset() + 64);
+    }
+
+    #[test]
+    fn explicit_alignment_key_sets_the_alignment() {
+        let mut w = GgufWriter::new();
+        w.add(ALIGNMENT_KEY, Value::U32(128)).unwrap();
+        w.add_tensor("a", &[1], GgmlType::F32, vec![0; 4]).unwrap();
+        let f = GgufFile::from_bytes(written(&w)).unwrap();
+        assert_eq!(f.alignment(), 128);
+        assert_eq!(f.data_offset() % 128, 0);
+        assert_eq!(f.metadata().len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_alignments() {
+        let mut w = GgufWriter::new();
+        assert!(matches!(
+            w.add(ALIGNMENT_KEY, Value::U32(24)),
+            Err(Error::BadAlignment { value: 24 })
+        ));
+        assert!(matches!(
+            w.add(ALIGNMENT_KEY, Value::U64(32)),
+            Err(Error::BadAlignmentType {
+                found: ValueType::U64
+            })
+        ));
+        for a in [0, 3, 1 << 32] {
+            let e = GgufWriter::with_alignment(a)
+                .write_to(&mut Vec::new())
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::BadAlignment { value } if value == a),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_duplicate_keys_and_tensors() {
+        let mut w = GgufWriter::new();
+        w.add("k", Value::U8(1)).unwrap();
+        let e = w.add("k", Value::U8(2)).unwrap_err();
+        assert!(matches!(&e, Error::DuplicateKey { key } if key == "k"));
+        w.add_tensor("t", &[1], GgmlType::F32, vec![0; 4]).unwrap();
+        let e = w
+            .add_tensor("t", &[1], GgmlType::F32, vec![0; 4])
+            .unwrap_err();
+        assert!(matches!(&e, Error::DuplicateTensor { name } if name == "t"));
+    }
+
+    #[test]
+    fn rejects_tensors_with_wrong_shape_or_size() {
+        let mut w = GgufWriter::new();
+        let e = w.add_tensor("t", &[], GgmlType::F32, vec![]).unwrap_err();
+        assert!(matches!(e, Error::BadNdim { ndim: 0, .. }));
+        let e = w
+            .add_tensor("t", &[1; 9], GgmlType::F32, vec![0; 4])
+            .unwrap_err();
+        assert!(matches!(e, Error::BadNdim { ndim: 9, .. }));
+        let e = w
+            .add_tensor("t", &[4], GgmlType::F32, vec![0; 15])
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::DataSizeMismatch {
+                    expected: 16,
+                    found: 15,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("needs 16 bytes, got 15"), "{e}");
+        let e = w
+            .add_tensor("t", &[16], GgmlType::Q8_0, vec![])
+            .unwrap_err();
+        assert!(matches!(e, Error::NotWholeBlocks { n_elems: 16, .. }));
+        let e = w
+            .add_tensor("t", &[u64::MAX, 2], GgmlType::F32, vec![])
+            .unwrap_err();
+        assert!(matches!(e, Error::ElementCountOverflow { .. }));
+        assert!(w.tensors.is_empty(), "failed adds leave nothing behind");
+    }
+
+    #[test]
+    fn rejects_mixed_and_too_deep_arrays() {
+        let mut w = GgufWriter::new();
+        let mixed = Value::Array(ValueType::U8, vec![Value::U8(1), Value::I8(1)]);
+        let e = w.add("m", mixed).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::MixedArray {
+                declared: ValueType::U8,
+                found: ValueType::I8,
+                ..
+            }
+        ));
+        let mut v = Value::Array(ValueType::U8, vec![]);
+        for _ in 1..8 {
+            v = Value::Array(ValueType::Array, vec![v]);
+        }
+        w.add("eight", v.clone()).unwrap();
+        let nine = Value::Array(ValueType::Array, vec![v]);
+        assert!(matches!(
+            w.add("nine", nine),
+            Err(Error::ArrayTooDeep { .. })
+        ));
+        let f = GgufFile::from_bytes(written(&w)).unwrap();
+        assert_eq!(f.metadata().len(), 1);
+    }
+
+    #[test]
+    fn write_file_replaces_target_and_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("ds4-gguf-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        std::fs::write(&path, b"old").unwrap();
+        let mut w = GgufWriter::new();
+        w.add("k", Value::String("v".into())).unwrap();
+        w.add_tensor("t", &[2], GgmlType::F16, vec![0, 60, 0, 188])
+            .unwrap();
+        w.write_file(&path).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        assert_eq!(f.tensor("t").unwrap().data, &[0, 60, 0, 188]);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("m.gguf")]);
+        drop(f);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn write_file_into_missing_directory_names_the_path() {
+        let path = std::env::temp_dir().join("ds4-gguf-no-such-dir/x/m.gguf");
+        let e = GgufWriter::new().write_file(&path).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }));
+        assert!(e.to_string().contains("ds4-gguf-no-such-dir"), "{e}");
+    }
+}
