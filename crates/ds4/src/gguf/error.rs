@@ -1,0 +1,185 @@
+//! `gguf::Error`: every way a GGUF file can fail to open, parse or be written. Each variant
+//! carries the key, tensor name or byte offset it is about, so a bad file is diagnosed from the
+//! message alone (spec/model.md §3.4).
+
+use std::path::PathBuf;
+
+use super::types::{GgmlType, ValueType};
+
+/// A GGUF read or write failure. Messages name the problem and where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Opening, mapping, writing or renaming a file failed.
+    #[error("GGUF file {}: {source}", path.display())]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing to a caller-supplied stream failed.
+    #[error("writing GGUF data: {source}")]
+    Write {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file cannot even hold the 24-byte header (magic, version, two counts).
+    #[error("file is {len} bytes, too short for the 24-byte GGUF header")]
+    TooShort {
+        /// File length in bytes.
+        len: u64,
+    },
+    /// The first four bytes are not `GGUF`.
+    #[error("bad magic {:?}: not a GGUF file (expected \"GGUF\")", String::from_utf8_lossy(.found))]
+    BadMagic {
+        /// The four bytes found.
+        found: [u8; 4],
+    },
+    /// A GGUF version other than 3 (a big-endian file shows up as a huge version).
+    #[error("unsupported GGUF version {found}: only version 3 is supported")]
+    UnsupportedVersion {
+        /// The version field as read (little-endian).
+        found: u32,
+    },
+    /// The file ends in the middle of a field.
+    #[error("file truncated: {what} at byte offset {offset} runs past the end of the file")]
+    Truncated {
+        /// What was being read, e.g. "key 17 name" or "tensor `blk.0.x` dims".
+        what: String,
+        /// Byte offset where the field starts.
+        offset: u64,
+    },
+    /// A count (keys, tensors, array elements) that the remaining bytes cannot possibly hold.
+    #[error("{what}: count {count} cannot fit in the {remaining} bytes left at offset {offset}")]
+    CountTooLarge {
+        /// What is counted, e.g. "metadata key count" or "key `x` array length".
+        what: String,
+        /// The count as read.
+        count: u64,
+        /// Bytes left in the file after the count.
+        remaining: u64,
+        /// Byte offset just after the count.
+        offset: u64,
+    },
+    /// A string (key, tensor name, string value) that is not UTF-8.
+    #[error("{what} at byte offset {offset} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Which string, e.g. "key 3 name".
+        what: String,
+        /// Byte offset of the string bytes.
+        offset: u64,
+    },
+    /// A metadata value type id outside 0..=12.
+    #[error("key `{key}`: unknown metadata value type id {id}")]
+    UnknownValueType {
+        /// The key whose value (or array element type) is unknown.
+        key: String,
+        /// The type id found.
+        id: u32,
+    },
+    /// Arrays nested more than 8 deep.
+    #[error("key `{key}`: arrays nested more than 8 levels deep")]
+    ArrayTooDeep {
+        /// The key holding the array.
+        key: String,
+    },
+    /// (Writer) an array element whose type differs from the array's element type.
+    #[error("key `{key}`: array of {declared:?} holds a {found:?} element")]
+    MixedArray {
+        /// The key holding the array.
+        key: String,
+        /// The declared element type.
+        declared: ValueType,
+        /// The type of the offending element.
+        found: ValueType,
+    },
+    /// A tensor type id this crate does not know.
+    #[error("tensor `{tensor}`: unknown ggml type id {id}")]
+    UnknownTensorType {
+        /// Tensor name.
+        tensor: String,
+        /// The type id found.
+        id: u32,
+    },
+    /// A tensor with 0 or more than 8 dimensions.
+    #[error("tensor `{tensor}`: bad ndim {ndim} (must be 1..=8)")]
+    BadNdim {
+        /// Tensor name.
+        tensor: String,
+        /// The dimension count found.
+        ndim: u64,
+    },
+    /// The product of the dims (or the byte size) does not fit in an i64/u64.
+    #[error("tensor `{tensor}`: element count overflow for dims {dims:?}")]
+    ElementCountOverflow {
+        /// Tensor name.
+        tensor: String,
+        /// The dims (ggml order).
+        dims: Vec<u64>,
+    },
+    /// The element count is not a multiple of the type's block size.
+    #[error(
+        "tensor `{tensor}`: {n_elems} elements is not a whole number of {ty} blocks ({} elements each)",
+        .ty.block_elems()
+    )]
+    NotWholeBlocks {
+        /// Tensor name.
+        tensor: String,
+        /// Tensor type.
+        ty: GgmlType,
+        /// Element count.
+        n_elems: u64,
+    },
+    /// Tensor data that extends past the end of the file.
+    #[error(
+        "tensor `{tensor}`: data ends at byte {end}, past the end of the file ({file_len} bytes)"
+    )]
+    TensorPastEof {
+        /// Tensor name.
+        tensor: String,
+        /// Absolute end offset of the data (saturated at u64::MAX on overflow).
+        end: u64,
+        /// File length in bytes.
+        file_len: u64,
+    },
+    /// Two tensors with the same name.
+    #[error("duplicate tensor name `{name}`")]
+    DuplicateTensor {
+        /// The repeated name.
+        name: String,
+    },
+    /// Two metadata entries with the same key.
+    #[error("duplicate metadata key `{key}`")]
+    DuplicateKey {
+        /// The repeated key.
+        key: String,
+    },
+    /// `general.alignment` (or the writer's alignment) is zero, not a power of two, or too big.
+    #[error("bad alignment {value}: must be a nonzero power of two that fits in u32")]
+    BadAlignment {
+        /// The alignment value.
+        value: u64,
+    },
+    /// `general.alignment` stored with a type other than UINT32.
+    #[error("general.alignment has type {found:?}, expected U32")]
+    BadAlignmentType {
+        /// The type found.
+        found: ValueType,
+    },
+    /// (Writer) tensor data whose length does not match its dims and type.
+    #[error("tensor `{tensor}`: {ty} {dims:?} needs {expected} bytes, got {found}")]
+    DataSizeMismatch {
+        /// Tensor name.
+        tensor: String,
+        /// Tensor type.
+        ty: GgmlType,
+        /// The dims (ggml order).
+        dims: Vec<u64>,
+        /// Bytes the dims and type require.
+        expected: u64,
+        /// Bytes supplied.
+        found: u64,
+    },
+}
