@@ -12,4 +12,5 @@ pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod session;
+pub mod tiny;
 pub mod tokenizer;

@@ -1,1 +1,116 @@
-fn main() { eprintln!("not built yet"); std::process::exit(2); }
+//! `ds4-gguf`: GGUF tooling. `tiny` writes a generated model with the real layout; `inspect`
+//! lists a file's keys and tensors.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ds4::tiny::{ExpertRecipe, TinySpec};
+
+#[derive(Parser)]
+#[command(name = "ds4-gguf", about = "GGUF tools for DeepSeek V4 Flash files")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a small model with the real tensor layout and random weights.
+    Tiny {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Layers (ratios follow 0,0,4,128,4,…).
+        #[arg(long, default_value_t = 6)]
+        layers: usize,
+        /// Embedding width (multiple of 256).
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        /// Expert FFN width (multiple of 256).
+        #[arg(long, default_value_t = 256)]
+        ff: usize,
+        /// Query heads.
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        /// Routed experts.
+        #[arg(long, default_value_t = 16)]
+        n_experts: usize,
+        /// Routed expert quantisation: q2, q4 or f16.
+        #[arg(long, default_value = "q2")]
+        experts: ExpertRecipe,
+        /// Vocabulary size when no tokenizer is given.
+        #[arg(long, default_value_t = 512)]
+        vocab: usize,
+        /// A tokenizer.json whose vocabulary to embed (e.g. the real V4 one).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
+    /// Print a file's metadata and tensor table.
+    Inspect {
+        /// The GGUF file.
+        file: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Tiny {
+            out,
+            seed,
+            layers,
+            hidden,
+            ff,
+            heads,
+            n_experts,
+            experts,
+            vocab,
+            tokenizer,
+        } => {
+            let tokenizer = match tokenizer {
+                Some(p) => {
+                    let json = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    Some(
+                        ds4::tokenizer::gguf_metadata_from_tokenizer_json(&json)
+                            .with_context(|| format!("converting {}", p.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let spec = TinySpec {
+                seed,
+                layers,
+                hidden,
+                ff,
+                heads,
+                experts: n_experts,
+                recipe: experts,
+                vocab,
+                tokenizer,
+                ..TinySpec::default()
+            };
+            let w = ds4::tiny::generate(&spec).context("generating the model")?;
+            w.write_file(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("ds4-gguf: wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Inspect { file } => {
+            let f = ds4::gguf::GgufFile::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            ds4_cli::inspect(&f, &mut std::io::stdout().lock())
+        }
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("ds4-gguf: error: {e:#}");
+        std::process::exit(1);
+    }
+}

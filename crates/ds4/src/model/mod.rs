@@ -1,1 +1,108 @@
-//! (in progress)
+//! DeepSeek V4 Flash: configuration from metadata, typed weight views, and the forward pass
+//! (spec/model.md §1–§3, §7). `forward.rs` reads top-down like spec §2; each concept has its own
+//! file (`hc`, `attention`, `compressor`, `indexer`, `moe`, `rope`, `numerics`).
+
+pub mod attention;
+pub mod compressor;
+pub mod config;
+pub mod forward;
+pub mod hc;
+pub mod indexer;
+pub mod moe;
+pub mod numerics;
+pub mod rope;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use config::{Config, ConfigError};
+pub use weights::{Weights, WeightsError};
+
+use crate::backend::Backend;
+use crate::gguf::GgufFile;
+use crate::session::Session;
+
+/// Numerics of a run (DESIGN.md "Two precisions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 activations and cache rows, no FP8/FP4 simulation: what transformers computes.
+    Precise,
+    /// The official model's numerics: FP8 KV and Hadamard+FP4 indexer simulation, f16 cache rows.
+    #[default]
+    Default,
+}
+
+/// Anything that stops a model from loading or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The container could not be read.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::Error),
+    /// The metadata is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A tensor is missing or wrong.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange {
+        /// The offending id.
+        token: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+}
+
+/// A loaded model: the mapped file, its configuration and its bound weights.
+pub struct Model {
+    /// The mapped GGUF.
+    pub file: Arc<GgufFile>,
+    /// Hyperparameters.
+    pub config: Config,
+    /// Tensor views into `file`.
+    pub weights: Weights,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Maps and validates a GGUF file.
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        Self::from_file(Arc::new(GgufFile::open(path)?))
+    }
+
+    /// Validates an already opened file.
+    pub fn from_file(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        let config = Config::from_metadata(|k| file.get(k))?;
+        let weights = Weights::bind(&file, &config)?;
+        Ok(Model {
+            file,
+            config,
+            weights,
+        })
+    }
+
+    /// A fresh session for this model.
+    pub fn new_session(&self) -> Session {
+        Session::new(&self.config)
+    }
+
+    /// Evaluates `tokens` in `sess` and returns the logits after each, `[n × n_vocab]`.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        sess: &mut Session,
+        tokens: &[u32],
+        prec: Precision,
+    ) -> Result<Vec<f32>, ModelError> {
+        forward::forward(self, be, sess, tokens, prec)
+    }
+}

@@ -1,0 +1,86 @@
+//! Shared pieces of the command-line tools: argument normalisation, thread setup, model
+//! loading with a readable error, and the `.npy` writer used by `--dump-logits`.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+pub mod npy;
+
+/// ds4 spells some long flags with one dash (`-sys`); clap wants two.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| match a.as_str() {
+            "-sys" => "--system".to_string(),
+            _ => a,
+        })
+        .collect()
+}
+
+/// Sizes rayon's global pool (`-t/--threads`); 0 keeps rayon's default (all cores).
+pub fn init_threads(threads: usize) -> anyhow::Result<()> {
+    if threads > 0 {
+        rayon_pool(threads)?;
+    }
+    Ok(())
+}
+
+fn rayon_pool(threads: usize) -> anyhow::Result<()> {
+    ds4::backend::cpu::set_threads(threads).context("setting the thread count")
+}
+
+/// Opens and validates a model file, with the path in the error.
+pub fn load_model(path: &Path) -> anyhow::Result<ds4::model::Model> {
+    let file =
+        ds4::gguf::GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    ds4::model::Model::from_file(Arc::new(file))
+        .with_context(|| format!("loading model {}", path.display()))
+}
+
+/// Parses `5,17,3` into token ids.
+pub fn parse_token_list(s: &str) -> anyhow::Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("`{t}` is not a token id"))
+        })
+        .collect()
+}
+
+/// Prints a one-line summary of each tensor and every metadata key (`--inspect`).
+pub fn inspect(file: &ds4::gguf::GgufFile, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "GGUF v{}  alignment {}  {} keys  {} tensors  {} bytes",
+        file.version(),
+        file.alignment(),
+        file.metadata().len(),
+        file.tensors().len(),
+        file.file_len()
+    )?;
+    for (k, v) in file.metadata() {
+        let shown = match v {
+            ds4::gguf::Value::Array(t, a) if a.len() > 16 => {
+                format!("[{:?}; {} entries]", t, a.len())
+            }
+            other => format!("{other:?}"),
+        };
+        writeln!(out, "  {k} = {shown}")?;
+    }
+    for t in file.tensors() {
+        writeln!(
+            out,
+            "  {:<40} {:<8} {:?}  {} bytes",
+            t.name,
+            t.ty.name(),
+            t.dims,
+            t.n_bytes
+        )?;
+    }
+    Ok(())
+}

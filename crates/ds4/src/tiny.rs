@@ -1,0 +1,412 @@
+//! Generated models with the real DeepSeek V4 Flash layout (spec/model.md §3.2, §3.3) and small,
+//! chosen dimensions: random weights, the published quant recipes, ds4's metadata keys plus the
+//! three llama.cpp insists on (DESIGN.md). Tests, the demo server and benchmarks run on these;
+//! the forward pass cannot tell them from the real file except by size.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::gguf::{GgmlType, GgufWriter, Value, ValueType};
+use crate::model::config::ARCH;
+use crate::quant;
+
+/// Routed-expert quantisation of a generated model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertRecipe {
+    /// IQ2_XXS gate/up, Q2_K down (the published q2 file).
+    Q2,
+    /// Q4_K gate/up/down (the published q4 file).
+    Q4,
+    /// F16 experts (test models only).
+    F16,
+}
+
+impl std::str::FromStr for ExpertRecipe {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q2" => Ok(ExpertRecipe::Q2),
+            "q4" => Ok(ExpertRecipe::Q4),
+            "f16" => Ok(ExpertRecipe::F16),
+            other => Err(format!(
+                "unknown expert recipe `{other}` (expected q2, q4 or f16)"
+            )),
+        }
+    }
+}
+
+/// Dimensions and contents of a generated model. `Default` is the test model.
+#[derive(Debug, Clone)]
+pub struct TinySpec {
+    /// RNG seed.
+    pub seed: u64,
+    /// Layers (≥ 1; ratios follow ds4's fixed schedule 0,0,4,128,4,…).
+    pub layers: usize,
+    /// Embedding width (a multiple of 256 for the k-quant recipes).
+    pub hidden: usize,
+    /// Vocabulary size (replaced by the tokenizer's when `tokenizer` is given).
+    pub vocab: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Head dim (q = k = v).
+    pub head_dim: usize,
+    /// q low rank.
+    pub q_lora: usize,
+    /// Output groups.
+    pub o_groups: usize,
+    /// Output rank per group.
+    pub o_lora: usize,
+    /// Raw window.
+    pub swa: usize,
+    /// Indexer heads.
+    pub idx_heads: usize,
+    /// Indexer top-k.
+    pub idx_topk: usize,
+    /// Routed experts.
+    pub experts: usize,
+    /// Experts per token.
+    pub experts_used: usize,
+    /// Expert FFN width (a multiple of 256 for the k-quant recipes).
+    pub ff: usize,
+    /// Expert quantisation.
+    pub recipe: ExpertRecipe,
+    /// Tokenizer metadata to embed (e.g. the real V4 vocabulary).
+    pub tokenizer: Option<Vec<(String, Value)>>,
+}
+
+impl Default for TinySpec {
+    fn default() -> Self {
+        TinySpec {
+            seed: 1,
+            layers: 6,
+            hidden: 256,
+            vocab: 512,
+            heads: 4,
+            head_dim: 128,
+            q_lora: 128,
+            o_groups: 2,
+            o_lora: 64,
+            swa: 32,
+            idx_heads: 16,
+            idx_topk: 16,
+            experts: 16,
+            experts_used: 4,
+            ff: 256,
+            recipe: ExpertRecipe::Q2,
+            tokenizer: None,
+        }
+    }
+}
+
+/// Why a model could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum TinyError {
+    /// The requested dimensions do not fit the quant formats.
+    #[error("invalid dimensions: {0}")]
+    Dims(String),
+    /// Writing the container failed.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::Error),
+    /// Quantisation failed.
+    #[error(transparent)]
+    Quant(#[from] quant::QuantError),
+}
+
+const ROPE_DIMS: usize = 64;
+const IDX_HEAD_DIM: usize = 128;
+
+struct Gen {
+    w: GgufWriter,
+    rng: ChaCha8Rng,
+}
+
+impl Gen {
+    fn normal(&mut self, n: usize, std: f32) -> Vec<f32> {
+        // Sum of uniforms: a cheap, seeded, roughly normal variate.
+        (0..n)
+            .map(|_| {
+                let s: f32 = (0..4).map(|_| self.rng.random::<f32>() - 0.5).sum();
+                s * std * 1.732
+            })
+            .collect()
+    }
+
+    /// A matrix `[cols, rows(, mats)]` of type `ty` with entries of scale `std`.
+    fn tensor(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        ty: GgmlType,
+        std: f32,
+    ) -> Result<(), TinyError> {
+        let n: usize = dims.iter().product();
+        let data = match ty {
+            GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::IQ2_XXS => {
+                quant::random_blocks(ty, n, std, &mut self.rng)?
+            }
+            _ => {
+                let v = self.normal(n, std);
+                quant::quantize(ty, &v)?
+            }
+        };
+        let d: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        self.w.add_tensor(name, &d, ty, data)?;
+        Ok(())
+    }
+
+    fn f32s(&mut self, name: &str, v: Vec<f32>) -> Result<(), TinyError> {
+        let dims = [v.len() as u64];
+        self.w.add_tensor(
+            name,
+            &dims,
+            GgmlType::F32,
+            quant::quantize(GgmlType::F32, &v)?,
+        )?;
+        Ok(())
+    }
+
+    fn key(&mut self, k: &str, v: Value) -> Result<(), TinyError> {
+        self.w.add(&format!("{ARCH}.{k}"), v)?;
+        Ok(())
+    }
+}
+
+fn ratio(il: usize) -> u32 {
+    if il < 2 {
+        0
+    } else if il % 2 == 0 {
+        4
+    } else {
+        128
+    }
+}
+
+/// Builds the GGUF of a generated model in memory.
+pub fn generate(spec: &TinySpec) -> Result<GgufWriter, TinyError> {
+    let s = spec;
+    let vocab = match &s.tokenizer {
+        Some(meta) => meta
+            .iter()
+            .find(|(k, _)| k == "tokenizer.ggml.tokens")
+            .and_then(|(_, v)| v.as_array())
+            .map(|a| a.len())
+            .ok_or_else(|| {
+                TinyError::Dims("tokenizer metadata has no tokenizer.ggml.tokens".into())
+            })?,
+        None => s.vocab,
+    };
+    let kq = s.recipe != ExpertRecipe::F16;
+    if s.hidden % 256 != 0 || (kq && s.ff % 256 != 0) || s.ff % 32 != 0 {
+        return Err(TinyError::Dims(
+            "hidden and ff must be multiples of 256 (k-quant blocks)".into(),
+        ));
+    }
+    if s.heads % s.o_groups != 0
+        || s.head_dim < ROPE_DIMS
+        || s.layers == 0
+        || s.experts_used > s.experts
+    {
+        return Err(TinyError::Dims(
+            "heads must divide into groups, head_dim ≥ 64, used ≤ experts".into(),
+        ));
+    }
+    let mut g = Gen {
+        w: GgufWriter::new(),
+        rng: ChaCha8Rng::seed_from_u64(s.seed),
+    };
+    let u = |v: usize| Value::U32(v as u32);
+    g.w.add("general.architecture", Value::String(ARCH.into()))?;
+    g.w.add(
+        "general.name",
+        Value::String(format!("ds4-rs tiny {:?} seed {}", s.recipe, s.seed)),
+    )?;
+    for (k, v) in [
+        ("context_length", 1_048_576),
+        ("block_count", s.layers),
+        ("embedding_length", s.hidden),
+        ("vocab_size", vocab),
+        ("attention.head_count", s.heads),
+        ("attention.head_count_kv", 1),
+        ("attention.key_length", s.head_dim),
+        ("attention.value_length", s.head_dim),
+        ("rope.dimension_count", ROPE_DIMS),
+        ("attention.q_lora_rank", s.q_lora),
+        ("attention.output_lora_rank", s.o_lora),
+        ("attention.output_group_count", s.o_groups),
+        ("expert_count", s.experts),
+        ("expert_used_count", s.experts_used),
+        ("expert_feed_forward_length", s.ff),
+        ("expert_shared_count", 1),
+        ("hash_layer_count", 3),
+        ("attention.sliding_window", s.swa),
+        ("attention.indexer.head_count", s.idx_heads),
+        ("attention.indexer.key_length", IDX_HEAD_DIM),
+        ("attention.indexer.top_k", s.idx_topk),
+        ("hyper_connection.count", 4),
+        ("hyper_connection.sinkhorn_iterations", 20),
+        ("expert_gating_func", 4),
+    ] {
+        g.key(k, u(v))?;
+    }
+    for (k, v) in [
+        ("hyper_connection.epsilon", 1e-6),
+        ("rope.freq_base", 10000.0),
+        ("rope.scaling.factor", 16.0),
+        ("rope.scaling.yarn_beta_fast", 32.0),
+        ("rope.scaling.yarn_beta_slow", 1.0),
+        ("attention.compress_rope_freq_base", 160000.0),
+        ("expert_weights_scale", 1.5),
+        ("attention.layer_norm_rms_epsilon", 1e-6),
+    ] {
+        g.key(k, Value::F32(v))?;
+    }
+    g.key("rope.scaling.original_context_length", u(65536))?;
+    g.key("rope.scaling.type", Value::String("yarn".into()))?;
+    g.key("expert_weights_norm", Value::Bool(true))?;
+    g.key(
+        "attention.compress_ratios",
+        Value::Array(
+            ValueType::U32,
+            (0..s.layers).map(|il| Value::U32(ratio(il))).collect(),
+        ),
+    )?;
+    g.key(
+        "swiglu_clamp_exp",
+        Value::Array(
+            ValueType::F32,
+            (0..s.layers).map(|_| Value::F32(10.0)).collect(),
+        ),
+    )?;
+    if let Some(meta) = &s.tokenizer {
+        for (k, v) in meta {
+            g.w.add(k, v.clone())?;
+        }
+    }
+
+    let (e, hc) = (s.hidden, 4usize);
+    let (f16, q8) = (GgmlType::F16, GgmlType::Q8_0);
+    let isq = |n: usize| 1.0 / (n as f32).sqrt();
+    let (gate_ty, down_ty) = match s.recipe {
+        ExpertRecipe::Q2 => (GgmlType::IQ2_XXS, GgmlType::Q2_K),
+        ExpertRecipe::Q4 => (GgmlType::Q4_K, GgmlType::Q4_K),
+        ExpertRecipe::F16 => (f16, f16),
+    };
+    g.tensor("token_embd.weight", &[e, vocab], f16, 1.0)?;
+    for il in 0..s.layers {
+        let b = |n: &str| format!("blk.{il}.{n}");
+        for p in ["hc_attn", "hc_ffn"] {
+            g.tensor(
+                &b(&format!("{p}_fn.weight")),
+                &[hc * e, 24],
+                f16,
+                isq(hc * e),
+            )?;
+            g.f32s(&b(&format!("{p}_scale.weight")), vec![0.5, 0.5, 0.5])?;
+            let base = g.normal(24, 0.5);
+            g.f32s(&b(&format!("{p}_base.weight")), base)?;
+        }
+        let ones = |g: &mut Gen, n: usize| {
+            g.normal(n, 0.1)
+                .into_iter()
+                .map(|v| 1.0 + v)
+                .collect::<Vec<_>>()
+        };
+        let v = ones(&mut g, e);
+        g.f32s(&b("attn_norm.weight"), v)?;
+        g.tensor(&b("attn_q_a.weight"), &[e, s.q_lora], q8, isq(e))?;
+        let v = ones(&mut g, s.q_lora);
+        g.f32s(&b("attn_q_a_norm.weight"), v)?;
+        g.tensor(
+            &b("attn_q_b.weight"),
+            &[s.q_lora, s.heads * s.head_dim],
+            q8,
+            isq(s.q_lora) * 4.0,
+        )?;
+        g.tensor(&b("attn_kv.weight"), &[e, s.head_dim], q8, isq(e))?;
+        let v = ones(&mut g, s.head_dim);
+        g.f32s(&b("attn_kv_a_norm.weight"), v)?;
+        let v = g.normal(s.heads, 1.0);
+        g.f32s(&b("attn_sinks.weight"), v)?;
+        let gw = s.heads / s.o_groups * s.head_dim;
+        g.tensor(
+            &b("attn_output_a.weight"),
+            &[gw, s.o_groups * s.o_lora],
+            q8,
+            isq(gw),
+        )?;
+        g.tensor(
+            &b("attn_output_b.weight"),
+            &[s.o_groups * s.o_lora, e],
+            q8,
+            isq(s.o_groups * s.o_lora),
+        )?;
+        let r = ratio(il) as usize;
+        if r != 0 {
+            let comp = |g: &mut Gen, p: &str, d: usize| -> Result<(), TinyError> {
+                let w = if r == 4 { 2 * d } else { d };
+                g.tensor(&b(&format!("{p}_ape.weight")), &[w, r], f16, 0.5)?;
+                g.tensor(&b(&format!("{p}_kv.weight")), &[e, w], f16, isq(e))?;
+                g.tensor(&b(&format!("{p}_gate.weight")), &[e, w], f16, isq(e))?;
+                let v = ones(g, d);
+                g.f32s(&b(&format!("{p}_norm.weight")), v)
+            };
+            comp(&mut g, "attn_compressor", s.head_dim)?;
+            if r == 4 {
+                comp(&mut g, "indexer_compressor", IDX_HEAD_DIM)?;
+                g.tensor(
+                    &b("indexer.attn_q_b.weight"),
+                    &[s.q_lora, s.idx_heads * IDX_HEAD_DIM],
+                    f16,
+                    isq(s.q_lora),
+                )?;
+                g.tensor(&b("indexer.proj.weight"), &[e, s.idx_heads], f16, isq(e))?;
+            }
+        }
+        let v = ones(&mut g, e);
+        g.f32s(&b("ffn_norm.weight"), v)?;
+        g.tensor(&b("ffn_gate_inp.weight"), &[e, s.experts], f16, isq(e))?;
+        if il < 3 {
+            let ids: Vec<u8> = (0..vocab * s.experts_used)
+                .flat_map(|_| (g.rng.random_range(0..s.experts) as i32).to_le_bytes())
+                .collect();
+            g.w.add_tensor(
+                &b("ffn_gate_tid2eid.weight"),
+                &[s.experts_used as u64, vocab as u64],
+                GgmlType::I32,
+                ids,
+            )?;
+        } else {
+            let v = g.normal(s.experts, 0.1);
+            g.f32s(&b("exp_probs_b.bias"), v)?;
+        }
+        g.tensor(
+            &b("ffn_gate_exps.weight"),
+            &[e, s.ff, s.experts],
+            gate_ty,
+            isq(e),
+        )?;
+        g.tensor(
+            &b("ffn_up_exps.weight"),
+            &[e, s.ff, s.experts],
+            gate_ty,
+            isq(e),
+        )?;
+        g.tensor(
+            &b("ffn_down_exps.weight"),
+            &[s.ff, e, s.experts],
+            down_ty,
+            isq(s.ff),
+        )?;
+        g.tensor(&b("ffn_gate_shexp.weight"), &[e, s.ff], q8, isq(e))?;
+        g.tensor(&b("ffn_up_shexp.weight"), &[e, s.ff], q8, isq(e))?;
+        g.tensor(&b("ffn_down_shexp.weight"), &[s.ff, e], q8, isq(s.ff))?;
+    }
+    g.tensor("output_hc_fn.weight", &[hc * e, hc], f16, isq(hc * e))?;
+    g.f32s("output_hc_scale.weight", vec![0.5])?;
+    let v = g.normal(hc, 0.5);
+    g.f32s("output_hc_base.weight", v)?;
+    let v = g.normal(e, 0.1).into_iter().map(|v| 1.0 + v).collect();
+    g.f32s("output_norm.weight", v)?;
+    g.tensor("output.weight", &[e, vocab], q8, isq(e) * 4.0)?;
+    Ok(g.w)
+}
