@@ -10,28 +10,30 @@ use super::indexer;
 use super::numerics::{fp8_e4m3_sim, indexer_qat_sim, rms_norm, round_f16};
 use super::rope::Rope;
 use super::weights::LayerWeights;
-use super::Precision;
+use super::Numerics;
 use crate::backend::Backend;
 use crate::session::LayerState;
 
 /// Storage rounding of one attention row (raw or compressed): FP8 on the non-RoPE dims, then
-/// f16 (spec §7.1, §7.3). Nothing in precise mode.
-fn finish_kv_row(row: &mut [f32], n_rot: usize, prec: Precision) {
-    if prec == Precision::Default {
+/// f16 (spec §7.1, §7.3). Each step only when `num` asks for it.
+fn finish_kv_row(row: &mut [f32], n_rot: usize, num: Numerics) {
+    if num.fp8_kv {
         let nope = row.len() - n_rot;
         fp8_e4m3_sim(&mut row[..nope]);
+    }
+    if num.f16_rows {
         round_f16(row);
     }
 }
 
 /// Storage rounding of one indexer row or query head: Hadamard + FP4 (spec §7.2), and f16 for
 /// stored rows.
-fn finish_idx(x: &mut [f32], prec: Precision, stored: bool) {
-    if prec == Precision::Default {
+fn finish_idx(x: &mut [f32], num: Numerics, stored: bool) {
+    if num.indexer_qat {
         indexer_qat_sim(x);
-        if stored {
-            round_f16(x);
-        }
+    }
+    if stored && num.f16_rows {
+        round_f16(x);
     }
 }
 
@@ -47,7 +49,7 @@ pub fn attention(
     pos0: usize,
     n: usize,
     cfg: &Config,
-    prec: Precision,
+    num: Numerics,
 ) -> Vec<f32> {
     let (e, hd, nh) = (cfg.n_embd, cfg.head_dim, cfg.n_head);
     let rope = Rope::for_layer(cfg, il);
@@ -71,7 +73,7 @@ pub fn attention(
     kv.par_chunks_mut(hd).enumerate().for_each(|(t, row)| {
         rms_norm(row, Some(&lw.attn_kv_a_norm), eps);
         rope.apply(row, pos0 + t, false);
-        finish_kv_row(row, cfg.n_rot, prec);
+        finish_kv_row(row, cfg.n_rot, num);
     });
 
     // §2.4.3 raw window: earlier rows followed by this batch's rows.
@@ -83,7 +85,7 @@ pub fn attention(
     let ratio = cfg.ratio(il);
     let mut visible = vec![0usize; n];
     if let (Some(cw), Some(fr)) = (&lw.attn_compressor, st.attn_frontier.as_mut()) {
-        let fin = |r: &mut [f32]| finish_kv_row(r, cfg.n_rot, prec);
+        let fin = |r: &mut [f32]| finish_kv_row(r, cfg.n_rot, num);
         visible = compress(
             be,
             cw,
@@ -101,7 +103,7 @@ pub fn attention(
     }
     let mut selected = vec![None; n];
     if let (Some(iw), Some(fr)) = (&lw.indexer, st.idx_frontier.as_mut()) {
-        let fin = |r: &mut [f32]| finish_idx(r, prec, true);
+        let fin = |r: &mut [f32]| finish_idx(r, num, true);
         let dh = cfg.idx_head_dim;
         compress(
             be,
@@ -117,7 +119,7 @@ pub fn attention(
             &rope,
             &fin,
         );
-        let qat = |x: &mut [f32]| finish_idx(x, prec, false);
+        let qat = |x: &mut [f32]| finish_idx(x, num, false);
         selected = indexer::select(be, iw, &st.idx, &visible, &qr, &h, pos0, cfg, &rope, &qat);
     }
 

@@ -9,7 +9,7 @@ use super::attention::attention;
 use super::hc::{hc_head, hc_post, hc_pre};
 use super::moe::moe;
 use super::numerics::rms_norm;
-use super::{Model, ModelError, Precision};
+use super::{Model, ModelError, Numerics};
 use crate::backend::Backend;
 use crate::session::Session;
 
@@ -20,7 +20,7 @@ pub fn forward(
     be: &dyn Backend,
     sess: &mut Session,
     tokens: &[u32],
-    prec: Precision,
+    num: Numerics,
 ) -> Result<Vec<f32>, ModelError> {
     let cfg = &model.config;
     let w = &model.weights;
@@ -46,7 +46,7 @@ pub fn forward(
 
     for (il, lw) in w.layers.iter().enumerate() {
         let (a_in, mix) = hc_pre(be, &x_hc, &lw.hc_attn, cfg, n); // §2.3
-        let y = attention(be, &a_in, lw, &mut sess.layers[il], il, pos0, n, cfg, prec); // §2.4
+        let y = attention(be, &a_in, lw, &mut sess.layers[il], il, pos0, n, cfg, num); // §2.4
         x_hc = hc_post(&y, &x_hc, &mix, cfg);
         let (mut f_in, mix) = hc_pre(be, &x_hc, &lw.hc_ffn, cfg, n);
         f_in.par_chunks_mut(e)

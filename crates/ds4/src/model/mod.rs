@@ -33,6 +33,26 @@ pub enum Precision {
     Default,
 }
 
+impl Precision {
+    /// The numerics this precision stands for.
+    pub fn numerics(self) -> Numerics {
+        let on = self == Precision::Default;
+        Numerics { fp8_kv: on, indexer_qat: on, f16_rows: on }
+    }
+}
+
+/// The individual storage simulations (spec §7). [`Precision`] picks a set; tests switch single
+/// ones off to prove that the reference comparison notices each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numerics {
+    /// FP8 E4M3 round trip of the non-RoPE dims of raw and compressed attention rows.
+    pub fp8_kv: bool,
+    /// Hadamard + FP4 E2M1 round trip of indexer queries and rows.
+    pub indexer_qat: bool,
+    /// f16 rounding of stored raw, compressed and indexer rows.
+    pub f16_rows: bool,
+}
+
 /// Anything that stops a model from loading or running.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -103,6 +123,17 @@ impl Model {
         tokens: &[u32],
         prec: Precision,
     ) -> Result<Vec<f32>, ModelError> {
-        forward::forward(self, be, sess, tokens, prec)
+        forward::forward(self, be, sess, tokens, prec.numerics())
+    }
+
+    /// As [`Model::forward`] with an explicit set of simulations.
+    pub fn forward_with(
+        &self,
+        be: &dyn Backend,
+        sess: &mut Session,
+        tokens: &[u32],
+        num: Numerics,
+    ) -> Result<Vec<f32>, ModelError> {
+        forward::forward(self, be, sess, tokens, num)
     }
 }
