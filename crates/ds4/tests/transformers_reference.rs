@@ -68,6 +68,7 @@ fn check_precise(recipe: &str) {
     let want = reference(recipe, "logits_precise.npy", &case);
     let got = run(&case, Precision::Precise.numerics());
     let rel = max_rel(&got, &want);
+    eprintln!("{recipe}: precise max|Δ|/max|ref| = {rel:.3e}");
     assert!(rel <= PRECISE_MAX_REL, "{recipe}: precise max|Δ|/max|ref| = {rel:.3e} > {PRECISE_MAX_REL:e}");
 }
 
@@ -76,6 +77,7 @@ fn check_default(recipe: &str) {
     let want = reference(recipe, "logits_default.npy", &case);
     let vocab = case.model.config.n_vocab;
     let (agree, median) = default_gate(&run(&case, Precision::Default.numerics()), &want, vocab);
+    eprintln!("{recipe}: default argmax agreement {agree:.4}, median rel {median:.3e}");
     assert!(
         agree >= DEFAULT_MIN_ARGMAX_AGREEMENT && median <= DEFAULT_MAX_MEDIAN_REL,
         "{recipe}: default argmax agreement {agree:.4}, median rel {median:.3e}"
@@ -86,6 +88,7 @@ fn check_default(recipe: &str) {
         ("indexer fp4", Numerics { indexer_qat: false, ..Precision::Default.numerics() }),
     ] {
         let (agree, median) = default_gate(&run(&case, num), &want, vocab);
+        eprintln!("{recipe}: without {what}: agreement {agree:.4}, median rel {median:.3e}");
         assert!(
             agree < DEFAULT_MIN_ARGMAX_AGREEMENT || median > DEFAULT_MAX_MEDIAN_REL,
             "{recipe}: the default gate passes without {what} (agreement {agree:.4}, median {median:.3e})"
