@@ -1,0 +1,4 @@
+//! (in progress)
+pub struct QMatrix;
+pub fn matvec() {}
+pub fn matmul() {}
