@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn blocks_cast_from_unaligned_bytes() {
-        let bytes = vec![0u8; 1 + 2 * 84];
+        let bytes = [0u8; 1 + 2 * 84];
         let blocks: &[BlockQ2K] = as_blocks(&bytes[1..]);
         assert_eq!(blocks.len(), 2);
         let blocks: &[BlockQ8K] = as_blocks(&[0u8; 293][1..]);

@@ -15,6 +15,13 @@ use crate::gguf::GgmlType;
 /// converted to the nearest f32.
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     check_data(ty, out.len(), data.len())?;
+    dequantize_unchecked(ty, data, out);
+    Ok(())
+}
+
+/// [`dequantize`] without the length check: converts `min(out, data)` whole elements and
+/// leaves the rest of `out` alone. Callers check lengths.
+pub(crate) fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
     match ty {
         GgmlType::F32 => {
             for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
@@ -42,7 +49,6 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Quan
         GgmlType::IQ2_XXS => dequantize_iq2_xxs(as_blocks(data), out),
         GgmlType::Q8_K => dequantize_q8_k(as_blocks(data), out),
     }
-    Ok(())
 }
 
 /// Q8_0 (spec §4.2): `x = qs·d`.

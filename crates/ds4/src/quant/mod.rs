@@ -100,7 +100,7 @@ pub enum QuantError {
 /// Bytes taken by `n_elems` elements of `ty`, or an error if that is not whole blocks.
 pub(crate) fn bytes_for(ty: GgmlType, n_elems: usize) -> Result<usize, QuantError> {
     let block_elems = ty.block_elems();
-    if n_elems % block_elems != 0 {
+    if !n_elems.is_multiple_of(block_elems) {
         return Err(QuantError::PartialBlock {
             ty,
             n_elems,
