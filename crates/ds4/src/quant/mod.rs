@@ -1,128 +1,147 @@
-//! TEMPORARY SHIM (replaced by the quant branch): minimal F32/F16/Q8_0/I32 support.
-#![allow(missing_docs)]
+//! Quantised tensor formats (spec/model.md §4): block layouts, dequantisation bit-identical to
+//! gguf-py, the quantisers gguf-py has (F32, F16, BF16, Q8_0), Q8_K activation quantisation,
+//! and f32-activation matrix × vector / matrix × matrix products over quantised weights with
+//! AVX2 kernels chosen at runtime.
+//!
+//! Owns no I/O and no model logic: callers pass the bytes of a tensor (usually from the GGUF
+//! mmap) and f32 activations. Activations stay f32 in [`matvec`] / [`matmul`] (no Q8_K
+//! activation quantisation), so the precise mode matches a float reference; the Q8_K dots
+//! (spec §4.6) are provided separately for speed work.
+//!
+//! Files: `blocks` (layouts), `float` (f16/bf16), `dequant`, `quantize`, `dot` (scalar
+//! reference kernels), `simd` (AVX2 kernels + the dispatcher), `matmul`, `random`,
+//! `iq2_tables`.
+
+mod blocks;
+mod dequant;
+mod dot;
+mod float;
+mod iq2_tables;
+mod matmul;
+mod quantize;
+mod random;
+mod simd;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use blocks::{BlockIQ2XXS, BlockQ2K, BlockQ4K, BlockQ8K, BlockQ8_0, QK8_0, QK_K};
+pub use dequant::dequantize;
+pub use dot::{vec_dot_iq2_xxs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k};
+pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+pub use matmul::{matmul, matvec, QMatrix};
+pub use quantize::{quantize, quantize_row_q8_k};
+pub use random::random_blocks;
+pub use simd::dot_f32;
+
 use crate::gguf::GgmlType;
-use rayon::prelude::*;
 
-#[derive(Debug, thiserror::Error)]
+/// Errors of the quant module. Each names the type and the expected vs found sizes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QuantError {
-    #[error("unsupported {0}")]
-    Unsupported(GgmlType),
-    #[error("size")]
-    Size,
+    /// An element count that is not a whole number of blocks.
+    #[error("{ty}: {n_elems} elements is not a whole number of {block_elems}-element blocks")]
+    PartialBlock {
+        /// The tensor type.
+        ty: GgmlType,
+        /// Elements asked for.
+        n_elems: usize,
+        /// Elements per block of `ty`.
+        block_elems: usize,
+    },
+    /// A byte buffer whose length does not match its element count.
+    #[error("{ty}: {n_elems} elements take {expected} bytes, found {found}")]
+    DataLength {
+        /// The tensor type.
+        ty: GgmlType,
+        /// Elements the buffer should hold.
+        n_elems: usize,
+        /// Bytes those elements take.
+        expected: usize,
+        /// Bytes given.
+        found: usize,
+    },
+    /// An f32 input or output buffer of the wrong length.
+    #[error("{what}: expected {expected} elements, found {found}")]
+    BufferLength {
+        /// Which buffer (e.g. "matvec x").
+        what: &'static str,
+        /// Elements needed.
+        expected: usize,
+        /// Elements given.
+        found: usize,
+    },
+    /// An operation this type does not support (e.g. quantising to Q2_K).
+    #[error("{ty}: {op} is not supported for this type")]
+    Unsupported {
+        /// The tensor type.
+        ty: GgmlType,
+        /// The operation.
+        op: &'static str,
+    },
+    /// A size that overflows `usize`.
+    #[error("{ty}: size of {rows} × {cols} elements overflows")]
+    TooLarge {
+        /// The tensor type.
+        ty: GgmlType,
+        /// Rows.
+        rows: usize,
+        /// Elements per row.
+        cols: usize,
+    },
+    /// A scale for [`random_blocks`] that is not finite and positive.
+    #[error("random blocks: scale must be finite and positive, found {scale}")]
+    BadScale {
+        /// The scale given.
+        scale: f32,
+    },
 }
 
-pub struct QMatrix<'a> {
-    pub ty: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: &'a [u8],
-}
-impl<'a> QMatrix<'a> {
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
-        let m = QMatrix {
+/// Bytes taken by `n_elems` elements of `ty`, or an error if that is not whole blocks.
+pub(crate) fn bytes_for(ty: GgmlType, n_elems: usize) -> Result<usize, QuantError> {
+    let block_elems = ty.block_elems();
+    if !n_elems.is_multiple_of(block_elems) {
+        return Err(QuantError::PartialBlock {
             ty,
-            rows,
-            cols,
-            data,
-        };
-        if m.row_bytes() * rows != data.len() {
-            return Err(QuantError::Size);
-        }
-        Ok(m)
+            n_elems,
+            block_elems,
+        });
     }
-    pub fn row_bytes(&self) -> usize {
-        self.cols / self.ty.block_elems() * self.ty.block_bytes()
-    }
-    pub fn row(&self, r: usize) -> &'a [u8] {
-        let rb = self.row_bytes();
-        &self.data[r * rb..(r + 1) * rb]
-    }
+    (n_elems / block_elems)
+        .checked_mul(ty.block_bytes())
+        .ok_or(QuantError::TooLarge {
+            ty,
+            rows: 1,
+            cols: n_elems,
+        })
 }
 
-pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
-    match ty {
-        GgmlType::F32 => {
-            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-            }
-        }
-        GgmlType::I32 => {
-            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
-                *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
-            }
-        }
-        GgmlType::F16 => {
-            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
-                *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-            }
-        }
-        GgmlType::Q8_0 => {
-            for (o, b) in out.chunks_mut(32).zip(data.chunks_exact(34)) {
-                let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                for i in 0..32 {
-                    o[i] = d * (b[2 + i] as i8) as f32
-                }
-            }
-        }
-        t => return Err(QuantError::Unsupported(t)),
+/// Checks that `found` bytes hold exactly `n_elems` elements of `ty`.
+pub(crate) fn check_data(ty: GgmlType, n_elems: usize, found: usize) -> Result<(), QuantError> {
+    let expected = bytes_for(ty, n_elems)?;
+    if expected != found {
+        return Err(QuantError::DataLength {
+            ty,
+            n_elems,
+            expected,
+            found,
+        });
     }
     Ok(())
 }
 
-pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, QuantError> {
-    Ok(match ty {
-        GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        GgmlType::F16 => x
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        GgmlType::Q8_0 => x
-            .chunks(32)
-            .flat_map(|b| {
-                let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                let mut out = half::f16::from_f32(d).to_le_bytes().to_vec();
-                out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
-                out
-            })
-            .collect(),
-        t => return Err(QuantError::Unsupported(t)),
-    })
-}
-
-pub fn random_blocks(
-    ty: GgmlType,
-    n: usize,
-    scale: f32,
-    rng: &mut impl rand::Rng,
-) -> Result<Vec<u8>, QuantError> {
-    let v: Vec<f32> = (0..n)
-        .map(|_| (rng.random::<f32>() - 0.5) * scale * 3.4)
-        .collect();
-    quantize(ty, &v)
-}
-
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-pub fn matmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), QuantError> {
-    let rows: Vec<Vec<f32>> = (0..w.rows)
-        .into_par_iter()
-        .map(|r| {
-            let mut o = vec![0f32; w.cols];
-            dequantize(w.ty, w.row(r), &mut o).map(|_| o)
-        })
-        .collect::<Result<_, _>>()?;
-    y.par_chunks_mut(w.rows)
-        .enumerate()
-        .take(n)
-        .for_each(|(t, yt)| {
-            let xt = &x[t * w.cols..(t + 1) * w.cols];
-            for (r, o) in yt.iter_mut().enumerate() {
-                *o = dot_f32(&rows[r], xt)
-            }
+/// Checks an f32 buffer length.
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    found: usize,
+) -> Result<(), QuantError> {
+    if expected != found {
+        return Err(QuantError::BufferLength {
+            what,
+            expected,
+            found,
         });
+    }
     Ok(())
 }
