@@ -72,7 +72,10 @@ pub fn render_tool_calls(calls: &[ToolCall]) -> String {
         .iter()
         .map(|c| render_invoke(&c.name, &c.arguments))
         .collect();
-    format!("\n\n{TOOL_CALLS_START}\n{}\n{TOOL_CALLS_END}", invokes.join("\n"))
+    format!(
+        "\n\n{TOOL_CALLS_START}\n{}\n{TOOL_CALLS_END}",
+        invokes.join("\n")
+    )
 }
 
 /// The argument JSON the official decoder builds (`decode_dsml_to_arguments`): string bodies
@@ -134,7 +137,10 @@ mod tests {
             ("q".to_string(), "a \"b\"\n".to_string(), true),
             ("n".to_string(), "[1, 2]".to_string(), false),
         ];
-        assert_eq!(decode_arguments(&params), r#"{"q": "a \"b\"\n", "n": [1, 2]}"#);
+        assert_eq!(
+            decode_arguments(&params),
+            r#"{"q": "a \"b\"\n", "n": [1, 2]}"#
+        );
         assert_eq!(decode_arguments(&[]), "{}");
     }
 }

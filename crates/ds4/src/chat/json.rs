@@ -176,7 +176,10 @@ mod tests {
 
     #[test]
     fn separators_and_key_order_follow_python() {
-        assert_eq!(dumps(r#"{"b":1,"a":{"c":[1,2]},"e":{}}"#), r#"{"b": 1, "a": {"c": [1, 2]}, "e": {}}"#);
+        assert_eq!(
+            dumps(r#"{"b":1,"a":{"c":[1,2]},"e":{}}"#),
+            r#"{"b": 1, "a": {"c": [1, 2]}, "e": {}}"#
+        );
         assert_eq!(dumps("[]"), "[]");
     }
 

@@ -293,7 +293,10 @@ mod tests {
     // examples of spec/serving.md §2.2 where the official encoder agrees.
     #[test]
     fn renders_system_and_user_in_chat_mode() {
-        let msgs = [Message::new(Role::System, "You are terse."), Message::new(Role::User, "Hello")];
+        let msgs = [
+            Message::new(Role::System, "You are terse."),
+            Message::new(Role::User, "Hello"),
+        ];
         assert_eq!(
             encode_messages(&msgs, ThinkingMode::Chat, None),
             "<｜begin▁of▁sentence｜>You are terse.<｜User｜>Hello<｜Assistant｜></think>"
@@ -304,7 +307,11 @@ mod tests {
     fn drops_reasoning_of_earlier_turns_in_thinking_mode() {
         let mut first = Message::new(Role::Assistant, "first answer");
         first.reasoning_content = Some("hidden".into());
-        let msgs = [Message::new(Role::User, "first"), first, Message::new(Role::User, "second")];
+        let msgs = [
+            Message::new(Role::User, "first"),
+            first,
+            Message::new(Role::User, "second"),
+        ];
         assert_eq!(
             encode_messages(&msgs, ThinkingMode::Thinking, None),
             "<｜begin▁of▁sentence｜><｜User｜>first<｜Assistant｜></think>first answer<｜end▁of▁sentence｜><｜User｜>second<｜Assistant｜><think>"
@@ -315,7 +322,10 @@ mod tests {
     fn think_max_prefix_comes_right_after_bos_in_thinking_mode_only() {
         let msgs = [Message::new(Role::User, "hi")];
         let max = encode_messages(&msgs, ThinkingMode::Thinking, Some(ReasoningEffort::Max));
-        assert_eq!(max, format!("{BOS}{REASONING_EFFORT_MAX}{USER}hi{ASSISTANT}{THINK_START}"));
+        assert_eq!(
+            max,
+            format!("{BOS}{REASONING_EFFORT_MAX}{USER}hi{ASSISTANT}{THINK_START}")
+        );
         let chat = encode_messages(&msgs, ThinkingMode::Chat, Some(ReasoningEffort::Max));
         assert_eq!(chat, format!("{BOS}{USER}hi{ASSISTANT}{THINK_END}"));
     }

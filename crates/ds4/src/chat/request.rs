@@ -121,7 +121,11 @@ pub fn map_chat_request(body: &Value, ctx_tokens: usize) -> Result<EncoderInput,
     let raw_messages = match body.get("messages") {
         Some(Value::Array(items)) => items,
         Some(_) => return Err(wrong_type("messages", "an array")),
-        None => return Err(ChatError::MissingField { field: "messages".into() }),
+        None => {
+            return Err(ChatError::MissingField {
+                field: "messages".into(),
+            })
+        }
     };
     let mut messages = raw_messages
         .iter()
@@ -145,7 +149,11 @@ pub fn map_chat_request(body: &Value, ctx_tokens: usize) -> Result<EncoderInput,
     let think = resolve_think(body, ctx_tokens)?;
     Ok(EncoderInput {
         messages,
-        thinking_mode: if think == ThinkLevel::None { ThinkingMode::Chat } else { ThinkingMode::Thinking },
+        thinking_mode: if think == ThinkLevel::None {
+            ThinkingMode::Chat
+        } else {
+            ThinkingMode::Thinking
+        },
         reasoning_effort: (think == ThinkLevel::Max).then_some(ReasoningEffort::Max),
         think,
         tools_active,
@@ -153,7 +161,10 @@ pub fn map_chat_request(body: &Value, ctx_tokens: usize) -> Result<EncoderInput,
 }
 
 fn wrong_type(field: impl Into<String>, expected: &'static str) -> ChatError {
-    ChatError::WrongType { field: field.into(), expected }
+    ChatError::WrongType {
+        field: field.into(),
+        expected,
+    }
 }
 
 /// String, null or array-of-parts content → text (parts concatenated, non-text dropped).
@@ -176,11 +187,18 @@ fn content_text(value: Option<&Value>, field: &str) -> Result<Option<String>, Ch
             }
             Ok(Some(text))
         }
-        Some(_) => Err(wrong_type(field, "a string, null or an array of content parts")),
+        Some(_) => Err(wrong_type(
+            field,
+            "a string, null or an array of content parts",
+        )),
     }
 }
 
-fn optional_string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, ChatError> {
+fn optional_string(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<String>, ChatError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -189,7 +207,9 @@ fn optional_string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Op
 }
 
 fn map_message(value: &Value, path: &str) -> Result<Message, ChatError> {
-    let obj = value.as_object().ok_or_else(|| wrong_type(path, "an object"))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| wrong_type(path, "an object"))?;
     let role = match obj.get("role") {
         Some(Value::String(r)) => match r.as_str() {
             "system" => Role::System,
@@ -198,11 +218,18 @@ fn map_message(value: &Value, path: &str) -> Result<Message, ChatError> {
             "assistant" => Role::Assistant,
             "tool" => Role::Tool,
             other => {
-                return Err(ChatError::UnknownRole { field: format!("{path}.role"), role: other.into() })
+                return Err(ChatError::UnknownRole {
+                    field: format!("{path}.role"),
+                    role: other.into(),
+                })
             }
         },
         Some(_) => return Err(wrong_type(format!("{path}.role"), "a string")),
-        None => return Err(ChatError::MissingField { field: format!("{path}.role") }),
+        None => {
+            return Err(ChatError::MissingField {
+                field: format!("{path}.role"),
+            })
+        }
     };
     let content = content_text(obj.get("content"), &format!("{path}.content"))?.unwrap_or_default();
     if role == Role::Developer && content.is_empty() {
@@ -213,8 +240,10 @@ fn map_message(value: &Value, path: &str) -> Result<Message, ChatError> {
         });
     }
     let mut msg = Message::new(role, content);
-    msg.reasoning_content =
-        content_text(obj.get("reasoning_content"), &format!("{path}.reasoning_content"))?;
+    msg.reasoning_content = content_text(
+        obj.get("reasoning_content"),
+        &format!("{path}.reasoning_content"),
+    )?;
     msg.tool_call_id = optional_string(obj, "tool_call_id", path)?;
     if role == Role::Assistant {
         msg.tool_calls = map_tool_calls(obj.get("tool_calls"), &format!("{path}.tool_calls"))?;
@@ -231,7 +260,9 @@ fn map_tool_calls(value: Option<&Value>, path: &str) -> Result<Vec<ToolCall>, Ch
     let mut calls = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let call_path = format!("{path}[{i}]");
-        let obj = item.as_object().ok_or_else(|| wrong_type(call_path.as_str(), "an object"))?;
+        let obj = item
+            .as_object()
+            .ok_or_else(|| wrong_type(call_path.as_str(), "an object"))?;
         let fn_path = format!("{call_path}.function");
         let function = match obj.get("function") {
             Some(Value::Object(f)) => f,
@@ -241,7 +272,11 @@ fn map_tool_calls(value: Option<&Value>, path: &str) -> Result<Vec<ToolCall>, Ch
         let name = match function.get("name") {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(wrong_type(format!("{fn_path}.name"), "a string")),
-            None => return Err(ChatError::MissingField { field: format!("{fn_path}.name") }),
+            None => {
+                return Err(ChatError::MissingField {
+                    field: format!("{fn_path}.name"),
+                })
+            }
         };
         let args_path = format!("{fn_path}.arguments");
         let arguments = match function.get("arguments") {
@@ -261,7 +296,12 @@ fn map_tool_calls(value: Option<&Value>, path: &str) -> Result<Vec<ToolCall>, Ch
                     })
                 }
             },
-            Some(_) => return Err(wrong_type(args_path, "a JSON object or a string holding one")),
+            Some(_) => {
+                return Err(wrong_type(
+                    args_path,
+                    "a JSON object or a string holding one",
+                ))
+            }
             None => return Err(ChatError::MissingField { field: args_path }),
         };
         // The encoder orders results by `tc.get("id") or tc["function"].get("id")`.
@@ -269,7 +309,11 @@ fn map_tool_calls(value: Option<&Value>, path: &str) -> Result<Vec<ToolCall>, Ch
             Some(id) if !id.is_empty() => Some(id),
             _ => optional_string(function, "id", &fn_path)?,
         };
-        calls.push(ToolCall { id, name, arguments });
+        calls.push(ToolCall {
+            id,
+            name,
+            arguments,
+        });
     }
     Ok(calls)
 }
@@ -290,7 +334,9 @@ fn map_tools(body: &Map<String, Value>) -> Result<Vec<Value>, ChatError> {
         .map(|(i, tool)| match tool.get("function") {
             Some(f @ Value::Object(_)) => Ok(f.clone()),
             Some(_) => Err(wrong_type(format!("tools[{i}].function"), "an object")),
-            None => Err(ChatError::MissingField { field: format!("tools[{i}].function") }),
+            None => Err(ChatError::MissingField {
+                field: format!("tools[{i}].function"),
+            }),
         })
         .collect()
 }
@@ -330,7 +376,9 @@ fn resolve_think(body: &Map<String, Value>, ctx_tokens: usize) -> Result<ThinkLe
                     }
                 }
             }
-            ("reasoning_effort", _) => return Err(wrong_type("reasoning_effort", "a string or null")),
+            ("reasoning_effort", _) => {
+                return Err(wrong_type("reasoning_effort", "a string or null"))
+            }
             _ => {}
         }
     }
@@ -346,4 +394,219 @@ fn resolve_think(body: &Map<String, Value>, ctx_tokens: usize) -> Result<ThinkLe
         (true, ThinkLevel::Max) if ctx_tokens >= THINK_MAX_MIN_CONTEXT => ThinkLevel::Max,
         (true, _) => ThinkLevel::High,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixture_rows(name: &str) -> Vec<Value> {
+        let path = format!(
+            "{}/../../tests/fixtures/chat/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("fixture line is JSON"))
+            .collect()
+    }
+
+    /// tools/reference/chat_fixtures.py: random OpenAI requests (and the five official test
+    /// prompts) rendered by the official encoder through the same mapping.
+    #[test]
+    fn renders_every_fixture_request_byte_identical_to_the_official_encoder() {
+        let rows = fixture_rows("render_cases.jsonl");
+        assert!(
+            rows.len() >= 200,
+            "expected at least 200 cases, found {}",
+            rows.len()
+        );
+        let mut failures = Vec::new();
+        for row in &rows {
+            let name = row["name"].as_str().unwrap_or("?");
+            let ctx = row["ctx"]
+                .as_u64()
+                .and_then(|c| usize::try_from(c).ok())
+                .unwrap_or(0);
+            let want_mode = match row["thinking_mode"].as_str() {
+                Some("chat") => ThinkingMode::Chat,
+                _ => ThinkingMode::Thinking,
+            };
+            match render_chat_request(&row["request"], ctx) {
+                Ok(r)
+                    if r.prompt == row["prompt"].as_str().unwrap_or("")
+                        && r.thinking_mode == want_mode => {}
+                Ok(r) => {
+                    let want = row["prompt"].as_str().unwrap_or("");
+                    let at = r
+                        .prompt
+                        .bytes()
+                        .zip(want.bytes())
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    let from = at.saturating_sub(60);
+                    failures.push(format!(
+                        "{name}: mode {:?} (want {want_mode:?}), first difference at byte {at}:\n got  {:?}\n want {:?}",
+                        r.thinking_mode,
+                        r.prompt.get(from..(at + 80).min(r.prompt.len())).unwrap_or(""),
+                        want.get(from..(at + 80).min(want.len())).unwrap_or("")
+                    ));
+                }
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases differ:\n{}",
+            failures.len(),
+            rows.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn official_test_prompts_render_without_thinking_or_system() {
+        let rows = fixture_rows("render_cases.jsonl");
+        let official: Vec<&Value> = rows
+            .iter()
+            .filter(|r| {
+                r["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("official_prompt_"))
+            })
+            .collect();
+        assert_eq!(official.len(), 5);
+        for row in official {
+            let rendered =
+                render_chat_request(&row["request"], 32768).expect("official prompt renders");
+            let user = row["request"]["messages"][0]["content"]
+                .as_str()
+                .unwrap_or("");
+            assert_eq!(
+                rendered.prompt,
+                format!("<｜begin▁of▁sentence｜><｜User｜>{user}<｜Assistant｜></think>")
+            );
+            assert_eq!(rendered.think, ThinkLevel::None);
+        }
+    }
+
+    #[test]
+    fn thinking_is_on_by_default_and_max_needs_a_long_context() {
+        let body =
+            json!({"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "max"});
+        assert_eq!(
+            map_chat_request(&body, 32768).map(|i| i.think),
+            Ok(ThinkLevel::High)
+        );
+        assert_eq!(
+            map_chat_request(&body, THINK_MAX_MIN_CONTEXT).map(|i| i.think),
+            Ok(ThinkLevel::Max)
+        );
+        let chat = json!({"model": "deepseek-chat", "messages": [], "reasoning_effort": "high"});
+        assert_eq!(
+            map_chat_request(&chat, 32768).map(|i| i.think),
+            Ok(ThinkLevel::None)
+        );
+        let explicit =
+            json!({"model": "deepseek-chat", "messages": [], "thinking": {"type": "enabled"}});
+        assert_eq!(
+            map_chat_request(&explicit, 32768).map(|i| i.think),
+            Ok(ThinkLevel::High)
+        );
+        let last_wins = json!({"messages": [], "thinking": false, "think": true});
+        assert_eq!(
+            map_chat_request(&last_wins, 32768).map(|i| i.think),
+            Ok(ThinkLevel::High)
+        );
+        let none = json!({"messages": [], "think": true, "reasoning_effort": "none"});
+        assert_eq!(
+            map_chat_request(&none, 32768).map(|i| i.think),
+            Ok(ThinkLevel::None)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_requests_naming_the_field() {
+        let cases = [
+            (json!([]), ChatError::NotAnObject),
+            (
+                json!({}),
+                ChatError::MissingField {
+                    field: "messages".into(),
+                },
+            ),
+            (
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
+                ChatError::UnknownRole {
+                    field: "messages[0].role".into(),
+                    role: "robot".into(),
+                },
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                ChatError::WrongType {
+                    field: "messages[0].content".into(),
+                    expected: "a string, null or an array of content parts",
+                },
+            ),
+            (
+                json!({"messages": [], "reasoning_effort": "extreme"}),
+                ChatError::BadValue {
+                    field: "reasoning_effort".into(),
+                    problem: "unknown effort `extreme`".into(),
+                },
+            ),
+            (
+                json!({"messages": [], "tools": [{"type": "function"}]}),
+                ChatError::MissingField {
+                    field: "tools[0].function".into(),
+                },
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(map_chat_request(&body, 32768), Err(want), "body {body}");
+        }
+        let bad_args = json!({"messages": [{"role": "assistant", "tool_calls": [
+            {"id": "c1", "function": {"name": "f", "arguments": "{not json"}}]}]});
+        match map_chat_request(&bad_args, 32768) {
+            Err(ChatError::BadValue { field, .. }) => {
+                assert_eq!(field, "messages[0].tool_calls[0].function.arguments")
+            }
+            other => panic!("expected BadValue, got {other:?}"),
+        }
+        let array_args = json!({"messages": [{"role": "assistant", "tool_calls": [
+            {"function": {"name": "f", "arguments": "[1]"}}]}]});
+        assert!(matches!(
+            map_chat_request(&array_args, 32768),
+            Err(ChatError::BadValue { .. })
+        ));
+        let empty_dev = json!({"messages": [{"role": "developer", "content": ""}]});
+        assert!(matches!(
+            map_chat_request(&empty_dev, 32768),
+            Err(ChatError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn tools_go_to_the_first_system_message_or_a_new_empty_one() {
+        let tool = json!({"type": "function", "function": {"name": "f", "parameters": {}}});
+        let body = json!({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}],
+                          "tools": [tool.clone()]});
+        let input = map_chat_request(&body, 32768).expect("maps");
+        assert_eq!(input.messages.len(), 2);
+        assert_eq!(input.messages[1].tools, vec![tool["function"].clone()]);
+        let no_system = json!({"messages": [{"role": "user", "content": "a"}], "tools": [tool]});
+        let input = map_chat_request(&no_system, 32768).expect("maps");
+        assert_eq!(input.messages[0], {
+            let mut m = Message::new(Role::System, "");
+            m.tools = input.messages[0].tools.clone();
+            m
+        });
+        assert!(input.tools_active);
+        let hidden =
+            json!({"messages": [], "tools": [{"function": {"name": "f"}}], "tool_choice": "none"});
+        let input = map_chat_request(&hidden, 32768).expect("maps");
+        assert!(!input.tools_active && input.messages.is_empty());
+    }
 }
