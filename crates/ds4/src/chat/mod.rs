@@ -11,9 +11,14 @@
 pub mod dsml;
 pub mod json;
 pub mod message;
+pub mod output;
 pub mod render;
 pub mod request;
 
 pub use message::{Message, ReasoningEffort, Role, ThinkingMode, ToolCall};
+pub use output::{
+    DsmlState, FinishError, FinishReason, OutputEvent, OutputParser, ParsedOutput, ParsedToolCall,
+    StopCause,
+};
 pub use render::encode_messages;
 pub use request::{map_chat_request, render_chat_request, ChatError, RenderedChat, ThinkLevel};
