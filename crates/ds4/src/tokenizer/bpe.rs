@@ -29,7 +29,10 @@ struct Symbol {
 }
 
 impl Bpe {
-    pub(crate) fn new(merges: HashMap<(u32, u32), (u32, u32)>, byte_ids: [Option<u32>; 256]) -> Self {
+    pub(crate) fn new(
+        merges: HashMap<(u32, u32), (u32, u32)>,
+        byte_ids: [Option<u32>; 256],
+    ) -> Self {
         Bpe { merges, byte_ids }
     }
 
@@ -39,7 +42,12 @@ impl Bpe {
         for &b in piece {
             if let Some(id) = self.byte_ids[usize::from(b)] {
                 let n = syms.len();
-                syms.push(Symbol { id, prev: n.checked_sub(1).unwrap_or(NONE), next: n + 1, alive: true });
+                syms.push(Symbol {
+                    id,
+                    prev: n.checked_sub(1).unwrap_or(NONE),
+                    next: n + 1,
+                    alive: true,
+                });
             }
         }
         if let Some(last) = syms.last_mut() {
@@ -68,7 +76,9 @@ impl Bpe {
             // Skip stale entries: the symbol was absorbed, or its right neighbour changed.
             let alive = syms.get(pos).is_some_and(|s| s.alive);
             let current = if alive { self.rank_of(syms, pos) } else { None };
-            let Some((cur_rank, merged)) = current else { continue };
+            let Some((cur_rank, merged)) = current else {
+                continue;
+            };
             if cur_rank != rank {
                 continue;
             }
@@ -101,7 +111,12 @@ mod tests {
         byte_ids[usize::from(b'a')] = Some(0);
         byte_ids[usize::from(b'b')] = Some(1);
         byte_ids[usize::from(b'c')] = Some(2);
-        let merges = HashMap::from([((1, 2), (0, 4)), ((0, 1), (1, 3)), ((0, 4), (2, 5)), ((0, 0), (3, 6))]);
+        let merges = HashMap::from([
+            ((1, 2), (0, 4)),
+            ((0, 1), (1, 3)),
+            ((0, 4), (2, 5)),
+            ((0, 0), (3, 6)),
+        ]);
         Bpe::new(merges, byte_ids)
     }
 

@@ -15,18 +15,26 @@ use crate::gguf::{Value, ValueType};
 /// Converts the text of a tokenizer.json into GGUF tokenizer metadata: `tokenizer.ggml.model`
 /// (`"gpt2"`), `tokenizer.ggml.pre` (`"joyai-llm"`), `tokens`, `token_type`, `merges`, and
 /// `bos_token_id`/`eos_token_id` when the BOS/EOS texts are in the vocabulary.
-pub fn gguf_metadata_from_tokenizer_json(json: &str) -> Result<Vec<(String, Value)>, TokenizerError> {
+pub fn gguf_metadata_from_tokenizer_json(
+    json: &str,
+) -> Result<Vec<(String, Value)>, TokenizerError> {
     let err = |m: &str| TokenizerError::Json(m.to_string());
     let root: Json = serde_json::from_str(json).map_err(|e| TokenizerError::Json(e.to_string()))?;
     let model = root.get("model").ok_or_else(|| err("no `model`"))?;
     if model.get("type").and_then(Json::as_str) != Some("BPE") {
         return Err(err("`model.type` is not BPE"));
     }
-    let vocab = model.get("vocab").and_then(Json::as_object).ok_or_else(|| err("no `model.vocab` object"))?;
+    let vocab = model
+        .get("vocab")
+        .and_then(Json::as_object)
+        .ok_or_else(|| err("no `model.vocab` object"))?;
 
     let mut slots: Vec<Option<(String, TokenType)>> = Vec::new();
     let mut put = |id: u64, text: String, ty: TokenType| -> Result<(), TokenizerError> {
-        let i = usize::try_from(id).ok().filter(|&i| i < 1 << 24).ok_or_else(|| err("token id out of range"))?;
+        let i = usize::try_from(id)
+            .ok()
+            .filter(|&i| i < 1 << 24)
+            .ok_or_else(|| err("token id out of range"))?;
         if slots.len() <= i {
             slots.resize(i + 1, None);
         }
@@ -34,13 +42,29 @@ pub fn gguf_metadata_from_tokenizer_json(json: &str) -> Result<Vec<(String, Valu
         Ok(())
     };
     for (text, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| err("vocab id is not an unsigned integer"))?;
+        let id = id
+            .as_u64()
+            .ok_or_else(|| err("vocab id is not an unsigned integer"))?;
         put(id, text.clone(), TokenType::Normal)?;
     }
-    for added in root.get("added_tokens").and_then(Json::as_array).map(Vec::as_slice).unwrap_or(&[]) {
-        let id = added.get("id").and_then(Json::as_u64).ok_or_else(|| err("added token without id"))?;
-        let content = added.get("content").and_then(Json::as_str).ok_or_else(|| err("added token without content"))?;
-        let special = added.get("special").and_then(Json::as_bool).unwrap_or(false);
+    for added in root
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let id = added
+            .get("id")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| err("added token without id"))?;
+        let content = added
+            .get("content")
+            .and_then(Json::as_str)
+            .ok_or_else(|| err("added token without content"))?;
+        let special = added
+            .get("special")
+            .and_then(Json::as_bool)
+            .unwrap_or(false);
         let (text, ty) = if special || looks_special(content) {
             (content.to_string(), TokenType::Control)
         } else {
@@ -57,7 +81,10 @@ pub fn gguf_metadata_from_tokenizer_json(json: &str) -> Result<Vec<(String, Valu
         types.push(Value::I32(ty.id()));
     }
 
-    let merges_json = model.get("merges").and_then(Json::as_array).ok_or_else(|| err("no `model.merges` array"))?;
+    let merges_json = model
+        .get("merges")
+        .and_then(Json::as_array)
+        .ok_or_else(|| err("no `model.merges` array"))?;
     let mut merges = Vec::with_capacity(merges_json.len());
     for m in merges_json {
         let merge = match m {
@@ -71,7 +98,12 @@ pub fn gguf_metadata_from_tokenizer_json(json: &str) -> Result<Vec<(String, Valu
         merges.push(merge);
     }
 
-    let find = |text: &str| tokens.iter().position(|t| t == text).and_then(|i| u32::try_from(i).ok());
+    let find = |text: &str| {
+        tokens
+            .iter()
+            .position(|t| t == text)
+            .and_then(|i| u32::try_from(i).ok())
+    };
     let bos = find(SPECIAL_TEXTS[0].1);
     let eos = find(SPECIAL_TEXTS[1].1);
 
@@ -79,7 +111,10 @@ pub fn gguf_metadata_from_tokenizer_json(json: &str) -> Result<Vec<(String, Valu
         (KEY_MODEL.to_string(), Value::String("gpt2".to_string())),
         (KEY_PRE.to_string(), Value::String("joyai-llm".to_string())),
         (KEY_TOKENS.to_string(), string_array_value(tokens)),
-        (KEY_TOKEN_TYPE.to_string(), Value::Array(ValueType::I32, types)),
+        (
+            KEY_TOKEN_TYPE.to_string(),
+            Value::Array(ValueType::I32, types),
+        ),
         (KEY_MERGES.to_string(), string_array_value(merges)),
     ];
     if let Some(id) = bos {

@@ -203,11 +203,16 @@ impl Tokenizer {
     /// `tokenizer.ggml.token_type` (optional: without it every token is normal and only the
     /// seven ds4 specials are recognized by `parse_special`). BOS/EOS ids come from the token
     /// texts, not from `*_token_id` keys (as ds4 does).
-    pub fn from_metadata<'v>(get: impl Fn(&str) -> Option<&'v Value>) -> Result<Self, TokenizerError> {
+    pub fn from_metadata<'v>(
+        get: impl Fn(&str) -> Option<&'v Value>,
+    ) -> Result<Self, TokenizerError> {
         let texts = string_array(&get, KEY_TOKENS)?;
         let n = texts.len();
         if n == 0 || u32::try_from(n).is_err() {
-            return Err(TokenizerError::BadVocabSize { key: KEY_TOKENS, size: n });
+            return Err(TokenizerError::BadVocabSize {
+                key: KEY_TOKENS,
+                size: n,
+            });
         }
         let types = match get(KEY_TOKEN_TYPE) {
             Some(v) => token_types(v, n)?,
@@ -231,24 +236,41 @@ impl Tokenizer {
         let merge_texts = string_array(&get, KEY_MERGES)?;
         let mut merges = HashMap::with_capacity(merge_texts.len());
         for (rank, merge) in merge_texts.iter().enumerate() {
-            let bad = |reason| TokenizerError::BadMerge { rank, merge: merge.clone(), reason };
-            let (a, b) = merge.split_once(' ').ok_or_else(|| bad("no space separator"))?;
-            let ia = *bpe_ids.get(a).ok_or_else(|| bad("left part not in vocabulary"))?;
-            let ib = *bpe_ids.get(b).ok_or_else(|| bad("right part not in vocabulary"))?;
+            let bad = |reason| TokenizerError::BadMerge {
+                rank,
+                merge: merge.clone(),
+                reason,
+            };
+            let (a, b) = merge
+                .split_once(' ')
+                .ok_or_else(|| bad("no space separator"))?;
+            let ia = *bpe_ids
+                .get(a)
+                .ok_or_else(|| bad("left part not in vocabulary"))?;
+            let ib = *bpe_ids
+                .get(b)
+                .ok_or_else(|| bad("right part not in vocabulary"))?;
             let merged = format!("{a}{b}");
-            let im = *bpe_ids.get(merged.as_str()).ok_or_else(|| bad("merged token not in vocabulary"))?;
+            let im = *bpe_ids
+                .get(merged.as_str())
+                .ok_or_else(|| bad("merged token not in vocabulary"))?;
             let rank32 = u32::try_from(rank).map_err(|_| bad("too many merges"))?;
             merges.entry((ia, ib)).or_insert((rank32, im));
         }
         let mut byte_ids = [None; 256];
         for (b, slot) in (0..=255u8).zip(byte_ids.iter_mut()) {
-            *slot = bpe_ids.get(bytes::byte_to_char(b).to_string().as_str()).copied();
+            *slot = bpe_ids
+                .get(bytes::byte_to_char(b).to_string().as_str())
+                .copied();
         }
         drop(bpe_ids);
 
         let lookup = |i: usize| -> Result<u32, TokenizerError> {
             let (name, text) = SPECIAL_TEXTS[i];
-            ids_by_text.get(text).copied().ok_or(TokenizerError::MissingSpecialToken { name, text })
+            ids_by_text
+                .get(text)
+                .copied()
+                .ok_or(TokenizerError::MissingSpecialToken { name, text })
         };
         let specials = SpecialIds {
             bos: lookup(0)?,
@@ -261,11 +283,13 @@ impl Tokenizer {
         };
 
         let has_types = get(KEY_TOKEN_TYPE).is_some();
-        let added = AddedTokens::new(texts.iter().zip(&types).zip(0u32..).filter_map(|((text, ty), id)| {
-            let is_special = SPECIAL_TEXTS.iter().any(|(_, s)| s == text);
-            let wanted = if has_types { ty.is_added() } else { is_special };
-            (wanted && !text.is_empty()).then(|| (text.as_bytes().to_vec(), id))
-        }));
+        let added = AddedTokens::new(texts.iter().zip(&types).zip(0u32..).filter_map(
+            |((text, ty), id)| {
+                let is_special = SPECIAL_TEXTS.iter().any(|(_, s)| s == text);
+                let wanted = if has_types { ty.is_added() } else { is_special };
+                (wanted && !text.is_empty()).then(|| (text.as_bytes().to_vec(), id))
+            },
+        ));
 
         Ok(Tokenizer {
             texts,
@@ -303,7 +327,9 @@ impl Tokenizer {
     }
 
     fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
-        pretokenize::split(text, &mut |piece| self.bpe.encode_piece(piece.as_bytes(), out));
+        pretokenize::split(text, &mut |piece| {
+            self.bpe.encode_piece(piece.as_bytes(), out)
+        });
     }
 
     /// The text of `ids`. Unknown ids are skipped; byte sequences that are not UTF-8 become
@@ -328,7 +354,9 @@ impl Tokenizer {
 
     /// The vocabulary string of token `id`, as stored in the GGUF.
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.texts.get(usize::try_from(id).ok()?).map(String::as_str)
+        self.texts
+            .get(usize::try_from(id).ok()?)
+            .map(String::as_str)
     }
 
     /// The type of token `id`.
@@ -397,7 +425,10 @@ impl AddedTokens {
     fn new(tokens: impl Iterator<Item = (Vec<u8>, u32)>) -> Self {
         let mut by_first_byte: Vec<Vec<(Vec<u8>, u32)>> = vec![Vec::new(); 256];
         for (text, id) in tokens {
-            if let Some(list) = text.first().and_then(|&b| by_first_byte.get_mut(usize::from(b))) {
+            if let Some(list) = text
+                .first()
+                .and_then(|&b| by_first_byte.get_mut(usize::from(b)))
+            {
                 list.push((text, id));
             }
         }
@@ -414,9 +445,13 @@ impl AddedTokens {
         let mut found = Vec::new();
         let mut i = 0;
         while i < text.len() {
-            let hit = text.get(i).and_then(|&b| self.by_first_byte.get(usize::from(b))).and_then(|list| {
-                list.iter().find(|(tok, _)| text.get(i..).is_some_and(|rest| rest.starts_with(tok)))
-            });
+            let hit = text
+                .get(i)
+                .and_then(|&b| self.by_first_byte.get(usize::from(b)))
+                .and_then(|list| {
+                    list.iter()
+                        .find(|(tok, _)| text.get(i..).is_some_and(|rest| rest.starts_with(tok)))
+                });
             match hit {
                 Some((tok, id)) => {
                     found.push((i, tok.len(), *id));
@@ -447,11 +482,13 @@ fn string_array<'v>(
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            item.as_str().map(str::to_owned).ok_or_else(|| TokenizerError::WrongType {
-                key,
-                expected: "array of strings",
-                found: format!("element {i} of type {}", type_name(item)),
-            })
+            item.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| TokenizerError::WrongType {
+                    key,
+                    expected: "array of strings",
+                    found: format!("element {i} of type {}", type_name(item)),
+                })
         })
         .collect()
 }
@@ -464,24 +501,33 @@ fn token_types(value: &Value, n: usize) -> Result<Vec<TokenType>, TokenizerError
         found: type_name(value),
     })?;
     if items.len() != n {
-        return Err(TokenizerError::WrongLength { key, expected: n, found: items.len() });
+        return Err(TokenizerError::WrongLength {
+            key,
+            expected: n,
+            found: items.len(),
+        });
     }
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            item.as_int().and_then(TokenType::from_int).ok_or_else(|| TokenizerError::WrongType {
-                key,
-                expected: "token types 1..=6",
-                found: format!("element {i} = {item:?}"),
-            })
+            item.as_int()
+                .and_then(TokenType::from_int)
+                .ok_or_else(|| TokenizerError::WrongType {
+                    key,
+                    expected: "token types 1..=6",
+                    found: format!("element {i} = {item:?}"),
+                })
         })
         .collect()
 }
 
 /// A GGUF string array value.
 fn string_array_value(items: impl IntoIterator<Item = String>) -> Value {
-    Value::Array(ValueType::String, items.into_iter().map(Value::String).collect())
+    Value::Array(
+        ValueType::String,
+        items.into_iter().map(Value::String).collect(),
+    )
 }
 
 #[cfg(test)]

@@ -85,9 +85,17 @@ impl Ch {
 pub(crate) fn split(text: &str, emit: &mut impl FnMut(&str)) {
     let chars: Vec<Ch> = text
         .char_indices()
-        .map(|(off, c)| Ch { off, c, class: class_of(c) })
+        .map(|(off, c)| Ch {
+            off,
+            c,
+            class: class_of(c),
+        })
         .collect();
-    let mut pieces = Splitter { text, chars: &chars, emit };
+    let mut pieces = Splitter {
+        text,
+        chars: &chars,
+        emit,
+    };
     pieces.stage_digits(0, chars.len());
 }
 
@@ -176,14 +184,12 @@ impl<F: FnMut(&str)> Splitter<'_, F> {
     fn match_word(&self, i: usize, end: usize) -> Option<usize> {
         let at = |k: usize, pred: &dyn Fn(Ch) -> bool| k < end && self.is(k, pred);
         // [ASCII punct][A-Za-z]+
-        if at(i, &|ch| ch.c.is_ascii_punctuation()) && at(i + 1, &|ch| ch.c.is_ascii_alphabetic())
-        {
+        if at(i, &|ch| ch.c.is_ascii_punctuation()) && at(i + 1, &|ch| ch.c.is_ascii_alphabetic()) {
             return Some(self.run_end(i + 1, end, |ch| ch.c.is_ascii_alphabetic()));
         }
         // [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+
         let optional_lead = |ch: Ch| {
-            !ch.is_newline()
-                && !matches!(ch.class, Class::Letter | Class::Punct | Class::Symbol)
+            !ch.is_newline() && !matches!(ch.class, Class::Letter | Class::Punct | Class::Symbol)
         };
         if at(i, &optional_lead) && at(i + 1, &Ch::is_letter_or_mark) {
             return Some(self.run_end(i + 1, end, Ch::is_letter_or_mark));
@@ -245,7 +251,10 @@ mod tests {
 
     #[test]
     fn punctuation_takes_letters_and_trailing_newlines() {
-        assert_eq!(pieces("#include <x>;\n\nok"), ["#include", " <", "x", ">;\n\n", "ok"]);
+        assert_eq!(
+            pieces("#include <x>;\n\nok"),
+            ["#include", " <", "x", ">;\n\n", "ok"]
+        );
         assert_eq!(pieces("a.b()"), ["a", ".b", "()"]);
     }
 

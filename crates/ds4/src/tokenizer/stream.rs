@@ -17,7 +17,10 @@ pub struct StreamDecoder<'t> {
 impl<'t> StreamDecoder<'t> {
     /// A decoder with nothing pending.
     pub fn new(tokenizer: &'t Tokenizer) -> Self {
-        StreamDecoder { tokenizer, pending: Vec::new() }
+        StreamDecoder {
+            tokenizer,
+            pending: Vec::new(),
+        }
     }
 
     /// Adds token `id` and returns the text that is now complete (possibly empty). Unknown

@@ -4,7 +4,9 @@ use super::*;
 
 /// Byte tokens 0..256, then merges "Ġ t", "h e", "Ġt he", then the seven specials.
 fn toy_metadata() -> Vec<(String, Value)> {
-    let mut tokens: Vec<String> = (0..=255u8).map(|b| bytes::byte_to_char(b).to_string()).collect();
+    let mut tokens: Vec<String> = (0..=255u8)
+        .map(|b| bytes::byte_to_char(b).to_string())
+        .collect();
     let mut types = vec![TokenType::Normal; 256];
     for t in ["Ġt", "he", "Ġthe"] {
         tokens.push(t.to_string());
@@ -12,12 +14,22 @@ fn toy_metadata() -> Vec<(String, Value)> {
     }
     for (i, (_, text)) in SPECIAL_TEXTS.iter().enumerate() {
         tokens.push(text.to_string());
-        types.push(if i < 4 { TokenType::Control } else { TokenType::UserDefined });
+        types.push(if i < 4 {
+            TokenType::Control
+        } else {
+            TokenType::UserDefined
+        });
     }
     let merges = ["Ġ t", "h e", "Ġt he"].map(String::from);
     vec![
         (KEY_TOKENS.into(), string_array_value(tokens)),
-        (KEY_TOKEN_TYPE.into(), Value::Array(ValueType::I32, types.iter().map(|t| Value::I32(t.id())).collect())),
+        (
+            KEY_TOKEN_TYPE.into(),
+            Value::Array(
+                ValueType::I32,
+                types.iter().map(|t| Value::I32(t.id())).collect(),
+            ),
+        ),
         (KEY_MERGES.into(), string_array_value(merges)),
     ]
 }
@@ -67,14 +79,20 @@ fn parse_special_splits_out_added_tokens_and_plain_mode_does_not() {
 #[test]
 fn missing_tokens_key_is_named() {
     let err = build(&without(toy_metadata(), KEY_TOKENS)).expect_err("must fail");
-    assert!(matches!(err, TokenizerError::MissingKey { key } if key == KEY_TOKENS), "{err}");
+    assert!(
+        matches!(err, TokenizerError::MissingKey { key } if key == KEY_TOKENS),
+        "{err}"
+    );
     assert!(err.to_string().contains("tokenizer.ggml.tokens"));
 }
 
 #[test]
 fn ill_typed_merges_are_named() {
     let err = build(&replace(toy_metadata(), KEY_MERGES, Value::U32(3))).expect_err("must fail");
-    assert!(matches!(err, TokenizerError::WrongType { key, .. } if key == KEY_MERGES), "{err}");
+    assert!(
+        matches!(err, TokenizerError::WrongType { key, .. } if key == KEY_MERGES),
+        "{err}"
+    );
     let bad_elem = Value::Array(ValueType::I32, vec![Value::I32(1)]);
     let err = build(&replace(toy_metadata(), KEY_MERGES, bad_elem)).expect_err("must fail");
     assert!(err.to_string().contains("element 0"), "{err}");
@@ -84,26 +102,45 @@ fn ill_typed_merges_are_named() {
 fn token_type_array_of_wrong_length_is_rejected() {
     let short = Value::Array(ValueType::I32, vec![Value::I32(1)]);
     let err = build(&replace(toy_metadata(), KEY_TOKEN_TYPE, short)).expect_err("must fail");
-    assert!(matches!(err, TokenizerError::WrongLength { found: 1, .. }), "{err}");
+    assert!(
+        matches!(err, TokenizerError::WrongLength { found: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn merge_of_unknown_tokens_is_rejected() {
     let merges = string_array_value(["Ġ t", "x yz"].map(String::from));
     let err = build(&replace(toy_metadata(), KEY_MERGES, merges)).expect_err("must fail");
-    assert!(matches!(err, TokenizerError::BadMerge { rank: 1, .. }), "{err}");
+    assert!(
+        matches!(err, TokenizerError::BadMerge { rank: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_special_token_is_named() {
     let meta = toy_metadata();
-    let Some(Value::Array(_, items)) = meta.iter().find(|(k, _)| k == KEY_TOKENS).map(|(_, v)| v.clone()) else {
+    let Some(Value::Array(_, items)) = meta
+        .iter()
+        .find(|(k, _)| k == KEY_TOKENS)
+        .map(|(_, v)| v.clone())
+    else {
         panic!("toy metadata has tokens");
     };
-    let renamed: Vec<String> =
-        items.iter().map(|v| v.as_str().unwrap_or_default().replace("｜DSML｜", "|DSML|")).collect();
-    let err = build(&replace(meta, KEY_TOKENS, string_array_value(renamed))).expect_err("must fail");
-    assert!(matches!(err, TokenizerError::MissingSpecialToken { name: "DSML", .. }), "{err}");
+    let renamed: Vec<String> = items
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().replace("｜DSML｜", "|DSML|"))
+        .collect();
+    let err =
+        build(&replace(meta, KEY_TOKENS, string_array_value(renamed))).expect_err("must fail");
+    assert!(
+        matches!(
+            err,
+            TokenizerError::MissingSpecialToken { name: "DSML", .. }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("｜DSML｜"));
 }
 
