@@ -257,3 +257,14 @@ fn encode_speed_report() {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    #[test]
+    fn decode_inverts_encode_on_arbitrary_strings(s in "\\PC*|(\\PC|<｜User｜>|｜DSML｜|<think>|\\s)*") {
+        let tok = tokenizer();
+        proptest::prop_assert_eq!(tok.decode(&tok.encode(&s, true)), s.clone());
+        proptest::prop_assert_eq!(tok.decode(&tok.encode(&s, false)), s);
+    }
+}
