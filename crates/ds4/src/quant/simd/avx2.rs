@@ -56,6 +56,30 @@ impl Avx2 {
     }
 }
 
+/// Expands `$body` four times with `$k` bound to 0, 1, 2, 3, so that accumulator indices are
+/// constants and the four accumulators live in registers (a `for k in 0..4` loop nested in
+/// other loops is not always unrolled).
+macro_rules! unroll4 {
+    (|$k:ident| $body:block) => {{
+        {
+            let $k: usize = 0;
+            $body
+        }
+        {
+            let $k: usize = 1;
+            $body
+        }
+        {
+            let $k: usize = 2;
+            $body
+        }
+        {
+            let $k: usize = 3;
+            $body
+        }
+    }};
+}
+
 /// Sums the four accumulators: `(a0 + a1) + (a2 + a3)`, then the 8 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn finish(acc: [__m256; 4]) -> f32 {
@@ -87,15 +111,15 @@ macro_rules! plain_kernel {
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut i = 0;
             while i + 32 <= n {
-                for (k, acc) in acc.iter_mut().enumerate() {
+                unroll4!(|k| {
                     let o = i + 8 * k;
                     // SAFETY: o + 8 ≤ n; `w` holds n·$size bytes and `x` n floats.
                     let (wv, xv) = unsafe {
                         let $p = wp.add(o * $size);
                         ($load, _mm256_loadu_ps(xp.add(o)))
                     };
-                    *acc = _mm256_fmadd_ps(wv, xv, *acc);
-                }
+                    acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+                });
                 i += 32;
             }
             while i + 8 <= n {
@@ -142,7 +166,7 @@ fn dot_q8_0(blocks: &[BlockQ8_0], x: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     for (b, xc) in blocks.iter().zip(x.chunks_exact(QK8_0)) {
         let d = _mm256_set1_ps(f16c(b.d));
-        for (k, acc) in acc.iter_mut().enumerate() {
+        unroll4!(|k| {
             // SAFETY: 8k + 8 ≤ 32 = b.qs.len() = xc.len().
             let (q, xv) = unsafe {
                 (
@@ -151,8 +175,8 @@ fn dot_q8_0(blocks: &[BlockQ8_0], x: &[f32]) -> f32 {
                 )
             };
             let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
-            *acc = _mm256_fmadd_ps(w, xv, *acc);
-        }
+            acc[k] = _mm256_fmadd_ps(w, xv, acc[k]);
+        });
     }
     finish(acc)
 }
@@ -172,7 +196,7 @@ fn dot_q2_k(blocks: &[BlockQ2K], x: &[f32]) -> f32 {
             ml[is] = dmin * f32::from(sc >> 4);
         }
         for n in 0..2 {
-            for (k, acc) in acc.iter_mut().enumerate() {
+            unroll4!(|k| {
                 // SAFETY: 32n + 8k + 8 ≤ 64 = b.qs.len().
                 let q = _mm256_cvtepu8_epi32(unsafe {
                     _mm_loadl_epi64(b.qs.as_ptr().add(32 * n + 8 * k).cast())
@@ -189,9 +213,9 @@ fn dot_q2_k(blocks: &[BlockQ2K], x: &[f32]) -> f32 {
                     );
                     // SAFETY: 128n + 32j + 8k + 8 ≤ 256 = xc.len().
                     let xv = unsafe { _mm256_loadu_ps(xc.as_ptr().add(128 * n + 32 * j + 8 * k)) };
-                    *acc = _mm256_fmadd_ps(w, xv, *acc);
+                    acc[k] = _mm256_fmadd_ps(w, xv, acc[k]);
                 }
-            }
+            });
         }
     }
     finish(acc)
@@ -216,7 +240,7 @@ fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32]) -> f32 {
                 _mm256_set1_ps(d * f32::from(sc1)),
                 _mm256_set1_ps(dmin * f32::from(m1)),
             );
-            for (k, acc) in acc.iter_mut().enumerate() {
+            unroll4!(|k| {
                 // SAFETY: 32c + 8k + 8 ≤ 128 = b.qs.len(); 64c + 32 + 8k + 8 ≤ 256 = xc.len().
                 let (q, x0, x1) = unsafe {
                     (
@@ -229,9 +253,9 @@ fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32]) -> f32 {
                 };
                 let lo = _mm256_cvtepi32_ps(_mm256_and_si256(q, fifteen));
                 let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(q));
-                *acc = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_mul_ps(dl0, lo), ml0), x0, *acc);
-                *acc = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_mul_ps(dl1, hi), ml1), x1, *acc);
-            }
+                acc[k] = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_mul_ps(dl0, lo), ml0), x0, acc[k]);
+                acc[k] = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_mul_ps(dl1, hi), ml1), x1, acc[k]);
+            });
         }
     }
     finish(acc)
@@ -247,7 +271,7 @@ fn dot_iq2_xxs(blocks: &[BlockIQ2XXS], x: &[f32]) -> f32 {
         for ib in 0..8 {
             let (a0, a1) = b.sub_block(ib);
             let db = _mm256_set1_ps(d * (0.5 + (a1 >> 28) as f32) * 0.25);
-            for (k, acc) in acc.iter_mut().enumerate() {
+            unroll4!(|k| {
                 let grid = &IQ2XXS_GRID_F32[((a0 >> (8 * k)) & 0xff) as usize];
                 let signs = &KSIGNS_MASK[((a1 >> (7 * k)) & 0x7f) as usize];
                 // SAFETY: grid and signs are 8-lane rows; 32ib + 8k + 8 ≤ 256 = xc.len().
@@ -259,8 +283,8 @@ fn dot_iq2_xxs(blocks: &[BlockIQ2XXS], x: &[f32]) -> f32 {
                     )
                 };
                 let w = _mm256_xor_ps(_mm256_mul_ps(g, db), _mm256_castsi256_ps(s));
-                *acc = _mm256_fmadd_ps(w, xv, *acc);
-            }
+                acc[k] = _mm256_fmadd_ps(w, xv, acc[k]);
+            });
         }
     }
     finish(acc)
