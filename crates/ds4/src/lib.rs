@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod quant;

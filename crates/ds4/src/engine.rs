@@ -1,0 +1,248 @@
+//! The generation core shared by the CLI and the server: one model, one backend, one live
+//! session. It syncs the session to a prompt (reusing the longest token prefix it already holds,
+//! spec/serving.md §5.2), then samples tokens one by one and hands each decoded piece to the
+//! caller, who decides whether to go on, to force greedy (DSML structure, §3.2) or to stop.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::{Backend, CpuBackend};
+use crate::model::{Model, ModelError, Precision};
+use crate::sample::{Sampler, SamplerParams};
+use crate::session::Session;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// Why a request could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model failed to load or run.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The file carries no usable tokenizer.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] TokenizerError),
+    /// The prompt plus the requested output do not fit the context.
+    #[error("prompt of {prompt} tokens plus {max_tokens} output tokens exceeds the context of {ctx} tokens")]
+    ContextExceeded {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Requested output limit.
+        max_tokens: usize,
+        /// Context size.
+        ctx: usize,
+    },
+    /// Nothing to evaluate.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+}
+
+/// What the caller wants after a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Sample the next token normally.
+    Continue,
+    /// Sample the next token greedily (inside DSML structure).
+    ContinueGreedy,
+    /// Stop now (stop sequence, tool call complete, client gone).
+    Stop,
+}
+
+/// One sampled token and the text it completes (never half a UTF-8 character).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    /// The token id.
+    pub id: u32,
+    /// Decoded text released by this token (may be empty while a character is incomplete).
+    pub text: String,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishCause {
+    /// The model produced the end-of-sentence token.
+    Eos,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller said stop.
+    Stopped,
+}
+
+/// Counters of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenStats {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens reused from the live session (not prefilled again).
+    pub cached_tokens: usize,
+    /// Tokens sampled (EOS included when it ended the turn).
+    pub completion_tokens: usize,
+    /// Why it ended.
+    pub finish: FinishCause,
+    /// Seconds spent prefilling the new part of the prompt.
+    pub prefill_secs: f64,
+    /// Seconds spent decoding.
+    pub decode_secs: f64,
+}
+
+/// A loaded model with its tokenizer and one live session.
+pub struct Engine {
+    /// The model.
+    pub model: Arc<Model>,
+    /// The model's tokenizer.
+    pub tokenizer: Tokenizer,
+    backend: Box<dyn Backend + Send>,
+    session: Session,
+    precision: Precision,
+    ctx: usize,
+}
+
+impl Engine {
+    /// An engine over `model` on the CPU backend with a context of `ctx` tokens.
+    pub fn new(model: Arc<Model>, precision: Precision, ctx: usize) -> Result<Self, EngineError> {
+        let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
+        let backend = Box::new(CpuBackend::new(model.file.clone()));
+        let session = model.new_session();
+        Ok(Engine { model, tokenizer, backend, session, precision, ctx })
+    }
+
+    /// Context size in tokens.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Changes the context size; drops the live session (as `/ctx N` does).
+    pub fn set_ctx(&mut self, ctx: usize) {
+        self.ctx = ctx;
+        self.reset();
+    }
+
+    /// Forgets the live session.
+    pub fn reset(&mut self) {
+        self.session = self.model.new_session();
+    }
+
+    /// Tokens the live session holds.
+    pub fn session_tokens(&self) -> &[u32] {
+        &self.session.tokens
+    }
+
+    /// Makes the live session hold exactly `prompt` and returns (reused tokens, logits after
+    /// the last prompt token). A session that is a prefix of `prompt` is extended; any other is
+    /// restarted. At least the last token is always evaluated so fresh logits exist.
+    pub fn sync(&mut self, prompt: &[u32]) -> Result<(usize, Vec<f32>), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let held = &self.session.tokens;
+        let reusable = held.len() <= prompt.len() && prompt[..held.len()] == held[..];
+        if !reusable || held.len() == prompt.len() && self.session.logits.is_empty() {
+            self.reset();
+        }
+        let cached = self.session.tokens.len();
+        if cached == prompt.len() {
+            return Ok((cached, self.session.logits.clone()));
+        }
+        let logits = self.model.forward(self.backend.as_ref(), &mut self.session, &prompt[cached..], self.precision)?;
+        let vocab = self.model.config.n_vocab;
+        Ok((cached, logits[logits.len() - vocab..].to_vec()))
+    }
+
+    /// Evaluates `prompt`, then samples up to `max_tokens` tokens, calling `on_piece` after each.
+    /// The sampled tokens stay in the live session, so a follow-up prompt that extends this
+    /// transcript reuses it.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        params: SamplerParams,
+        mut on_piece: impl FnMut(&Piece) -> Control,
+    ) -> Result<GenStats, EngineError> {
+        if prompt.len() + max_tokens > self.ctx {
+            return Err(EngineError::ContextExceeded { prompt: prompt.len(), max_tokens, ctx: self.ctx });
+        }
+        let t0 = Instant::now();
+        let (cached, mut logits) = self.sync(prompt)?;
+        let prefill_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut sampler = Sampler::new(params);
+        let eos = self.tokenizer.eos();
+        let mut completion = 0;
+        let mut finish = FinishCause::Length;
+        let mut decoder_bytes: Vec<u8> = Vec::new();
+        while completion < max_tokens {
+            let id = sampler.sample(&logits);
+            completion += 1;
+            if id == eos {
+                // EOS joins the transcript so the next turn's prompt (which ends the turn with
+                // EOS) extends it.
+                self.model.forward(self.backend.as_ref(), &mut self.session, &[id], self.precision)?;
+                finish = FinishCause::Eos;
+                break;
+            }
+            let text = release_utf8(&mut decoder_bytes, self.tokenizer.token_bytes(id).unwrap_or_default());
+            let ctl = on_piece(&Piece { id, text });
+            logits = self.model.forward(self.backend.as_ref(), &mut self.session, &[id], self.precision)?;
+            match ctl {
+                Control::Stop => {
+                    finish = FinishCause::Stopped;
+                    break;
+                }
+                Control::ContinueGreedy => sampler.set_force_greedy(true),
+                Control::Continue => sampler.set_force_greedy(false),
+            }
+        }
+        Ok(GenStats {
+            prompt_tokens: prompt.len(),
+            cached_tokens: cached,
+            completion_tokens: completion,
+            finish,
+            prefill_secs,
+            decode_secs: t1.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Appends `bytes` to `pending` and returns the longest valid UTF-8 prefix, keeping an
+/// incomplete trailing character for later; invalid sequences become U+FFFD.
+fn release_utf8(pending: &mut Vec<u8>, bytes: &[u8]) -> String {
+    pending.extend_from_slice(bytes);
+    let mut out = String::new();
+    loop {
+        match std::str::from_utf8(pending) {
+            Ok(s) => {
+                out.push_str(s);
+                pending.clear();
+                return out;
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                out.push_str(std::str::from_utf8(&pending[..valid]).expect("valid_up_to marks valid UTF-8"));
+                match e.error_len() {
+                    None => {
+                        pending.drain(..valid);
+                        return out;
+                    }
+                    Some(bad) => {
+                        out.push('\u{FFFD}');
+                        pending.drain(..valid + bad);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_utf8;
+
+    #[test]
+    fn release_utf8_holds_incomplete_characters() {
+        let mut p = Vec::new();
+        let euro = "€".as_bytes();
+        assert_eq!(release_utf8(&mut p, &euro[..1]), "");
+        assert_eq!(release_utf8(&mut p, &euro[1..]), "€");
+        assert_eq!(release_utf8(&mut p, b"a\xffb"), "a\u{FFFD}b");
+        assert!(p.is_empty());
+    }
+}
