@@ -102,7 +102,14 @@ impl Engine {
         let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
         let backend = Box::new(CpuBackend::new(model.file.clone()));
         let session = model.new_session();
-        Ok(Engine { model, tokenizer, backend, session, precision, ctx })
+        Ok(Engine {
+            model,
+            tokenizer,
+            backend,
+            session,
+            precision,
+            ctx,
+        })
     }
 
     /// Context size in tokens.
@@ -142,7 +149,12 @@ impl Engine {
         if cached == prompt.len() {
             return Ok((cached, self.session.logits.clone()));
         }
-        let logits = self.model.forward(self.backend.as_ref(), &mut self.session, &prompt[cached..], self.precision)?;
+        let logits = self.model.forward(
+            self.backend.as_ref(),
+            &mut self.session,
+            &prompt[cached..],
+            self.precision,
+        )?;
         let vocab = self.model.config.n_vocab;
         Ok((cached, logits[logits.len() - vocab..].to_vec()))
     }
@@ -158,7 +170,11 @@ impl Engine {
         mut on_piece: impl FnMut(&Piece) -> Control,
     ) -> Result<GenStats, EngineError> {
         if prompt.len() + max_tokens > self.ctx {
-            return Err(EngineError::ContextExceeded { prompt: prompt.len(), max_tokens, ctx: self.ctx });
+            return Err(EngineError::ContextExceeded {
+                prompt: prompt.len(),
+                max_tokens,
+                ctx: self.ctx,
+            });
         }
         let t0 = Instant::now();
         let (cached, mut logits) = self.sync(prompt)?;
@@ -175,13 +191,26 @@ impl Engine {
             if id == eos {
                 // EOS joins the transcript so the next turn's prompt (which ends the turn with
                 // EOS) extends it.
-                self.model.forward(self.backend.as_ref(), &mut self.session, &[id], self.precision)?;
+                self.model.forward(
+                    self.backend.as_ref(),
+                    &mut self.session,
+                    &[id],
+                    self.precision,
+                )?;
                 finish = FinishCause::Eos;
                 break;
             }
-            let text = release_utf8(&mut decoder_bytes, self.tokenizer.token_bytes(id).unwrap_or_default());
+            let text = release_utf8(
+                &mut decoder_bytes,
+                self.tokenizer.token_bytes(id).unwrap_or_default(),
+            );
             let ctl = on_piece(&Piece { id, text });
-            logits = self.model.forward(self.backend.as_ref(), &mut self.session, &[id], self.precision)?;
+            logits = self.model.forward(
+                self.backend.as_ref(),
+                &mut self.session,
+                &[id],
+                self.precision,
+            )?;
             match ctl {
                 Control::Stop => {
                     finish = FinishCause::Stopped;
@@ -216,7 +245,9 @@ fn release_utf8(pending: &mut Vec<u8>, bytes: &[u8]) -> String {
             }
             Err(e) => {
                 let valid = e.valid_up_to();
-                out.push_str(std::str::from_utf8(&pending[..valid]).expect("valid_up_to marks valid UTF-8"));
+                out.push_str(
+                    std::str::from_utf8(&pending[..valid]).expect("valid_up_to marks valid UTF-8"),
+                );
                 match e.error_len() {
                     None => {
                         pending.drain(..valid);

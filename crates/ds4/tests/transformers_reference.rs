@@ -28,31 +28,47 @@ fn load(recipe: &str) -> Case {
     let dir = common::fixture(&format!("model/{recipe}"));
     let file = GgufFile::open(&dir.join("model.gguf")).expect("fixture model opens");
     let model = Model::from_file(Arc::new(file)).expect("fixture model validates");
-    let tokens: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).expect("tokens.json")).expect("token list");
+    let tokens: Vec<u32> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tokens.json")).expect("tokens.json"),
+    )
+    .expect("token list");
     Case { model, tokens }
 }
 
 fn reference(recipe: &str, name: &str, case: &Case) -> Vec<f32> {
     let (data, shape) = common::read_npy_f32(&common::fixture(&format!("model/{recipe}/{name}")));
-    assert_eq!(shape, vec![case.tokens.len(), case.model.config.n_vocab], "{name} shape");
+    assert_eq!(
+        shape,
+        vec![case.tokens.len(), case.model.config.n_vocab],
+        "{name} shape"
+    );
     data
 }
 
 fn run(case: &Case, num: Numerics) -> Vec<f32> {
     let be = CpuBackend::new(case.model.file.clone());
     let mut sess = case.model.new_session();
-    case.model.forward_with(&be, &mut sess, &case.tokens, num).expect("forward")
+    case.model
+        .forward_with(&be, &mut sess, &case.tokens, num)
+        .expect("forward")
 }
 
 fn max_rel(got: &[f32], want: &[f32]) -> f32 {
     let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_d = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_d = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     max_d / max_ref
 }
 
 /// (argmax agreement, median per-position relative error).
 fn default_gate(got: &[f32], want: &[f32], vocab: usize) -> (f64, f32) {
-    let argmax = |r: &[f32]| r.iter().enumerate().fold(0, |b, (i, &v)| if v > r[b] { i } else { b });
+    let argmax = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > r[b] { i } else { b })
+    };
     let mut agree = 0usize;
     let mut rels: Vec<f32> = Vec::new();
     for (g, w) in got.chunks(vocab).zip(want.chunks(vocab)) {
@@ -69,7 +85,10 @@ fn check_precise(recipe: &str) {
     let got = run(&case, Precision::Precise.numerics());
     let rel = max_rel(&got, &want);
     eprintln!("{recipe}: precise max|Δ|/max|ref| = {rel:.3e}");
-    assert!(rel <= PRECISE_MAX_REL, "{recipe}: precise max|Δ|/max|ref| = {rel:.3e} > {PRECISE_MAX_REL:e}");
+    assert!(
+        rel <= PRECISE_MAX_REL,
+        "{recipe}: precise max|Δ|/max|ref| = {rel:.3e} > {PRECISE_MAX_REL:e}"
+    );
 }
 
 fn check_default(recipe: &str) {
@@ -84,8 +103,20 @@ fn check_default(recipe: &str) {
     );
     // The gate must notice an engine that skips either simulation.
     for (what, num) in [
-        ("fp8 kv", Numerics { fp8_kv: false, ..Precision::Default.numerics() }),
-        ("indexer fp4", Numerics { indexer_qat: false, ..Precision::Default.numerics() }),
+        (
+            "fp8 kv",
+            Numerics {
+                fp8_kv: false,
+                ..Precision::Default.numerics()
+            },
+        ),
+        (
+            "indexer fp4",
+            Numerics {
+                indexer_qat: false,
+                ..Precision::Default.numerics()
+            },
+        ),
     ] {
         let (agree, median) = default_gate(&run(&case, num), &want, vocab);
         eprintln!("{recipe}: without {what}: agreement {agree:.4}, median rel {median:.3e}");
@@ -132,6 +163,9 @@ fn fixture_sequence_makes_the_indexer_select() {
     let c = &case.model.config;
     let n = case.tokens.len();
     assert!(n / 128 >= 2, "ratio-128 compressor must emit ≥ 2 rows");
-    assert!(n / 4 >= 3 * c.idx_topk, "ratio-4 rows must be several times the indexer top-k");
+    assert!(
+        n / 4 >= 3 * c.idx_topk,
+        "ratio-4 rows must be several times the indexer top-k"
+    );
     assert!(c.idx_heads >= 16 && c.n_layer >= 6);
 }

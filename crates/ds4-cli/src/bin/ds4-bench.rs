@@ -1,4 +1,223 @@
+//! `ds4-bench`: prefill and decode speed over a sweep of context lengths, with ds4's flags and
+//! CSV columns (spec/serving.md §6.3). For each frontier it prefills only the new interval,
+//! snapshots the session, decodes `--gen-tokens` greedy tokens (EOS excluded), and restores.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use ds4::backend::{Backend, CpuBackend};
+use ds4::model::{Model, Precision};
+use ds4::session::Session;
+use ds4::tokenizer::Tokenizer;
+
+/// Speed sweep for DeepSeek V4 Flash.
+#[derive(Parser, Debug)]
+#[command(name = "ds4-bench", version, about)]
+struct Args {
+    /// Model GGUF file.
+    #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
+    model: PathBuf,
+    /// Prompt text, tokenized as plain BPE without BOS.
+    #[arg(long = "prompt-file")]
+    prompt_file: Option<PathBuf>,
+    /// Prompt text rendered as one non-thinking user message (with `--system`).
+    #[arg(long = "chat-prompt-file")]
+    chat_prompt_file: Option<PathBuf>,
+    /// System prompt for --chat-prompt-file.
+    #[arg(long = "system", default_value = "")]
+    system: String,
+    /// Use deterministic pseudo-random token ids instead of a prompt file (models without a
+    /// tokenizer).
+    #[arg(long = "synthetic-prompt")]
+    synthetic: bool,
+    /// CPU backend (the only one in this build).
+    #[arg(long = "cpu")]
+    cpu: bool,
+    /// Worker threads (0: all cores).
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+    /// f32 everywhere, no FP8/FP4 simulation.
+    #[arg(long = "precise")]
+    precise: bool,
+    /// First context frontier.
+    #[arg(long = "ctx-start", default_value_t = 2048)]
+    ctx_start: usize,
+    /// Last context frontier.
+    #[arg(long = "ctx-max", default_value_t = 32768)]
+    ctx_max: usize,
+    /// Linear step between frontiers.
+    #[arg(long = "step-incr", default_value_t = 2048)]
+    step_incr: usize,
+    /// Geometric step (1: linear).
+    #[arg(long = "step-mul", default_value_t = 1.0)]
+    step_mul: f64,
+    /// Greedy tokens decoded at each frontier.
+    #[arg(
+        short = 'n',
+        long = "gen-tokens",
+        alias = "tokens",
+        default_value_t = 128
+    )]
+    gen_tokens: usize,
+    /// Write the CSV here instead of stdout.
+    #[arg(long = "csv")]
+    csv: Option<PathBuf>,
+}
+
+/// Session bytes as stored (f32 values): the snapshot size ds4 reports as `kvcache_bytes`.
+fn session_bytes(s: &Session) -> usize {
+    let f = |v: &Vec<f32>| v.len() * 4;
+    s.layers
+        .iter()
+        .map(|l| {
+            f(&l.raw)
+                + f(&l.comp)
+                + f(&l.idx)
+                + [&l.attn_frontier, &l.idx_frontier]
+                    .iter()
+                    .filter_map(|fr| fr.as_ref())
+                    .map(|fr| f(&fr.kv) + f(&fr.score))
+                    .sum::<usize>()
+        })
+        .sum::<usize>()
+        + s.tokens.len() * 4
+}
+
+fn frontiers(a: &Args) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut c = a.ctx_start.max(1);
+    while c <= a.ctx_max {
+        out.push(c);
+        let next = if a.step_mul > 1.0 {
+            (c as f64 * a.step_mul) as usize
+        } else {
+            c + a.step_incr.max(1)
+        };
+        c = next.max(c + 1);
+    }
+    out
+}
+
+fn prompt_tokens(a: &Args, model: &Model) -> anyhow::Result<Vec<u32>> {
+    if a.synthetic {
+        let v = model.config.n_vocab as u64;
+        // A fixed LCG: reproducible across runs and machines.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        return Ok((0..a.ctx_max)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % v) as u32
+            })
+            .collect());
+    }
+    let tok = Tokenizer::from_metadata(|k| model.file.get(k))
+        .context("this model has no tokenizer; use --synthetic-prompt")?;
+    if let Some(p) = &a.prompt_file {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(tok.encode(&text, false));
+    }
+    if let Some(p) = &a.chat_prompt_file {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let mut msgs = serde_json::json!([{"role": "user", "content": text}]);
+        if !a.system.is_empty() {
+            msgs.as_array_mut().expect("literal array").insert(
+                0,
+                serde_json::json!({"role": "system", "content": a.system}),
+            );
+        }
+        let req = serde_json::json!({"messages": msgs, "thinking": false});
+        let r =
+            ds4::chat::render_chat_request(&req, a.ctx_max).context("rendering the chat prompt")?;
+        return Ok(tok.encode(&r.prompt, true));
+    }
+    bail!("give --prompt-file, --chat-prompt-file or --synthetic-prompt")
+}
+
+fn argmax_excluding(logits: &[f32], skip: Option<u32>) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in logits.iter().enumerate() {
+        if Some(i as u32) != skip && (v > logits[best] || Some(best as u32) == skip) {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn run(a: Args) -> anyhow::Result<()> {
+    ds4_cli::init_threads(a.threads)?;
+    let model = ds4_cli::load_model(&a.model)?;
+    let prec = if a.precise {
+        Precision::Precise
+    } else {
+        Precision::Default
+    };
+    let tokens = prompt_tokens(&a, &model)?;
+    if tokens.len() < a.ctx_max {
+        bail!(
+            "the prompt has {} tokens; --ctx-max {} needs at least that many",
+            tokens.len(),
+            a.ctx_max
+        );
+    }
+    let eos = Tokenizer::from_metadata(|k| model.file.get(k))
+        .ok()
+        .map(|t| t.eos());
+    let be = CpuBackend::new(model.file.clone());
+    let mut out: Box<dyn Write> = match &a.csv {
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
+        None => Box::new(std::io::stdout()),
+    };
+    writeln!(
+        out,
+        "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes"
+    )?;
+    let mut sess = model.new_session();
+    let mut logits = Vec::new();
+    for ctx in frontiers(&a) {
+        let from = sess.pos();
+        let t0 = Instant::now();
+        let all = model.forward(&be as &dyn Backend, &mut sess, &tokens[from..ctx], prec)?;
+        let prefill_s = t0.elapsed().as_secs_f64();
+        if !all.is_empty() {
+            logits = all[all.len() - model.config.n_vocab..].to_vec();
+        }
+        let snapshot = sess.clone();
+        let kv_bytes = session_bytes(&sess);
+        let t1 = Instant::now();
+        let mut l = logits.clone();
+        for _ in 0..a.gen_tokens {
+            let t = argmax_excluding(&l, eos);
+            l = model.forward(&be, &mut sess, &[t], prec)?;
+        }
+        let gen_s = t1.elapsed().as_secs_f64();
+        sess = snapshot;
+        let prefill_tokens = ctx - from;
+        writeln!(
+            out,
+            "{ctx},{prefill_tokens},{:.2},{},{:.2},{kv_bytes}",
+            prefill_tokens as f64 / prefill_s.max(1e-9),
+            a.gen_tokens,
+            a.gen_tokens as f64 / gen_s.max(1e-9)
+        )?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 fn main() {
-    eprintln!("not built yet");
-    std::process::exit(2);
+    let args = Args::parse_from(ds4_cli::normalize_args(std::env::args()));
+    if let Err(e) = run(args) {
+        eprintln!("ds4-bench: error: {e:#}");
+        std::process::exit(1);
+    }
 }

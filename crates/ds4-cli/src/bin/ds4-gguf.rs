@@ -37,9 +37,33 @@ enum Cmd {
         /// Query heads.
         #[arg(long, default_value_t = 4)]
         heads: usize,
+        /// Head dim (q = k = v; ≥ 64).
+        #[arg(long, default_value_t = 128)]
+        head_dim: usize,
+        /// q low rank.
+        #[arg(long, default_value_t = 128)]
+        q_lora: usize,
+        /// Output-projection groups.
+        #[arg(long, default_value_t = 2)]
+        o_groups: usize,
+        /// Per-group output rank.
+        #[arg(long, default_value_t = 64)]
+        o_lora: usize,
+        /// Raw attention window in tokens.
+        #[arg(long, default_value_t = 32)]
+        swa: usize,
+        /// Indexer heads.
+        #[arg(long, default_value_t = 16)]
+        idx_heads: usize,
+        /// Indexer top-k.
+        #[arg(long, default_value_t = 16)]
+        idx_topk: usize,
         /// Routed experts.
         #[arg(long, default_value_t = 16)]
         n_experts: usize,
+        /// Experts per token.
+        #[arg(long, default_value_t = 4)]
+        experts_used: usize,
         /// Routed expert quantisation: q2, q4 or f16.
         #[arg(long, default_value = "q2")]
         experts: ExpertRecipe,
@@ -66,7 +90,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             hidden,
             ff,
             heads,
+            head_dim,
+            q_lora,
+            o_groups,
+            o_lora,
+            swa,
+            idx_heads,
+            idx_topk,
             n_experts,
+            experts_used,
             experts,
             vocab,
             tokenizer,
@@ -88,11 +120,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 hidden,
                 ff,
                 heads,
+                head_dim,
+                q_lora,
+                o_groups,
+                o_lora,
+                swa,
+                idx_heads,
+                idx_topk,
                 experts: n_experts,
+                experts_used,
                 recipe: experts,
                 vocab,
                 tokenizer,
-                ..TinySpec::default()
             };
             let w = ds4::tiny::generate(&spec).context("generating the model")?;
             w.write_file(&out)

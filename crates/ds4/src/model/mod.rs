@@ -37,7 +37,11 @@ impl Precision {
     /// The numerics this precision stands for.
     pub fn numerics(self) -> Numerics {
         let on = self == Precision::Default;
-        Numerics { fp8_kv: on, indexer_qat: on, f16_rows: on }
+        Numerics {
+            fp8_kv: on,
+            indexer_qat: on,
+            f16_rows: on,
+        }
     }
 }
 
