@@ -6,6 +6,9 @@ Pinned versions (see tools/reference/requirements.txt):
 Seed: SEED below (20260611); token ids use SEED + 1, expert bytes SEED + 100 + recipe index.
 Exact command (from the repository root):
     /work/venv-ref/bin/python tools/reference/model_fixtures.py --out tests/fixtures/model
+GGUF files only (no torch/transformers needed: gguf==0.19.0 and numpy==2.4.6 suffice; this is
+what tools/make-test-models.sh runs on CI, the bytes equal those of the full run):
+    python tools/reference/model_fixtures.py --gguf-only --out tests/fixtures/model
 
 What it does, per recipe (f16 / q2 / q4, which differ only in the routed-expert tensors):
  1. draws random weights with a fixed seed, encodes them with gguf-py (F16/Q8_0 through
@@ -36,11 +39,10 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import torch
-import transformers
 from gguf import GGMLQuantizationType as QT
-from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
-from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hfm
+
+# torch and transformers are imported by import_hf(), so that --gguf-only runs without them.
+torch = transformers = hfm = DeepseekV4Config = DeepseekV4ForCausalLM = None
 
 SEED = 20260611
 N_TOKENS = 260
@@ -586,7 +588,7 @@ def hadamard128() -> torch.Tensor:
     return h / math.sqrt(128.0)
 
 
-_H128 = hadamard128()
+_H128 = None  # hadamard128(), set by import_hf()
 
 
 def f16_round(x: torch.Tensor) -> torch.Tensor:
@@ -605,7 +607,7 @@ def sim_indexer(x: torch.Tensor) -> torch.Tensor:
     return fp4_blocks(rotated)
 
 
-_SRC = Path(hfm.__file__).read_text().splitlines()
+_SRC: list[str] = []  # lines of HF's modeling_deepseek_v4.py, set by import_hf()
 
 
 def _lines_with(text: str, count: int) -> set[int]:
@@ -615,10 +617,27 @@ def _lines_with(text: str, count: int) -> set[int]:
     return found
 
 
-# The HF call sites of apply_rotary_pos_emb whose results get the official roundings.
-_RAW_KV = _lines_with("kv = apply_rotary_pos_emb(kv, cos, sin)", 1)
-_COMPRESSED = _lines_with("compressed = apply_rotary_pos_emb(compressed.unsqueeze(1), cos, sin)", 3)
-_INDEXER_Q = _lines_with("q = apply_rotary_pos_emb(q, cos_q, sin_q)", 1)
+# The HF call sites of apply_rotary_pos_emb whose results get the official roundings
+# (line-number sets, filled by import_hf()).
+_RAW_KV: set[int] = set()
+_COMPRESSED: set[int] = set()
+_INDEXER_Q: set[int] = set()
+
+
+def import_hf() -> None:
+    """Imports torch and transformers and computes the module constants that need them."""
+    global torch, transformers, hfm, DeepseekV4Config, DeepseekV4ForCausalLM
+    global _H128, _SRC, _RAW_KV, _COMPRESSED, _INDEXER_Q
+    import torch
+    import transformers
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+    from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hfm
+
+    _H128 = hadamard128()
+    _SRC = Path(hfm.__file__).read_text().splitlines()
+    _RAW_KV = _lines_with("kv = apply_rotary_pos_emb(kv, cos, sin)", 1)
+    _COMPRESSED = _lines_with("compressed = apply_rotary_pos_emb(compressed.unsqueeze(1), cos, sin)", 3)
+    _INDEXER_Q = _lines_with("q = apply_rotary_pos_emb(q, cos_q, sin_q)", 1)
 
 
 @contextlib.contextmanager
@@ -799,13 +818,29 @@ def cache_check(model: DeepseekV4ForCausalLM, ids: torch.Tensor, stateless: np.n
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("tests/fixtures/model"))
-    ap.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    ap.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument(
+        "--gguf-only",
+        action="store_true",
+        help="write only model.gguf and tokens.json per recipe (numpy + gguf-py; no torch/transformers)",
+    )
     args = ap.parse_args()
+    ids_list = np.random.default_rng(SEED + 1).integers(0, VOCAB, size=N_TOKENS).tolist()
+    if args.gguf_only:
+        print(f"numpy {np.__version__}, gguf {version('gguf')}")
+        for recipe in args.recipes:
+            out_dir = args.out / recipe
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_gguf(out_dir / "model.gguf", recipe)
+            (out_dir / "tokens.json").write_text(json.dumps(ids_list) + "\n")
+            print(f"wrote {out_dir / 'model.gguf'}")
+        return
+
+    import_hf()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, gguf {version('gguf')}")
     self_test_roundings()
 
-    ids_list = np.random.default_rng(SEED + 1).integers(0, VOCAB, size=N_TOKENS).tolist()
     ids = torch.tensor([ids_list], dtype=torch.long)
 
     for recipe in args.recipes:
