@@ -174,7 +174,7 @@ impl Gen {
 fn ratio(il: usize) -> u32 {
     if il < 2 {
         0
-    } else if il % 2 == 0 {
+    } else if il.is_multiple_of(2) {
         4
     } else {
         128
@@ -195,13 +195,35 @@ pub fn generate(spec: &TinySpec) -> Result<GgufWriter, TinyError> {
             })?,
         None => s.vocab,
     };
+    let dims = [
+        s.layers,
+        s.hidden,
+        vocab,
+        s.heads,
+        s.head_dim,
+        s.q_lora,
+        s.o_groups,
+        s.o_lora,
+        s.swa,
+        s.idx_heads,
+        s.idx_topk,
+        s.experts,
+        s.experts_used,
+        s.ff,
+    ];
+    if dims.contains(&0) {
+        return Err(TinyError::Dims("every dimension must be positive".into()));
+    }
     let kq = s.recipe != ExpertRecipe::F16;
-    if s.hidden % 256 != 0 || (kq && s.ff % 256 != 0) || s.ff % 32 != 0 {
+    if !s.hidden.is_multiple_of(256)
+        || (kq && !s.ff.is_multiple_of(256))
+        || !s.ff.is_multiple_of(32)
+    {
         return Err(TinyError::Dims(
             "hidden and ff must be multiples of 256 (k-quant blocks)".into(),
         ));
     }
-    if s.heads % s.o_groups != 0
+    if !s.heads.is_multiple_of(s.o_groups)
         || s.head_dim < ROPE_DIMS
         || s.layers == 0
         || s.experts_used > s.experts

@@ -46,7 +46,7 @@ pub fn compress(
         for (j, s) in fr.score[dst].iter_mut().enumerate() {
             *s = sc[t * width + j] + w.ape[m * width + j];
         }
-        if (p + 1) % ratio == 0 {
+        if (p + 1).is_multiple_of(ratio) {
             let mut row = pool(fr, ratio, d);
             rms_norm(&mut row, Some(&w.norm), cfg.rms_eps);
             rope.apply(&mut row, p + 1 - ratio, false);

@@ -367,7 +367,11 @@ fn check_fixed<'a, F: Fn(&str) -> Option<&'a Value>>(
             m.u32("attention.value_length")?,
         ));
     }
-    if c.n_rot == 0 || c.n_rot % 2 != 0 || c.n_rot > c.head_dim || c.n_rot > c.idx_head_dim {
+    if c.n_rot == 0
+        || !c.n_rot.is_multiple_of(2)
+        || c.n_rot > c.head_dim
+        || c.n_rot > c.idx_head_dim
+    {
         return Err(wrong_value(
             "rope.dimension_count",
             "an even number ≤ both head dims",
@@ -381,7 +385,7 @@ fn check_fixed<'a, F: Fn(&str) -> Option<&'a Value>>(
             c.idx_head_dim,
         ));
     }
-    if c.n_head % c.o_groups != 0 {
+    if !c.n_head.is_multiple_of(c.o_groups) {
         return Err(wrong_value(
             "attention.output_group_count",
             format!("a divisor of {}", c.n_head),
