@@ -226,7 +226,38 @@ fn dump_logits_writes_an_npy_of_tokens_by_vocab() {
 }
 
 #[test]
+fn one_shot_tokenizes_a_rendered_prompt_file_as_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("prompt.txt");
+    let text = "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi there<｜Assistant｜></think>";
+    std::fs::write(&file, text).expect("write prompt");
+    let out = ds4(&[
+        "-m",
+        model_arg(),
+        "--prompt-file",
+        file.to_str().expect("utf-8 path"),
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "-c",
+        "512",
+    ]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    let n = tokenizer().encode(text, true).len();
+    assert!(err.contains(&format!("ds4: prefill {n} tok")), "{err}");
+}
+
+#[test]
 fn repl_reads_piped_commands_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("message.txt");
+    std::fs::write(&file, "a message from a file").expect("write message");
+    let input = format!(
+        "/nothink\nhello\n/bogus\n/read {}\n/quit\nnever sent\n",
+        file.display()
+    );
     let out = ds4_with_stdin(
         &[
             "-m",
@@ -240,7 +271,7 @@ fn repl_reads_piped_commands_and_exits_cleanly() {
             "-c",
             "512",
         ],
-        Some("/nothink\nhello\n/bogus\nagain\n/quit\nnever sent\n"),
+        Some(&input),
     );
     let err = stderr_of(&out);
     assert!(out.status.success(), "{err}");
