@@ -1,5 +1,6 @@
 //! Shared pieces of the command-line tools: argument normalisation, thread setup, model
-//! loading with a readable error, and the `.npy` writer used by `--dump-logits`.
+//! loading with a readable error, the `.npy` writer used by `--dump-logits`, and the `ds4`
+//! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -8,7 +9,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+pub mod chat_cli;
+pub mod diag;
 pub mod npy;
+pub mod repl;
 
 /// ds4 spells some long flags with one dash (`-sys`); clap wants two.
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {

@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use clap::Parser;
-use ds4::backend::CpuBackend;
 use ds4::model::Precision;
+use ds4::sample::SamplerParams;
+use ds4_cli::chat_cli::{ChatOptions, Think};
 
 /// DeepSeek V4 Flash on the command line.
 #[derive(Parser, Debug)]
@@ -49,10 +52,10 @@ pub struct Args {
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
     /// Thinking mode (default).
-    #[arg(long = "think")]
+    #[arg(long = "think", conflicts_with_all = ["think_max", "nothink"])]
     think: bool,
     /// Think Max (needs a context of at least 393216 tokens).
-    #[arg(long = "think-max")]
+    #[arg(long = "think-max", conflicts_with = "nothink")]
     think_max: bool,
     /// Disable thinking.
     #[arg(long = "nothink")]
@@ -60,6 +63,12 @@ pub struct Args {
     /// Print a model summary and exit.
     #[arg(long = "inspect")]
     inspect: bool,
+    /// Diagnostic: print the prompt's token ids as written (special tokens recognised).
+    #[arg(long = "dump-tokens")]
+    dump_tokens: bool,
+    /// Print the prompt text of an OpenAI chat-completions request file and exit (no model).
+    #[arg(long = "render-chat", value_name = "REQUEST.json")]
+    render_chat: Option<PathBuf>,
     /// Diagnostic: comma-separated token ids to evaluate.
     #[arg(long = "prompt-tokens")]
     prompt_tokens: Option<String>,
@@ -74,33 +83,60 @@ pub struct Args {
     precise: bool,
 }
 
-fn dump_logits(args: &Args, list: &str, out: &PathBuf) -> anyhow::Result<()> {
-    let tokens = ds4_cli::parse_token_list(list)?;
-    if tokens.is_empty() {
-        bail!("--prompt-tokens is empty");
+impl Args {
+    fn precision(&self) -> Precision {
+        if self.precise {
+            Precision::Precise
+        } else {
+            Precision::Default
+        }
     }
-    let model = ds4_cli::load_model(&args.model)?;
-    let be = CpuBackend::new(model.file.clone());
-    let prec = if args.precise {
-        Precision::Precise
-    } else {
-        Precision::Default
-    };
-    let mut sess = model.new_session();
-    let k = args.decode_from.unwrap_or(tokens.len()).min(tokens.len());
-    let mut logits = model.forward(&be, &mut sess, &tokens[..k], prec)?;
-    for &t in &tokens[k..] {
-        logits.extend(model.forward(&be, &mut sess, &[t], prec)?);
+
+    fn think(&self) -> Think {
+        if self.nothink {
+            Think::None
+        } else if self.think_max {
+            Think::Max
+        } else {
+            Think::High
+        }
     }
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
-    );
-    ds4_cli::npy::write_f32(&mut f, &logits, tokens.len(), model.config.n_vocab)?;
-    std::io::Write::flush(&mut f)?;
-    Ok(())
+
+    fn chat_options(&self) -> ChatOptions {
+        ChatOptions {
+            system: self.system.clone(),
+            think: self.think(),
+            max_tokens: self.tokens,
+            sampler: SamplerParams {
+                temperature: self.temp,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                seed: self.seed,
+                ..SamplerParams::default()
+            },
+        }
+    }
+
+    /// `-p` text or the content of `--prompt-file`.
+    fn prompt_text(&self) -> anyhow::Result<Option<String>> {
+        match (&self.prompt, &self.prompt_file) {
+            (Some(_), Some(_)) => bail!("give either -p or --prompt-file, not both"),
+            (Some(p), None) => Ok(Some(p.clone())),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(Some)
+                .with_context(|| format!("reading {}", f.display())),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(req) = &args.render_chat {
+        let prompt = ds4_cli::diag::render_chat(req, args.ctx)?;
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(&mut out, prompt.as_bytes())?;
+        return Ok(std::io::Write::flush(&mut out)?);
+    }
     ds4_cli::init_threads(args.threads)?;
     if args.inspect {
         let f = ds4::gguf::GgufFile::open(&args.model)
@@ -111,12 +147,36 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let (Some(list), Some(out)) = (&args.prompt_tokens, &args.dump_logits) {
-        return dump_logits(&args, list, out);
+        let tokens = ds4_cli::parse_token_list(list)?;
+        return ds4_cli::diag::dump_logits(
+            &args.model,
+            &tokens,
+            out,
+            args.precision(),
+            args.decode_from,
+        );
     }
     if args.dump_logits.is_some() {
         bail!("--dump-logits needs --prompt-tokens");
     }
-    bail!("text generation is not wired yet: use --prompt-tokens with --dump-logits")
+    let prompt = args.prompt_text()?;
+    if args.dump_tokens {
+        let Some(text) = prompt else {
+            bail!("--dump-tokens needs -p TEXT or --prompt-file FILE");
+        };
+        let tok = ds4_cli::diag::load_tokenizer(&args.model)?;
+        return Ok(ds4_cli::diag::dump_tokens(
+            &tok,
+            &text,
+            &mut std::io::stdout().lock(),
+        )?);
+    }
+    let model = Arc::new(ds4_cli::load_model(&args.model)?);
+    let mut engine = ds4::engine::Engine::new(model, args.precision(), args.ctx)?;
+    match prompt {
+        Some(text) => ds4_cli::chat_cli::one_shot(&mut engine, &args.chat_options(), &text),
+        None => ds4_cli::repl::run_repl(engine, args.chat_options()),
+    }
 }
 
 fn main() {
