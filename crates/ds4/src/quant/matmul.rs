@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::dequant::dequantize_unchecked;
-use super::simd::{dot_1x3, dot_f32, dot_row};
+use super::simd::{dot_f32, dot_row};
 use super::{bytes_for, check_len, QuantError};
 use crate::gguf::GgmlType;
 
@@ -128,17 +128,9 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result<(),
         let nr = yts.len() / n_tok;
         buf.resize(nr * w.cols, 0.0);
         dequantize_unchecked(w.ty, w.rows_bytes(r0, nr), buf);
-        let cols = w.cols;
-        let xr = |t: usize| &x[t * cols..(t + 1) * cols];
-        // 3 tokens per weight-row load through the blocked kernel, the rest one by one.
-        let t3 = n_tok / 3 * 3;
-        for (r, wr) in buf.chunks_exact(cols).enumerate() {
-            let yr = &mut yts[r * n_tok..(r + 1) * n_tok];
-            for t in (0..t3).step_by(3) {
-                yr[t..t + 3].copy_from_slice(&dot_1x3(wr, [xr(t), xr(t + 1), xr(t + 2)]));
-            }
-            for t in t3..n_tok {
-                yr[t] = dot_f32(wr, xr(t));
+        for (t, xt) in x.chunks_exact(w.cols).enumerate() {
+            for (r, wr) in buf.chunks_exact(w.cols).enumerate() {
+                yts[r * n_tok + t] = dot_f32(wr, xt);
             }
         }
     };
@@ -285,36 +277,6 @@ mod tests {
                     want.to_bits(),
                     "token {t} row {r}"
                 );
-            }
-        }
-    }
-
-    #[test]
-    fn blocked_prefill_kernel_equals_dot_f32_bit_for_bit() {
-        // 7 tokens = two 3-token blocks + one single; 77 columns leave a scalar tail.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
-        for (ty, cols) in [
-            (GgmlType::F32, 77),
-            (GgmlType::Q8_0, 96),
-            (GgmlType::Q2_K, 512),
-        ] {
-            let (rows, n_tok) = (11, 7);
-            let data = random_blocks(ty, rows * cols, 0.2, &mut rng).unwrap();
-            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
-            let x = random_f32(n_tok * cols, &mut rng);
-            let mut y = vec![0.0; n_tok * rows];
-            matmul(&w, &x, n_tok, &mut y).unwrap();
-            let mut wf = vec![0.0; cols];
-            for r in 0..rows {
-                dequantize(ty, w.row(r), &mut wf).unwrap();
-                for t in 0..n_tok {
-                    let want = dot_f32(&wf, &x[t * cols..(t + 1) * cols]);
-                    assert_eq!(
-                        y[t * rows + r].to_bits(),
-                        want.to_bits(),
-                        "{ty} token {t} row {r}"
-                    );
-                }
             }
         }
     }

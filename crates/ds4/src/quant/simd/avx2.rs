@@ -38,12 +38,6 @@ impl Avx2 {
         unsafe { dot_plain_f32(bytemuck::cast_slice(&a[..n]), &b[..n]) }
     }
 
-    /// `w·x[t]` for 3 token rows (see [`super::dot_1x3`]).
-    pub(super) fn dot_1x3(self, w: &[f32], x: [&[f32]; 3]) -> [f32; 3] {
-        // SAFETY: `self` exists only if `detect` found avx2, fma and f16c on this CPU.
-        unsafe { dot_1x3_f32(w, x) }
-    }
-
     /// One weight row of type `ty` · `x`; `row` holds `x.len()` elements (checked by the
     /// caller). Every kernel bounds its loads by the slices it is given, so a short `row` or
     /// `x` only shortens the sum.
@@ -84,52 +78,6 @@ macro_rules! unroll4 {
             $body
         }
     }};
-}
-
-/// One weight row · 3 token rows for the prefill matmul: each loaded weight vector serves 3
-/// tokens (12 accumulators + 4 operands = the 16 ymm registers). Every (row, token) pair keeps
-/// the four accumulators, the element order and the scalar tail of `dot_plain_f32`, so each
-/// result equals `dot_f32(w, x[t])` bit for bit and prefill equals decode exactly.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_1x3_f32(w: &[f32], x: [&[f32]; 3]) -> [f32; 3] {
-    let n = x.iter().map(|r| r.len()).fold(w.len(), usize::min);
-    let mut acc = [[_mm256_setzero_ps(); 4]; 3];
-    let mut i = 0;
-    while i + 32 <= n {
-        unroll4!(|k| {
-            let o = i + 8 * k;
-            // SAFETY: o + 8 ≤ n ≤ every slice's length.
-            let (wv, x0, x1, x2) = unsafe {
-                (
-                    _mm256_loadu_ps(w.as_ptr().add(o)),
-                    _mm256_loadu_ps(x[0].as_ptr().add(o)),
-                    _mm256_loadu_ps(x[1].as_ptr().add(o)),
-                    _mm256_loadu_ps(x[2].as_ptr().add(o)),
-                )
-            };
-            acc[0][k] = _mm256_fmadd_ps(wv, x0, acc[0][k]);
-            acc[1][k] = _mm256_fmadd_ps(wv, x1, acc[1][k]);
-            acc[2][k] = _mm256_fmadd_ps(wv, x2, acc[2][k]);
-        });
-        i += 32;
-    }
-    while i + 8 <= n {
-        // SAFETY: i + 8 ≤ n, as above.
-        let wv = unsafe { _mm256_loadu_ps(w.as_ptr().add(i)) };
-        for (t, a) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
-            let xv = unsafe { _mm256_loadu_ps(x[t].as_ptr().add(i)) };
-            a[0] = _mm256_fmadd_ps(wv, xv, a[0]);
-        }
-        i += 8;
-    }
-    std::array::from_fn(|t| {
-        let mut s = finish(acc[t]);
-        for j in i..n {
-            s += w[j] * x[t][j];
-        }
-        s
-    })
 }
 
 /// Sums the four accumulators: `(a0 + a1) + (a2 + a3)`, then the 8 lanes.

@@ -41,17 +41,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// `[w·x[0], w·x[1], w·x[2]]`: one weight row against 3 token rows, the inner kernel of the
-/// prefill matmul. Each result equals [`dot_f32`] bit for bit (same order), so a matmul over
-/// many tokens equals per-token matvecs exactly.
-pub(crate) fn dot_1x3(w: &[f32], x: [&[f32]; 3]) -> [f32; 3] {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2(t) => t.dot_1x3(w, x),
-        Isa::Scalar => x.map(|xt| dot_f32_ref(w, xt)),
-    }
-}
-
 /// `Σ_c W[c]·x[c]` for one weight row of type `ty` with `x.len()` elements, weights
 /// dequantised on the fly, f32 accumulation. The caller has checked that `row` holds exactly
 /// `x.len()` elements (`QMatrix::new`).
