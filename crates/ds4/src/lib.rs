@@ -2,8 +2,11 @@
 //!
 //! The data flows forward through the modules (DESIGN.md): `gguf` → `quant` → `model`
 //! (config, weights, forward) → `backend` → `session`; text goes through `tokenizer`, `chat`
-//! and `sample`. No HTTP and no CUDA here.
+//! and `sample`; `engine` ties a model, a backend and a live session into the generation loop
+//! the CLI and the server share; `tiny` generates models with the real layout for tests.
+//! No HTTP and no CUDA here.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod backend;
 pub mod chat;
