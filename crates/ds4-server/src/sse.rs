@@ -143,3 +143,57 @@ pub async fn collect(mut rx: UnboundedReceiver<GenerationEvent>) -> Result<Colle
         "generation ended unexpectedly",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    struct Names;
+
+    impl StreamEncoder for Names {
+        fn encode(&mut self, event: GenerationEvent) -> Vec<String> {
+            let name = match event {
+                GenerationEvent::Started { .. } => "started",
+                GenerationEvent::Text(_) | GenerationEvent::Output(_) => "piece",
+                GenerationEvent::Done(_) => "done",
+                GenerationEvent::Failed(_) => "failed",
+            };
+            vec![format!("data: {name}\n\n")]
+        }
+    }
+
+    async fn next_frame(body: &mut Body) -> String {
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        String::from_utf8(frame.into_data().expect("data").to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_comments_only_while_prefilling() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = response(rx, Names, Duration::from_secs(5)).into_body();
+        tx.send(GenerationEvent::Started {
+            prompt_tokens: 3,
+            cached_tokens: 0,
+        })
+        .expect("send");
+        assert_eq!(next_frame(&mut body).await, "data: started\n\n");
+        // Nothing arrives for a while: the paused clock jumps to the keepalive.
+        assert_eq!(next_frame(&mut body).await, ": prefill\n\n");
+        assert_eq!(next_frame(&mut body).await, ": prefill\n\n");
+        tx.send(GenerationEvent::Text("a".into())).expect("send");
+        assert_eq!(next_frame(&mut body).await, "data: piece\n\n");
+        tx.send(GenerationEvent::Failed("x".into())).expect("send");
+        assert_eq!(next_frame(&mut body).await, "data: failed\n\n");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_body_closes_the_channel() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<GenerationEvent>();
+        let body = response(rx, Names, Duration::from_secs(5)).into_body();
+        assert!(!tx.is_closed());
+        drop(body);
+        assert!(tx.is_closed());
+    }
+}

@@ -27,7 +27,8 @@ async fn chat_tool_call_is_parsed_and_streamed() {
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
     assert!(call["id"].as_str().unwrap().starts_with("call_"));
-    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args, json!({"city": "Paris", "days": 3}));
 
     let mut sbody = body.clone();
@@ -36,13 +37,17 @@ async fn chat_tool_call_is_parsed_and_streamed() {
     let chunks = data_json(&frames);
     let mut streamed = String::new();
     for c in &chunks {
-        if let Some(a) = c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str() {
+        if let Some(a) = c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+        {
             streamed.push_str(a);
         }
     }
     let streamed: Value = serde_json::from_str(&streamed).unwrap();
     assert_eq!(streamed, json!({"city": "Paris", "days": 3}));
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +59,12 @@ async fn anthropic_and_responses_tool_calls_use_their_shapes() {
     let (status, m) = s.post("/v1/messages", &body).await;
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["stop_reason"], "tool_use");
-    let block = m["content"].as_array().unwrap().iter().find(|b| b["type"] == "tool_use").unwrap();
+    let block = m["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap();
     assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
     assert_eq!(block["input"], json!({"city": "Paris", "days": 3}));
 
@@ -63,7 +73,10 @@ async fn anthropic_and_responses_tool_calls_use_their_shapes() {
         "input": "Weather?", "ds4_test_output": DSML, "stream": true});
     let (_, frames) = s.stream("/v1/responses", &body).await;
     let events = data_json(&frames);
-    let done = events.iter().find(|e| e["type"] == "response.function_call_arguments.done").unwrap();
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.function_call_arguments.done")
+        .unwrap();
     let args: Value = serde_json::from_str(done["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args, json!({"city": "Paris", "days": 3}));
     assert_eq!(events.last().unwrap()["type"], "response.completed");
