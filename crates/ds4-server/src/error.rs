@@ -60,7 +60,7 @@ pub struct ApiError {
     /// A machine-readable code (`context_length_exceeded`).
     pub code: Option<&'static str>,
     /// Extra fields of the error object (`n_prompt_tokens`, `n_ctx`).
-    pub extra: Map<String, Value>,
+    pub extra: Box<Map<String, Value>>,
     /// Shape to render.
     pub protocol: Protocol,
 }
@@ -79,7 +79,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
-            extra: Map::new(),
+            extra: Box::default(),
             protocol: Protocol::Chat,
         }
     }
@@ -147,14 +147,14 @@ impl ApiError {
         if self.protocol == Protocol::Anthropic {
             inner.insert("type".into(), json!(self.anthropic_type()));
             inner.insert("message".into(), json!(self.message));
-            inner.extend(self.extra.clone());
+            inner.extend(self.extra.as_ref().clone());
             return json!({"type": "error", "error": inner});
         }
         inner.insert("message".into(), json!(self.message));
         inner.insert("type".into(), json!(self.openai_type()));
         inner.insert("param".into(), json!(self.param));
         inner.insert("code".into(), json!(self.code));
-        inner.extend(self.extra.clone());
+        inner.extend(self.extra.as_ref().clone());
         json!({ "error": inner })
     }
 }

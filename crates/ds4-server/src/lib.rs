@@ -103,7 +103,24 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_endpoint)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(request::MAX_BODY_BYTES))
+        .layer(request_span_layer())
         .with_state(state)
+}
+
+/// One span per request (STYLE §9): id, method, path, protocol. No headers, no content.
+fn request_span_layer() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&axum::http::Request<axum::body::Body>) -> tracing::Span + Clone,
+> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tower_http::trace::TraceLayer::new_for_http().make_span_with(
+        move |req: &axum::http::Request<axum::body::Body>| {
+            let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let path = req.uri().path();
+            tracing::info_span!("request", request_id = id, method = %req.method(), path,
+                protocol = protocol_of(path).name())
+        },
+    )
 }
 
 /// The protocol whose error shape a path uses.

@@ -48,9 +48,19 @@ async fn client(base: String, i: usize) -> Result<bool, String> {
         return Err(format!("client {i}: no [DONE]"));
     }
     let chunks = data_json(&frames);
-    let first_ok = chunks.first().map(|c| c["choices"][0]["delta"]["role"] == "assistant") == Some(true);
-    let finish_ok = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_string()).count() == 1;
-    let usage_ok = chunks.last().map(|c| c["usage"]["completion_tokens"] == MAX_TOKENS) == Some(true);
+    let first_ok = chunks
+        .first()
+        .map(|c| c["choices"][0]["delta"]["role"] == "assistant")
+        == Some(true);
+    let finish_ok = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["finish_reason"].is_string())
+        .count()
+        == 1;
+    let usage_ok = chunks
+        .last()
+        .map(|c| c["usage"]["completion_tokens"] == MAX_TOKENS)
+        == Some(true);
     if !(first_ok && finish_ok && usage_ok) {
         return Err(format!("client {i}: malformed stream {text}"));
     }
@@ -59,11 +69,17 @@ async fn client(base: String, i: usize) -> Result<bool, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_streaming_clients_with_disconnects_stay_well_formed_and_bounded() {
-    let s = start(Opts { ctx: 512, ..Opts::default() }).await;
+    let s = start(Opts {
+        ctx: 512,
+        ..Opts::default()
+    })
+    .await;
     let mut rss = Vec::new();
     for round in 0..ROUNDS {
         let t0 = Instant::now();
-        let handles: Vec<_> = (0..CLIENTS).map(|i| tokio::spawn(client(s.base.clone(), i))).collect();
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| tokio::spawn(client(s.base.clone(), i)))
+            .collect();
         let (mut completed, mut cancelled) = (0, 0);
         for h in handles {
             match h.await.expect("client task") {
@@ -84,11 +100,29 @@ async fn sixty_four_streaming_clients_with_disconnects_stay_well_formed_and_boun
         assert_eq!(completed, CLIENTS - CLIENTS / 4);
         rss.extend(mem);
     }
-    let metrics = s.client.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
-    eprintln!("{}", metrics.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n"));
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    eprintln!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     if rss.len() == ROUNDS {
         // Round 0 warms allocators; later rounds must not keep growing.
         let growth = rss[ROUNDS - 1].saturating_sub(rss[1]);
-        assert!(growth < 32 * 1024, "rss grew {growth} KiB across rounds: {rss:?}");
+        assert!(
+            growth < 32 * 1024,
+            "rss grew {growth} KiB across rounds: {rss:?}"
+        );
     }
 }

@@ -405,3 +405,41 @@ fn release_binary_rejects_the_test_hook_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--test-hooks"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_adds_headers_and_answers_preflight() {
+    let s = start(Opts {
+        cors: true,
+        ..Opts::default()
+    })
+    .await;
+    let pre = s
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", s.base),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    let r = s
+        .client
+        .get(format!("{}/v1/models", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-methods"],
+        "GET, POST, OPTIONS"
+    );
+    let plain = start(Opts::default()).await;
+    let r = plain
+        .client
+        .get(format!("{}/v1/models", plain.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}

@@ -47,6 +47,7 @@ pub struct Opts {
     pub api_key: Option<String>,
     pub keepalive_ms: u64,
     pub test_hooks: bool,
+    pub cors: bool,
 }
 
 impl Default for Opts {
@@ -56,6 +57,7 @@ impl Default for Opts {
             api_key: None,
             keepalive_ms: 5000,
             test_hooks: cfg!(feature = "test-hooks"),
+            cors: false,
         }
     }
 }
@@ -71,7 +73,7 @@ pub fn state(opts: &Opts) -> AppState {
         ctx_tokens: opts.ctx,
         default_max_tokens: 16,
         api_key: opts.api_key.clone(),
-        cors: false,
+        cors: opts.cors,
         keepalive_ms: opts.keepalive_ms,
         test_hooks: opts.test_hooks,
     };
