@@ -443,3 +443,56 @@ async fn cors_adds_headers_and_answers_preflight() {
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_second_turn_reports_cache_read_tokens() {
+    let s = start(Opts::default()).await;
+    let first = json!({"model": "deepseek-chat", "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "Hello"}]});
+    let (_, m1) = s.post("/v1/messages", &first).await;
+    let text = m1["content"][0]["text"].as_str().unwrap();
+    let u1 = &m1["usage"];
+    let prompt1 =
+        u1["input_tokens"].as_u64().unwrap() + u1["cache_read_input_tokens"].as_u64().unwrap();
+    let second = json!({"model": "deepseek-chat", "max_tokens": 2, "messages": [
+        {"role": "user", "content": "Hello"}, {"role": "assistant", "content": text},
+        {"role": "user", "content": "More"}]});
+    let (_, m2) = s.post("/v1/messages", &second).await;
+    assert_eq!(
+        m2["usage"]["cache_read_input_tokens"].as_u64().unwrap(),
+        prompt1 + u1["output_tokens"].as_u64().unwrap(),
+        "{m1}\n{m2}"
+    );
+    assert!(m2["usage"]["input_tokens"].as_u64().unwrap() > 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_binary_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ds4-server"))
+        .args([
+            "-m",
+            common::model_path().to_str().unwrap(),
+            "--port",
+            "0",
+            "-c",
+            "256",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("listening on"));
+    assert!(listening, "server never listened");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit {exit:?}");
+}
