@@ -120,6 +120,7 @@ impl Scheduler {
             metrics,
             trace,
             next_job: 0,
+            visible: None,
         };
         std::thread::Builder::new()
             .name("ds4-engine".into())
@@ -185,6 +186,9 @@ struct Worker {
     metrics: Arc<Metrics>,
     trace: Option<Arc<Trace>>,
     next_job: u64,
+    /// §5.2 thinking-visible: the text a client replays for the live session of a toolless
+    /// thinking turn (its reasoning dropped, as the template renders earlier turns).
+    visible: Option<String>,
 }
 
 /// Random lowercase hex of `n` digits.
@@ -209,7 +213,8 @@ impl Worker {
         }
     }
 
-    /// §5.2 rules memory-token then memory-text; anything else evaluates the request's tokens.
+    /// §5.2 rules memory-token, thinking-visible, then memory-text; anything else evaluates
+    /// the request's tokens.
     fn select_prompt(&self, req: &GenerationRequest) -> (Vec<u32>, &'static str) {
         let live = self.engine.session_tokens();
         let tokens = &req.prompt_tokens;
@@ -218,6 +223,17 @@ impl Worker {
         }
         if live.len() <= tokens.len() && tokens[..live.len()] == live[..] {
             return (tokens.clone(), "memory-token");
+        }
+        if let Some(rest) = self
+            .visible
+            .as_deref()
+            .and_then(|v| req.prompt_text.strip_prefix(v))
+        {
+            if !rest.is_empty() {
+                let mut prompt = live.to_vec();
+                prompt.extend(self.engine.tokenizer.encode(rest, true));
+                return (prompt, "thinking-visible");
+            }
         }
         let live_text = self.engine.tokenizer.decode(live);
         if let Some(rest) = req.prompt_text.strip_prefix(live_text.as_str()) {
@@ -233,6 +249,7 @@ impl Worker {
     fn serve(&mut self, job: Job) {
         let Job { req, tx } = job;
         let (prompt, decision) = self.select_prompt(&req);
+        self.visible = None;
         let ctx = self.engine.ctx();
         if prompt.len() >= ctx {
             let _ = tx.send(GenerationEvent::Failed(format!(
@@ -279,6 +296,7 @@ impl Worker {
         let mut stop = StopMatcher::new(req.stops.iter().cloned());
         let mut stop_hit = false;
         let mut cancelled = false;
+        let mut saw_think_end = false;
         let shutting_down = self.shutting_down.clone();
         let trace = self.trace.clone();
         let job_id = self.next_job;
@@ -298,6 +316,7 @@ impl Worker {
                 }
             };
             if !emit.is_empty() {
+                saw_think_end |= emit.contains(ds4::chat::render::THINK_END);
                 let _ = tx.send(GenerationEvent::Text(emit.clone()));
                 for ev in parser.feed(&emit) {
                     let _ = tx.send(GenerationEvent::Output(ev));
@@ -344,6 +363,21 @@ impl Worker {
             self.engine.reset();
         }
         let (events, parsed) = parser.finish(cause);
+        let toolless_thinking = req.thinking_mode == ThinkingMode::Thinking && !req.tools_active;
+        if toolless_thinking && !stop_hit && !cancelled && saw_think_end {
+            if let Some(base) = req.prompt_text.strip_suffix(ds4::chat::render::THINK_START) {
+                let eos = if stats.finish == FinishCause::Eos {
+                    ds4::chat::render::EOS
+                } else {
+                    ""
+                };
+                self.visible = Some(format!(
+                    "{base}{}{}{eos}",
+                    ds4::chat::render::THINK_END,
+                    parsed.content
+                ));
+            }
+        }
         for ev in events {
             let _ = tx.send(GenerationEvent::Output(ev));
         }

@@ -81,3 +81,30 @@ async fn anthropic_and_responses_tool_calls_use_their_shapes() {
     assert_eq!(args, json!({"city": "Paris", "days": 3}));
     assert_eq!(events.last().unwrap()["type"], "response.completed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_second_turn_continues_from_the_visible_transcript() {
+    let s = start(Opts::default()).await;
+    let first = json!({"model": "deepseek-reasoner", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hello"}], "ds4_test_output": "Let me think.</think>The answer."});
+    let (_, r1) = s.post("/v1/chat/completions", &first).await;
+    let msg = &r1["choices"][0]["message"];
+    assert_eq!(msg["reasoning_content"], "Let me think.");
+    assert_eq!(msg["content"], "The answer.");
+    assert_eq!(r1["choices"][0]["finish_reason"], "stop");
+    let u1 = &r1["usage"];
+    // The replay drops the reasoning (as the template renders earlier turns); the live session
+    // still holds it and is reused whole.
+    let second = json!({"model": "deepseek-reasoner", "max_tokens": 2, "messages": [
+        {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "The answer."},
+        {"role": "user", "content": "More"}]});
+    let (_, r2) = s.post("/v1/chat/completions", &second).await;
+    let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        cached,
+        u1["prompt_tokens"].as_u64().unwrap() + u1["completion_tokens"].as_u64().unwrap(),
+        "{r1}\n{r2}"
+    );
+}
