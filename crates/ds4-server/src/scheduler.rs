@@ -204,7 +204,11 @@ impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(job) = rx.recv() {
             self.busy.store(true, Ordering::SeqCst);
-            if !job.tx.is_closed() {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                let _ = job
+                    .tx
+                    .send(GenerationEvent::Failed("server shutting down".into()));
+            } else if !job.tx.is_closed() {
                 self.next_job += 1;
                 self.serve(job);
             }
