@@ -94,6 +94,9 @@ pub struct Engine {
     session: Session,
     precision: Precision,
     ctx: usize,
+    /// Test-only: token ids to emit instead of sampling, in order (`test-hooks` feature).
+    #[cfg(feature = "test-hooks")]
+    forced: std::collections::VecDeque<u32>,
 }
 
 impl Engine {
@@ -109,7 +112,16 @@ impl Engine {
             session,
             precision,
             ctx,
+            #[cfg(feature = "test-hooks")]
+            forced: Default::default(),
         })
+    }
+
+    /// Test-only (`test-hooks` feature): the next generation emits `ids` instead of sampling,
+    /// then samples normally. Lets server tests drive tool calls through random weights.
+    #[cfg(feature = "test-hooks")]
+    pub fn force_tokens(&mut self, ids: Vec<u32>) {
+        self.forced = ids.into();
     }
 
     /// Context size in tokens.
@@ -186,6 +198,12 @@ impl Engine {
         let mut finish = FinishCause::Length;
         let mut decoder_bytes: Vec<u8> = Vec::new();
         while completion < max_tokens {
+            #[cfg(feature = "test-hooks")]
+            let id = self
+                .forced
+                .pop_front()
+                .unwrap_or_else(|| sampler.sample(&logits));
+            #[cfg(not(feature = "test-hooks"))]
             let id = sampler.sample(&logits);
             completion += 1;
             if id == eos {

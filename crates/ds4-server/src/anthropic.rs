@@ -1,0 +1,520 @@
+//! Anthropic Messages (spec/serving.md §4.5, §4.8, §4.9): `POST /v1/messages` and
+//! `POST /v1/messages/count_tokens`. The request is mapped onto the OpenAI chat shape that
+//! `ds4::chat::render_chat_request` renders (system parts joined with `\n`, `x-anthropic-*`
+//! parts dropped, `tool_result` blocks → tool messages, `tool_use` → tool calls, `thinking`
+//! blocks → reasoning). Errors use the Anthropic shape; `usage.input_tokens` is the real count
+//! of uncached prompt tokens (ds4 reports 0; we do not copy that).
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use ds4::chat::{FinishReason, OutputEvent};
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, Protocol};
+use crate::request::{self, Knobs, Rendered};
+use crate::scheduler::{GenerationEvent, Usage};
+use crate::sse::{self, StreamEncoder};
+use crate::{body_bytes, AppState};
+
+/// Anthropic `stop_reason` for a finish.
+fn stop_reason(finish: &FinishReason) -> &'static str {
+    match finish {
+        FinishReason::ToolCalls => "tool_use",
+        FinishReason::Length => "max_tokens",
+        FinishReason::Stop | FinishReason::Error(_) => "end_turn",
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({"input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens),
+        "output_tokens": u.completion_tokens, "cache_read_input_tokens": u.cached_tokens,
+        "cache_creation_input_tokens": 0})
+}
+
+fn text_of(value: &Value, field: &str) -> Result<String, ApiError> {
+    match value {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut out = String::new();
+            for p in parts {
+                match p {
+                    Value::String(s) => out.push_str(s),
+                    Value::Object(o) => {
+                        if let Some(Value::String(s)) = o.get("text") {
+                            out.push_str(s);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(ApiError::invalid(format!(
+            "field `{field}` must be a string or an array of blocks"
+        ))
+        .param(field)),
+    }
+}
+
+fn system_text(value: &Value) -> Result<String, ApiError> {
+    let parts: Vec<String> = match value {
+        Value::Null => return Ok(String::new()),
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|p| match p {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("text").and_then(Value::as_str).map(str::to_string),
+                _ => None,
+            })
+            .collect(),
+        _ => {
+            return Err(ApiError::invalid(
+                "field `system` must be a string or an array of text blocks",
+            )
+            .param("system"))
+        }
+    };
+    Ok(parts
+        .into_iter()
+        .filter(|p| !p.starts_with("x-anthropic-"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// One Anthropic message → OpenAI chat messages.
+fn map_message(msg: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
+    let obj = msg.as_object().ok_or_else(|| {
+        ApiError::invalid(format!("field `{path}` must be an object")).param(path)
+    })?;
+    let role = match obj.get("role") {
+        Some(Value::String(r)) if r == "user" || r == "assistant" => r.as_str(),
+        Some(Value::String(r)) => {
+            return Err(ApiError::invalid(format!(
+                "field `{path}.role`: unknown role `{r}` (expected `user` or `assistant`)"
+            ))
+            .param(format!("{path}.role")))
+        }
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "field `{path}.role` must be `user` or `assistant`"
+            ))
+            .param(format!("{path}.role")))
+        }
+    };
+    let content = obj.get("content").unwrap_or(&Value::Null);
+    let blocks = match content {
+        Value::Array(blocks) => blocks,
+        other => {
+            out.push(json!({"role": role, "content": text_of(other, &format!("{path}.content"))?}));
+            return Ok(());
+        }
+    };
+    let mut text = String::new();
+    let mut reasoning: Option<String> = None;
+    let mut calls = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let bpath = format!("{path}.content[{i}]");
+        let b = match block {
+            Value::String(s) => {
+                text.push_str(s);
+                continue;
+            }
+            Value::Object(b) => b,
+            _ => {
+                return Err(
+                    ApiError::invalid(format!("field `{bpath}` must be a content block"))
+                        .param(bpath),
+                )
+            }
+        };
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(&text_of(
+                b.get("text").unwrap_or(&Value::Null),
+                &format!("{bpath}.text"),
+            )?),
+            Some("thinking") => reasoning
+                .get_or_insert_with(String::new)
+                .push_str(b.get("thinking").and_then(Value::as_str).unwrap_or("")),
+            Some("redacted_thinking") => {}
+            Some("tool_use") => {
+                let name = b.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid(format!("field `{bpath}.name` must be a string"))
+                        .param(format!("{bpath}.name"))
+                })?;
+                let input = match b.get("input") {
+                    Some(Value::Object(m)) => Value::Object(m.clone()),
+                    None | Some(Value::Null) => json!({}),
+                    Some(_) => {
+                        return Err(ApiError::invalid(format!(
+                            "field `{bpath}.input` must be a JSON object"
+                        ))
+                        .param(format!("{bpath}.input")))
+                    }
+                };
+                calls.push(json!({"id": b.get("id").cloned().unwrap_or(Value::Null),
+                    "function": {"name": name, "arguments": input}}));
+            }
+            Some("tool_result") => {
+                let id = b
+                    .get("tool_use_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("field `{bpath}.tool_use_id` must be a string"))
+                            .param(format!("{bpath}.tool_use_id"))
+                    })?;
+                let result = text_of(
+                    b.get("content").unwrap_or(&Value::Null),
+                    &format!("{bpath}.content"),
+                )?;
+                out.push(json!({"role": "tool", "tool_call_id": id, "content": result}));
+            }
+            Some("image") | Some("document") => {}
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "field `{bpath}.type`: unsupported block type `{other}`"
+                ))
+                .param(format!("{bpath}.type")))
+            }
+            None => {
+                return Err(
+                    ApiError::invalid(format!("field `{bpath}.type` is missing"))
+                        .param(format!("{bpath}.type")),
+                )
+            }
+        }
+    }
+    if role == "assistant" {
+        let mut m = json!({"role": "assistant", "content": text});
+        if let Some(r) = reasoning {
+            m["reasoning_content"] = json!(r);
+        }
+        if !calls.is_empty() {
+            m["tool_calls"] = Value::Array(calls);
+        }
+        out.push(m);
+    } else if !text.is_empty()
+        || out
+            .last()
+            .and_then(|m| m.get("role"))
+            .and_then(Value::as_str)
+            != Some("tool")
+    {
+        out.push(json!({"role": "user", "content": text}));
+    }
+    Ok(())
+}
+
+/// The OpenAI chat body an Anthropic request renders as.
+pub fn to_chat_body(obj: &Map<String, Value>) -> Result<Value, ApiError> {
+    let mut messages = Vec::new();
+    let system = system_text(obj.get("system").unwrap_or(&Value::Null))?;
+    if !system.is_empty() {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    match obj.get("messages") {
+        Some(Value::Array(items)) => {
+            for (i, m) in items.iter().enumerate() {
+                map_message(m, &format!("messages[{i}]"), &mut messages)?;
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid("field `messages` must be an array").param("messages"))
+        }
+        None => return Err(ApiError::invalid("missing field `messages`").param("messages")),
+    }
+    let mut body = Map::new();
+    if let Some(m) = obj.get("model") {
+        body.insert("model".into(), m.clone());
+    }
+    body.insert("messages".into(), Value::Array(messages));
+    match obj.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tools)) => {
+            let mut mapped = Vec::new();
+            for (i, t) in tools.iter().enumerate() {
+                let name = t.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid(format!("field `tools[{i}].name` must be a string"))
+                        .param(format!("tools[{i}].name"))
+                })?;
+                let mut f = Map::new();
+                f.insert("name".into(), json!(name));
+                if let Some(d) = t.get("description") {
+                    f.insert("description".into(), d.clone());
+                }
+                f.insert(
+                    "parameters".into(),
+                    t.get("input_schema").cloned().unwrap_or_else(|| json!({})),
+                );
+                mapped.push(json!({"type": "function", "function": f}));
+            }
+            body.insert("tools".into(), Value::Array(mapped));
+        }
+        Some(_) => return Err(ApiError::invalid("field `tools` must be an array").param("tools")),
+    }
+    if obj
+        .get("tool_choice")
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+        == Some("none")
+    {
+        body.insert("tool_choice".into(), json!("none"));
+    }
+    // Thinking controls keep their key order (the last explicit one wins).
+    for (k, v) in obj {
+        match k.as_str() {
+            "thinking" | "think" | "reasoning_effort" => {
+                body.insert(k.clone(), v.clone());
+            }
+            "output_config" if !obj.contains_key("reasoning_effort") => {
+                if let Some(e) = v.get("effort") {
+                    body.insert("reasoning_effort".into(), e.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+/// `POST /v1/messages`.
+pub async fn handler(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match serve(app, body).await {
+        Ok(r) => r,
+        Err(e) => e.with_protocol(Protocol::Anthropic).into_response(),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}` of the rendered prompt.
+pub async fn count_tokens(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body_bytes(body)?;
+        let obj = request::parse_body(&body)?;
+        let chat = to_chat_body(&obj)?;
+        let rendered = ds4::chat::render_chat_request(&chat, app.config.ctx_tokens)?;
+        let tokenizer = app.tokenizer.clone();
+        let n = tokio::task::spawn_blocking(move || tokenizer.encode(&rendered.prompt, true).len())
+            .await
+            .map_err(|e| ApiError::new(crate::error::ApiErrorKind::Internal, e.to_string()))?;
+        Ok::<_, ApiError>(Json(json!({"input_tokens": n})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| e.with_protocol(Protocol::Anthropic).into_response())
+}
+
+async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    if let Some(t) = &app.trace {
+        t.body("/v1/messages", &body);
+    }
+    let obj = request::parse_body(&body)?;
+    let ctx = app.config.ctx_tokens;
+    let model = request::model_name(&obj)?;
+    let knobs = Knobs {
+        max_tokens: request::max_tokens(&obj, &["max_tokens"], app.config.default_max_tokens)?,
+        params: request::sampler_params(&obj, false)?,
+        stops: request::stops(&obj, "stop_sequences")?,
+    };
+    let stream = request::opt_bool(&obj, "stream")?.unwrap_or(false);
+    let forced = request::forced_output(&obj, app.config.test_hooks)?;
+    let chat = to_chat_body(&obj)?;
+    let r = ds4::chat::render_chat_request(&chat, ctx)?;
+    let rendered = Rendered {
+        prompt: r.prompt,
+        thinking_mode: r.thinking_mode,
+        tools_active: r.tools_active,
+    };
+    let gen = request::build_generation(
+        app.tokenizer.clone(),
+        ctx,
+        rendered,
+        knobs,
+        "messages",
+        "toolu_",
+        forced,
+    )
+    .await?;
+    let rx = app.scheduler.submit(gen)?;
+    let id = format!("chatcmpl-{}", app.next_id());
+    if stream {
+        let enc = MessagesStream {
+            id,
+            model,
+            next_index: 0,
+            open: None,
+            sent_thinking: false,
+            sent_other: false,
+        };
+        return Ok(sse::response(rx, enc, app.keepalive()));
+    }
+    let done = sse::collect(rx).await?;
+    let parsed = &done.finished.parsed;
+    let mut content = Vec::new();
+    if !parsed.reasoning.is_empty() {
+        content.push(json!({"type": "thinking", "thinking": parsed.reasoning, "signature": id}));
+    }
+    if !parsed.content.is_empty() {
+        content.push(json!({"type": "text", "text": parsed.content}));
+    }
+    for c in &parsed.tool_calls {
+        let input = serde_json::from_str::<Value>(&c.arguments)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        content.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+    }
+    if parsed.content.is_empty() && parsed.tool_calls.is_empty() {
+        content.push(json!({"type": "text", "text": ""}));
+    }
+    Ok(Json(
+        json!({"id": id, "type": "message", "role": "assistant", "model": model,
+        "content": content, "stop_reason": stop_reason(&parsed.finish), "stop_sequence": null,
+        "usage": usage_json(&done.finished.usage)}),
+    )
+    .into_response())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Thinking,
+    Text,
+    Tool,
+}
+
+struct MessagesStream {
+    id: String,
+    model: String,
+    next_index: usize,
+    open: Option<Block>,
+    sent_thinking: bool,
+    sent_other: bool,
+}
+
+impl MessagesStream {
+    fn close(&mut self, out: &mut Vec<String>) {
+        let Some(kind) = self.open.take() else { return };
+        let index = self.next_index - 1;
+        if kind == Block::Thinking {
+            out.push(sse::event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "signature_delta", "signature": self.id}}),
+            ));
+        }
+        out.push(sse::event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+
+    fn open(&mut self, kind: Block, block: Value, out: &mut Vec<String>) -> usize {
+        self.close(out);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open = Some(kind);
+        out.push(sse::event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
+        index
+    }
+
+    fn delta(&mut self, kind: Block, delta: Value, out: &mut Vec<String>) {
+        if self.open != Some(kind) {
+            let block = match kind {
+                Block::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                _ => json!({"type": "text", "text": ""}),
+            };
+            self.open(kind, block, out);
+        }
+        let index = self.next_index - 1;
+        out.push(sse::event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+    }
+}
+
+impl StreamEncoder for MessagesStream {
+    fn encode(&mut self, event: GenerationEvent) -> Vec<String> {
+        let mut out = Vec::new();
+        match event {
+            GenerationEvent::Started {
+                prompt_tokens,
+                cached_tokens,
+            } => {
+                out.push(sse::event("message_start", &json!({"type": "message_start", "message": {
+                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": prompt_tokens.saturating_sub(cached_tokens), "output_tokens": 0,
+                        "cache_read_input_tokens": cached_tokens, "cache_creation_input_tokens": 0}}})));
+            }
+            GenerationEvent::Text(_) => {}
+            GenerationEvent::Output(ev) => match ev {
+                OutputEvent::ReasoningDelta(s) => {
+                    self.sent_thinking = true;
+                    self.delta(
+                        Block::Thinking,
+                        json!({"type": "thinking_delta", "thinking": s}),
+                        &mut out,
+                    );
+                }
+                OutputEvent::ContentDelta(s) => {
+                    self.sent_other = true;
+                    self.delta(
+                        Block::Text,
+                        json!({"type": "text_delta", "text": s}),
+                        &mut out,
+                    );
+                }
+                OutputEvent::ToolCallStart { id, name, .. } => {
+                    self.sent_other = true;
+                    self.open(
+                        Block::Tool,
+                        json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                        &mut out,
+                    );
+                }
+                OutputEvent::ToolCallArgumentsDelta { delta, .. } => {
+                    if self.open == Some(Block::Tool) {
+                        let index = self.next_index - 1;
+                        out.push(sse::event(
+                            "content_block_delta",
+                            &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": delta}}),
+                        ));
+                    }
+                }
+                OutputEvent::ToolCallEnd { .. } => self.close(&mut out),
+            },
+            GenerationEvent::Done(f) => {
+                self.close(&mut out);
+                if !self.sent_other {
+                    self.open(Block::Text, json!({"type": "text", "text": ""}), &mut out);
+                    self.close(&mut out);
+                }
+                out.push(sse::event(
+                    "message_delta",
+                    &json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason(&f.parsed.finish), "stop_sequence": null},
+                    "usage": usage_json(&f.usage)}),
+                ));
+                out.push(sse::event("message_stop", &json!({"type": "message_stop"})));
+            }
+            GenerationEvent::Failed(msg) => {
+                out.push(sse::event(
+                    "error",
+                    &json!({"type": "error", "error": {"type": "api_error", "message": msg}}),
+                ));
+            }
+        }
+        out
+    }
+}

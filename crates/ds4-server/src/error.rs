@@ -1,0 +1,188 @@
+//! One error type for every handler, rendered once per protocol (spec/serving.md §4.6): the
+//! OpenAI shape `{"error":{message,type,param?,code?}}` for chat, completions and Responses, the
+//! Anthropic shape `{"type":"error","error":{type,message}}` for /v1/messages.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+/// Which wire protocol a request speaks (error shape, ids, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/responses`.
+    Responses,
+    /// `/v1/messages`.
+    Anthropic,
+}
+
+impl Protocol {
+    /// Short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Chat => "chat",
+            Protocol::Completions => "completions",
+            Protocol::Responses => "responses",
+            Protocol::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// What kind of failure, which decides the status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// 400: the request is wrong.
+    InvalidRequest,
+    /// 401: missing or wrong API key.
+    Unauthorized,
+    /// 404: no such endpoint or model.
+    NotFound,
+    /// 413: body too large.
+    PayloadTooLarge,
+    /// 500: generation failed.
+    Internal,
+    /// 503: shutting down.
+    Unavailable,
+}
+
+/// A client-facing error.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// Decides status and `type`.
+    pub kind: ApiErrorKind,
+    /// What was wrong, in words.
+    pub message: String,
+    /// The request field at fault, if known.
+    pub param: Option<String>,
+    /// A machine-readable code (`context_length_exceeded`).
+    pub code: Option<&'static str>,
+    /// Extra fields of the error object (`n_prompt_tokens`, `n_ctx`).
+    pub extra: Box<Map<String, Value>>,
+    /// Shape to render.
+    pub protocol: Protocol,
+}
+
+impl ApiError {
+    /// A 400 with `message`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorKind::InvalidRequest, message)
+    }
+
+    /// An error of `kind` with `message`, rendered in the OpenAI shape until
+    /// [`ApiError::with_protocol`] says otherwise.
+    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            extra: Box::default(),
+            protocol: Protocol::Chat,
+        }
+    }
+
+    /// Names the field at fault.
+    pub fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// Sets the protocol whose shape the error takes.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The prompt does not fit the context (spec §4.6).
+    pub fn context_exceeded(prompt: usize, ctx: usize, param: &str) -> Self {
+        let mut e = Self::invalid(format!(
+            "Prompt has {prompt} tokens, but the configured context size is {ctx} tokens"
+        ))
+        .param(param);
+        e.code = Some("context_length_exceeded");
+        e.extra.insert("n_prompt_tokens".into(), json!(prompt));
+        e.extra.insert("n_ctx".into(), json!(ctx));
+        e
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ApiErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+            ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ApiErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match self.kind {
+            ApiErrorKind::InvalidRequest | ApiErrorKind::PayloadTooLarge => "invalid_request_error",
+            ApiErrorKind::Unauthorized => "authentication_error",
+            ApiErrorKind::NotFound => "not_found_error",
+            ApiErrorKind::Internal => "server_error",
+            ApiErrorKind::Unavailable => "service_unavailable",
+        }
+    }
+
+    fn anthropic_type(&self) -> &'static str {
+        match self.kind {
+            ApiErrorKind::InvalidRequest => "invalid_request_error",
+            ApiErrorKind::Unauthorized => "authentication_error",
+            ApiErrorKind::NotFound => "not_found_error",
+            ApiErrorKind::PayloadTooLarge => "request_too_large",
+            ApiErrorKind::Internal => "api_error",
+            ApiErrorKind::Unavailable => "overloaded_error",
+        }
+    }
+
+    /// The JSON body in this error's protocol shape.
+    pub fn body(&self) -> Value {
+        let mut inner = Map::new();
+        if self.protocol == Protocol::Anthropic {
+            inner.insert("type".into(), json!(self.anthropic_type()));
+            inner.insert("message".into(), json!(self.message));
+            inner.extend(self.extra.as_ref().clone());
+            return json!({"type": "error", "error": inner});
+        }
+        inner.insert("message".into(), json!(self.message));
+        inner.insert("type".into(), json!(self.openai_type()));
+        inner.insert("param".into(), json!(self.param));
+        inner.insert("code".into(), json!(self.code));
+        inner.extend(self.extra.as_ref().clone());
+        json!({ "error": inner })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<ds4::chat::ChatError> for ApiError {
+    fn from(e: ds4::chat::ChatError) -> Self {
+        use ds4::chat::ChatError as C;
+        let param = match &e {
+            C::NotAnObject => None,
+            C::MissingField { field }
+            | C::WrongType { field, .. }
+            | C::UnknownRole { field, .. }
+            | C::BadValue { field, .. } => Some(field.clone()),
+        };
+        let mut err = ApiError::invalid(e.to_string());
+        err.param = param;
+        err
+    }
+}

@@ -1,0 +1,172 @@
+//! OpenAI Chat Completions (spec/serving.md §4.5, §4.8, §4.9): `POST /v1/chat/completions`.
+//! The request is rendered by `ds4::chat::render_chat_request`; the reply is a
+//! `chat.completion` object or `chat.completion.chunk` SSE events (reasoning as
+//! `reasoning_content`, tool calls streamed as they are recognized).
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use ds4::chat::OutputEvent;
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, Protocol};
+use crate::request::{self, Knobs, Rendered};
+use crate::scheduler::{finish_name, GenerationEvent, Usage};
+use crate::sse::{self, StreamEncoder};
+use crate::{body_bytes, AppState};
+
+/// `usage` object of OpenAI chat and completions.
+pub fn usage_json(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": u.written_tokens()}})
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn handler(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match serve(app, body).await {
+        Ok(r) => r,
+        Err(e) => e.with_protocol(Protocol::Chat).into_response(),
+    }
+}
+
+async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    if let Some(t) = &app.trace {
+        t.body("/v1/chat/completions", &body);
+    }
+    let obj = request::parse_body(&body)?;
+    let ctx = app.config.ctx_tokens;
+    let model = request::model_name(&obj)?;
+    let knobs = Knobs {
+        max_tokens: request::max_tokens(
+            &obj,
+            &["max_completion_tokens", "max_tokens"],
+            app.config.default_max_tokens,
+        )?,
+        params: request::sampler_params(&obj, true)?,
+        stops: request::stops(&obj, "stop")?,
+    };
+    let stream = request::opt_bool(&obj, "stream")?.unwrap_or(false);
+    let include_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let forced = request::forced_output(&obj, app.config.test_hooks)?;
+    let value = Value::Object(obj);
+    let rendered = ds4::chat::render_chat_request(&value, ctx)?;
+    let rendered = Rendered {
+        prompt: rendered.prompt,
+        thinking_mode: rendered.thinking_mode,
+        tools_active: rendered.tools_active,
+    };
+    let gen = request::build_generation(
+        app.tokenizer.clone(),
+        ctx,
+        rendered,
+        knobs,
+        "messages",
+        "call_",
+        forced,
+    )
+    .await?;
+    let rx = app.scheduler.submit(gen)?;
+    let id = format!("chatcmpl-{}", app.next_id());
+    let created = request::unix_now();
+    if stream {
+        let enc = ChatStream {
+            id,
+            model,
+            created,
+            include_usage,
+        };
+        return Ok(sse::response(rx, enc, app.keepalive()));
+    }
+    let done = sse::collect(rx).await?;
+    let parsed = &done.finished.parsed;
+    let mut message = Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert("content".into(), json!(parsed.content));
+    if !parsed.reasoning.is_empty() {
+        message.insert("reasoning_content".into(), json!(parsed.reasoning));
+    }
+    if !parsed.tool_calls.is_empty() {
+        let calls: Vec<Value> = parsed
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    Ok(Json(
+        json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_name(&parsed.finish)}],
+        "usage": usage_json(&done.finished.usage)}),
+    )
+    .into_response())
+}
+
+struct ChatStream {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+}
+
+impl ChatStream {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
+        sse::data(
+            &json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    }
+}
+
+impl StreamEncoder for ChatStream {
+    fn encode(&mut self, event: GenerationEvent) -> Vec<String> {
+        match event {
+            GenerationEvent::Started { .. } => {
+                vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+            }
+            GenerationEvent::Text(_) => Vec::new(),
+            GenerationEvent::Output(ev) => match ev {
+                OutputEvent::ReasoningDelta(s) => {
+                    vec![self.chunk(json!({"reasoning_content": s}), None)]
+                }
+                OutputEvent::ContentDelta(s) => vec![self.chunk(json!({"content": s}), None)],
+                OutputEvent::ToolCallStart { index, id, name } => vec![self.chunk(
+                    json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""}}]}),
+                    None,
+                )],
+                OutputEvent::ToolCallArgumentsDelta { index, delta } => vec![self.chunk(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": delta}}]}),
+                    None,
+                )],
+                OutputEvent::ToolCallEnd { .. } => Vec::new(),
+            },
+            GenerationEvent::Done(f) => {
+                let mut frames = vec![self.chunk(json!({}), Some(finish_name(&f.parsed.finish)))];
+                if self.include_usage {
+                    frames.push(sse::data(
+                        &json!({"id": self.id, "object": "chat.completion.chunk",
+                        "created": self.created, "model": self.model, "choices": [],
+                        "usage": usage_json(&f.usage)}),
+                    ));
+                }
+                frames.push("data: [DONE]\n\n".into());
+                frames
+            }
+            GenerationEvent::Failed(msg) => vec![
+                sse::event(
+                    "error",
+                    &json!({"error": {"message": msg, "type": "server_error"}}),
+                ),
+                "data: [DONE]\n\n".into(),
+            ],
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! OpenAI legacy Completions (spec/serving.md §2.3, §4.5, §4.8, §4.9): `POST /v1/completions`.
+//! The prompt is wrapped in the fixed chat template (system "You are a helpful assistant", the
+//! prompt as the user turn); the reply is the raw generation (reasoning and `</think>` included
+//! in thinking mode).
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, Protocol};
+use crate::openai_chat::usage_json;
+use crate::request::{self, Knobs, Rendered};
+use crate::scheduler::{finish_name, GenerationEvent};
+use crate::sse::{self, StreamEncoder};
+use crate::{body_bytes, AppState};
+
+/// System text of the completions template.
+const SYSTEM: &str = "You are a helpful assistant";
+
+fn prompt_of(obj: &Map<String, Value>) -> Result<String, ApiError> {
+    match obj.get("prompt") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .find_map(|v| v.as_str().map(str::to_string))
+            .ok_or_else(|| {
+                ApiError::invalid("field `prompt` must hold at least one string").param("prompt")
+            }),
+        Some(_) => Err(
+            ApiError::invalid("field `prompt` must be a string or an array of strings")
+                .param("prompt"),
+        ),
+        None => Err(ApiError::invalid("missing field `prompt`").param("prompt")),
+    }
+}
+
+/// `POST /v1/completions`.
+pub async fn handler(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match serve(app, body).await {
+        Ok(r) => r,
+        Err(e) => e.with_protocol(Protocol::Completions).into_response(),
+    }
+}
+
+async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    if let Some(t) = &app.trace {
+        t.body("/v1/completions", &body);
+    }
+    let obj = request::parse_body(&body)?;
+    let ctx = app.config.ctx_tokens;
+    let model = request::model_name(&obj)?;
+    let prompt = prompt_of(&obj)?;
+    let knobs = Knobs {
+        max_tokens: request::max_tokens(&obj, &["max_tokens"], app.config.default_max_tokens)?,
+        params: request::sampler_params(&obj, true)?,
+        stops: request::stops(&obj, "stop")?,
+    };
+    let stream = request::opt_bool(&obj, "stream")?.unwrap_or(false);
+    let include_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let forced = request::forced_output(&obj, app.config.test_hooks)?;
+    let mut chat = Map::new();
+    for (k, v) in &obj {
+        if matches!(
+            k.as_str(),
+            "model" | "thinking" | "think" | "reasoning_effort"
+        ) {
+            chat.insert(k.clone(), v.clone());
+        }
+    }
+    chat.insert(
+        "messages".into(),
+        json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]),
+    );
+    let r = ds4::chat::render_chat_request(&Value::Object(chat), ctx)?;
+    let rendered = Rendered {
+        prompt: r.prompt,
+        thinking_mode: r.thinking_mode,
+        tools_active: false,
+    };
+    let gen = request::build_generation(
+        app.tokenizer.clone(),
+        ctx,
+        rendered,
+        knobs,
+        "prompt",
+        "call_",
+        forced,
+    )
+    .await?;
+    let rx = app.scheduler.submit(gen)?;
+    let id = format!("cmpl-{}", app.next_id());
+    let created = request::unix_now();
+    if stream {
+        let enc = CompletionStream {
+            id,
+            model,
+            created,
+            include_usage,
+        };
+        return Ok(sse::response(rx, enc, app.keepalive()));
+    }
+    let done = sse::collect(rx).await?;
+    Ok(Json(json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"text": done.text, "index": 0, "finish_reason": finish_name(&done.finished.parsed.finish)}],
+        "usage": usage_json(&done.finished.usage)}))
+    .into_response())
+}
+
+struct CompletionStream {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+}
+
+impl CompletionStream {
+    fn chunk(&self, text: &str, finish: Option<&str>) -> String {
+        sse::data(
+            &json!({"id": self.id, "object": "text_completion", "created": self.created,
+            "model": self.model, "choices": [{"text": text, "index": 0, "finish_reason": finish}]}),
+        )
+    }
+}
+
+impl StreamEncoder for CompletionStream {
+    fn encode(&mut self, event: GenerationEvent) -> Vec<String> {
+        match event {
+            GenerationEvent::Started { .. } | GenerationEvent::Output(_) => Vec::new(),
+            GenerationEvent::Text(t) => vec![self.chunk(&t, None)],
+            GenerationEvent::Done(f) => {
+                let mut frames = vec![self.chunk("", Some(finish_name(&f.parsed.finish)))];
+                if self.include_usage {
+                    frames.push(sse::data(
+                        &json!({"id": self.id, "object": "text_completion",
+                        "created": self.created, "model": self.model, "choices": [],
+                        "usage": usage_json(&f.usage)}),
+                    ));
+                }
+                frames.push("data: [DONE]\n\n".into());
+                frames
+            }
+            GenerationEvent::Failed(msg) => vec![
+                sse::event(
+                    "error",
+                    &json!({"error": {"message": msg, "type": "server_error"}}),
+                ),
+                "data: [DONE]\n\n".into(),
+            ],
+        }
+    }
+}

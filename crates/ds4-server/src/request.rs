@@ -1,0 +1,290 @@
+//! Parsing shared by every protocol (spec/serving.md §4.5): body checks (UTF-8, nesting ≤ 256,
+//! JSON), sampling knobs, limits and stop strings, then the common step from a rendered prompt
+//! to a [`GenerationRequest`] (tokenize, context check). No model here.
+
+use ds4::chat::ThinkingMode;
+use ds4::sample::SamplerParams;
+use ds4::tokenizer::Tokenizer;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::scheduler::GenerationRequest;
+
+/// Deepest JSON nesting accepted (`JSON_MAX_NESTING`).
+pub const MAX_NESTING: usize = 256;
+/// Largest request body (bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Model id listed by /v1/models and echoed when the client sends none.
+pub const MODEL_ID: &str = "deepseek-v4-flash";
+
+/// UTF-8, nesting and JSON checks; the body must be an object.
+pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::invalid(format!(
+            "request body is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "request body is empty; send a JSON object",
+        ));
+    }
+    let depth = nesting_depth(text.as_bytes());
+    if depth > MAX_NESTING {
+        return Err(ApiError::invalid(format!(
+            "JSON nesting depth {depth} exceeds the limit of {MAX_NESTING}"
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = serde::Deserialize::deserialize(&mut de)
+        .and_then(|v: Value| de.end().map(|()| v))
+        .map_err(|e| ApiError::invalid(format!("invalid JSON request: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid("request body must be a JSON object")),
+    }
+}
+
+/// Deepest `[`/`{` nesting outside strings (a cheap pre-scan so parsing never recurses deeper).
+fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// An optional number field.
+pub fn opt_f32(obj: &Map<String, Value>, key: &str) -> Result<Option<f32>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64().map(|f| f as f32)),
+        Some(_) => Err(ApiError::invalid(format!("field `{key}` must be a number")).param(key)),
+    }
+}
+
+/// An optional integer field; negative values clamp to 0 (spec §4.5).
+pub fn opt_count(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Some(u))
+            } else if n.as_i64().is_some() {
+                Ok(Some(0))
+            } else {
+                Err(ApiError::invalid(format!("field `{key}` must be an integer")).param(key))
+            }
+        }
+        Some(_) => Err(ApiError::invalid(format!("field `{key}` must be an integer")).param(key)),
+    }
+}
+
+/// An optional bool field.
+pub fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid(format!("field `{key}` must be a boolean")).param(key)),
+    }
+}
+
+/// An optional string field.
+pub fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(format!("field `{key}` must be a string")).param(key)),
+    }
+}
+
+/// `model`, or the default id.
+pub fn model_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
+    Ok(opt_str(obj, "model")?.unwrap_or(MODEL_ID).to_string())
+}
+
+/// `temperature`, `top_p`, `min_p`, `top_k`, `seed` (the ones `keys` allows), validated.
+pub fn sampler_params(
+    obj: &Map<String, Value>,
+    with_min_p_seed: bool,
+) -> Result<SamplerParams, ApiError> {
+    let mut p = SamplerParams::default();
+    if let Some(t) = opt_f32(obj, "temperature")? {
+        p.temperature = t;
+    }
+    if let Some(t) = opt_f32(obj, "top_p")? {
+        p.top_p = t;
+    }
+    if let Some(k) = opt_count(obj, "top_k")? {
+        p.top_k = u32::try_from(k)
+            .unwrap_or(u32::MAX)
+            .min(ds4::sample::MAX_TOP_K);
+    }
+    if with_min_p_seed {
+        if let Some(m) = opt_f32(obj, "min_p")? {
+            p.min_p = m;
+        }
+        p.seed = opt_count(obj, "seed")?.filter(|s| *s > 0);
+    }
+    p.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(p)
+}
+
+/// The first present of `keys` as an output limit, else `default`.
+pub fn max_tokens(
+    obj: &Map<String, Value>,
+    keys: &[&str],
+    default: usize,
+) -> Result<usize, ApiError> {
+    for key in keys {
+        if let Some(n) = opt_count(obj, key)? {
+            return Ok(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+    }
+    Ok(default)
+}
+
+/// `stop` / `stop_sequences`: a string or an array of strings.
+pub fn stops(obj: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ApiError::invalid(format!(
+            "field `{key}` must be a string or an array of strings"
+        ))
+        .param(key)
+    };
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// What every protocol hands over after rendering.
+pub struct Rendered {
+    /// Prompt text.
+    pub prompt: String,
+    /// Output mode.
+    pub thinking_mode: ThinkingMode,
+    /// Tools on.
+    pub tools_active: bool,
+}
+
+/// Shared knobs of a request.
+pub struct Knobs {
+    /// Output limit.
+    pub max_tokens: usize,
+    /// Sampling.
+    pub params: SamplerParams,
+    /// Stop strings.
+    pub stops: Vec<String>,
+}
+
+/// Tokenizes and checks the context (spec §4.6: prompt ≥ ctx → 400, `param` names the field).
+pub async fn build_generation(
+    tokenizer: std::sync::Arc<Tokenizer>,
+    ctx_tokens: usize,
+    rendered: Rendered,
+    knobs: Knobs,
+    param: &str,
+    call_id_prefix: &'static str,
+    forced_output: Option<String>,
+) -> Result<GenerationRequest, ApiError> {
+    // Tokenizing a long prompt is CPU work: keep it off the async workers.
+    let prompt = rendered.prompt;
+    let (prompt, tokens) = tokio::task::spawn_blocking(move || {
+        let tokens = tokenizer.encode(&prompt, true);
+        (prompt, tokens)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            crate::error::ApiErrorKind::Internal,
+            format!("tokenizer task failed: {e}"),
+        )
+    })?;
+    if tokens.len() >= ctx_tokens {
+        return Err(ApiError::context_exceeded(tokens.len(), ctx_tokens, param));
+    }
+    Ok(GenerationRequest {
+        prompt_text: prompt,
+        prompt_tokens: tokens,
+        max_tokens: knobs.max_tokens,
+        params: knobs.params,
+        stops: knobs.stops,
+        thinking_mode: rendered.thinking_mode,
+        tools_active: rendered.tools_active,
+        call_id_prefix,
+        forced_output,
+    })
+}
+
+/// The test hook field (honoured only when the server runs with `--test-hooks`).
+pub fn forced_output(obj: &Map<String, Value>, enabled: bool) -> Result<Option<String>, ApiError> {
+    if !enabled {
+        return Ok(None);
+    }
+    Ok(opt_str(obj, "ds4_test_output")?.map(str::to_string))
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_scan_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{"a":"[[[[{{"}"#), 1);
+        assert_eq!(nesting_depth(br#"[[["\"]"]]]"#), 3);
+    }
+
+    #[test]
+    fn rejects_deep_nesting_non_utf8_and_non_objects() {
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        assert!(parse_body(deep.as_bytes())
+            .unwrap_err()
+            .message
+            .contains("nesting"));
+        let ok = format!("{{\"a\":{}{}}}", "[".repeat(250), "]".repeat(250));
+        assert!(parse_body(ok.as_bytes()).is_ok());
+        assert!(parse_body(b"{\"a\":\"\xff\"}")
+            .unwrap_err()
+            .message
+            .contains("UTF-8"));
+        assert!(parse_body(b"[1]").unwrap_err().message.contains("object"));
+        assert!(parse_body(b"{\"a\":")
+            .unwrap_err()
+            .message
+            .contains("invalid JSON"));
+    }
+}

@@ -1,0 +1,436 @@
+//! The scheduler (spec/serving.md §4.2, §5.1–§5.2): one std thread owns the engine and serves
+//! queued generation requests in order. Handlers never wait on the model: they submit a
+//! [`GenerationRequest`] and read [`GenerationEvent`]s from a channel. A request whose receiver
+//! is gone (client disconnected) stops within one token; queued ones are skipped.
+//!
+//! Prefix reuse: the worker picks the prompt it evaluates by the first match of §5.2's
+//! memory-token rule (the live tokens are a prefix of the new tokens) and memory-text rule (the
+//! decoded live tokens are a byte prefix of the rendered text: live tokens + fresh tokenization
+//! of the remainder); the engine then prefills only the suffix.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use ds4::chat::{FinishReason, OutputEvent, OutputParser, ParsedOutput, StopCause, ThinkingMode};
+use ds4::engine::{Control, Engine, FinishCause};
+use ds4::sample::{SamplerParams, StopMatcher, StopStep};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::error::{ApiError, ApiErrorKind};
+use crate::metrics::Metrics;
+use crate::trace::Trace;
+
+/// Everything the worker needs to run one request; built by the protocol layer (no model).
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// Rendered prompt text (for the memory-text prefix rule and the trace).
+    pub prompt_text: String,
+    /// Its tokens (special tokens recognized).
+    pub prompt_tokens: Vec<u32>,
+    /// Output limit; clamped to what the context leaves.
+    pub max_tokens: usize,
+    /// Client sampling knobs (replaced by the thinking defaults in thinking mode, §3.2).
+    pub params: SamplerParams,
+    /// Stop strings (§3.4).
+    pub stops: Vec<String>,
+    /// Whether the output opens in reasoning.
+    pub thinking_mode: ThinkingMode,
+    /// DSML parsing and greedy forcing on.
+    pub tools_active: bool,
+    /// `call_` or `toolu_`.
+    pub call_id_prefix: &'static str,
+    /// Test hook: text whose tokens replace sampling (then EOS).
+    pub forced_output: Option<String>,
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Effective prompt length.
+    pub prompt_tokens: usize,
+    /// Prompt tokens reused from the live session.
+    pub cached_tokens: usize,
+    /// Sampled tokens.
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    /// Newly prefilled prompt tokens.
+    pub fn written_tokens(&self) -> usize {
+        self.prompt_tokens.saturating_sub(self.cached_tokens)
+    }
+}
+
+/// The end of a request.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Counts.
+    pub usage: Usage,
+    /// Reasoning, content, tool calls and finish reason.
+    pub parsed: ParsedOutput,
+}
+
+/// What the worker tells a handler, in order: `Started`, then `Text`/`Output` as pieces are
+/// decoded, then exactly one of `Done` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum GenerationEvent {
+    /// The worker took the request; prefill starts now.
+    Started {
+        /// Effective prompt length.
+        prompt_tokens: usize,
+        /// Tokens reused from the live session.
+        cached_tokens: usize,
+    },
+    /// Raw generated text (stop sequences already cut), for /v1/completions.
+    Text(String),
+    /// A parsed output event.
+    Output(OutputEvent),
+    /// Generation ended.
+    Done(Finished),
+    /// Generation failed.
+    Failed(String),
+}
+
+struct Job {
+    req: GenerationRequest,
+    tx: UnboundedSender<GenerationEvent>,
+}
+
+/// Handle to the worker thread; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    queue: mpsc::Sender<Job>,
+    depth: Arc<AtomicUsize>,
+    shutting_down: Arc<AtomicBool>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Scheduler {
+    /// Starts the worker thread that owns `engine`.
+    pub fn start(engine: Engine, metrics: Arc<Metrics>, trace: Option<Arc<Trace>>) -> Self {
+        let (queue, rx) = mpsc::channel::<Job>();
+        let depth = Arc::new(AtomicUsize::new(0));
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            engine,
+            depth: depth.clone(),
+            shutting_down: shutting_down.clone(),
+            busy: busy.clone(),
+            metrics,
+            trace,
+            next_job: 0,
+            visible: None,
+        };
+        std::thread::Builder::new()
+            .name("ds4-engine".into())
+            .spawn(move || worker.run(rx))
+            .expect("spawning the engine thread");
+        Scheduler {
+            queue,
+            depth,
+            shutting_down,
+            busy,
+        }
+    }
+
+    /// Queues `req`; events arrive on the returned channel. Refused with 503 while shutting down.
+    pub fn submit(
+        &self,
+        req: GenerationRequest,
+    ) -> Result<UnboundedReceiver<GenerationEvent>, ApiError> {
+        if self.is_shutting_down() {
+            return Err(ApiError::new(
+                ApiErrorKind::Unavailable,
+                "server shutting down",
+            ));
+        }
+        let (tx, rx) = unbounded_channel();
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        if self.queue.send(Job { req, tx }).is_err() {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::new(
+                ApiErrorKind::Internal,
+                "the engine thread has stopped",
+            ));
+        }
+        Ok(rx)
+    }
+
+    /// Requests waiting or running.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// True while the worker runs a request.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
+    }
+
+    /// Refuse new work and stop running generation at the next token (finish `error`).
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Scheduler::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+struct Worker {
+    engine: Engine,
+    depth: Arc<AtomicUsize>,
+    shutting_down: Arc<AtomicBool>,
+    busy: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    trace: Option<Arc<Trace>>,
+    next_job: u64,
+    /// §5.2 thinking-visible: the text a client replays for the live session of a toolless
+    /// thinking turn (its reasoning dropped, as the template renders earlier turns).
+    visible: Option<String>,
+}
+
+/// Random lowercase hex of `n` digits.
+pub fn random_hex(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| char::from_digit(rng.random_range(0..16u32), 16).unwrap_or('0'))
+        .collect()
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            self.busy.store(true, Ordering::SeqCst);
+            if self.shutting_down.load(Ordering::SeqCst) {
+                let _ = job
+                    .tx
+                    .send(GenerationEvent::Failed("server shutting down".into()));
+            } else if !job.tx.is_closed() {
+                self.next_job += 1;
+                self.serve(job);
+            }
+            self.busy.store(false, Ordering::SeqCst);
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// §5.2 rules memory-token, thinking-visible, then memory-text; anything else evaluates
+    /// the request's tokens.
+    fn select_prompt(&self, req: &GenerationRequest) -> (Vec<u32>, &'static str) {
+        let live = self.engine.session_tokens();
+        let tokens = &req.prompt_tokens;
+        if live.is_empty() {
+            return (tokens.clone(), "cold");
+        }
+        if live.len() <= tokens.len() && tokens[..live.len()] == live[..] {
+            return (tokens.clone(), "memory-token");
+        }
+        if let Some(rest) = self
+            .visible
+            .as_deref()
+            .and_then(|v| req.prompt_text.strip_prefix(v))
+        {
+            if !rest.is_empty() {
+                let mut prompt = live.to_vec();
+                prompt.extend(self.engine.tokenizer.encode(rest, true));
+                return (prompt, "thinking-visible");
+            }
+        }
+        let live_text = self.engine.tokenizer.decode(live);
+        if let Some(rest) = req.prompt_text.strip_prefix(live_text.as_str()) {
+            if !rest.is_empty() {
+                let mut prompt = live.to_vec();
+                prompt.extend(self.engine.tokenizer.encode(rest, true));
+                return (prompt, "memory-text");
+            }
+        }
+        (tokens.clone(), "miss")
+    }
+
+    fn serve(&mut self, job: Job) {
+        let Job { req, tx } = job;
+        let (prompt, decision) = self.select_prompt(&req);
+        self.visible = None;
+        let ctx = self.engine.ctx();
+        if prompt.len() >= ctx {
+            let _ = tx.send(GenerationEvent::Failed(format!(
+                "Prompt has {} tokens, but the configured context size is {ctx} tokens",
+                prompt.len()
+            )));
+            return;
+        }
+        let live = self.engine.session_tokens();
+        let cached_guess = if live.len() <= prompt.len() && prompt[..live.len()] == live[..] {
+            live.len()
+        } else {
+            0
+        };
+        let _ = tx.send(GenerationEvent::Started {
+            prompt_tokens: prompt.len(),
+            cached_tokens: cached_guess,
+        });
+        tracing::debug!(
+            job = self.next_job,
+            prompt_tokens = prompt.len(),
+            cached_tokens = cached_guess,
+            decision,
+            "prefill"
+        );
+        if let Some(t) = &self.trace {
+            t.request(
+                self.next_job,
+                &req.prompt_text,
+                decision,
+                cached_guess,
+                prompt.len(),
+            );
+        }
+        self.set_forced(&req);
+        let max_tokens = req.max_tokens.min(ctx - prompt.len());
+        let params = match req.thinking_mode {
+            ThinkingMode::Thinking => req.params.for_thinking(),
+            ThinkingMode::Chat => req.params,
+        };
+        let prefix = req.call_id_prefix;
+        let mut parser = OutputParser::new(req.thinking_mode, req.tools_active)
+            .with_call_ids(move |_| format!("{prefix}{}", random_hex(32)));
+        let mut stop = StopMatcher::new(req.stops.iter().cloned());
+        let mut stop_hit = false;
+        let mut cancelled = false;
+        let mut saw_think_end = false;
+        let shutting_down = self.shutting_down.clone();
+        let trace = self.trace.clone();
+        let job_id = self.next_job;
+        let result = self.engine.generate(&prompt, max_tokens, params, |piece| {
+            if tx.is_closed() || shutting_down.load(Ordering::SeqCst) {
+                cancelled = true;
+                return Control::Stop;
+            }
+            if let Some(t) = &trace {
+                t.piece(job_id, piece.id, &piece.text);
+            }
+            let emit = match stop.push(&piece.text) {
+                StopStep::Continue { emit } => emit,
+                StopStep::Stopped { emit, .. } => {
+                    stop_hit = true;
+                    emit
+                }
+            };
+            if !emit.is_empty() {
+                saw_think_end |= emit.contains(ds4::chat::render::THINK_END);
+                let _ = tx.send(GenerationEvent::Text(emit.clone()));
+                for ev in parser.feed(&emit) {
+                    let _ = tx.send(GenerationEvent::Output(ev));
+                }
+            }
+            if stop_hit || parser.is_done() {
+                Control::Stop
+            } else if parser.in_dsml_structure() {
+                Control::ContinueGreedy
+            } else {
+                Control::Continue
+            }
+        });
+        let stats = match result {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::error!(error = %e, "generation failed");
+                self.engine.reset();
+                let _ = tx.send(GenerationEvent::Failed(format!("generation failed: {e}")));
+                return;
+            }
+        };
+        if !stop_hit {
+            let tail = stop.finish();
+            if !tail.is_empty() {
+                let _ = tx.send(GenerationEvent::Text(tail.clone()));
+                for ev in parser.feed(&tail) {
+                    let _ = tx.send(GenerationEvent::Output(ev));
+                }
+            }
+        }
+        let cause = if stop_hit {
+            StopCause::StopSequence
+        } else if cancelled {
+            StopCause::Error
+        } else {
+            match stats.finish {
+                FinishCause::Eos | FinishCause::Stopped => StopCause::Eos,
+                FinishCause::Length => StopCause::Length,
+            }
+        };
+        if stop_hit || cancelled {
+            // §3.4: a stop sequence invalidates the live session; a cancelled one is partial.
+            self.engine.reset();
+        }
+        let (events, parsed) = parser.finish(cause);
+        let toolless_thinking = req.thinking_mode == ThinkingMode::Thinking && !req.tools_active;
+        if toolless_thinking && !stop_hit && !cancelled && saw_think_end {
+            if let Some(base) = req.prompt_text.strip_suffix(ds4::chat::render::THINK_START) {
+                let eos = if stats.finish == FinishCause::Eos {
+                    ds4::chat::render::EOS
+                } else {
+                    ""
+                };
+                self.visible = Some(format!(
+                    "{base}{}{}{eos}",
+                    ds4::chat::render::THINK_END,
+                    parsed.content
+                ));
+            }
+        }
+        for ev in events {
+            let _ = tx.send(GenerationEvent::Output(ev));
+        }
+        let usage = Usage {
+            prompt_tokens: stats.prompt_tokens,
+            cached_tokens: stats.cached_tokens,
+            completion_tokens: stats.completion_tokens,
+        };
+        self.metrics
+            .record_generation(&usage, stats.prefill_secs, stats.decode_secs);
+        let finish = finish_name(&parsed.finish);
+        tracing::info!(
+            job = job_id,
+            prompt_tokens = usage.prompt_tokens,
+            cached_tokens = usage.cached_tokens,
+            completion_tokens = usage.completion_tokens,
+            finish,
+            cancelled,
+            "generation done"
+        );
+        if let Some(t) = &self.trace {
+            t.finish(job_id, finish, &usage);
+        }
+        let _ = tx.send(GenerationEvent::Done(Finished { usage, parsed }));
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn set_forced(&mut self, req: &GenerationRequest) {
+        let ids = match &req.forced_output {
+            Some(text) => {
+                let mut ids = self.engine.tokenizer.encode(text, true);
+                ids.push(self.engine.tokenizer.eos());
+                ids
+            }
+            None => Vec::new(),
+        };
+        self.engine.force_tokens(ids);
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    fn set_forced(&mut self, _req: &GenerationRequest) {}
+}
+
+/// OpenAI finish reason text.
+pub fn finish_name(reason: &FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::Error(_) => "error",
+    }
+}
