@@ -12,7 +12,7 @@ use ds4::chat::OutputEvent;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Protocol};
-use crate::request::{self, Knobs, Rendered};
+use crate::request::{self, Knobs};
 use crate::scheduler::{finish_name, GenerationEvent, Usage};
 use crate::sse::{self, StreamEncoder};
 use crate::{body_bytes, AppState};
@@ -57,23 +57,8 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         .unwrap_or(false);
     let forced = request::forced_output(&obj, app.config.test_hooks)?;
     let value = Value::Object(obj);
-    let rendered = ds4::chat::render_chat_request(&value, ctx)?;
-    let rendered = Rendered {
-        prompt: rendered.prompt,
-        thinking_mode: rendered.thinking_mode,
-        tools_active: rendered.tools_active,
-    };
-    let gen = request::build_generation(
-        app.tokenizer.clone(),
-        ctx,
-        rendered,
-        knobs,
-        "messages",
-        "call_",
-        forced,
-    )
-    .await?;
-    let rx = app.scheduler.submit(gen)?;
+    let rx =
+        request::submit_chat(&app, &value, ctx, knobs, true, "messages", "call_", forced).await?;
     let id = format!("chatcmpl-{}", app.next_id());
     let created = request::unix_now();
     if stream {

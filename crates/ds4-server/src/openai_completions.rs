@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Protocol};
 use crate::openai_chat::usage_json;
-use crate::request::{self, Knobs, Rendered};
+use crate::request::{self, Knobs};
 use crate::scheduler::{finish_name, GenerationEvent};
 use crate::sse::{self, StreamEncoder};
 use crate::{body_bytes, AppState};
@@ -79,23 +79,17 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         "messages".into(),
         json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]),
     );
-    let r = ds4::chat::render_chat_request(&Value::Object(chat), ctx)?;
-    let rendered = Rendered {
-        prompt: r.prompt,
-        thinking_mode: r.thinking_mode,
-        tools_active: false,
-    };
-    let gen = request::build_generation(
-        app.tokenizer.clone(),
+    let rx = request::submit_chat(
+        &app,
+        &Value::Object(chat),
         ctx,
-        rendered,
         knobs,
+        false,
         "prompt",
         "call_",
         forced,
     )
     .await?;
-    let rx = app.scheduler.submit(gen)?;
     let id = format!("cmpl-{}", app.next_id());
     let created = request::unix_now();
     if stream {

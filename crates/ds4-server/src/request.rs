@@ -184,7 +184,7 @@ pub fn stops(obj: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiErro
 }
 
 /// What every protocol hands over after rendering.
-pub struct Rendered {
+struct Rendered {
     /// Prompt text.
     pub prompt: String,
     /// Output mode.
@@ -203,8 +203,42 @@ pub struct Knobs {
     pub stops: Vec<String>,
 }
 
+/// The common tail of every generating endpoint: renders an OpenAI-shaped chat body with
+/// DeepSeek's template, tokenizes it off the async workers, checks the context and queues the
+/// generation. `tools` = false ignores the body's tools (completions). `param` names the
+/// request field a context error points at; `call_id_prefix` starts tool-call ids.
+#[allow(clippy::too_many_arguments)]
+pub async fn submit_chat(
+    app: &crate::AppState,
+    chat: &Value,
+    ctx_tokens: usize,
+    knobs: Knobs,
+    tools: bool,
+    param: &str,
+    call_id_prefix: &'static str,
+    forced_output: Option<String>,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::scheduler::GenerationEvent>, ApiError> {
+    let r = ds4::chat::render_chat_request(chat, ctx_tokens)?;
+    let rendered = Rendered {
+        prompt: r.prompt,
+        thinking_mode: r.thinking_mode,
+        tools_active: tools && r.tools_active,
+    };
+    let gen = build_generation(
+        app.tokenizer.clone(),
+        ctx_tokens,
+        rendered,
+        knobs,
+        param,
+        call_id_prefix,
+        forced_output,
+    )
+    .await?;
+    app.scheduler.submit(gen)
+}
+
 /// Tokenizes and checks the context (spec §4.6: prompt ≥ ctx → 400, `param` names the field).
-pub async fn build_generation(
+async fn build_generation(
     tokenizer: std::sync::Arc<Tokenizer>,
     ctx_tokens: usize,
     rendered: Rendered,

@@ -14,7 +14,7 @@ use ds4::chat::{FinishReason, OutputEvent, ParsedOutput};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Protocol};
-use crate::request::{self, Knobs, Rendered};
+use crate::request::{self, Knobs};
 use crate::scheduler::{random_hex, GenerationEvent, Usage};
 use crate::sse::{self, StreamEncoder};
 use crate::{body_bytes, AppState};
@@ -297,23 +297,7 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     let stream = request::opt_bool(&obj, "stream")?.unwrap_or(false);
     let forced = request::forced_output(&obj, app.config.test_hooks)?;
     let (chat, summary) = to_chat_body(&obj)?;
-    let r = ds4::chat::render_chat_request(&chat, ctx)?;
-    let rendered = Rendered {
-        prompt: r.prompt,
-        thinking_mode: r.thinking_mode,
-        tools_active: r.tools_active,
-    };
-    let gen = request::build_generation(
-        app.tokenizer.clone(),
-        ctx,
-        rendered,
-        knobs,
-        "input",
-        "call_",
-        forced,
-    )
-    .await?;
-    let rx = app.scheduler.submit(gen)?;
+    let rx = request::submit_chat(&app, &chat, ctx, knobs, true, "input", "call_", forced).await?;
     let ids = Ids {
         resp: format!("resp_{}", random_hex(24)),
         rs: format!("rs_{}", random_hex(24)),
