@@ -15,65 +15,69 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `tiny`'s flags: every dimension of [`TinySpec`].
+#[derive(clap::Args)]
+struct TinyArgs {
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    /// RNG seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Layers (ratios follow 0,0,4,128,4,…).
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
+    /// Embedding width (multiple of 256).
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Expert FFN width (multiple of 256).
+    #[arg(long, default_value_t = 256)]
+    ff: usize,
+    /// Query heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Head dim (q = k = v; ≥ 64).
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// q low rank.
+    #[arg(long, default_value_t = 128)]
+    q_lora: usize,
+    /// Output-projection groups.
+    #[arg(long, default_value_t = 2)]
+    o_groups: usize,
+    /// Per-group output rank.
+    #[arg(long, default_value_t = 64)]
+    o_lora: usize,
+    /// Raw attention window in tokens.
+    #[arg(long, default_value_t = 32)]
+    swa: usize,
+    /// Indexer heads.
+    #[arg(long, default_value_t = 16)]
+    idx_heads: usize,
+    /// Indexer top-k.
+    #[arg(long, default_value_t = 16)]
+    idx_topk: usize,
+    /// Routed experts.
+    #[arg(long, default_value_t = 16)]
+    n_experts: usize,
+    /// Experts per token.
+    #[arg(long, default_value_t = 4)]
+    experts_used: usize,
+    /// Routed expert quantisation: q2, q4 or f16.
+    #[arg(long, default_value = "q2")]
+    experts: ExpertRecipe,
+    /// Vocabulary size when no tokenizer is given.
+    #[arg(long, default_value_t = 512)]
+    vocab: usize,
+    /// A tokenizer.json whose vocabulary to embed (e.g. the real V4 one).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a small model with the real tensor layout and random weights.
-    Tiny {
-        /// Output file.
-        #[arg(long)]
-        out: PathBuf,
-        /// RNG seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Layers (ratios follow 0,0,4,128,4,…).
-        #[arg(long, default_value_t = 6)]
-        layers: usize,
-        /// Embedding width (multiple of 256).
-        #[arg(long, default_value_t = 256)]
-        hidden: usize,
-        /// Expert FFN width (multiple of 256).
-        #[arg(long, default_value_t = 256)]
-        ff: usize,
-        /// Query heads.
-        #[arg(long, default_value_t = 4)]
-        heads: usize,
-        /// Head dim (q = k = v; ≥ 64).
-        #[arg(long, default_value_t = 128)]
-        head_dim: usize,
-        /// q low rank.
-        #[arg(long, default_value_t = 128)]
-        q_lora: usize,
-        /// Output-projection groups.
-        #[arg(long, default_value_t = 2)]
-        o_groups: usize,
-        /// Per-group output rank.
-        #[arg(long, default_value_t = 64)]
-        o_lora: usize,
-        /// Raw attention window in tokens.
-        #[arg(long, default_value_t = 32)]
-        swa: usize,
-        /// Indexer heads.
-        #[arg(long, default_value_t = 16)]
-        idx_heads: usize,
-        /// Indexer top-k.
-        #[arg(long, default_value_t = 16)]
-        idx_topk: usize,
-        /// Routed experts.
-        #[arg(long, default_value_t = 16)]
-        n_experts: usize,
-        /// Experts per token.
-        #[arg(long, default_value_t = 4)]
-        experts_used: usize,
-        /// Routed expert quantisation: q2, q4 or f16.
-        #[arg(long, default_value = "q2")]
-        experts: ExpertRecipe,
-        /// Vocabulary size when no tokenizer is given.
-        #[arg(long, default_value_t = 512)]
-        vocab: usize,
-        /// A tokenizer.json whose vocabulary to embed (e.g. the real V4 one).
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-    },
+    Tiny(TinyArgs),
     /// Print a file's metadata and tensor table.
     Inspect {
         /// The GGUF file.
@@ -83,29 +87,10 @@ enum Cmd {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Tiny {
-            out,
-            seed,
-            layers,
-            hidden,
-            ff,
-            heads,
-            head_dim,
-            q_lora,
-            o_groups,
-            o_lora,
-            swa,
-            idx_heads,
-            idx_topk,
-            n_experts,
-            experts_used,
-            experts,
-            vocab,
-            tokenizer,
-        } => {
-            let tokenizer = match tokenizer {
+        Cmd::Tiny(t) => {
+            let tokenizer = match &t.tokenizer {
                 Some(p) => {
-                    let json = std::fs::read_to_string(&p)
+                    let json = std::fs::read_to_string(p)
                         .with_context(|| format!("reading {}", p.display()))?;
                     Some(
                         ds4::tokenizer::gguf_metadata_from_tokenizer_json(&json)
@@ -115,28 +100,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let spec = TinySpec {
-                seed,
-                layers,
-                hidden,
-                ff,
-                heads,
-                head_dim,
-                q_lora,
-                o_groups,
-                o_lora,
-                swa,
-                idx_heads,
-                idx_topk,
-                experts: n_experts,
-                experts_used,
-                recipe: experts,
-                vocab,
+                seed: t.seed,
+                layers: t.layers,
+                hidden: t.hidden,
+                ff: t.ff,
+                heads: t.heads,
+                head_dim: t.head_dim,
+                q_lora: t.q_lora,
+                o_groups: t.o_groups,
+                o_lora: t.o_lora,
+                swa: t.swa,
+                idx_heads: t.idx_heads,
+                idx_topk: t.idx_topk,
+                experts: t.n_experts,
+                experts_used: t.experts_used,
+                recipe: t.experts,
+                vocab: t.vocab,
                 tokenizer,
             };
             let w = ds4::tiny::generate(&spec).context("generating the model")?;
-            w.write_file(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!("ds4-gguf: wrote {}", out.display());
+            w.write_file(&t.out)
+                .with_context(|| format!("writing {}", t.out.display()))?;
+            eprintln!("ds4-gguf: wrote {}", t.out.display());
             Ok(())
         }
         Cmd::Inspect { file } => {
