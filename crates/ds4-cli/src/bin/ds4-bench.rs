@@ -34,9 +34,13 @@ struct Args {
     /// tokenizer).
     #[arg(long = "synthetic-prompt")]
     synthetic: bool,
-    /// CPU backend (the only one in this build).
+    /// CPU backend (the default).
     #[arg(long = "cpu")]
     cpu: bool,
+    /// CUDA backend on device 0 (experimental: weights on the device, activations copied
+    /// per operation).
+    #[arg(long = "cuda", conflicts_with = "cpu")]
+    cuda: bool,
     /// Worker threads (0: all cores).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
@@ -170,7 +174,15 @@ fn run(a: Args) -> anyhow::Result<()> {
     let eos = Tokenizer::from_metadata(|k| model.file.get(k))
         .ok()
         .map(|t| t.eos());
-    let be = CpuBackend::new(model.file.clone());
+    let be: Box<dyn Backend> = if a.cuda {
+        let be = ds4_cuda::CudaBackend::new(model.file.clone(), 0)
+            .context("starting the CUDA backend")?;
+        eprintln!("ds4-bench: CUDA device {}", be.device_name());
+        Box::new(be)
+    } else {
+        Box::new(CpuBackend::new(model.file.clone()))
+    };
+    let be = be.as_ref();
     let mut out: Box<dyn Write> = match &a.csv {
         Some(p) => {
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
@@ -186,7 +198,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     for ctx in frontiers(&a) {
         let from = sess.pos();
         let t0 = Instant::now();
-        let all = model.forward(&be as &dyn Backend, &mut sess, &tokens[from..ctx], prec)?;
+        let all = model.forward(be, &mut sess, &tokens[from..ctx], prec)?;
         let prefill_s = t0.elapsed().as_secs_f64();
         if !all.is_empty() {
             logits = all[all.len() - model.config.n_vocab..].to_vec();
@@ -197,7 +209,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         let mut l = logits.clone();
         for _ in 0..a.gen_tokens {
             let t = argmax_excluding(&l, eos);
-            l = model.forward(&be, &mut sess, &[t], prec)?;
+            l = model.forward(be, &mut sess, &[t], prec)?;
         }
         let gen_s = t1.elapsed().as_secs_f64();
         sess = snapshot;

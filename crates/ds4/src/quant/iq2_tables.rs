@@ -9,7 +9,7 @@
 /// 256 grid points of 8 magnitudes each; byte `j` (little-endian) is element `j`, one of
 /// 0x08, 0x19, 0x2b (8, 25, 43).
 #[rustfmt::skip]
-pub(crate) const IQ2XXS_GRID: [u64; 256] = [
+pub const IQ2XXS_GRID: [u64; 256] = [
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x08080808082b0808,
     0x08080808082b082b, 0x08080808082b2b08, 0x08080808082b2b2b, 0x0808080819080819,
@@ -79,7 +79,7 @@ pub(crate) const IQ2XXS_GRID: [u64; 256] = [
 /// 128 sign patterns: bit `j` set means element `j` of an 8-group is negative. Entry `k` is `k`
 /// with bit 7 set when `k` has odd parity, so every pattern has an even number of negatives.
 #[rustfmt::skip]
-pub(crate) const KSIGNS_IQ2XS: [u8; 128] = [
+pub const KSIGNS_IQ2XS: [u8; 128] = [
     0, 129, 130, 3, 132, 5, 6, 135, 136, 9, 10, 139, 12, 141, 142, 15,
     144, 17, 18, 147, 20, 149, 150, 23, 24, 153, 154, 27, 156, 29, 30, 159,
     160, 33, 34, 163, 36, 165, 166, 39, 40, 169, 170, 43, 172, 45, 46, 175,

@@ -29,6 +29,7 @@ pub use blocks::{BlockIQ2XXS, BlockQ2K, BlockQ4K, BlockQ8K, BlockQ8_0, QK8_0, QK
 pub use dequant::dequantize;
 pub use dot::{vec_dot_iq2_xxs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k};
 pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+pub use iq2_tables::{IQ2XXS_GRID, KSIGNS_IQ2XS};
 pub use matmul::{matmul, matvec, QMatrix};
 pub use quantize::{quantize, quantize_row_q8_k};
 pub use random::random_blocks;
