@@ -18,6 +18,37 @@ use crate::sse::{self, StreamEncoder};
 use crate::{body_bytes, AppState};
 
 /// `usage` object of OpenAI chat and completions.
+/// The frames that end an OpenAI stream (chat and completions, spec §4.9): the usage chunk
+/// of type `object` when `stream_options.include_usage` asked for it, then `[DONE]`.
+pub(crate) fn stream_tail(
+    id: &str,
+    object: &str,
+    created: u64,
+    model: &str,
+    usage: Option<&Usage>,
+) -> Vec<String> {
+    let mut frames = Vec::new();
+    if let Some(u) = usage {
+        frames.push(sse::data(
+            &json!({"id": id, "object": object, "created": created,
+            "model": model, "choices": [], "usage": usage_json(u)}),
+        ));
+    }
+    frames.push("data: [DONE]\n\n".into());
+    frames
+}
+
+/// An OpenAI stream that failed after its headers went out: an error event, then `[DONE]`.
+pub(crate) fn stream_failed(msg: &str) -> Vec<String> {
+    vec![
+        sse::event(
+            "error",
+            &json!({"error": {"message": msg, "type": "server_error"}}),
+        ),
+        "data: [DONE]\n\n".into(),
+    ]
+}
+
 pub fn usage_json(u: &Usage) -> Value {
     json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
@@ -135,23 +166,17 @@ impl StreamEncoder for ChatStream {
             },
             GenerationEvent::Done(f) => {
                 let mut frames = vec![self.chunk(json!({}), Some(finish_name(&f.parsed.finish)))];
-                if self.include_usage {
-                    frames.push(sse::data(
-                        &json!({"id": self.id, "object": "chat.completion.chunk",
-                        "created": self.created, "model": self.model, "choices": [],
-                        "usage": usage_json(&f.usage)}),
-                    ));
-                }
-                frames.push("data: [DONE]\n\n".into());
+                let usage = self.include_usage.then_some(&f.usage);
+                frames.extend(stream_tail(
+                    &self.id,
+                    "chat.completion.chunk",
+                    self.created,
+                    &self.model,
+                    usage,
+                ));
                 frames
             }
-            GenerationEvent::Failed(msg) => vec![
-                sse::event(
-                    "error",
-                    &json!({"error": {"message": msg, "type": "server_error"}}),
-                ),
-                "data: [DONE]\n\n".into(),
-            ],
+            GenerationEvent::Failed(msg) => stream_failed(&msg),
         }
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Protocol};
-use crate::openai_chat::usage_json;
+use crate::openai_chat::{stream_failed, stream_tail, usage_json};
 use crate::request::{self, Knobs};
 use crate::scheduler::{finish_name, GenerationEvent};
 use crate::sse::{self, StreamEncoder};
@@ -131,23 +131,17 @@ impl StreamEncoder for CompletionStream {
             GenerationEvent::Text(t) => vec![self.chunk(&t, None)],
             GenerationEvent::Done(f) => {
                 let mut frames = vec![self.chunk("", Some(finish_name(&f.parsed.finish)))];
-                if self.include_usage {
-                    frames.push(sse::data(
-                        &json!({"id": self.id, "object": "text_completion",
-                        "created": self.created, "model": self.model, "choices": [],
-                        "usage": usage_json(&f.usage)}),
-                    ));
-                }
-                frames.push("data: [DONE]\n\n".into());
+                let usage = self.include_usage.then_some(&f.usage);
+                frames.extend(stream_tail(
+                    &self.id,
+                    "text_completion",
+                    self.created,
+                    &self.model,
+                    usage,
+                ));
                 frames
             }
-            GenerationEvent::Failed(msg) => vec![
-                sse::event(
-                    "error",
-                    &json!({"error": {"message": msg, "type": "server_error"}}),
-                ),
-                "data: [DONE]\n\n".into(),
-            ],
+            GenerationEvent::Failed(msg) => stream_failed(&msg),
         }
     }
 }
