@@ -241,16 +241,11 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<Value, ApiError> {
                     ApiError::invalid(format!("field `tools[{i}].name` must be a string"))
                         .param(format!("tools[{i}].name"))
                 })?;
-                let mut f = Map::new();
-                f.insert("name".into(), json!(name));
-                if let Some(d) = t.get("description") {
-                    f.insert("description".into(), d.clone());
-                }
-                f.insert(
-                    "parameters".into(),
-                    t.get("input_schema").cloned().unwrap_or_else(|| json!({})),
-                );
-                mapped.push(json!({"type": "function", "function": f}));
+                mapped.push(request::function_tool(
+                    name,
+                    t.get("description"),
+                    t.get("input_schema"),
+                ));
             }
             body.insert("tools".into(), Value::Array(mapped));
         }

@@ -193,6 +193,21 @@ struct Rendered {
     pub tools_active: bool,
 }
 
+/// An OpenAI `{"type":"function","function":{name, description?, parameters}}` tool, the form
+/// `ds4::chat` renders, from another protocol's tool (`schema` absent: an empty object).
+pub fn function_tool(name: &str, description: Option<&Value>, schema: Option<&Value>) -> Value {
+    let mut f = Map::new();
+    f.insert("name".into(), Value::String(name.into()));
+    if let Some(d) = description {
+        f.insert("description".into(), d.clone());
+    }
+    f.insert(
+        "parameters".into(),
+        schema.cloned().unwrap_or_else(|| Value::Object(Map::new())),
+    );
+    serde_json::json!({"type": "function", "function": f})
+}
+
 /// Shared knobs of a request.
 pub struct Knobs {
     /// Output limit.

@@ -229,16 +229,11 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<(Value, bool), ApiError>
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad(format!("tools[{i}].name"), "must be a string"))?;
-                let mut f = Map::new();
-                f.insert("name".into(), json!(name));
-                if let Some(d) = t.get("description") {
-                    f.insert("description".into(), d.clone());
-                }
-                f.insert(
-                    "parameters".into(),
-                    t.get("parameters").cloned().unwrap_or_else(|| json!({})),
-                );
-                mapped.push(json!({"type": "function", "function": f}));
+                mapped.push(request::function_tool(
+                    name,
+                    t.get("description"),
+                    t.get("parameters"),
+                ));
             }
             body.insert("tools".into(), Value::Array(mapped));
         }
