@@ -6,6 +6,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+bash tools/ensure-deps.sh
 cargo build --release --bins
 MODEL=""
 if [[ $# -gt 0 && "$1" != -* ]]; then

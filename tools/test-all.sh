@@ -7,6 +7,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+bash tools/ensure-deps.sh
 bash tools/fetch-tokenizer.sh
 bash tools/make-test-models.sh
 cargo test --workspace --release
