@@ -6,7 +6,8 @@
 //! First version: each weight tensor is uploaded once, on first use, and kept on the device;
 //! activations still travel host → device → host per operation, because the `Backend` trait
 //! keeps them on the host. Matmuls dequantise on the fly in `kernels/matmul.cu`. The embedding
-//! lookup stays on the host (one row per token).
+//! lookup stays on the host (one row per token). Driver failures come back as
+//! `BackendError`s, never panics.
 #![allow(unsafe_code)] // FFI: kernel launches (each site has a SAFETY comment).
 #![warn(missing_docs)]
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
-use ds4::backend::Backend;
+use ds4::backend::{Backend, BackendError};
 use ds4::gguf::{GgmlType, GgufFile};
 use ds4::model::weights::TensorRef;
 
@@ -169,29 +170,61 @@ impl CudaBackend {
     }
 }
 
+fn backend_err(e: CudaError) -> BackendError {
+    BackendError::new("cuda", e)
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
     }
 
-    fn matmul(&self, w: &TensorRef, x: &[f32], n: usize) -> Vec<f32> {
-        self.run(w, 0, w.rows, x, n)
-            .unwrap_or_else(|e| panic!("CUDA matmul on `{}` failed: {e}", w.name))
+    fn matmul(&self, w: &TensorRef, x: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
+        self.run(w, 0, w.rows, x, n).map_err(backend_err)
     }
 
-    fn matmul_rows(&self, w: &TensorRef, rows: Range<usize>, x: &[f32], n: usize) -> Vec<f32> {
+    fn matmul_rows(
+        &self,
+        w: &TensorRef,
+        rows: Range<usize>,
+        x: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, BackendError> {
         let rb = w.cols / w.ty.block_elems() * w.ty.block_bytes();
+        if rows.end > w.rows {
+            return Err(BackendError::new(
+                "cuda",
+                format!(
+                    "rows {rows:?} outside tensor `{}` of {} rows",
+                    w.name, w.rows
+                ),
+            ));
+        }
         self.run(w, rows.start * rb, rows.len(), x, n)
-            .unwrap_or_else(|e| panic!("CUDA matmul on `{}` failed: {e}", w.name))
+            .map_err(backend_err)
     }
 
-    fn matmul_expert(&self, w: &TensorRef, e: usize, x: &[f32], n: usize) -> Vec<f32> {
+    fn matmul_expert(
+        &self,
+        w: &TensorRef,
+        e: usize,
+        x: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, BackendError> {
+        if e >= w.n_mats {
+            return Err(BackendError::new(
+                "cuda",
+                format!(
+                    "expert {e} outside tensor `{}` of {} experts",
+                    w.name, w.n_mats
+                ),
+            ));
+        }
         let per = w.range.len() / w.n_mats.max(1);
-        self.run(w, e * per, w.rows, x, n)
-            .unwrap_or_else(|e| panic!("CUDA matmul on `{}` failed: {e}", w.name))
+        self.run(w, e * per, w.rows, x, n).map_err(backend_err)
     }
 
-    fn embed(&self, w: &TensorRef, tokens: &[u32]) -> Vec<f32> {
+    fn embed(&self, w: &TensorRef, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         ds4::backend::CpuBackend::new(self.file.clone()).embed(w, tokens)
     }
 }

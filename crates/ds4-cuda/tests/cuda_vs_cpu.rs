@@ -60,15 +60,18 @@ fn every_matmul_matches_cpu() {
         for n in [1usize, 5, 17] {
             for w in tensors {
                 let x: Vec<f32> = (0..n * w.cols).map(|_| rng.random::<f32>() - 0.5).collect();
-                let rel = max_rel(&gpu.matmul(w, &x, n), &cpu.matmul(w, &x, n));
+                let rel = max_rel(
+                    &gpu.matmul(w, &x, n).expect("gpu matmul"),
+                    &cpu.matmul(w, &x, n).expect("cpu matmul"),
+                );
                 assert!(rel <= OP_MAX_REL, "{recipe:?} {} n={n}: {rel:e}", w.name);
             }
             for w in [&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps] {
                 let x: Vec<f32> = (0..n * w.cols).map(|_| rng.random::<f32>() - 0.5).collect();
                 for e in [0, 7, 15] {
                     let rel = max_rel(
-                        &gpu.matmul_expert(w, e, &x, n),
-                        &cpu.matmul_expert(w, e, &x, n),
+                        &gpu.matmul_expert(w, e, &x, n).expect("gpu matmul_expert"),
+                        &cpu.matmul_expert(w, e, &x, n).expect("cpu matmul_expert"),
                     );
                     assert!(
                         rel <= OP_MAX_REL,
@@ -80,8 +83,8 @@ fn every_matmul_matches_cpu() {
             let w = &l.attn_output_a;
             let x: Vec<f32> = (0..n * w.cols).map(|_| rng.random::<f32>() - 0.5).collect();
             let rel = max_rel(
-                &gpu.matmul_rows(w, 64..128, &x, n),
-                &cpu.matmul_rows(w, 64..128, &x, n),
+                &gpu.matmul_rows(w, 64..128, &x, n).expect("gpu matmul_rows"),
+                &cpu.matmul_rows(w, 64..128, &x, n).expect("cpu matmul_rows"),
             );
             assert!(rel <= OP_MAX_REL, "{recipe:?} output_a rows n={n}: {rel:e}");
         }

@@ -145,6 +145,21 @@ impl Engine {
         &self.session.tokens
     }
 
+    /// Evaluates `tokens` after the live session. A failed evaluation leaves the session
+    /// half-updated, so it is dropped: the next request starts from scratch.
+    fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let r = self.model.forward(
+            self.backend.as_ref(),
+            &mut self.session,
+            tokens,
+            self.precision,
+        );
+        if r.is_err() {
+            self.reset();
+        }
+        Ok(r?)
+    }
+
     /// Makes the live session hold exactly `prompt` and returns (reused tokens, logits after
     /// the last prompt token). A session that is a prefix of `prompt` is extended; any other is
     /// restarted. At least the last token is always evaluated so fresh logits exist.
@@ -161,12 +176,7 @@ impl Engine {
         if cached == prompt.len() {
             return Ok((cached, self.session.logits.clone()));
         }
-        let logits = self.model.forward(
-            self.backend.as_ref(),
-            &mut self.session,
-            &prompt[cached..],
-            self.precision,
-        )?;
+        let logits = self.eval(&prompt[cached..])?;
         let vocab = self.model.config.n_vocab;
         Ok((cached, logits[logits.len() - vocab..].to_vec()))
     }
@@ -209,12 +219,7 @@ impl Engine {
             if id == eos {
                 // EOS joins the transcript so the next turn's prompt (which ends the turn with
                 // EOS) extends it.
-                self.model.forward(
-                    self.backend.as_ref(),
-                    &mut self.session,
-                    &[id],
-                    self.precision,
-                )?;
+                self.eval(&[id])?;
                 finish = FinishCause::Eos;
                 break;
             }
@@ -223,12 +228,7 @@ impl Engine {
                 self.tokenizer.token_bytes(id).unwrap_or_default(),
             );
             let ctl = on_piece(&Piece { id, text });
-            logits = self.model.forward(
-                self.backend.as_ref(),
-                &mut self.session,
-                &[id],
-                self.precision,
-            )?;
+            logits = self.eval(&[id])?;
             match ctl {
                 Control::Stop => {
                     finish = FinishCause::Stopped;

@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::Backend;
+use super::{Backend, BackendError};
 use crate::gguf::GgufFile;
 use crate::model::weights::TensorRef;
 use crate::quant::{self, QMatrix};
@@ -16,17 +16,20 @@ pub struct CpuBackend {
     file: Arc<GgufFile>,
 }
 
+fn err(e: quant::QuantError) -> BackendError {
+    BackendError::new("cpu", e)
+}
+
 impl CpuBackend {
     /// A backend reading weights from `file` (the one the weights were bound from).
     pub fn new(file: Arc<GgufFile>) -> Self {
         CpuBackend { file }
     }
 
-    fn run(&self, m: &QMatrix<'_>, x: &[f32], n: usize) -> Vec<f32> {
+    fn run(&self, m: &QMatrix<'_>, x: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let mut y = vec![0f32; n * m.rows];
-        quant::matmul(m, x, n, &mut y)
-            .expect("invariant: activation widths follow the validated config");
-        y
+        quant::matmul(m, x, n, &mut y).map_err(err)?;
+        Ok(y)
     }
 }
 
@@ -35,35 +38,55 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn matmul(&self, w: &TensorRef, x: &[f32], n: usize) -> Vec<f32> {
+    fn matmul(&self, w: &TensorRef, x: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         self.run(&w.mat(self.file.bytes(), 0), x, n)
     }
 
-    fn matmul_rows(&self, w: &TensorRef, rows: Range<usize>, x: &[f32], n: usize) -> Vec<f32> {
+    fn matmul_rows(
+        &self,
+        w: &TensorRef,
+        rows: Range<usize>,
+        x: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, BackendError> {
         let full = w.mat(self.file.bytes(), 0);
         let rb = full.row_bytes();
-        let sub = QMatrix::new(
-            w.ty,
-            rows.len(),
-            w.cols,
-            &full.data[rows.start * rb..rows.end * rb],
+        let bytes = full
+            .data
+            .get(rows.start * rb..rows.end * rb)
+            .ok_or_else(|| {
+                BackendError::new(
+                    "cpu",
+                    format!(
+                        "rows {rows:?} outside tensor `{}` of {} rows",
+                        w.name, w.rows
+                    ),
+                )
+            })?;
+        self.run(
+            &QMatrix::new(w.ty, rows.len(), w.cols, bytes).map_err(err)?,
+            x,
+            n,
         )
-        .expect("invariant: row range lies inside the validated tensor");
-        self.run(&sub, x, n)
     }
 
-    fn matmul_expert(&self, w: &TensorRef, e: usize, x: &[f32], n: usize) -> Vec<f32> {
+    fn matmul_expert(
+        &self,
+        w: &TensorRef,
+        e: usize,
+        x: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, BackendError> {
         self.run(&w.mat(self.file.bytes(), e), x, n)
     }
 
-    fn embed(&self, w: &TensorRef, tokens: &[u32]) -> Vec<f32> {
+    fn embed(&self, w: &TensorRef, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         let m = w.mat(self.file.bytes(), 0);
         let mut out = vec![0f32; tokens.len() * w.cols];
         for (t, o) in tokens.iter().zip(out.chunks_mut(w.cols)) {
-            quant::dequantize(w.ty, m.row(*t as usize), o)
-                .expect("invariant: token ids checked against the vocabulary");
+            quant::dequantize(w.ty, m.row(*t as usize), o).map_err(err)?;
         }
-        out
+        Ok(out)
     }
 }
 

@@ -11,7 +11,7 @@ use super::numerics::{fp8_e4m3_sim, indexer_qat_sim, rms_norm, round_f16};
 use super::rope::Rope;
 use super::weights::LayerWeights;
 use super::Numerics;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::session::LayerState;
 
 /// Storage rounding of one attention row (raw or compressed): FP8 on the non-RoPE dims, then
@@ -50,7 +50,7 @@ pub fn attention(
     n: usize,
     cfg: &Config,
     num: Numerics,
-) -> Vec<f32> {
+) -> Result<Vec<f32>, BackendError> {
     let (e, hd, nh) = (cfg.n_embd, cfg.head_dim, cfg.n_head);
     let rope = Rope::for_layer(cfg, il);
     let eps = cfg.rms_eps;
@@ -59,11 +59,11 @@ pub fn attention(
     let mut h = a_in.to_vec();
     h.par_chunks_mut(e)
         .for_each(|r| rms_norm(r, Some(&lw.attn_norm), eps));
-    let mut qr = be.matmul(&lw.attn_q_a, &h, n);
+    let mut qr = be.matmul(&lw.attn_q_a, &h, n)?;
     qr.par_chunks_mut(cfg.q_lora)
         .for_each(|r| rms_norm(r, Some(&lw.attn_q_a_norm), eps));
-    let mut q = be.matmul(&lw.attn_q_b, &qr, n);
-    let mut kv = be.matmul(&lw.attn_kv, &h, n);
+    let mut q = be.matmul(&lw.attn_q_b, &qr, n)?;
+    let mut kv = be.matmul(&lw.attn_kv, &h, n)?;
     q.par_chunks_mut(nh * hd).enumerate().for_each(|(t, qt)| {
         for head in qt.chunks_mut(hd) {
             rms_norm(head, None, eps);
@@ -99,7 +99,7 @@ pub fn attention(
             cfg,
             &rope,
             &fin,
-        );
+        )?;
     }
     let mut selected = vec![None; n];
     if let (Some(iw), Some(fr)) = (&lw.indexer, st.idx_frontier.as_mut()) {
@@ -118,9 +118,9 @@ pub fn attention(
             cfg,
             &rope,
             &fin,
-        );
+        )?;
         let qat = |x: &mut [f32]| finish_idx(x, num, false);
-        selected = indexer::select(be, iw, &st.idx, &visible, &qr, &h, pos0, cfg, &rope, &qat);
+        selected = indexer::select(be, iw, &st.idx, &visible, &qr, &h, pos0, cfg, &rope, &qat)?;
     }
 
     // §2.4.6 attention with sinks, per token and head; then §2.4.7 inverse RoPE.
@@ -173,7 +173,7 @@ pub fn attention(
             g * cfg.o_lora..(g + 1) * cfg.o_lora,
             &xg,
             n,
-        );
+        )?;
         for t in 0..n {
             let dst = &mut low
                 [(t * cfg.o_groups + g) * cfg.o_lora..(t * cfg.o_groups + g + 1) * cfg.o_lora];

@@ -9,7 +9,7 @@ use super::config::Config;
 use super::numerics::rms_norm;
 use super::rope::Rope;
 use super::weights::CompressorWeights;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::session::Frontier;
 
 /// Scores at or below this count as unwritten: a window of only such scores pools to zero.
@@ -32,10 +32,10 @@ pub fn compress(
     cfg: &Config,
     rope: &Rope,
     finish: &dyn Fn(&mut [f32]),
-) -> Vec<usize> {
+) -> Result<Vec<usize>, BackendError> {
     let width = fr.width;
-    let kv = be.matmul(&w.kv, h, n);
-    let sc = be.matmul(&w.gate, h, n);
+    let kv = be.matmul(&w.kv, h, n)?;
+    let sc = be.matmul(&w.gate, h, n)?;
     let mut visible = Vec::with_capacity(n);
     for t in 0..n {
         let p = pos0 + t;
@@ -60,7 +60,7 @@ pub fn compress(
         }
         visible.push(rows.len() / d);
     }
-    visible
+    Ok(visible)
 }
 
 /// Per-dimension softmax pooling of the frontier into one `d`-wide row.

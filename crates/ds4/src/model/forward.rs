@@ -37,7 +37,7 @@ pub fn forward(
     let pos0 = sess.pos();
 
     // §2.2 embedding, copied into every HC stream.
-    let emb = be.embed(&w.token_embd, tokens);
+    let emb = be.embed(&w.token_embd, tokens)?;
     let mut x_hc = vec![0f32; n * hc * e];
     x_hc.par_chunks_mut(hc * e).enumerate().for_each(|(t, xt)| {
         xt.chunks_mut(e)
@@ -45,22 +45,22 @@ pub fn forward(
     });
 
     for (il, lw) in w.layers.iter().enumerate() {
-        let (a_in, mix) = hc_pre(be, &x_hc, &lw.hc_attn, cfg, n); // §2.3
-        let y = attention(be, &a_in, lw, &mut sess.layers[il], il, pos0, n, cfg, num); // §2.4
+        let (a_in, mix) = hc_pre(be, &x_hc, &lw.hc_attn, cfg, n)?; // §2.3
+        let y = attention(be, &a_in, lw, &mut sess.layers[il], il, pos0, n, cfg, num)?; // §2.4
         x_hc = hc_post(&y, &x_hc, &mix, cfg);
-        let (mut f_in, mix) = hc_pre(be, &x_hc, &lw.hc_ffn, cfg, n);
+        let (mut f_in, mix) = hc_pre(be, &x_hc, &lw.hc_ffn, cfg, n)?;
         f_in.par_chunks_mut(e)
             .for_each(|r| rms_norm(r, Some(&lw.ffn_norm), cfg.rms_eps));
-        let y = moe(be, &f_in, lw, tokens, il, cfg); // §2.5
+        let y = moe(be, &f_in, lw, tokens, il, cfg)?; // §2.5
         x_hc = hc_post(&y, &x_hc, &mix, cfg);
     }
 
     // §2.6 head.
     let scale = w.output_hc_scale.first().copied().unwrap_or(1.0);
-    let mut z = hc_head(be, &x_hc, &w.output_hc_fn, scale, &w.output_hc_base, cfg, n);
+    let mut z = hc_head(be, &x_hc, &w.output_hc_fn, scale, &w.output_hc_base, cfg, n)?;
     z.par_chunks_mut(e)
         .for_each(|r| rms_norm(r, Some(&w.output_norm), cfg.rms_eps));
-    let logits = be.matmul(&w.output, &z, n);
+    let logits = be.matmul(&w.output, &z, n)?;
 
     sess.tokens.extend_from_slice(tokens);
     sess.logits = logits[(n - 1) * cfg.n_vocab..].to_vec();

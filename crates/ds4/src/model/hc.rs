@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::config::Config;
 use super::numerics::{rms_norm, sigmoid};
 use super::weights::{HcWeights, TensorRef};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 
 /// The per-token outputs of `hc_pre` that `hc_post` needs.
 #[derive(Debug, Clone)]
@@ -20,7 +20,13 @@ pub struct HcMix {
 }
 
 /// `flat = RMSNorm(x_hc)` (no weight) then `mix = fn · flat`, per token: `[tokens × fn.rows]`.
-fn hc_mix(be: &dyn Backend, x_hc: &[f32], func: &TensorRef, n: usize, eps: f32) -> Vec<f32> {
+fn hc_mix(
+    be: &dyn Backend,
+    x_hc: &[f32],
+    func: &TensorRef,
+    n: usize,
+    eps: f32,
+) -> Result<Vec<f32>, BackendError> {
     let width = func.cols;
     let mut flat = x_hc.to_vec();
     flat.par_chunks_mut(width)
@@ -62,10 +68,10 @@ pub fn hc_pre(
     w: &HcWeights,
     cfg: &Config,
     n: usize,
-) -> (Vec<f32>, HcMix) {
+) -> Result<(Vec<f32>, HcMix), BackendError> {
     let (hc, e) = (cfg.n_hc, cfg.n_embd);
     let n_mix = (2 + hc) * hc;
-    let mix = hc_mix(be, x_hc, &w.func, n, cfg.rms_eps);
+    let mix = hc_mix(be, x_hc, &w.func, n, cfg.rms_eps)?;
     let mut out = vec![0f32; n * e];
     let mut post = vec![0f32; n * hc];
     let mut comb = vec![0f32; n * hc * hc];
@@ -97,7 +103,7 @@ pub fn hc_pre(
                     .for_each(|(o, &v)| *o += p * v);
             }
         });
-    (out, HcMix { post, comb })
+    Ok((out, HcMix { post, comb }))
 }
 
 /// HC post step: `X_new[f] = post[f]·y + Σ_s comb[f + n_hc·s]·X[s]`, per token.
@@ -131,9 +137,9 @@ pub fn hc_head(
     base: &[f32],
     cfg: &Config,
     n: usize,
-) -> Vec<f32> {
+) -> Result<Vec<f32>, BackendError> {
     let (hc, e) = (cfg.n_hc, cfg.n_embd);
-    let pre = hc_mix(be, x_hc, func, n, cfg.rms_eps);
+    let pre = hc_mix(be, x_hc, func, n, cfg.rms_eps)?;
     let mut z = vec![0f32; n * e];
     z.par_chunks_mut(e).enumerate().for_each(|(t, zt)| {
         let x = &x_hc[t * hc * e..(t + 1) * hc * e];
@@ -144,5 +150,5 @@ pub fn hc_head(
                 .for_each(|(o, &v)| *o += wh * v);
         }
     });
-    z
+    Ok(z)
 }

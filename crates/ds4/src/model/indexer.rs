@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::config::Config;
 use super::rope::Rope;
 use super::weights::IndexerWeights;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 
 /// For each of the `n` tokens, the compressed rows it may attend to: `None` = all visible rows.
 #[allow(clippy::too_many_arguments)]
@@ -22,15 +22,15 @@ pub fn select(
     cfg: &Config,
     rope: &Rope,
     qat: &(dyn Fn(&mut [f32]) + Sync),
-) -> Vec<Option<Vec<usize>>> {
+) -> Result<Vec<Option<Vec<usize>>>, BackendError> {
     let n = visible.len();
     let topk = cfg.idx_topk;
     if visible.iter().all(|&v| v <= topk) {
-        return vec![None; n];
+        return Ok(vec![None; n]);
     }
     let (nh, dh) = (cfg.idx_heads, cfg.idx_head_dim);
-    let mut q = be.matmul(&w.attn_q_b, qr, n);
-    let mut wts = be.matmul(&w.proj, h, n);
+    let mut q = be.matmul(&w.attn_q_b, qr, n)?;
+    let mut wts = be.matmul(&w.proj, h, n)?;
     let wscale = 1.0 / ((nh * dh) as f32).sqrt();
     wts.iter_mut().for_each(|v| *v *= wscale);
     q.par_chunks_mut(nh * dh).enumerate().for_each(|(t, qt)| {
@@ -39,7 +39,7 @@ pub fn select(
             qat(head);
         }
     });
-    (0..n)
+    Ok((0..n)
         .into_par_iter()
         .map(|t| {
             let nv = visible[t];
@@ -61,7 +61,7 @@ pub fn select(
                 .collect();
             Some(top_k(&scores, topk))
         })
-        .collect()
+        .collect())
 }
 
 /// Indices of the `k` largest scores, ascending index order; ties prefer the lower index.

@@ -69,6 +69,9 @@ pub enum ModelError {
     /// A tensor is missing or wrong.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// A backend operation failed; the session evaluated is no longer consistent.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
     /// A token id outside the vocabulary.
     #[error("token id {token} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange {

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::config::Config;
 use super::numerics::{silu, softplus};
 use super::weights::{LayerWeights, TensorRef};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 
 /// Floor of the selected scores' sum before normalising (spec §2.5 step 4).
 const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
@@ -28,11 +28,11 @@ pub fn route(
     lw: &LayerWeights,
     tokens: &[u32],
     cfg: &Config,
-) -> Vec<Route> {
+) -> Result<Vec<Route>, BackendError> {
     let n = tokens.len();
     let ne = cfg.n_expert;
-    let logits = be.matmul(&lw.ffn_gate_inp, u, n);
-    (0..n)
+    let logits = be.matmul(&lw.ffn_gate_inp, u, n)?;
+    Ok((0..n)
         .into_par_iter()
         .map(|t| {
             let p: Vec<f32> = logits[t * ne..(t + 1) * ne]
@@ -64,7 +64,7 @@ pub fn route(
                 .collect();
             Route { experts, weights }
         })
-        .collect()
+        .collect())
 }
 
 /// `silu(min(g, c)) · clamp(v, −c, c)` elementwise into `g` (spec §2.5 step 5).
@@ -82,10 +82,10 @@ pub fn moe(
     tokens: &[u32],
     il: usize,
     cfg: &Config,
-) -> Vec<f32> {
+) -> Result<Vec<f32>, BackendError> {
     let (n, e, ff) = (tokens.len(), cfg.n_embd, cfg.ff_exp);
     let clamp = cfg.swiglu_clamp[il];
-    let routes = route(be, u, lw, tokens, cfg);
+    let routes = route(be, u, lw, tokens, cfg)?;
 
     // Group the (token, weight) pairs by expert so each expert runs once over its tokens.
     let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); cfg.n_expert];
@@ -101,13 +101,13 @@ pub fn moe(
             .flat_map(|&(t, _)| u[t * e..(t + 1) * e].iter().copied())
             .collect();
         let m = list.len();
-        let mut g = be.matmul_expert(&lw.ffn_gate_exps, ex, &x, m);
-        let v = be.matmul_expert(&lw.ffn_up_exps, ex, &x, m);
+        let mut g = be.matmul_expert(&lw.ffn_gate_exps, ex, &x, m)?;
+        let v = be.matmul_expert(&lw.ffn_up_exps, ex, &x, m)?;
         swiglu(&mut g, &v, clamp);
         for (i, &(_, w)) in list.iter().enumerate() {
             g[i * ff..(i + 1) * ff].iter_mut().for_each(|x| *x *= w);
         }
-        let d = be.matmul_expert(&lw.ffn_down_exps, ex, &g, m);
+        let d = be.matmul_expert(&lw.ffn_down_exps, ex, &g, m)?;
         for (i, &(t, _)) in list.iter().enumerate() {
             out[t * e..(t + 1) * e]
                 .iter_mut()
@@ -115,16 +115,22 @@ pub fn moe(
                 .for_each(|(o, &v)| *o += v);
         }
     }
-    let sh = shared(be, u, lw, n, clamp);
+    let sh = shared(be, u, lw, n, clamp)?;
     out.iter_mut().zip(&sh).for_each(|(o, &s)| *o += s);
-    out
+    Ok(out)
 }
 
 /// The shared expert: the same clamped SwiGLU, no router weight (spec §2.5 step 6).
-fn shared(be: &dyn Backend, u: &[f32], lw: &LayerWeights, n: usize, clamp: f32) -> Vec<f32> {
+fn shared(
+    be: &dyn Backend,
+    u: &[f32],
+    lw: &LayerWeights,
+    n: usize,
+    clamp: f32,
+) -> Result<Vec<f32>, BackendError> {
     let ffn = |w: &TensorRef| be.matmul(w, u, n);
-    let mut g = ffn(&lw.ffn_gate_shexp);
-    let v = ffn(&lw.ffn_up_shexp);
+    let mut g = ffn(&lw.ffn_gate_shexp)?;
+    let v = ffn(&lw.ffn_up_shexp)?;
     swiglu(&mut g, &v, clamp);
     be.matmul(&lw.ffn_down_shexp, &g, n)
 }
