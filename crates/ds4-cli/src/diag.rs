@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use ds4::backend::CpuBackend;
 use ds4::model::Precision;
 use ds4::tokenizer::Tokenizer;
 
@@ -50,17 +49,19 @@ pub fn dump_logits(
     out: &Path,
     precision: Precision,
     decode_from: Option<usize>,
+    cuda: bool,
 ) -> anyhow::Result<()> {
     if tokens.is_empty() {
         bail!("--prompt-tokens is empty");
     }
     let model = crate::load_model(model)?;
-    let be = CpuBackend::new(model.file.clone());
+    let be = crate::make_backend(&model, cuda)?;
+    let be = be.as_ref();
     let mut sess = model.new_session();
     let k = decode_from.unwrap_or(tokens.len()).min(tokens.len());
-    let mut logits = model.forward(&be, &mut sess, &tokens[..k], precision)?;
+    let mut logits = model.forward(be, &mut sess, &tokens[..k], precision)?;
     for &t in &tokens[k..] {
-        logits.extend(model.forward(&be, &mut sess, &[t], precision)?);
+        logits.extend(model.forward(be, &mut sess, &[t], precision)?);
     }
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,

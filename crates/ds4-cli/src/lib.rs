@@ -44,6 +44,21 @@ pub fn load_model(path: &Path) -> anyhow::Result<ds4::model::Model> {
         .with_context(|| format!("loading model {}", path.display()))
 }
 
+/// The backend the flags ask for: CUDA device 0 with `cuda`, else the CPU.
+pub fn make_backend(
+    model: &ds4::model::Model,
+    cuda: bool,
+) -> anyhow::Result<Box<dyn ds4::backend::Backend + Send>> {
+    if cuda {
+        let be = ds4_cuda::CudaBackend::new(model.file.clone(), 0)
+            .context("starting the CUDA backend")?;
+        eprintln!("ds4: CUDA device {}", be.device_name());
+        Ok(Box::new(be))
+    } else {
+        Ok(Box::new(ds4::backend::CpuBackend::new(model.file.clone())))
+    }
+}
+
 /// Parses `5,17,3` into token ids.
 pub fn parse_token_list(s: &str) -> anyhow::Result<Vec<u32>> {
     s.split(',')

@@ -33,6 +33,10 @@ pub enum CudaError {
     /// The driver failed (no device, out of memory, launch failure, …).
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),
+    /// The CUDA driver or NVRTC library could not be loaded (no GPU driver on this machine,
+    /// or its folder is not on the loader path).
+    #[error("the {0} library was not found: is an NVIDIA driver installed, and is its folder on LD_LIBRARY_PATH?")]
+    LibraryMissing(&'static str),
     /// NVRTC rejected the kernel source.
     #[error("NVRTC: {0}")]
     Nvrtc(#[from] cudarc::nvrtc::CompileError),
@@ -64,6 +68,12 @@ fn kernel_source() -> String {
     )
 }
 
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library by name; no symbol is called.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 /// Runs the matmuls on one CUDA device.
 pub struct CudaBackend {
     file: Arc<GgufFile>,
@@ -85,6 +95,14 @@ impl std::fmt::Debug for CudaBackend {
 impl CudaBackend {
     /// Opens device `ordinal` and compiles the kernels for it.
     pub fn new(file: Arc<GgufFile>, ordinal: usize) -> Result<Self, CudaError> {
+        // cudarc panics when it first touches a library it cannot load: check before.
+        if !driver_present() {
+            return Err(CudaError::LibraryMissing("CUDA driver (libcuda)"));
+        }
+        // SAFETY: only tries to dlopen the library by name; no symbol is called.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(CudaError::LibraryMissing("NVRTC (libnvrtc)"));
+        }
         let ctx = CudaContext::new(ordinal)?;
         let device_name = ctx.name()?;
         let ptx = cudarc::nvrtc::compile_ptx(kernel_source())?;

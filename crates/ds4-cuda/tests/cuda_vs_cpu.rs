@@ -137,3 +137,18 @@ fn cuda_forward_matches_transformers_precise() {
         assert!(rel <= PRECISE_MAX_REL, "{recipe}: {rel:e}");
     }
 }
+
+/// Without a driver (CI, laptops) the backend is an error that says what is missing, not a
+/// panic inside cudarc; with one, it starts.
+#[test]
+fn backend_start_reports_a_missing_driver() {
+    let m = tiny(ExpertRecipe::F16);
+    let present = ds4_cuda::driver_present();
+    match CudaBackend::new(m.file.clone(), 0) {
+        Err(ds4_cuda::CudaError::LibraryMissing(what)) => {
+            assert!(!present && what.contains("libcuda"), "{what}")
+        }
+        Err(e) => assert!(present, "unexpected error without a driver: {e}"),
+        Ok(_) => assert!(present, "started without a driver"),
+    }
+}

@@ -44,11 +44,14 @@ pub struct Args {
     /// f32 everywhere, no FP8/FP4 simulation.
     #[arg(long = "precise")]
     pub precise: bool,
-    /// Run on the CPU backend (the only one in this build).
-    #[arg(long = "cpu")]
+    /// Run on the CPU backend (the default).
+    #[arg(long = "cpu", conflicts_with_all = ["cuda", "backend"])]
     pub cpu: bool,
-    /// Backend by name (only `cpu` in this build).
-    #[arg(long = "backend", value_parser = ["cpu"])]
+    /// Run on CUDA device 0 (experimental: weight matmuls on the GPU, the rest on the host).
+    #[arg(long = "cuda", conflicts_with = "backend")]
+    pub cuda: bool,
+    /// Backend by name: `cpu` or `cuda`.
+    #[arg(long = "backend", value_parser = ["cpu", "cuda"])]
     pub backend: Option<String>,
     /// Milliseconds between `: prefill` SSE comments during a long prefill (spec §4.10).
     #[arg(long = "keepalive-ms", default_value_t = 5000, value_parser = positive_u64)]

@@ -289,7 +289,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         ds4::model::Precision::Default
     };
-    let engine = ds4::engine::Engine::new(Arc::new(model), precision, args.ctx)
+    let model = Arc::new(model);
+    let backend: Box<dyn ds4::backend::Backend + Send> =
+        if args.cuda || args.backend.as_deref() == Some("cuda") {
+            let be = ds4_cuda::CudaBackend::new(model.file.clone(), 0)
+                .context("starting the CUDA backend")?;
+            tracing::info!(device = be.device_name(), "CUDA backend");
+            Box::new(be)
+        } else {
+            Box::new(ds4::backend::CpuBackend::new(model.file.clone()))
+        };
+    let engine = ds4::engine::Engine::with_backend(model, backend, precision, args.ctx)
         .context("starting the engine")?;
     let trace = match &args.trace {
         Some(p) => {

@@ -102,8 +102,19 @@ pub struct Engine {
 impl Engine {
     /// An engine over `model` on the CPU backend with a context of `ctx` tokens.
     pub fn new(model: Arc<Model>, precision: Precision, ctx: usize) -> Result<Self, EngineError> {
-        let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
         let backend = Box::new(CpuBackend::new(model.file.clone()));
+        Self::with_backend(model, backend, precision, ctx)
+    }
+
+    /// An engine over `model` running on `backend` (which must have been made for the same
+    /// model file).
+    pub fn with_backend(
+        model: Arc<Model>,
+        backend: Box<dyn Backend + Send>,
+        precision: Precision,
+        ctx: usize,
+    ) -> Result<Self, EngineError> {
+        let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
         let session = model.new_session();
         Ok(Engine {
             model,
@@ -117,11 +128,9 @@ impl Engine {
         })
     }
 
-    /// Test-only (`test-hooks` feature): the next generation emits `ids` instead of sampling,
-    /// then samples normally. Lets server tests drive tool calls through random weights.
-    #[cfg(feature = "test-hooks")]
-    pub fn force_tokens(&mut self, ids: Vec<u32>) {
-        self.forced = ids.into();
+    /// The backend's name (`cpu`, `cuda`).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
     }
 
     /// Context size in tokens.

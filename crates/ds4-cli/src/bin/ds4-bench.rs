@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ds4::backend::{Backend, CpuBackend};
 use ds4::model::{Model, Precision};
 use ds4::session::Session;
 use ds4::tokenizer::Tokenizer;
@@ -174,14 +173,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     let eos = Tokenizer::from_metadata(|k| model.file.get(k))
         .ok()
         .map(|t| t.eos());
-    let be: Box<dyn Backend> = if a.cuda {
-        let be = ds4_cuda::CudaBackend::new(model.file.clone(), 0)
-            .context("starting the CUDA backend")?;
-        eprintln!("ds4-bench: CUDA device {}", be.device_name());
-        Box::new(be)
-    } else {
-        Box::new(CpuBackend::new(model.file.clone()))
-    };
+    let be = ds4_cli::make_backend(&model, a.cuda)?;
     let be = be.as_ref();
     let mut out: Box<dyn Write> = match &a.csv {
         Some(p) => {

@@ -45,9 +45,12 @@ pub struct Args {
     /// Context size in tokens.
     #[arg(short = 'c', long = "ctx", default_value_t = 32768)]
     ctx: usize,
-    /// Run on the CPU backend (the only one in this build).
+    /// Run on the CPU backend (the default).
     #[arg(long = "cpu")]
     cpu: bool,
+    /// Run on CUDA device 0 (experimental: weight matmuls on the GPU, the rest on the host).
+    #[arg(long = "cuda", conflicts_with = "cpu")]
+    cuda: bool,
     /// Worker threads (0: all cores).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
@@ -154,6 +157,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             out,
             args.precision(),
             args.decode_from,
+            args.cuda,
         );
     }
     if args.dump_logits.is_some() {
@@ -172,7 +176,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         )?);
     }
     let model = Arc::new(ds4_cli::load_model(&args.model)?);
-    let mut engine = ds4::engine::Engine::new(model, args.precision(), args.ctx)?;
+    let backend = ds4_cli::make_backend(&model, args.cuda)?;
+    let mut engine = ds4::engine::Engine::with_backend(model, backend, args.precision(), args.ctx)?;
     match prompt {
         Some(text) => ds4_cli::chat_cli::one_shot(&mut engine, &args.chat_options(), &text),
         None => ds4_cli::repl::run_repl(engine, args.chat_options()),
