@@ -22,6 +22,18 @@ export DS4_REPO_ROOT="$ROOT"
 BENCH=(--synthetic-prompt --ctx-start 512 --ctx-max 4096 --step-mul 2 -n 32)
 ./.devcarry/ds4-bench -m /tmp/medium-q2.gguf --cpu "${BENCH[@]}" --csv "$OUT/bench-cpu.csv" 2>&1 | tail -2
 ./.devcarry/ds4-bench -m /tmp/medium-q2.gguf --cuda "${BENCH[@]}" --csv "$OUT/bench-cuda.csv" 2>&1 | tail -2
+# ds4 --cuda reproduces transformers through the CLI diagnostic, and ds4-server --cuda serves.
+toks=$(python3 -c 'import json; print(",".join(map(str, json.load(open("tests/fixtures/model/q2/tokens.json")))))')
+./.devcarry/ds4 --cuda -m tests/fixtures/model/q2/model.gguf --prompt-tokens "$toks" --precise --dump-logits /tmp/q2-cuda.npy
+python3 -c 'import numpy as np; a=np.load("/tmp/q2-cuda.npy"); b=np.load("tests/fixtures/model/q2/logits_precise.npy"); print("ds4 --cuda dump-logits vs transformers: max rel %.3e" % (abs(a-b).max()/abs(b).max()))' | tee "$OUT/cli.txt"
+./.devcarry/ds4-gguf tiny --tokenizer .devcarry/tokenizer.json --out /tmp/demo.gguf
+./.devcarry/ds4-server -m /tmp/demo.gguf --cuda --port 8123 -c 4096 > "$OUT/server.log" 2>&1 &
+for i in $(seq 60); do curl -sf localhost:8123/health >/dev/null && break; sleep 0.5; done
+curl -s localhost:8123/v1/chat/completions -H 'content-type: application/json' \
+    -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}' | tee "$OUT/server-reply.json"; echo
+kill %1 2>/dev/null
 echo "== tests"; grep -E "test result|CUDA precise|within|panicked" "$OUT/tests.log"
 echo "== cpu"; cat "$OUT/bench-cpu.csv"
 echo "== cuda"; cat "$OUT/bench-cuda.csv"
+echo "== cli"; cat "$OUT/cli.txt"
+echo "== server"; grep -o '"finish_reason":"[a-z]*"\|"completion_tokens":[0-9]*' "$OUT/server-reply.json"; grep -i "cuda" "$OUT/server.log" | head -2

@@ -15,7 +15,9 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_vs_cpu":
         print(m["executable"])')
 rm -rf .devcarry && mkdir -p .devcarry
-cp target/release/ds4-bench target/release/ds4-gguf "$test_bin" .devcarry/
+cp target/release/ds4 target/release/ds4-server target/release/ds4-bench target/release/ds4-gguf "$test_bin" .devcarry/
+bash tools/fetch-tokenizer.sh
+cp tests/fixtures/tokenizer/tokenizer.json .devcarry/
 mv ".devcarry/$(basename "$test_bin")" .devcarry/cuda_vs_cpu
-strip .devcarry/*
+strip .devcarry/ds4 .devcarry/ds4-server .devcarry/ds4-bench .devcarry/ds4-gguf .devcarry/cuda_vs_cpu
 du -sh .devcarry
