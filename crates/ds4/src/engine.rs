@@ -128,6 +128,13 @@ impl Engine {
         })
     }
 
+    /// Test-only (`test-hooks` feature): the next generation emits `ids` instead of sampling,
+    /// then samples normally. Lets server tests drive tool calls through random weights.
+    #[cfg(feature = "test-hooks")]
+    pub fn force_tokens(&mut self, ids: Vec<u32>) {
+        self.forced = ids.into();
+    }
+
     /// The backend's name (`cpu`, `cuda`).
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
