@@ -17,7 +17,7 @@ use crate::error::{ApiError, Protocol};
 use crate::request::{self, Knobs};
 use crate::scheduler::{GenerationEvent, Usage};
 use crate::sse::{self, StreamEncoder};
-use crate::{body_bytes, AppState};
+use crate::AppState;
 
 /// Anthropic `stop_reason` for a finish.
 fn stop_reason(finish: &FinishReason) -> &'static str {
@@ -290,8 +290,7 @@ pub async fn count_tokens(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = body_bytes(body)?;
-        let obj = request::parse_body(&body)?;
+        let obj = app.read_json(None, body)?;
         let chat = to_chat_body(&obj)?;
         let rendered = ds4::chat::render_chat_request(&chat, app.config.ctx_tokens)?;
         let tokenizer = app.tokenizer.clone();
@@ -305,11 +304,7 @@ pub async fn count_tokens(
 }
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    if let Some(t) = &app.trace {
-        t.body("/v1/messages", &body);
-    }
-    let obj = request::parse_body(&body)?;
+    let obj = app.read_json(Some("/v1/messages"), body)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let knobs = Knobs {

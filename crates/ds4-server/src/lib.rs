@@ -57,6 +57,20 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The head of every POST handler: the body's bytes (413 above the limit), its trace
+    /// record under `path` when `--trace` is on, and the parsed JSON object (spec §4.6).
+    pub(crate) fn read_json(
+        &self,
+        path: Option<&str>,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<serde_json::Map<String, Value>, ApiError> {
+        let body = body_bytes(body)?;
+        if let (Some(t), Some(p)) = (&self.trace, path) {
+            t.body(p, &body);
+        }
+        request::parse_body(&body)
+    }
+
     /// Starts the engine thread over `engine`.
     pub fn new(
         engine: ds4::engine::Engine,
@@ -203,7 +217,7 @@ fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// Body bytes, or the right error (413 above the limit).
-pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -15,7 +15,7 @@ use crate::error::{ApiError, Protocol};
 use crate::request::{self, Knobs};
 use crate::scheduler::{finish_name, GenerationEvent, Usage};
 use crate::sse::{self, StreamEncoder};
-use crate::{body_bytes, AppState};
+use crate::AppState;
 
 /// `usage` object of OpenAI chat and completions.
 /// The frames that end an OpenAI stream (chat and completions, spec §4.9): the usage chunk
@@ -64,11 +64,7 @@ pub async fn handler(State(app): State<AppState>, body: Result<Bytes, BytesRejec
 }
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    if let Some(t) = &app.trace {
-        t.body("/v1/chat/completions", &body);
-    }
-    let obj = request::parse_body(&body)?;
+    let obj = app.read_json(Some("/v1/chat/completions"), body)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let knobs = Knobs {

@@ -15,7 +15,7 @@ use crate::openai_chat::{stream_failed, stream_tail, usage_json};
 use crate::request::{self, Knobs};
 use crate::scheduler::{finish_name, GenerationEvent};
 use crate::sse::{self, StreamEncoder};
-use crate::{body_bytes, AppState};
+use crate::AppState;
 
 /// System text of the completions template.
 const SYSTEM: &str = "You are a helpful assistant";
@@ -46,11 +46,7 @@ pub async fn handler(State(app): State<AppState>, body: Result<Bytes, BytesRejec
 }
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    if let Some(t) = &app.trace {
-        t.body("/v1/completions", &body);
-    }
-    let obj = request::parse_body(&body)?;
+    let obj = app.read_json(Some("/v1/completions"), body)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let prompt = prompt_of(&obj)?;

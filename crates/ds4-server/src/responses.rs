@@ -17,7 +17,7 @@ use crate::error::{ApiError, Protocol};
 use crate::request::{self, Knobs};
 use crate::scheduler::{random_hex, GenerationEvent, Usage};
 use crate::sse::{self, StreamEncoder};
-use crate::{body_bytes, AppState};
+use crate::AppState;
 
 fn bad(field: impl Into<String>, msg: impl std::fmt::Display) -> ApiError {
     let field = field.into();
@@ -273,11 +273,7 @@ struct Ids {
 }
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    if let Some(t) = &app.trace {
-        t.body("/v1/responses", &body);
-    }
-    let obj = request::parse_body(&body)?;
+    let obj = app.read_json(Some("/v1/responses"), body)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let knobs = Knobs {
