@@ -38,7 +38,12 @@ def test_stop_sequences(claude):
     cut = claude.messages.create(model="deepseek-chat", max_tokens=8, messages=USER,
                                  stop_sequences=[stop], extra_body=greedy)
     assert cut.content[0].text == text[: text.index(stop)]
-    assert cut.stop_reason == "end_turn"
+    # As the Anthropic API reports it (ds4 says end_turn/null here).
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    with claude.messages.stream(model="deepseek-chat", max_tokens=8, messages=USER,
+                                stop_sequences=[stop], extra_body=greedy) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
 
 
 def test_tool_use_non_stream_and_stream(claude):

@@ -15,11 +15,19 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Protocol};
 use crate::request::{self, Knobs};
-use crate::scheduler::{GenerationEvent, Usage};
+use crate::scheduler::{Finished, GenerationEvent, Usage};
 use crate::sse::{self, StreamEncoder};
 use crate::AppState;
 
 /// Anthropic `stop_reason` for a finish.
+/// Anthropic `stop_reason` and `stop_sequence` of a finished request.
+fn stop_fields(f: &Finished) -> (&'static str, Value) {
+    match &f.stop_sequence {
+        Some(s) => ("stop_sequence", json!(s)),
+        None => (stop_reason(&f.parsed.finish), Value::Null),
+    }
+}
+
 fn stop_reason(finish: &FinishReason) -> &'static str {
     match finish {
         FinishReason::ToolCalls => "tool_use",
@@ -348,9 +356,10 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     if parsed.content.is_empty() && parsed.tool_calls.is_empty() {
         content.push(json!({"type": "text", "text": ""}));
     }
+    let (stop_reason, stop_sequence) = stop_fields(&done.finished);
     Ok(Json(
         json!({"id": id, "type": "message", "role": "assistant", "model": model,
-        "content": content, "stop_reason": stop_reason(&parsed.finish), "stop_sequence": null,
+        "content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
         "usage": usage_json(&done.finished.usage)}),
     )
     .into_response())
@@ -475,10 +484,11 @@ impl StreamEncoder for MessagesStream {
                     self.open(Block::Text, json!({"type": "text", "text": ""}), &mut out);
                     self.close(&mut out);
                 }
+                let (stop_reason, stop_sequence) = stop_fields(&f);
                 out.push(sse::event(
                     "message_delta",
                     &json!({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason(&f.parsed.finish), "stop_sequence": null},
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                     "usage": usage_json(&f.usage)}),
                 ));
                 out.push(sse::event("message_stop", &json!({"type": "message_stop"})));

@@ -68,6 +68,8 @@ pub struct Finished {
     pub usage: Usage,
     /// Reasoning, content, tool calls and finish reason.
     pub parsed: ParsedOutput,
+    /// The request's stop string that ended the output, if one did (Anthropic reports it).
+    pub stop_sequence: Option<String>,
 }
 
 /// What the worker tells a handler, in order: `Started`, then `Text`/`Output` as pieces are
@@ -299,6 +301,7 @@ impl Worker {
             .with_call_ids(move |_| format!("{prefix}{}", random_hex(32)));
         let mut stop = StopMatcher::new(req.stops.iter().cloned());
         let mut stop_hit = false;
+        let mut stop_index = None;
         let mut cancelled = false;
         let mut saw_think_end = false;
         let shutting_down = self.shutting_down.clone();
@@ -314,8 +317,12 @@ impl Worker {
             }
             let emit = match stop.push(&piece.text) {
                 StopStep::Continue { emit } => emit,
-                StopStep::Stopped { emit, .. } => {
+                StopStep::Stopped {
+                    emit,
+                    stop: matched,
+                } => {
                     stop_hit = true;
+                    stop_index = Some(matched);
                     emit
                 }
             };
@@ -405,7 +412,12 @@ impl Worker {
         if let Some(t) = &self.trace {
             t.finish(job_id, finish, &usage);
         }
-        let _ = tx.send(GenerationEvent::Done(Finished { usage, parsed }));
+        let stop_sequence = stop_index.and_then(|i| stop.stops().get(i).cloned());
+        let _ = tx.send(GenerationEvent::Done(Finished {
+            usage,
+            parsed,
+            stop_sequence,
+        }));
     }
 
     #[cfg(feature = "test-hooks")]
