@@ -37,6 +37,16 @@ pub enum CudaError {
     /// or its folder is not on the loader path).
     #[error("the {0} library was not found: is an NVIDIA driver installed, and is its folder on LD_LIBRARY_PATH?")]
     LibraryMissing(&'static str),
+    /// A matrix or row range outside the tensor.
+    #[error("matrix {m}, rows {rows:?} outside tensor `{tensor}`")]
+    OutOfRange {
+        /// Tensor name.
+        tensor: String,
+        /// Matrix index in the stack.
+        m: usize,
+        /// Requested rows.
+        rows: Range<usize>,
+    },
     /// NVRTC rejected the kernel source.
     #[error("NVRTC: {0}")]
     Nvrtc(#[from] cudarc::nvrtc::CompileError),
@@ -138,8 +148,8 @@ impl CudaBackend {
     fn run(
         &self,
         w: &TensorRef,
-        byte_off: usize,
-        rows: usize,
+        m: usize,
+        rows: Range<usize>,
         x: &[f32],
         n: usize,
     ) -> Result<Vec<f32>, CudaError> {
@@ -157,12 +167,20 @@ impl CudaBackend {
                 })
             }
         };
+        let bytes = w
+            .sub_range(m, rows.clone())
+            .ok_or_else(|| CudaError::OutOfRange {
+                tensor: w.name.clone(),
+                m,
+                rows: rows.clone(),
+            })?;
+        let rows = rows.len();
         if n == 0 || rows == 0 {
             return Ok(Vec::new());
         }
         let dev = self.upload(w.range.clone())?;
-        let row_bytes = (w.cols / w.ty.block_elems() * w.ty.block_bytes()) as i64;
-        let view = dev.slice(byte_off..byte_off + rows * row_bytes as usize);
+        let row_bytes = w.row_bytes() as i64;
+        let view = dev.slice(bytes);
         let xd = self.stream.clone_htod(x)?;
         let mut yd = self.stream.alloc_zeros::<f32>(n * rows)?;
         let (rows_i, cols_i, n_i) = (rows as i32, w.cols as i32, n as i32);
@@ -198,7 +216,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, w: &TensorRef, x: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
-        self.run(w, 0, w.rows, x, n).map_err(backend_err)
+        self.matmul_rows(w, 0..w.rows, x, n)
     }
 
     fn matmul_rows(
@@ -208,18 +226,7 @@ impl Backend for CudaBackend {
         x: &[f32],
         n: usize,
     ) -> Result<Vec<f32>, BackendError> {
-        let rb = w.cols / w.ty.block_elems() * w.ty.block_bytes();
-        if rows.end > w.rows {
-            return Err(BackendError::new(
-                "cuda",
-                format!(
-                    "rows {rows:?} outside tensor `{}` of {} rows",
-                    w.name, w.rows
-                ),
-            ));
-        }
-        self.run(w, rows.start * rb, rows.len(), x, n)
-            .map_err(backend_err)
+        self.run(w, 0, rows, x, n).map_err(backend_err)
     }
 
     fn matmul_expert(
@@ -229,17 +236,7 @@ impl Backend for CudaBackend {
         x: &[f32],
         n: usize,
     ) -> Result<Vec<f32>, BackendError> {
-        if e >= w.n_mats {
-            return Err(BackendError::new(
-                "cuda",
-                format!(
-                    "expert {e} outside tensor `{}` of {} experts",
-                    w.name, w.n_mats
-                ),
-            ));
-        }
-        let per = w.range.len() / w.n_mats.max(1);
-        self.run(w, e * per, w.rows, x, n).map_err(backend_err)
+        self.run(w, e, 0..w.rows, x, n).map_err(backend_err)
     }
 
     fn embed(&self, w: &TensorRef, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {

@@ -39,7 +39,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &TensorRef, x: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
-        self.run(&w.mat(self.file.bytes(), 0), x, n)
+        self.matmul_rows(w, 0..w.rows, x, n)
     }
 
     fn matmul_rows(
@@ -49,25 +49,10 @@ impl Backend for CpuBackend {
         x: &[f32],
         n: usize,
     ) -> Result<Vec<f32>, BackendError> {
-        let full = w.mat(self.file.bytes(), 0);
-        let rb = full.row_bytes();
-        let bytes = full
-            .data
-            .get(rows.start * rb..rows.end * rb)
-            .ok_or_else(|| {
-                BackendError::new(
-                    "cpu",
-                    format!(
-                        "rows {rows:?} outside tensor `{}` of {} rows",
-                        w.name, w.rows
-                    ),
-                )
-            })?;
-        self.run(
-            &QMatrix::new(w.ty, rows.len(), w.cols, bytes).map_err(err)?,
-            x,
-            n,
-        )
+        let m = w
+            .view(self.file.bytes(), 0, rows)
+            .map_err(|e| BackendError::new("cpu", e))?;
+        self.run(&m, x, n)
     }
 
     fn matmul_expert(
@@ -77,7 +62,10 @@ impl Backend for CpuBackend {
         x: &[f32],
         n: usize,
     ) -> Result<Vec<f32>, BackendError> {
-        self.run(&w.mat(self.file.bytes(), e), x, n)
+        let m = w
+            .view(self.file.bytes(), e, 0..w.rows)
+            .map_err(|e| BackendError::new("cpu", e))?;
+        self.run(&m, x, n)
     }
 
     fn embed(&self, w: &TensorRef, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {

@@ -77,11 +77,45 @@ pub struct TensorRef {
 }
 
 impl TensorRef {
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+
+    /// The bytes of rows `rows` of matrix `m`, relative to the tensor's first byte; `None`
+    /// when either lies outside the tensor. Every backend slices weights through this.
+    pub fn sub_range(&self, m: usize, rows: Range<usize>) -> Option<Range<usize>> {
+        if m >= self.n_mats || rows.start > rows.end || rows.end > self.rows {
+            return None;
+        }
+        let (rb, per) = (self.row_bytes(), self.rows * self.row_bytes());
+        Some(m * per + rows.start * rb..m * per + rows.end * rb)
+    }
+
+    /// Rows `rows` of matrix `m` as a quant view over the file's bytes, or a message naming
+    /// what is out of range.
+    pub fn view<'a>(
+        &self,
+        file: &'a [u8],
+        m: usize,
+        rows: Range<usize>,
+    ) -> Result<QMatrix<'a>, String> {
+        let out_of_range = || {
+            format!(
+                "matrix {m}, rows {rows:?} outside tensor `{}` ({} × {} rows)",
+                self.name, self.n_mats, self.rows
+            )
+        };
+        let r = self.sub_range(m, rows.clone()).ok_or_else(out_of_range)?;
+        let bytes = file
+            .get(self.range.start + r.start..self.range.start + r.end)
+            .ok_or_else(out_of_range)?;
+        QMatrix::new(self.ty, rows.len(), self.cols, bytes).map_err(|e| e.to_string())
+    }
+
     /// Matrix `m` of the stack as a quant view over the file's bytes.
     pub fn mat<'a>(&self, file: &'a [u8], m: usize) -> QMatrix<'a> {
-        let per = self.range.len() / self.n_mats.max(1);
-        let start = self.range.start + per * m;
-        QMatrix::new(self.ty, self.rows, self.cols, &file[start..start + per])
+        self.view(file, m, 0..self.rows)
             .expect("invariant: tensor ranges were validated when the weights were bound")
     }
 }
@@ -426,5 +460,43 @@ impl Weights {
             output_norm: bd.vec("output_norm.weight", &[e])?,
             output: bd.mat("output.weight", GgmlType::Q8_0, e, cfg.n_vocab)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TensorRef;
+    use crate::gguf::GgmlType;
+
+    /// Two Q8_0 matrices of 3 rows × 64 (2 blocks of 34 bytes a row) at file offset 100.
+    fn stack() -> TensorRef {
+        TensorRef {
+            name: "t".into(),
+            ty: GgmlType::Q8_0,
+            rows: 3,
+            cols: 64,
+            n_mats: 2,
+            range: 100..100 + 2 * 3 * 68,
+        }
+    }
+
+    #[test]
+    fn sub_range_addresses_rows_of_each_matrix() {
+        let t = stack();
+        assert_eq!(t.row_bytes(), 68);
+        assert_eq!(t.sub_range(0, 0..3), Some(0..204));
+        assert_eq!(t.sub_range(1, 1..3), Some(272..408));
+        assert_eq!(t.sub_range(1, 2..2), Some(340..340));
+    }
+
+    #[test]
+    fn sub_range_rejects_rows_or_matrices_outside_the_tensor() {
+        let t = stack();
+        assert_eq!(t.sub_range(2, 0..1), None);
+        assert_eq!(t.sub_range(0, 2..4), None);
+        let file = vec![0u8; 100 + 408];
+        let err = t.view(&file, 0, 1..9).expect_err("rows past the end");
+        assert!(err.contains("rows 1..9 outside tensor `t`"), "{err}");
+        assert_eq!(t.view(&file, 1, 0..2).expect("in range").rows, 2);
     }
 }
