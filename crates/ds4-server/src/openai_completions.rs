@@ -56,11 +56,7 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         stops: request::stops(&obj, "stop")?,
     };
     let stream = request::opt_bool(&obj, "stream")?.unwrap_or(false);
-    let include_usage = obj
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let include_usage = request::include_usage(&obj);
     let forced = request::forced_output(&obj, app.config.test_hooks)?;
     let mut chat = Map::new();
     for (k, v) in &obj {

@@ -208,6 +208,14 @@ pub fn function_tool(name: &str, description: Option<&Value>, schema: Option<&Va
     serde_json::json!({"type": "function", "function": f})
 }
 
+/// OpenAI `stream_options.include_usage` (false when absent).
+pub fn include_usage(obj: &Map<String, Value>) -> bool {
+    obj.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 /// Shared knobs of a request.
 pub struct Knobs {
     /// Output limit.
