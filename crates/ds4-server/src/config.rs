@@ -44,10 +44,10 @@ pub struct Args {
     /// f32 everywhere, no FP8/FP4 simulation.
     #[arg(long = "precise")]
     pub precise: bool,
-    /// Run on the CPU backend (the default).
+    /// Run on the CPU backend (the default without a GPU).
     #[arg(long = "cpu", conflicts_with_all = ["cuda", "backend"])]
     pub cpu: bool,
-    /// Run on CUDA device 0 (experimental: weight matmuls on the GPU, the rest on the host).
+    /// Run on CUDA device 0 (the default when a GPU is present).
     #[arg(long = "cuda", conflicts_with = "backend")]
     pub cuda: bool,
     /// Backend by name: `cpu` or `cuda`.

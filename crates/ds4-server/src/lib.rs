@@ -304,15 +304,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ds4::model::Precision::Default
     };
     let model = Arc::new(model);
-    let backend: Box<dyn ds4::backend::Backend + Send> =
-        if args.cuda || args.backend.as_deref() == Some("cuda") {
-            let be = ds4_cuda::CudaBackend::new(model.file.clone(), 0)
-                .context("starting the CUDA backend")?;
-            tracing::info!(device = be.device_name(), "CUDA backend");
-            Box::new(be)
-        } else {
-            Box::new(ds4::backend::CpuBackend::new(model.file.clone()))
-        };
+    let choice = match (args.cpu, args.cuda, args.backend.as_deref()) {
+        (true, _, _) | (_, _, Some("cpu")) => ds4_cuda::Choice::Cpu,
+        (_, true, _) | (_, _, Some("cuda")) => ds4_cuda::Choice::Cuda,
+        _ => ds4_cuda::Choice::Auto,
+    };
+    let opts = ds4_cuda::CudaOptions {
+        ctx: args.ctx,
+        ..Default::default()
+    };
+    let backend =
+        ds4_cuda::open_backend(&model, choice, &opts, &mut |line| tracing::info!("{line}"))
+            .context("starting the backend")?;
     let engine = ds4::engine::Engine::with_backend(model, backend, precision, args.ctx)
         .context("starting the engine")?;
     let trace = match &args.trace {

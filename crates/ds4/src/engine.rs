@@ -115,7 +115,7 @@ impl Engine {
         ctx: usize,
     ) -> Result<Self, EngineError> {
         let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
-        let session = model.new_session();
+        let session = model.new_session(backend.as_ref(), ctx)?;
         Ok(Engine {
             model,
             tokenizer,
@@ -146,14 +146,28 @@ impl Engine {
     }
 
     /// Changes the context size; drops the live session (as `/ctx N` does).
-    pub fn set_ctx(&mut self, ctx: usize) {
+    pub fn set_ctx(&mut self, ctx: usize) -> Result<(), EngineError> {
         self.ctx = ctx;
-        self.reset();
+        self.session = self.model.new_session(self.backend.as_ref(), ctx)?;
+        Ok(())
     }
 
-    /// Forgets the live session.
+    /// Forgets the live session (its memory is reused by the next one). Should clearing the
+    /// backend state fail, the session is marked full so that the next request starts afresh.
     pub fn reset(&mut self) {
-        self.session = self.model.new_session();
+        self.session.tokens.clear();
+        self.session.logits.clear();
+        if self
+            .backend
+            .reset_state(&self.model.config, &mut self.session.state)
+            .is_err()
+        {
+            match self.backend.new_state(&self.model.config, self.ctx) {
+                Ok(st) => self.session.state = st,
+                // Nothing can run in this state; forward reports the context as full.
+                Err(_) => self.session.state.ctx = 0,
+            }
+        }
     }
 
     /// Tokens the live session holds.
@@ -164,7 +178,7 @@ impl Engine {
     /// Evaluates `tokens` after the live session. A failed evaluation leaves the session
     /// half-updated, so it is dropped: the next request starts from scratch.
     fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let r = self.model.forward(
+        let r = self.model.forward_last(
             self.backend.as_ref(),
             &mut self.session,
             tokens,
@@ -193,8 +207,7 @@ impl Engine {
             return Ok((cached, self.session.logits.clone()));
         }
         let logits = self.eval(&prompt[cached..])?;
-        let vocab = self.model.config.n_vocab;
-        Ok((cached, logits[logits.len() - vocab..].to_vec()))
+        Ok((cached, logits))
     }
 
     /// Evaluates `prompt`, then samples up to `max_tokens` tokens, calling `on_piece` after each.
