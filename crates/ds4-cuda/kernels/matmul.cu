@@ -1,60 +1,51 @@
-// Weight matrix × f32 activations with the weights dequantised on the fly (spec/model.md §4).
-// One block owns one weight row and TOK tokens: its threads stride over the row's elements,
-// dequantise each once and FMA it against the TOK activation rows, then reduce across the
-// block. Accumulation is f32. The quant layouts are ggml's (see crates/ds4/src/quant/blocks.rs);
-// the IQ2_XXS tables `iq2xxs_grid` and `ksigns_iq2xs` are prepended by the host from
-// ds4::quant (transcribed from ggml-common.h, verified against gguf-py).
+// Weight matrix × activation products (spec/model.md §4) in three forms:
 //
-// Type ids are ggml's: 0 F32, 1 F16, 8 Q8_0, 10 Q2_K, 12 Q4_K, 16 IQ2_XXS.
+// * mm_f32: any type, any number of rows, f32 activations, weights dequantised per element
+//   exactly as the CPU reference does (precise mode). A block owns one weight row and MM_TOK
+//   activation rows; threads stride over the columns; f32 accumulation, block reduction.
+// * the fast matrix-vector kernels (one activation row, decode): the activation is quantised
+//   once per block into shared memory as three int8 stages per 32 values (prep_q8: near-f32
+//   accuracy) and dotted with dp4a against the integer weights; F16/F32 weights use f32
+//   activations.
+//   A warp owns `rpw` consecutive weight rows; a block is 8 warps. Variants: `mv_*` (plain or
+//   grouped rows), `gu_*` (gate and up of one matrix or of each routed expert, with the clamped
+//   SwiGLU and the router weight: spec §2.5), `dn_*` (down of every routed expert, summed).
+// * deq_f16 / to_f16: dequantise weights and convert activations to f16 pairs (hi, lo with
+//   hi + lo ≈ x to about 2^-22) for the split cuBLAS GEMMs of prefill chunks.
+//
+// Weight layouts (struct DW in common.cuh): Q8_0 and IQ2_XXS are repacked into a quant plane
+// and an f16 scale plane at upload; Q2_K, Q4_K, F16 and F32 keep their GGUF blocks. The IQ2_XXS
+// tables `iq2xxs_grid` / `ksigns_iq2xs` are prepended by the host from ds4::quant (ggml's
+// tables, verified against gguf-py).
 
-#define TOK 8
-#define THREADS 256
+#define MM_TOK 8
+#define MM_THREADS 256
 
-__device__ __forceinline__ float half_to_float(unsigned short h) {
-    unsigned int sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-    float v;
-    if (exp == 0) {
-        v = ldexpf((float)mant, -24);
-    } else if (exp == 31) {
-        v = mant ? __int_as_float(0x7fc00000) : __int_as_float(0x7f800000);
-    } else {
-        v = ldexpf((float)(mant | 0x400u), (int)exp - 25);
+// Element c of global row `grow` of w (spec §4 formulas, in the CPU reference's order).
+__device__ float deq(const DW& w, i64 grow, int c) {
+    switch (w.ty) {
+    case TY_F32: return __int_as_float((int)ld_u32(w.a + (grow * w.cols + c) * 4));
+    case TY_F16: return h2f(ld_u16(w.a + (grow * w.cols + c) * 2));
+    case TY_Q8_0: {
+        float d = h2f(ld_u16(w.b + (grow * (w.cols / 32) + c / 32) * 2));
+        return (float)(i8)w.a[grow * w.cols + c] * d;
     }
-    return sign ? -v : v;
-}
-
-__device__ __forceinline__ unsigned short ld_u16(const unsigned char* p) {
-    return (unsigned short)(p[0] | (p[1] << 8));
-}
-
-__device__ __forceinline__ unsigned int ld_u32(const unsigned char* p) {
-    return (unsigned int)p[0] | ((unsigned int)p[1] << 8) | ((unsigned int)p[2] << 16) | ((unsigned int)p[3] << 24);
-}
-
-// Element c of a row of type `ty` starting at `row`.
-__device__ __forceinline__ float dequant(int ty, const unsigned char* row, int c) {
-    switch (ty) {
-    case 0: return __int_as_float((int)ld_u32(row + 4 * c));
-    case 1: return half_to_float(ld_u16(row + 2 * c));
-    case 8: {
-        const unsigned char* b = row + 34 * (c >> 5);
-        return half_to_float(ld_u16(b)) * (float)(signed char)b[2 + (c & 31)];
-    }
-    case 10: {  // Q2_K: scales[16] qs[64] d dmin (84 bytes)
-        const unsigned char* b = row + 84 * (c >> 8);
+    case TY_Q2_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c >> 8);
         int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
         int q = (b[16 + 32 * n + l] >> (2 * j)) & 3;
         int sc = b[8 * n + 2 * j + (l >= 16 ? 1 : 0)];
-        float d = half_to_float(ld_u16(b + 80)), dmin = half_to_float(ld_u16(b + 82));
-        return d * (float)(sc & 15) * (float)q - dmin * (float)(sc >> 4);
+        float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+        float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+        return dl * (float)q - ml;
     }
-    case 12: {  // Q4_K: d dmin scales[12] qs[128] (144 bytes)
-        const unsigned char* b = row + 144 * (c >> 8);
-        const unsigned char* s = b + 4;
-        int i = c & 255, chunk = i >> 6, w = i & 63;
-        int pair = 2 * chunk + (w >= 32 ? 1 : 0);
-        int byte = b[16 + 32 * chunk + (w & 31)];
-        int q = w >= 32 ? (byte >> 4) : (byte & 15);
+    case TY_Q4_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols) + 144 * (c >> 8);
+        const u8* s = b + 4;
+        int i = c & 255, chunk = i >> 6, wi = i & 63;
+        int pair = 2 * chunk + (wi >= 32 ? 1 : 0);
+        int byte = b[16 + 32 * chunk + (wi & 31)];
+        int q = wi >= 32 ? (byte >> 4) : (byte & 15);
         int sc, m;
         if (pair < 4) {
             sc = s[pair] & 63;
@@ -63,55 +54,453 @@ __device__ __forceinline__ float dequant(int ty, const unsigned char* row, int c
             sc = (s[pair + 4] & 15) | ((s[pair - 4] >> 6) << 4);
             m = (s[pair + 4] >> 4) | ((s[pair] >> 6) << 4);
         }
-        float d = half_to_float(ld_u16(b)), dmin = half_to_float(ld_u16(b + 2));
-        return d * (float)sc * (float)q - dmin * (float)m;
+        float d = h2f(ld_u16(b)), dmin = h2f(ld_u16(b + 2));
+        float dl = d * (float)sc, ml = dmin * (float)m;
+        return dl * (float)q - ml;
     }
-    case 16: {  // IQ2_XXS: d qs[32 u16] (66 bytes)
-        const unsigned char* b = row + 66 * (c >> 8);
+    case TY_IQ2_XXS: {
+        i64 blk = grow * (w.cols / 256) + (c >> 8);
+        const u8* q = w.a + blk * 64;
         int i = c & 255, ib = i >> 5, k = (i & 31) >> 3, j = i & 7;
-        unsigned int a0 = ld_u32(b + 2 + 8 * ib), a1 = ld_u32(b + 6 + 8 * ib);
-        unsigned int gi = (a0 >> (8 * k)) & 255u;
+        u32 a0 = ld_u32(q + 8 * ib), a1 = ld_u32(q + 8 * ib + 4);
+        u32 gi = (a0 >> (8 * k)) & 255u;
         float g = (float)((iq2xxs_grid[gi] >> (8 * j)) & 255ull);
-        unsigned int signs = ksigns_iq2xs[(a1 >> (7 * k)) & 127u];
-        float d = half_to_float(ld_u16(b));
-        float v = d * (0.5f + (float)(a1 >> 28)) * 0.25f * g;
+        u32 signs = ksigns_iq2xs[(a1 >> (7 * k)) & 127u];
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+        float v = db * g;
         return (signs >> j) & 1u ? -v : v;
     }
     }
     return 0.0f;
 }
 
-// y[t][r] = Σ_c W[r][c]·x[t][c] for t in [blockIdx.y·TOK, +TOK) ∩ [0, n_tok).
-// Grid (rows, ceil(n_tok / TOK)), THREADS threads.
-extern "C" __global__ void matmul_deq(int ty, const unsigned char* w, long long row_bytes, int rows, int cols,
-                                      const float* x, int n_tok, float* y) {
+// y[t][r] (+)= Σ_c W[mat][r0 + r][c]·x[t][xoff + c], r < rows, t < n_tok. Grid (rows,
+// ceil(n_tok / MM_TOK)); MM_THREADS threads. Rows of x are `x_stride` apart, rows of y
+// `y_stride` apart; the weight matrix is `mat` of the stack.
+extern "C" __global__ void mm_f32(DW w, int mat, int r0, int rows, const float* x, int x_stride,
+                                  int xoff, int n_tok, float* y, int y_stride, int yoff) {
     int r = blockIdx.x;
-    int t0 = blockIdx.y * TOK;
+    int t0 = blockIdx.y * MM_TOK;
     if (r >= rows) return;
-    const unsigned char* row = w + (long long)r * row_bytes;
-    float acc[TOK];
+    i64 grow = (i64)mat * w.rows + r0 + r;
+    float acc[MM_TOK];
 #pragma unroll
-    for (int t = 0; t < TOK; t++) acc[t] = 0.0f;
-    int nt = min(TOK, n_tok - t0);
-    for (int c = threadIdx.x; c < cols; c += THREADS) {
-        float wv = dequant(ty, row, c);
+    for (int t = 0; t < MM_TOK; t++) acc[t] = 0.0f;
+    int nt = min(MM_TOK, n_tok - t0);
+    for (int c = threadIdx.x; c < w.cols; c += MM_THREADS) {
+        float wv = deq(w, grow, c);
 #pragma unroll
-        for (int t = 0; t < TOK; t++) {
-            if (t < nt) acc[t] += wv * x[(long long)(t0 + t) * cols + c];
+        for (int t = 0; t < MM_TOK; t++) {
+            if (t < nt) acc[t] += wv * x[(i64)(t0 + t) * x_stride + xoff + c];
         }
     }
-    __shared__ float red[THREADS / 32][TOK];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // One barrier, then MM_TOK threads each sum the block's partials (a precise-mode kernel:
+    // simple beats fast here).
+    __shared__ float red[MM_THREADS][MM_TOK];
 #pragma unroll
-    for (int t = 0; t < TOK; t++) {
-        float v = acc[t];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) red[warp][t] = v;
-    }
+    for (int t = 0; t < MM_TOK; t++) red[threadIdx.x][t] = acc[t];
     __syncthreads();
-    if (threadIdx.x < TOK && threadIdx.x < nt) {
+    if (threadIdx.x < MM_TOK && (int)threadIdx.x < nt) {
         float s = 0.0f;
-        for (int k = 0; k < THREADS / 32; k++) s += red[k][threadIdx.x];
-        y[(long long)(t0 + threadIdx.x) * rows + r] = s;
+        for (int k = 0; k < MM_THREADS; k++) s += red[k][threadIdx.x];
+        y[(i64)(t0 + threadIdx.x) * y_stride + yoff + r] = s;
+    }
+}
+
+// ---- activation preparation (shared memory) ----------------------------------------------
+
+// Quantises x[0..cols) into three int8 planes (xq, xq + cols, xq + 2·cols) and one scale per
+// 32 values (xd), block-cooperatively: x ≈ d·(q1 + q2/254 + q3/254²), each stage quantising
+// the previous one's residual, so the integer dot products are exact to about 2^-24 of the
+// block's largest value — near-f32 accuracy at dp4a speed (the storage simulations of the
+// default precision amplify any larger error).
+#define Q8_STAGE 254.0f
+__device__ void prep_q8(const float* x, int cols, i8* xq, float* xd) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int b = warp; b < cols / 32; b += nw) {
+        float v = x[b * 32 + lane];
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.0f;
+        int q1 = 0, q2 = 0, q3 = 0;
+        if (d > 0.0f) {
+            q1 = max(-127, min(127, __float2int_rn(v / d)));
+            float r = fmaf(-(float)q1, d, v);
+            float d2 = d / Q8_STAGE;
+            q2 = max(-127, min(127, __float2int_rn(r / d2)));
+            r = fmaf(-(float)q2, d2, r);
+            float d3 = d2 / Q8_STAGE;
+            q3 = max(-127, min(127, __float2int_rn(r / d3)));
+        }
+        xq[b * 32 + lane] = (i8)q1;
+        xq[cols + b * 32 + lane] = (i8)q2;
+        xq[2 * cols + b * 32 + lane] = (i8)q3;
+        if (lane == 0) xd[b] = d;
+    }
+}
+
+// The three stages' integer sums folded into one float.
+__device__ __forceinline__ float fold3(int s1, int s2, int s3) {
+    return (float)s1 + (float)s2 * (1.0f / Q8_STAGE) + (float)s3 * (1.0f / (Q8_STAGE * Q8_STAGE));
+}
+
+__device__ void prep_f32(const float* x, int cols, float* xf) {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) xf[c] = x[c];
+}
+
+// ---- per-type row dots (one warp; the result is returned to every lane) ------------------
+
+__device__ __forceinline__ int ld_i32s(const i8* p) { return *(const int*)p; }
+
+// The IQ2_XXS tables, copied into shared memory by the kernels that need them.
+struct IqTab {
+    u64 grid[256];
+    u8 signs[128];
+};
+
+__device__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab) {
+    int lane = threadIdx.x & 31;
+    const u8* row = w.a + grow * w.cols;
+    const u8* ds = w.b + grow * (w.cols / 32) * 2;
+    float acc = 0.0f;
+    for (int ci = lane; ci < w.cols / 16; ci += 32) {
+        int4 wv = *(const int4*)(row + ci * 16);
+        int st[3];
+#pragma unroll
+        for (int k = 0; k < 3; k++) {
+            int4 xv = *(const int4*)(xq + k * w.cols + ci * 16);
+            int s = __dp4a(wv.x, xv.x, 0);
+            s = __dp4a(wv.y, xv.y, s);
+            s = __dp4a(wv.z, xv.z, s);
+            st[k] = __dp4a(wv.w, xv.w, s);
+        }
+        int b = ci >> 1;
+        acc += fold3(st[0], st[1], st[2]) * (h2f(ld_u16(ds + 2 * b)) * xd[b]);
+    }
+    return warp_sum(acc);
+}
+
+__device__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab) {
+    int lane = threadIdx.x & 31;
+    const u8* row = w.a + grow * w.cols * 2;
+    float acc = 0.0f;
+    for (int ci = lane; ci < w.cols / 8; ci += 32) {
+        int4 wv = *(const int4*)(row + ci * 16);
+        const float* xp = xf + ci * 8;
+        u32 u[4] = {(u32)wv.x, (u32)wv.y, (u32)wv.z, (u32)wv.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            acc += h2f((u16)(u[k] & 0xffffu)) * xp[2 * k];
+            acc += h2f((u16)(u[k] >> 16)) * xp[2 * k + 1];
+        }
+    }
+    return warp_sum(acc);
+}
+
+__device__ float dot_f32(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab) {
+    int lane = threadIdx.x & 31;
+    const float* row = (const float*)(w.a + grow * w.cols * 4);
+    float acc = 0.0f;
+    for (int c = lane; c < w.cols; c += 32) acc += row[c] * xf[c];
+    return warp_sum(acc);
+}
+
+// Signed int8×4 of grid bytes `g` with sign bits `s` (bit j set: byte j negative).
+__device__ __forceinline__ int signed4(u32 g, u32 s) {
+    u32 out = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int v = (int)((g >> (8 * j)) & 255u);
+        if ((s >> j) & 1u) v = -v;
+        out |= ((u32)(v & 255)) << (8 * j);
+    }
+    return (int)out;
+}
+
+__device__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
+                             const float* xf, const IqTab* tab) {
+    int lane = threadIdx.x & 31;
+    int nb = w.cols / 256;
+    float acc = 0.0f;
+    for (int si = lane; si < nb * 8; si += 32) {
+        i64 blk = grow * nb + (si >> 3);
+        const u8* q = w.a + blk * 64 + (si & 7) * 8;
+        uint2 v = *(const uint2*)q;
+        u32 a0 = v.x, a1 = v.y;
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+        const i8* xp = xq + si * 32;
+        int st[3] = {0, 0, 0};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
+            u32 sg = tab->signs[(a1 >> (7 * k)) & 127u];
+            int lo = signed4((u32)g, sg), hi = signed4((u32)(g >> 32), sg >> 4);
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                st[p] = __dp4a(lo, ld_i32s(xp + p * w.cols + 8 * k), st[p]);
+                st[p] = __dp4a(hi, ld_i32s(xp + p * w.cols + 8 * k + 4), st[p]);
+            }
+        }
+        acc += fold3(st[0], st[1], st[2]) * (db * xd[si]);
+    }
+    return warp_sum(acc);
+}
+
+__device__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab) {
+    int lane = threadIdx.x & 31;
+    int nb = w.cols / 256;
+    const u8* row = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols);
+    float acc = 0.0f;
+    for (int qi = lane; qi < nb * 4; qi += 32) {
+        const u8* b = row + (qi >> 2) * 84;
+        int quarter = qi & 3, n = quarter >> 1, j0 = 2 * (quarter & 1);
+        u32 dd = *(const u32*)(b + 80);
+        float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
+        const u32* qs = (const u32*)(b + 16 + 32 * n);
+        int base = (qi >> 2) * 256 + 128 * n;
+#pragma unroll
+        for (int jj = 0; jj < 2; jj++) {
+            int j = j0 + jj;
+            const i8* xp = xq + base + 32 * j;
+            int is = 8 * n + 2 * j;
+            int sl = b[is], sh = b[is + 1];
+            int sq[3], sm[3];
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                int slo = 0, shi = 0, xlo = 0, xhi = 0;
+#pragma unroll
+                for (int c = 0; c < 8; c++) {
+                    int wq = (int)((qs[c] >> (2 * j)) & 0x03030303u);
+                    int xv = ld_i32s(xp + p * w.cols + 4 * c);
+                    if (c < 4) {
+                        slo = __dp4a(wq, xv, slo);
+                        xlo = __dp4a(0x01010101, xv, xlo);
+                    } else {
+                        shi = __dp4a(wq, xv, shi);
+                        xhi = __dp4a(0x01010101, xv, xhi);
+                    }
+                }
+                sq[p] = (sl & 15) * slo + (sh & 15) * shi;
+                sm[p] = (sl >> 4) * xlo + (sh >> 4) * xhi;
+            }
+            float part = d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2]);
+            acc += part * xd[(base + 32 * j) >> 5];
+        }
+    }
+    return warp_sum(acc);
+}
+
+__device__ __forceinline__ void q4k_scale_min(const u8* s, int pair, int* sc, int* m) {
+    if (pair < 4) {
+        *sc = s[pair] & 63;
+        *m = s[pair + 4] & 63;
+    } else {
+        *sc = (s[pair + 4] & 15) | ((s[pair - 4] >> 6) << 4);
+        *m = (s[pair + 4] >> 4) | ((s[pair] >> 6) << 4);
+    }
+}
+
+__device__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab) {
+    int lane = threadIdx.x & 31;
+    int nb = w.cols / 256;
+    const u8* row = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols);
+    float acc = 0.0f;
+    for (int qi = lane; qi < nb * 4; qi += 32) {
+        const u8* b = row + (qi >> 2) * 144;
+        int chunk = qi & 3;
+        u32 dd = *(const u32*)b;
+        float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
+        const u32* qs = (const u32*)(b + 16 + 32 * chunk);
+        int base = (qi >> 2) * 256 + 64 * chunk;
+        int sc0, m0, sc1, m1;
+        q4k_scale_min(b + 4, 2 * chunk, &sc0, &m0);
+        q4k_scale_min(b + 4, 2 * chunk + 1, &sc1, &m1);
+        int ql[3], qh[3], ml[3], mh[3];
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            int slo = 0, shi = 0, xlo = 0, xhi = 0;
+            const i8* xp = xq + p * w.cols + base;
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                u32 v = qs[c];
+                int lo = (int)(v & 0x0f0f0f0fu), hi = (int)((v >> 4) & 0x0f0f0f0fu);
+                int xl = ld_i32s(xp + 4 * c), xh = ld_i32s(xp + 32 + 4 * c);
+                slo = __dp4a(lo, xl, slo);
+                shi = __dp4a(hi, xh, shi);
+                xlo = __dp4a(0x01010101, xl, xlo);
+                xhi = __dp4a(0x01010101, xh, xhi);
+            }
+            ql[p] = sc0 * slo;
+            qh[p] = sc1 * shi;
+            ml[p] = m0 * xlo;
+            mh[p] = m1 * xhi;
+        }
+        float dx0 = xd[base >> 5], dx1 = xd[(base >> 5) + 1];
+        acc += (d * fold3(ql[0], ql[1], ql[2]) - dmin * fold3(ml[0], ml[1], ml[2])) * dx0;
+        acc += (d * fold3(qh[0], qh[1], qh[2]) - dmin * fold3(mh[0], mh[1], mh[2])) * dx1;
+    }
+    return warp_sum(acc);
+}
+
+// ---- fast matrix-vector kernels -----------------------------------------------------------
+//
+// Shared memory (dynamic): the prepared activation(s), `cols` int8 + `cols/32` floats per
+// q8 row, or `cols` floats. IQ2_XXS kernels also load the grid tables into static shared
+// memory.
+
+#define MV_WARPS 8
+
+#define DECLARE_IQ2_TABLES                                                                  \
+    __shared__ IqTab sh_tab;                                                                \
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) sh_tab.grid[i] = iq2xxs_grid[i];    \
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) sh_tab.signs[i] = ksigns_iq2xs[i];  \
+    const IqTab* tab = &sh_tab;
+
+#define NO_TABLES const IqTab* tab = 0;
+
+// Activation prep of `rows_x` rows of `cols` (row r at x + r·x_stride) into dynamic shared
+// memory; sets xq/xd/xf.
+#define PREP_Q8(rows_x, x, x_stride, cols)                                    \
+    DYN_SHARED(u8, smem);                                                     \
+    i8* xq = (i8*)smem;                                                       \
+    float* xd = (float*)(smem + (i64)(rows_x) * 3 * (cols));                  \
+    const float* xf = 0;                                                      \
+    for (int rx = 0; rx < (rows_x); rx++)                                     \
+        prep_q8((x) + (i64)rx * (x_stride), (cols), xq + (i64)rx * 3 * (cols), xd + rx * ((cols) / 32));
+
+#define PREP_F32(rows_x, x, x_stride, cols)                                   \
+    DYN_SHARED(float, smemf);                                                 \
+    const i8* xq = 0;                                                         \
+    const float* xd = 0;                                                      \
+    float* xf = smemf;                                                        \
+    for (int rx = 0; rx < (rows_x); rx++)                                     \
+        prep_f32((x) + (i64)rx * (x_stride), (cols), xf + (i64)rx * (cols));
+
+// Offsets of activation row `rx` in the prepared shared memory.
+#define XQ(rx, cols) (xq ? xq + (i64)(rx) * 3 * (cols) : (const i8*)0)
+#define XD(rx, cols) (xd ? xd + (rx) * ((cols) / 32) : (const float*)0)
+#define XF(rx, cols) (xf ? xf + (i64)(rx) * (cols) : (const float*)0)
+
+// y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g = x + (r / rows_per_group)·w.cols
+// (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product). A block's
+// rows lie in one group (the host keeps 8·rpw dividing rows_per_group).
+#define MV_KERNEL(NAME, DOT, PREP, TABLES)                                                   \
+    extern "C" __global__ void NAME(DW w, int mat, const float* x, int rows_per_group,        \
+                                    float* y, int rpw, int beta) {                           \
+        TABLES                                                                                \
+        int r_first = blockIdx.x * MV_WARPS * rpw;                                           \
+        int g = r_first / rows_per_group;                                                    \
+        PREP(1, x + (i64)g * w.cols, 0, w.cols)                                              \
+        __syncthreads();                                                                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        for (int k = 0; k < rpw; k++) {                                                      \
+            int r = r_first + warp * rpw + k;                                                \
+            if (r >= w.rows) break;                                                           \
+            float v = DOT(w, (i64)mat * w.rows + r, XQ(0, w.cols), XD(0, w.cols), XF(0, w.cols), tab); \
+            if (lane == 0) y[r] = beta ? y[r] + v : v;                                       \
+        }                                                                                     \
+    }
+
+// mid[s][r] = silu(min(G_e·x, c)) · clamp(U_e·x, −c, c) · wt_s for slot s = blockIdx.y with
+// expert e = ids[s] (ids null: matrix 0, weight 1), r < gate.rows (spec §2.5 steps 5–6).
+#define GU_KERNEL(NAME, DOT, PREP, TABLES)                                                    \
+    extern "C" __global__ void NAME(DW gate, DW up, const float* x, const int* ids,           \
+                                    const float* wts, float clamp, float* mid, int rpw) {     \
+        TABLES                                                                                \
+        int s = blockIdx.y;                                                                  \
+        int e = ids ? ids[s] : 0;                                                            \
+        float wt = ids ? wts[s] : 1.0f;                                                      \
+        PREP(1, x, 0, gate.cols)                                                             \
+        __syncthreads();                                                                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        for (int k = 0; k < rpw; k++) {                                                      \
+            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
+            if (r >= gate.rows) break;                                                        \
+            i64 grow = (i64)e * gate.rows + r;                                                \
+            float gv = DOT(gate, grow, XQ(0, gate.cols), XD(0, gate.cols), XF(0, gate.cols), tab);\
+            float uv = DOT(up, grow, XQ(0, gate.cols), XD(0, gate.cols), XF(0, gate.cols), tab);\
+            if (lane == 0) {                                                                  \
+                float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);     \
+                mid[(i64)s * gate.rows + r] = m * wt;                                         \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows.
+#define DN_KERNEL(NAME, DOT, PREP, TABLES)                                                    \
+    extern "C" __global__ void NAME(DW down, const float* mid, const int* ids, int k,        \
+                                    float* y, int rpw) {                                     \
+        TABLES                                                                                \
+        PREP(k, mid, down.cols, down.cols)                                                   \
+        __syncthreads();                                                                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        for (int kk = 0; kk < rpw; kk++) {                                                   \
+            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + kk;                           \
+            if (r >= down.rows) break;                                                        \
+            float acc = 0.0f;                                                                 \
+            for (int s = 0; s < k; s++) {                                                     \
+                i64 grow = (i64)ids[s] * down.rows + r;                                       \
+                acc += DOT(down, grow, XQ(s, down.cols), XD(s, down.cols), XF(s, down.cols), tab);\
+            }                                                                                 \
+            if (lane == 0) y[r] = acc;                                                        \
+        }                                                                                     \
+    }
+
+MV_KERNEL(mv_q8_0, dot_q8_0, PREP_Q8, NO_TABLES)
+MV_KERNEL(mv_q2_k, dot_q2_k, PREP_Q8, NO_TABLES)
+MV_KERNEL(mv_q4_k, dot_q4_k, PREP_Q8, NO_TABLES)
+MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, PREP_Q8, DECLARE_IQ2_TABLES)
+MV_KERNEL(mv_f16, dot_f16, PREP_F32, NO_TABLES)
+MV_KERNEL(mv_f32, dot_f32, PREP_F32, NO_TABLES)
+
+GU_KERNEL(gu_q8_0, dot_q8_0, PREP_Q8, NO_TABLES)
+GU_KERNEL(gu_q2_k, dot_q2_k, PREP_Q8, NO_TABLES)
+GU_KERNEL(gu_q4_k, dot_q4_k, PREP_Q8, NO_TABLES)
+GU_KERNEL(gu_iq2_xxs, dot_iq2_xxs, PREP_Q8, DECLARE_IQ2_TABLES)
+GU_KERNEL(gu_f16, dot_f16, PREP_F32, NO_TABLES)
+GU_KERNEL(gu_f32, dot_f32, PREP_F32, NO_TABLES)
+
+DN_KERNEL(dn_q8_0, dot_q8_0, PREP_Q8, NO_TABLES)
+DN_KERNEL(dn_q2_k, dot_q2_k, PREP_Q8, NO_TABLES)
+DN_KERNEL(dn_q4_k, dot_q4_k, PREP_Q8, NO_TABLES)
+DN_KERNEL(dn_iq2_xxs, dot_iq2_xxs, PREP_Q8, DECLARE_IQ2_TABLES)
+DN_KERNEL(dn_f16, dot_f16, PREP_F32, NO_TABLES)
+DN_KERNEL(dn_f32, dot_f32, PREP_F32, NO_TABLES)
+
+// ---- f16 conversion for the prefill GEMMs -------------------------------------------------
+
+// v as an f16 pair: hi = f16(v), lo = f16(v − hi).
+__device__ __forceinline__ void split_f16(float v, u16* hi, u16* lo) {
+    u16 h = f2h(v);
+    *hi = h;
+    *lo = f2h(v - h2f(h));
+}
+
+// (hi, lo)[i] of W[mat][r0 + i / cols][i % cols] for i < nrows·cols; lo is `n` elements after
+// hi.
+extern "C" __global__ void deq_f16(DW w, int mat, int r0, int nrows, u16* out) {
+    i64 n = (i64)nrows * w.cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 r = i / w.cols;
+        int c = (int)(i - r * w.cols);
+        split_f16(deq(w, (i64)mat * w.rows + r0 + r, c), out + i, out + n + i);
+    }
+}
+
+// (hi, lo)[t][c] of x[idx ? idx[t] : t][xoff + c] for t < n, c < cols (rows of x are x_stride
+// apart; lo is n·cols elements after hi): activations for a GEMM, optionally gathered.
+extern "C" __global__ void to_f16(const float* x, int x_stride, int xoff, const int* idx, int n,
+                                  int cols, u16* out) {
+    i64 total = (i64)n * cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        int t = (int)(i / cols), c = (int)(i - (i64)t * cols);
+        int src = idx ? idx[t] : t;
+        split_f16(x[(i64)src * x_stride + xoff + c], out + i, out + total + i);
     }
 }

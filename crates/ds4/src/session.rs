@@ -192,7 +192,7 @@ impl Session {
                 ),
             ));
         }
-        be.import_state(cfg, &snap.kv, &mut self.state)?;
+        be.import_state(cfg, &snap.kv, snap.tokens.len(), &mut self.state)?;
         self.tokens = snap.tokens.clone();
         self.logits = snap.logits.clone();
         Ok(())

@@ -180,6 +180,8 @@ pub struct StepKey {
     pub rows: usize,
     /// Rows of logits the step computes (1: the last row; `rows`: all).
     pub out_rows: usize,
+    /// Whether the backend may use its fast approximations ([`Numerics::fast`]).
+    pub fast: bool,
     /// Whether the ratio-4 layers run the indexer (some row sees more than top-k rows).
     pub indexer: bool,
     /// [`Rows::visible_cap`] of the ratio-4 layers (grid size of the indexer).
@@ -215,8 +217,15 @@ pub trait Backend: Send + Sync {
     /// The state of a session that has evaluated `n_tokens` tokens, in host form (for
     /// snapshots).
     fn export_state(&self, st: &SessionState, n_tokens: usize) -> BResult<KvState>;
-    /// Replaces the contents of `st` with `kv` (a snapshot), in place.
-    fn import_state(&self, cfg: &Config, kv: &KvState, st: &mut SessionState) -> BResult<()>;
+    /// Replaces the contents of `st` with `kv` (a snapshot of a session that had evaluated
+    /// `n_tokens` tokens), in place.
+    fn import_state(
+        &self,
+        cfg: &Config,
+        kv: &KvState,
+        n_tokens: usize,
+        st: &mut SessionState,
+    ) -> BResult<()>;
     /// Runs `body` as one step of the session whose [`SessionState::id`] is `session`. A
     /// backend that records steps may instead replay its recording of an earlier step with the
     /// same `key` and session; `body` must therefore issue the same operations for the same

@@ -59,13 +59,14 @@ pub fn forward(
 }
 
 /// What a recording of this chunk's step depends on (see [`Backend::step`]).
-fn step_key(model: &Model, rows: &Rows, out_rows: usize) -> StepKey {
+fn step_key(model: &Model, rows: &Rows, out_rows: usize, num: Numerics) -> StepKey {
     let cfg = &model.config;
     let has_indexer = model.weights.layers.iter().any(|l| l.indexer.is_some());
     let indexer = has_indexer && rows.max_visible(4) > cfg.idx_topk;
     StepKey {
         rows: rows.n(),
         out_rows,
+        fast: num.fast,
         indexer,
         idx_cap: if indexer { rows.visible_cap(4) } else { 0 },
     }
@@ -87,7 +88,7 @@ fn forward_chunk(
         Logits::Last => 1,
     };
     let mut logits = be.alloc(n_out, cfg.n_vocab, DType::F32)?;
-    let key = step_key(model, &rows, n_out);
+    let key = step_key(model, &rows, n_out, num);
     let state = &mut sess.state;
     let id = state.id;
     be.step(key, id, &mut || {

@@ -246,7 +246,13 @@ impl Backend for CpuBackend {
         Ok(kv(st)?.canonical())
     }
 
-    fn import_state(&self, cfg: &Config, kv: &KvState, st: &mut SessionState) -> BResult<()> {
+    fn import_state(
+        &self,
+        cfg: &Config,
+        kv: &KvState,
+        _n_tokens: usize,
+        st: &mut SessionState,
+    ) -> BResult<()> {
         kv.check(cfg).map_err(err)?;
         *kv_mut(st)? = kv.clone();
         Ok(())
