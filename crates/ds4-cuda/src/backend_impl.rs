@@ -50,6 +50,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn device_memory_used(&self) -> Option<usize> {
+        self.mem_info().ok().map(|(free, total)| total - free)
+    }
+
     fn begin(&self) -> BResult<()> {
         self.dev.make_current().map_err(be_err)?;
         self.arena.reset();
@@ -154,7 +158,7 @@ impl Backend for CudaBackend {
         body: &mut dyn FnMut() -> BResult<()>,
     ) -> BResult<()> {
         self.dev.make_current().map_err(be_err)?;
-        let recordable = self.opts_graphs() && key.fast && key.rows == 1;
+        let recordable = self.opts_graphs() && !self.profiling() && key.fast && key.rows == 1;
         let id = (key, session);
         if !recordable
             || self

@@ -37,7 +37,6 @@ pub(crate) struct Device {
     pub stream: sys::CUstream,
     pub name: String,
     pub cc: (i32, i32),
-    pub sm_count: i32,
     pub smem_optin: i32,
 }
 
@@ -83,7 +82,6 @@ impl Device {
                 attr(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
                 attr(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
             );
-            let sm_count = attr(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
             let smem_optin = attr(
                 dev,
                 A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
@@ -93,7 +91,6 @@ impl Device {
                 stream,
                 name,
                 cc,
-                sm_count,
                 smem_optin,
             })
         }
@@ -145,17 +142,6 @@ impl Device {
             sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr() as *mut c_void, src, dst.len(), self.stream)
         })?;
         self.sync()
-    }
-
-    /// Device-to-device copy.
-    pub fn dtod(&self, dst: u64, src: u64, n: usize) -> Result<(), CudaError> {
-        if n == 0 {
-            return Ok(());
-        }
-        // SAFETY: both ranges are device allocations of at least n bytes.
-        check("cuMemcpyDtoDAsync", unsafe {
-            sys::cuMemcpyDtoDAsync_v2(dst, src, n, self.stream)
-        })
     }
 
     /// Sets `n` bytes to `v`.
@@ -335,6 +321,16 @@ impl Event {
         check("cuEventRecord", unsafe {
             sys::cuEventRecord(self.0, dev.stream)
         })
+    }
+
+    /// Milliseconds from `self` to `later` (both recorded and completed).
+    pub fn elapsed_ms(&self, later: &Event) -> Result<f32, CudaError> {
+        let mut ms = 0f32;
+        // SAFETY: both events are live and recorded on this context.
+        check("cuEventElapsedTime", unsafe {
+            sys::cuEventElapsedTime_v2(&mut ms, self.0, later.0)
+        })?;
+        Ok(ms)
     }
 
     pub fn wait(&self) -> Result<(), CudaError> {

@@ -23,11 +23,12 @@ mod driver;
 mod gemm;
 pub mod nvrtc;
 mod ops;
+mod profile;
 mod state;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,7 +38,7 @@ use ds4::model::weights::TensorRef;
 use ds4::model::{Model, PREFILL_CHUNK};
 
 use crate::arena::Arena;
-use crate::driver::{kargs, DevBuf, Device, GraphExec, Kernel, Pinned};
+use crate::driver::{DevBuf, Device, GraphExec, Kernel, Pinned};
 use crate::upload::{DeviceWeights, Dw};
 
 /// Why the CUDA backend could not start or run.
@@ -179,6 +180,7 @@ pub struct CudaBackend {
     opts: CudaOptions,
     next_state: AtomicU64,
     stats: LoadStats,
+    profile: Option<profile::Profile>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -299,6 +301,9 @@ impl CudaBackend {
             opts: opts.clone(),
             next_state: AtomicU64::new(1),
             stats,
+            profile: std::env::var("DS4_CUDA_PROFILE")
+                .is_ok_and(|v| v != "0")
+                .then(profile::Profile::default),
         })
     }
 
@@ -338,7 +343,18 @@ impl CudaBackend {
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<(), BackendError> {
         let k = self.k(name).map_err(be_err)?;
-        self.dev.launch(k, grid, block, smem, args).map_err(be_err)
+        match &self.profile {
+            None => self.dev.launch(k, grid, block, smem, args).map_err(be_err),
+            Some(p) => p
+                .time(&self.dev, name, || {
+                    self.dev.launch(k, grid, block, smem, args)
+                })
+                .map_err(be_err),
+        }
+    }
+
+    pub(crate) fn profiling(&self) -> bool {
+        self.profile.is_some()
     }
 
     /// The device copy of a weight.
@@ -496,3 +512,12 @@ fn gpu_count() -> i32 {
 }
 
 mod backend_impl;
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let _ = self.dev.make_current();
+            eprintln!("{}", p.report(&self.dev));
+        }
+    }
+}

@@ -27,7 +27,7 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 /// Every kernel the backend launches.
-pub(crate) const KERNELS: &[&str] = &[
+pub const KERNELS: &[&str] = &[
     "mm_f32",
     "mv_q8_0",
     "mv_q2_k",

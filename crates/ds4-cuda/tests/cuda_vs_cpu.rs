@@ -634,9 +634,12 @@ fn session_ops_match_cpu() {
 }
 
 fn fixture(name: &str) -> Option<(Model, Vec<u32>, Vec<f32>)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/model")
-        .join(name);
+    // DS4_REPO_ROOT: where the fixtures are when the test binary runs from another checkout
+    // (the GPU machine).
+    let repo = std::env::var("DS4_REPO_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let root = repo.join("tests/fixtures/model").join(name);
     let gguf = root.join("model.gguf");
     if !gguf.exists() {
         eprintln!(

@@ -135,6 +135,7 @@ fn argmax_excluding(logits: &[f32], skip: Option<u32>) -> u32 {
 
 fn run(a: Args) -> anyhow::Result<()> {
     ds4_cli::init_threads(a.threads)?;
+    let t_load = Instant::now();
     let model = std::sync::Arc::new(ds4_cli::load_model(&a.model)?);
     let prec = if a.precise {
         Precision::Precise
@@ -152,8 +153,15 @@ fn run(a: Args) -> anyhow::Result<()> {
     let eos = Tokenizer::from_metadata(|k| model.file.get(k))
         .ok()
         .map(|t| t.eos());
-    let be = ds4_cli::make_backend(&model, a.cpu, a.cuda, a.ctx_max)?;
+    let be = ds4_cli::make_backend(&model, a.cpu, a.cuda, a.ctx_max + a.gen_tokens)?;
     let be = be.as_ref();
+    let load_s = t_load.elapsed().as_secs_f64();
+    let mut peak = be.device_memory_used();
+    let mut note_peak = |be: &dyn ds4::backend::Backend| {
+        if let Some(m) = be.device_memory_used() {
+            peak = Some(peak.map_or(m, |p: usize| p.max(m)));
+        }
+    };
     let mut out: Box<dyn Write> = match &a.csv {
         Some(p) => {
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
@@ -181,6 +189,7 @@ fn run(a: Args) -> anyhow::Result<()> {
             l = model.forward_last(be, &mut sess, &[t], prec)?;
         }
         let gen_s = t1.elapsed().as_secs_f64();
+        note_peak(be);
         sess.restore(be, &model.config, &snapshot)?;
         let prefill_tokens = ctx - from;
         writeln!(
@@ -191,6 +200,14 @@ fn run(a: Args) -> anyhow::Result<()> {
             a.gen_tokens as f64 / gen_s.max(1e-9)
         )?;
         out.flush()?;
+    }
+    match peak {
+        Some(p) => eprintln!(
+            "ds4-bench: {} backend, load {load_s:.1} s, peak device memory {:.2} GiB",
+            be.name(),
+            p as f64 / (1u64 << 30) as f64
+        ),
+        None => eprintln!("ds4-bench: {} backend, load {load_s:.1} s", be.name()),
     }
     Ok(())
 }

@@ -195,6 +195,11 @@ pub trait Backend: Send + Sync {
     /// Short name for logs and benchmarks.
     fn name(&self) -> &'static str;
 
+    /// Device memory this process uses now, in bytes (None for host backends).
+    fn device_memory_used(&self) -> Option<usize> {
+        None
+    }
+
     // ---- memory ------------------------------------------------------------------------
 
     /// Starts a forward pass: scratch handed out by [`Backend::alloc`] since the previous
