@@ -1,27 +1,69 @@
-// Hyper-connections (spec/model.md §2.3, §2.6). `hc_mix` computes, per row, the flat RMSNorm
-// of the HC state (no weight) and its `fn` projection; `hc_pre_finish` turns the mix into the
+// Hyper-connections (spec/model.md §2.3, §2.6). `hc_mix` computes, per row, the `fn`
+// projection of the HC state and its sum of squares in column slices (the flat RMSNorm's
+// scale is applied to the summed dots); `hc_pre_finish` turns the mix into the
 // pre weights, post gates and Sinkhorn-normalised combine matrix (one thread, in the CPU
 // reference's order) and forms the sublayer input; `hc_post` writes the sublayer output back
 // into the streams; `hc_head_finish` is the head's sigmoid weighting.
 
 #define HC_MAX 8
 
-// mix[t][i] = Σ_c fn[i][c]·(x[first + t][c]·scale_t), scale_t the RMSNorm scale of the row.
-// Grid (rows, n_mix); each block recomputes its row's scale (cheap next to the dot).
-extern "C" __global__ void hc_mix(const float* x_hc, int first, DW fn, float eps, float* mix) {
+// Partial sums of the HC mix over column slice s = blockIdx.z of S: part[t][s][i] =
+// Σ_c fn[i][c]·x[first + t][c] for block (t, i), and part[t][s][n_mix] = Σ_c x² (written by
+// the i = 0 blocks). The flat RMSNorm's scale is a per-row factor, applied when the slices are
+// summed (hc_mix_value). Grid (rows, n_mix, S).
+extern "C" __global__ void hc_mix(const float* x_hc, int first, DW fn, int S, float* part) {
     __shared__ double shd[32];
     __shared__ float shf[32];
-    int t = blockIdx.x, i = blockIdx.y;
-    int width = fn.cols;
+    int t = blockIdx.x, i = blockIdx.y, s = blockIdx.z;
+    int width = fn.cols, n_mix = fn.rows;
+    int per = (width + S - 1) / S;
+    int c0 = s * per, c1 = min(width, c0 + per);
     const float* x = x_hc + (i64)(first + t) * width;
-    double ss = 0.0;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) ss += (double)x[c] * (double)x[c];
-    ss = block_sum_d(ss, shd);
-    float scale = rms_scale(ss, width, eps);
     float acc = 0.0f;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) acc += deq(fn, i, c) * (x[c] * scale);
+    double ss = 0.0;
+    for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+        float v = x[c];
+        acc += deq(fn, i, c) * v;
+        ss += (double)v * (double)v;
+    }
     acc = block_sum(acc, shf);
-    if (threadIdx.x == 0) mix[(i64)t * fn.rows + i] = acc;
+    float* out = part + ((i64)t * S + s) * (n_mix + 1);
+    if (threadIdx.x == 0) out[i] = acc;
+    if (i == 0) {
+        ss = block_sum_d(ss, shd);
+        if (threadIdx.x == 0) out[n_mix] = (float)ss;
+    }
+}
+
+// Σx² of each row of x (rows `stride` apart, `cols` wide) into out[t·out_stride] (the GEMM
+// path of the HC mix writes the dots beside it). Grid (rows).
+extern "C" __global__ void row_sumsq(const float* x, int stride, int cols, float* out, int out_stride) {
+    __shared__ double shd[32];
+    double ss = 0.0;
+    const float* r = x + (i64)blockIdx.x * stride;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += (double)r[c] * (double)r[c];
+    ss = block_sum_d(ss, shd);
+    if (threadIdx.x == 0) out[(i64)blockIdx.x * out_stride] = (float)ss;
+}
+
+// Fills mix[0..n_mix) of row t from its S partial slices: the flat RMSNorm scale times the
+// summed dots. Block-cooperative; ends with a barrier.
+__device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int width, float eps,
+                             float* mix) {
+    const float* p = part + (i64)t * S * (n_mix + 1);
+    __shared__ float scale_sh;
+    if (threadIdx.x == 0) {
+        double ss = 0.0;
+        for (int s = 0; s < S; s++) ss += (double)p[s * (n_mix + 1) + n_mix];
+        scale_sh = rms_scale(ss, width, eps);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_mix; i += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < S; s++) a += p[s * (n_mix + 1) + i];
+        mix[i] = a * scale_sh;
+    }
+    __syncthreads();
 }
 
 // Sinkhorn normalisation of one hc × hc matrix (spec §2.3 step 4), exactly as
@@ -57,20 +99,24 @@ __device__ void sinkhorn_dev(float* c, int hc, int iters, float eps) {
     }
 }
 
-// From mix [rows × (2+hc)·hc]: out[t] = Σ_h (σ(z_h)+eps)·x_hc[t][h], and mixout[t] = post gates
-// 2σ(z_{hc+h}) followed by the Sinkhorn-normalised combine matrix. Grid (rows).
-extern "C" __global__ void hc_pre_finish(const float* mix, const float* scale3, const float* base,
+// From the mix slices (hc_mix, S of them): out[t] = Σ_h (σ(z_h)+eps)·x_hc[t][h], and mixout[t]
+// = post gates 2σ(z_{hc+h}) followed by the Sinkhorn-normalised combine matrix. `rms_eps` is
+// the flat norm's epsilon, `eps` the HC one. Grid (rows).
+extern "C" __global__ void hc_pre_finish(const float* part, int S, float rms_eps,
+                                         const float* scale3, const float* base,
                                          const float* x_hc, int hc, int e, int iters, float eps,
                                          float* out, float* mixout) {
     __shared__ float pre[HC_MAX];
     __shared__ float pc[HC_MAX + HC_MAX * HC_MAX];
+    __shared__ float mix[(2 + HC_MAX) * HC_MAX];
     int t = blockIdx.x;
     int n_mix = (2 + hc) * hc;
+    hc_mix_value(part, t, S, n_mix, hc * e, rms_eps, mix);
     if (threadIdx.x == 0) {
         float z[(2 + HC_MAX) * HC_MAX];
         for (int i = 0; i < n_mix; i++) {
             int k = i < hc ? 0 : (i < 2 * hc ? 1 : 2);
-            z[i] = mix[(i64)t * n_mix + i] * scale3[k] + base[i];
+            z[i] = mix[i] * scale3[k] + base[i];
         }
         for (int h = 0; h < hc; h++) pre[h] = sigmoidf_ref(z[h]) + eps;
         for (int h = 0; h < hc; h++) pc[h] = 2.0f * sigmoidf_ref(z[hc + h]);
@@ -104,14 +150,17 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
     }
 }
 
-// z[t] = Σ_h (σ(pre[t][h]·scale + base[h]) + eps)·x_hc[first + t][h]. Grid (rows).
-extern "C" __global__ void hc_head_finish(const float* pre, const float* x_hc, int first, int hc,
-                                          int e, float scale, const float* base, float eps,
-                                          float* z) {
+// z[t] = Σ_h (σ(pre_h·scale + base[h]) + eps)·x_hc[first + t][h], pre from the mix slices.
+// Grid (rows).
+extern "C" __global__ void hc_head_finish(const float* part, int S, float rms_eps,
+                                          const float* x_hc, int first, int hc, int e,
+                                          float scale, const float* base, float eps, float* z) {
+    __shared__ float pre[HC_MAX];
     int t = blockIdx.x;
+    hc_mix_value(part, t, S, hc, hc * e, rms_eps, pre);
     const float* x = x_hc + (i64)(first + t) * hc * e;
     float w[HC_MAX];
-    for (int h = 0; h < hc; h++) w[h] = sigmoidf_ref(pre[(i64)t * hc + h] * scale + base[h]) + eps;
+    for (int h = 0; h < hc; h++) w[h] = sigmoidf_ref(pre[h] * scale + base[h]) + eps;
     for (int d = threadIdx.x; d < e; d += blockDim.x) {
         float a = 0.0f;
         for (int h = 0; h < hc; h++) a += w[h] * x[(i64)h * e + d];

@@ -4,9 +4,8 @@
 //   exactly as the CPU reference does (precise mode). A block owns one weight row and MM_TOK
 //   activation rows; threads stride over the columns; f32 accumulation, block reduction.
 // * the fast matrix-vector kernels (one activation row, decode): the activation is quantised
-//   once per block into shared memory as three int8 stages per 32 values (prep_q8: near-f32
-//   accuracy) and dotted with dp4a against the integer weights; F16/F32 weights use f32
-//   activations.
+//   once per launch into three int8 stages per 32 values (quant_q8: near-f32 accuracy) and
+//   dotted with dp4a against the integer weights; F16/F32 weights use f32 activations.
 //   A warp owns `rpw` consecutive weight rows; a block is 8 warps. Variants: `mv_*` (plain or
 //   grouped rows), `gu_*` (gate and up of one matrix or of each routed expert, with the clamped
 //   SwiGLU and the router weight: spec §2.5), `dn_*` (down of every routed expert, summed).
@@ -110,42 +109,15 @@ extern "C" __global__ void mm_f32(DW w, int mat, int r0, int rows, const float* 
 
 // ---- activation preparation (shared memory) ----------------------------------------------
 
-// Quantises x[0..cols) into three int8 planes (xq, xq + cols, xq + 2·cols) and one scale per
-// 32 values (xd), block-cooperatively: x ≈ d·(q1 + q2/254 + q3/254²), each stage quantising
-// the previous one's residual, so the integer dot products are exact to about 2^-24 of the
-// block's largest value — near-f32 accuracy at dp4a speed (the storage simulations of the
-// default precision amplify any larger error).
+// Activations of the fast kernels are three int8 stages per 32 values (quant_q8): x ≈
+// d·(q1 + q2/254 + q3/254²), each stage quantising the previous one's residual, so the integer
+// dot products are exact to about 2^-24 of the block's largest value — near-f32 accuracy at
+// dp4a speed (the storage simulations of the default precision amplify any larger error).
 #define Q8_STAGE 254.0f
-__device__ void prep_q8(const float* x, int cols, i8* xq, float* xd) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int b = warp; b < cols / 32; b += nw) {
-        float v = x[b * 32 + lane];
-        float amax = warp_max(fabsf(v));
-        float d = amax / 127.0f;
-        int q1 = 0, q2 = 0, q3 = 0;
-        if (d > 0.0f) {
-            q1 = max(-127, min(127, __float2int_rn(v / d)));
-            float r = fmaf(-(float)q1, d, v);
-            float d2 = d / Q8_STAGE;
-            q2 = max(-127, min(127, __float2int_rn(r / d2)));
-            r = fmaf(-(float)q2, d2, r);
-            float d3 = d2 / Q8_STAGE;
-            q3 = max(-127, min(127, __float2int_rn(r / d3)));
-        }
-        xq[b * 32 + lane] = (i8)q1;
-        xq[cols + b * 32 + lane] = (i8)q2;
-        xq[2 * cols + b * 32 + lane] = (i8)q3;
-        if (lane == 0) xd[b] = d;
-    }
-}
 
 // The three stages' integer sums folded into one float.
 __device__ __forceinline__ float fold3(int s1, int s2, int s3) {
     return (float)s1 + (float)s2 * (1.0f / Q8_STAGE) + (float)s3 * (1.0f / (Q8_STAGE * Q8_STAGE));
-}
-
-__device__ void prep_f32(const float* x, int cols, float* xf) {
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) xf[c] = x[c];
 }
 
 // ---- per-type row dots (one warp; the result is returned to every lane) ------------------
@@ -350,9 +322,10 @@ __device__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
 
 // ---- fast matrix-vector kernels -----------------------------------------------------------
 //
-// Shared memory (dynamic): the prepared activation(s), `cols` int8 + `cols/32` floats per
-// q8 row, or `cols` floats. IQ2_XXS kernels also load the grid tables into static shared
-// memory.
+// The activation is prepared once per launch group by `quant_q8` (three int8 planes per row and
+// one f32 scale per 32 values, in global memory where every block reads it through L1/L2);
+// F16/F32 weights read the f32 activation directly. IQ2_XXS kernels load the grid tables into
+// static shared memory first.
 
 #define MV_WARPS 8
 
@@ -360,71 +333,75 @@ __device__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
     __shared__ IqTab sh_tab;                                                                \
     for (int i = threadIdx.x; i < 256; i += blockDim.x) sh_tab.grid[i] = iq2xxs_grid[i];    \
     for (int i = threadIdx.x; i < 128; i += blockDim.x) sh_tab.signs[i] = ksigns_iq2xs[i];  \
+    __syncthreads();                                                                        \
     const IqTab* tab = &sh_tab;
 
 #define NO_TABLES const IqTab* tab = 0;
 
-// Activation prep of `rows_x` rows of `cols` (row r at x + r·x_stride) into dynamic shared
-// memory; sets xq/xd/xf.
-#define PREP_Q8(rows_x, x, x_stride, cols)                                    \
-    DYN_SHARED(u8, smem);                                                     \
-    i8* xq = (i8*)smem;                                                       \
-    float* xd = (float*)(smem + (i64)(rows_x) * 3 * (cols));                  \
-    const float* xf = 0;                                                      \
-    for (int rx = 0; rx < (rows_x); rx++)                                     \
-        prep_q8((x) + (i64)rx * (x_stride), (cols), xq + (i64)rx * 3 * (cols), xd + rx * ((cols) / 32));
+// Three-stage int8 planes of `rows` rows of `cols` (row r at x + r·x_stride): q[r] is three
+// planes of cols bytes, d[r] cols/32 scales. One warp per 32 values.
+extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int rows, i8* q, float* d) {
+    int lane = threadIdx.x & 31;
+    i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int per_row = cols / 32;
+    if (blk >= (i64)rows * per_row) return;
+    int r = (int)(blk / per_row), b = (int)(blk - (i64)r * per_row);
+    float v = x[(i64)r * x_stride + b * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float dd = amax / 127.0f;
+    int q1 = 0, q2 = 0, q3 = 0;
+    if (dd > 0.0f) {
+        q1 = max(-127, min(127, __float2int_rn(v / dd)));
+        float rr = fmaf(-(float)q1, dd, v);
+        float d2 = dd / Q8_STAGE;
+        q2 = max(-127, min(127, __float2int_rn(rr / d2)));
+        rr = fmaf(-(float)q2, d2, rr);
+        float d3 = d2 / Q8_STAGE;
+        q3 = max(-127, min(127, __float2int_rn(rr / d3)));
+    }
+    i8* qr = q + (i64)r * 3 * cols + b * 32 + lane;
+    qr[0] = (i8)q1;
+    qr[cols] = (i8)q2;
+    qr[2 * cols] = (i8)q3;
+    if (lane == 0) d[(i64)r * per_row + b] = dd;
+}
 
-#define PREP_F32(rows_x, x, x_stride, cols)                                   \
-    DYN_SHARED(float, smemf);                                                 \
-    const i8* xq = 0;                                                         \
-    const float* xd = 0;                                                      \
-    float* xf = smemf;                                                        \
-    for (int rx = 0; rx < (rows_x); rx++)                                     \
-        prep_f32((x) + (i64)rx * (x_stride), (cols), xf + (i64)rx * (cols));
-
-// Offsets of activation row `rx` in the prepared shared memory.
-#define XQ(rx, cols) (xq ? xq + (i64)(rx) * 3 * (cols) : (const i8*)0)
-#define XD(rx, cols) (xd ? xd + (rx) * ((cols) / 32) : (const float*)0)
-#define XF(rx, cols) (xf ? xf + (i64)(rx) * (cols) : (const float*)0)
-
-// y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g = x + (r / rows_per_group)·w.cols
-// (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product). A block's
-// rows lie in one group (the host keeps 8·rpw dividing rows_per_group).
-#define MV_KERNEL(NAME, DOT, PREP, TABLES)                                                   \
-    extern "C" __global__ void NAME(DW w, int mat, const float* x, int rows_per_group,        \
-                                    float* y, int rpw, int beta) {                           \
+// y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g is activation row r / rows_per_group
+// (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product).
+#define MV_KERNEL(NAME, DOT, TABLES)                                                          \
+    extern "C" __global__ void NAME(DW w, int mat, const float* x, const i8* xq,              \
+                                    const float* xd, int rows_per_group, float* y, int rpw,  \
+                                    int beta) {                                              \
         TABLES                                                                                \
-        int r_first = blockIdx.x * MV_WARPS * rpw;                                           \
-        int g = r_first / rows_per_group;                                                    \
-        PREP(1, x + (i64)g * w.cols, 0, w.cols)                                              \
-        __syncthreads();                                                                      \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        int cols = w.cols;                                                                    \
         for (int k = 0; k < rpw; k++) {                                                      \
-            int r = r_first + warp * rpw + k;                                                \
+            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
             if (r >= w.rows) break;                                                           \
-            float v = DOT(w, (i64)mat * w.rows + r, XQ(0, w.cols), XD(0, w.cols), XF(0, w.cols), tab); \
+            int g = r / rows_per_group;                                                       \
+            float v = DOT(w, (i64)mat * w.rows + r, xq ? xq + (i64)g * 3 * cols : 0,          \
+                          xd ? xd + (i64)g * (cols / 32) : 0, x ? x + (i64)g * cols : 0, tab); \
             if (lane == 0) y[r] = beta ? y[r] + v : v;                                       \
         }                                                                                     \
     }
 
 // mid[s][r] = silu(min(G_e·x, c)) · clamp(U_e·x, −c, c) · wt_s for slot s = blockIdx.y with
 // expert e = ids[s] (ids null: matrix 0, weight 1), r < gate.rows (spec §2.5 steps 5–6).
-#define GU_KERNEL(NAME, DOT, PREP, TABLES)                                                    \
-    extern "C" __global__ void NAME(DW gate, DW up, const float* x, const int* ids,           \
-                                    const float* wts, float clamp, float* mid, int rpw) {     \
+#define GU_KERNEL(NAME, DOT, TABLES)                                                          \
+    extern "C" __global__ void NAME(DW gate, DW up, const float* x, const i8* xq,             \
+                                    const float* xd, const int* ids, const float* wts,       \
+                                    float clamp, float* mid, int rpw) {                      \
         TABLES                                                                                \
         int s = blockIdx.y;                                                                  \
         int e = ids ? ids[s] : 0;                                                            \
         float wt = ids ? wts[s] : 1.0f;                                                      \
-        PREP(1, x, 0, gate.cols)                                                             \
-        __syncthreads();                                                                      \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
         for (int k = 0; k < rpw; k++) {                                                      \
             int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
             if (r >= gate.rows) break;                                                        \
             i64 grow = (i64)e * gate.rows + r;                                                \
-            float gv = DOT(gate, grow, XQ(0, gate.cols), XD(0, gate.cols), XF(0, gate.cols), tab);\
-            float uv = DOT(up, grow, XQ(0, gate.cols), XD(0, gate.cols), XF(0, gate.cols), tab);\
+            float gv = DOT(gate, grow, xq, xd, x, tab);                                       \
+            float uv = DOT(up, grow, xq, xd, x, tab);                                         \
             if (lane == 0) {                                                                  \
                 float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);     \
                 mid[(i64)s * gate.rows + r] = m * wt;                                         \
@@ -432,46 +409,46 @@ __device__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
         }                                                                                     \
     }
 
-// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows.
-#define DN_KERNEL(NAME, DOT, PREP, TABLES)                                                    \
-    extern "C" __global__ void NAME(DW down, const float* mid, const int* ids, int k,        \
-                                    float* y, int rpw) {                                     \
+// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows).
+#define DN_KERNEL(NAME, DOT, TABLES)                                                          \
+    extern "C" __global__ void NAME(DW down, const float* mid, const i8* mq, const float* md, \
+                                    const int* ids, int k, float* y, int rpw) {              \
         TABLES                                                                                \
-        PREP(k, mid, down.cols, down.cols)                                                   \
-        __syncthreads();                                                                      \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        int cols = down.cols;                                                                 \
         for (int kk = 0; kk < rpw; kk++) {                                                   \
             int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + kk;                           \
             if (r >= down.rows) break;                                                        \
             float acc = 0.0f;                                                                 \
             for (int s = 0; s < k; s++) {                                                     \
                 i64 grow = (i64)ids[s] * down.rows + r;                                       \
-                acc += DOT(down, grow, XQ(s, down.cols), XD(s, down.cols), XF(s, down.cols), tab);\
+                acc += DOT(down, grow, mq ? mq + (i64)s * 3 * cols : 0,                       \
+                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab);     \
             }                                                                                 \
             if (lane == 0) y[r] = acc;                                                        \
         }                                                                                     \
     }
 
-MV_KERNEL(mv_q8_0, dot_q8_0, PREP_Q8, NO_TABLES)
-MV_KERNEL(mv_q2_k, dot_q2_k, PREP_Q8, NO_TABLES)
-MV_KERNEL(mv_q4_k, dot_q4_k, PREP_Q8, NO_TABLES)
-MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, PREP_Q8, DECLARE_IQ2_TABLES)
-MV_KERNEL(mv_f16, dot_f16, PREP_F32, NO_TABLES)
-MV_KERNEL(mv_f32, dot_f32, PREP_F32, NO_TABLES)
+MV_KERNEL(mv_q8_0, dot_q8_0, NO_TABLES)
+MV_KERNEL(mv_q2_k, dot_q2_k, NO_TABLES)
+MV_KERNEL(mv_q4_k, dot_q4_k, NO_TABLES)
+MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+MV_KERNEL(mv_f16, dot_f16, NO_TABLES)
+MV_KERNEL(mv_f32, dot_f32, NO_TABLES)
 
-GU_KERNEL(gu_q8_0, dot_q8_0, PREP_Q8, NO_TABLES)
-GU_KERNEL(gu_q2_k, dot_q2_k, PREP_Q8, NO_TABLES)
-GU_KERNEL(gu_q4_k, dot_q4_k, PREP_Q8, NO_TABLES)
-GU_KERNEL(gu_iq2_xxs, dot_iq2_xxs, PREP_Q8, DECLARE_IQ2_TABLES)
-GU_KERNEL(gu_f16, dot_f16, PREP_F32, NO_TABLES)
-GU_KERNEL(gu_f32, dot_f32, PREP_F32, NO_TABLES)
+GU_KERNEL(gu_q8_0, dot_q8_0, NO_TABLES)
+GU_KERNEL(gu_q2_k, dot_q2_k, NO_TABLES)
+GU_KERNEL(gu_q4_k, dot_q4_k, NO_TABLES)
+GU_KERNEL(gu_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+GU_KERNEL(gu_f16, dot_f16, NO_TABLES)
+GU_KERNEL(gu_f32, dot_f32, NO_TABLES)
 
-DN_KERNEL(dn_q8_0, dot_q8_0, PREP_Q8, NO_TABLES)
-DN_KERNEL(dn_q2_k, dot_q2_k, PREP_Q8, NO_TABLES)
-DN_KERNEL(dn_q4_k, dot_q4_k, PREP_Q8, NO_TABLES)
-DN_KERNEL(dn_iq2_xxs, dot_iq2_xxs, PREP_Q8, DECLARE_IQ2_TABLES)
-DN_KERNEL(dn_f16, dot_f16, PREP_F32, NO_TABLES)
-DN_KERNEL(dn_f32, dot_f32, PREP_F32, NO_TABLES)
+DN_KERNEL(dn_q8_0, dot_q8_0, NO_TABLES)
+DN_KERNEL(dn_q2_k, dot_q2_k, NO_TABLES)
+DN_KERNEL(dn_q4_k, dot_q4_k, NO_TABLES)
+DN_KERNEL(dn_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+DN_KERNEL(dn_f16, dot_f16, NO_TABLES)
+DN_KERNEL(dn_f32, dot_f32, NO_TABLES)
 
 // ---- f16 conversion for the prefill GEMMs -------------------------------------------------
 
@@ -484,12 +461,24 @@ __device__ __forceinline__ void split_f16(float v, u16* hi, u16* lo) {
 
 // (hi, lo)[i] of W[mat][r0 + i / cols][i % cols] for i < nrows·cols; lo is `n` elements after
 // hi.
+// A thread owns 8 consecutive elements (one 16-byte store each for hi and lo; cols % 8 == 0).
 extern "C" __global__ void deq_f16(DW w, int mat, int r0, int nrows, u16* out) {
     i64 n = (i64)nrows * w.cols;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    for (i64 i8x = (i64)blockIdx.x * blockDim.x + threadIdx.x; i8x * 8 < n; i8x += (i64)gridDim.x * blockDim.x) {
+        i64 i = i8x * 8;
         i64 r = i / w.cols;
         int c = (int)(i - r * w.cols);
-        split_f16(deq(w, (i64)mat * w.rows + r0 + r, c), out + i, out + n + i);
+        i64 grow = (i64)mat * w.rows + r0 + r;
+        u16 hi[8], lo[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) split_f16(deq(w, grow, c + j), hi + j, lo + j);
+        uint4 h, l;
+        h.x = hi[0] | ((u32)hi[1] << 16); h.y = hi[2] | ((u32)hi[3] << 16);
+        h.z = hi[4] | ((u32)hi[5] << 16); h.w = hi[6] | ((u32)hi[7] << 16);
+        l.x = lo[0] | ((u32)lo[1] << 16); l.y = lo[2] | ((u32)lo[3] << 16);
+        l.z = lo[4] | ((u32)lo[5] << 16); l.w = lo[6] | ((u32)lo[7] << 16);
+        *(uint4*)(out + i) = h;
+        *(uint4*)(out + n + i) = l;
     }
 }
 

@@ -12,37 +12,68 @@ __device__ __forceinline__ float softplus_ref(float z) {
     return log1pf(expf(z));
 }
 
-// ids[t][0..k), wts[t][0..k) from router logits [rows × ne]. Grid (rows); one thread picks, in
-// the CPU reference's order (strict > with the lower index first on ties).
+// ids[t][0..k), wts[t][0..k) from router logits [rows × ne]. Grid (rows), 256 threads. The
+// top-k is k rounds of a block argmax of score + bias (ties to the lower index, as the CPU's
+// sort), each round dropping its winner; the weights are then formed by one thread in the
+// CPU reference's order.
 extern "C" __global__ void route(const float* logits, int ne, const float* bias,
                                  const int* tid2eid, const int* tokens, int k, float scale,
                                  float floor_sum, int* ids, float* wts) {
     __shared__ float p[ROUTE_MAX_EXPERTS];
-    int t = blockIdx.x;
-    for (int e = threadIdx.x; e < ne; e += blockDim.x)
+    __shared__ float sel[ROUTE_MAX_EXPERTS];
+    __shared__ float wv[32];
+    __shared__ int wi[32];
+    __shared__ int chosen[ROUTE_MAX_K];
+    int t = blockIdx.x, tid = threadIdx.x;
+    int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    for (int e = tid; e < ne; e += blockDim.x) {
         p[e] = sqrtf(softplus_ref(logits[(i64)t * ne + e]));
+        sel[e] = p[e] + bias[e];
+    }
     __syncthreads();
-    if (threadIdx.x != 0) return;
-    int chosen[ROUTE_MAX_K];
     if (tid2eid) {
-        for (int j = 0; j < k; j++) chosen[j] = tid2eid[(i64)tokens[t] * k + j];
+        if (tid < k) chosen[tid] = tid2eid[(i64)tokens[t] * k + tid];
     } else {
         for (int j = 0; j < k; j++) {
-            int best = -1;
-            float bv = 0.0f;
-            for (int e = 0; e < ne; e++) {
-                bool taken = false;
-                for (int i = 0; i < j; i++) taken |= chosen[i] == e;
-                if (taken) continue;
-                float v = p[e] + bias[e];
-                if (best < 0 || v > bv) {
-                    best = e;
+            float bv = -DS4_INF;
+            int bi = 0x7fffffff;
+            for (int e = tid; e < ne; e += blockDim.x) {
+                float v = sel[e];
+                if (v > bv || (v == bv && e < bi)) {
                     bv = v;
+                    bi = e;
                 }
             }
-            chosen[j] = best;
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(FULL_MASK, bv, o);
+                int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+                if (ov > bv || (ov == bv && oi < bi)) {
+                    bv = ov;
+                    bi = oi;
+                }
+            }
+            if (lane == 0) {
+                wv[warp] = bv;
+                wi[warp] = bi;
+            }
+            __syncthreads();
+            if (tid == 0) {
+                float b = wv[0];
+                int i = wi[0];
+                for (int w = 1; w < nw; w++) {
+                    if (wv[w] > b || (wv[w] == b && wi[w] < i)) {
+                        b = wv[w];
+                        i = wi[w];
+                    }
+                }
+                chosen[j] = i;
+                sel[i] = -DS4_INF;
+            }
+            __syncthreads();
         }
     }
+    __syncthreads();
+    if (tid != 0) return;
     float sum = 0.0f;
     for (int j = 0; j < k; j++) sum += p[chosen[j]];
     float denom = fmaxf(sum, floor_sum);
@@ -73,13 +104,14 @@ extern "C" __global__ void gather_rows(const float* x, const int* idx, int m, in
     }
 }
 
-// dst[idx[i]] += src[i] for i < m rows of `cols` (the rows of idx are distinct).
+// dst[idx[i]] += src[i] for i < m rows of `cols`. Atomic: a hash-routing table may name the
+// same expert twice for one token, so idx may repeat.
 extern "C" __global__ void scatter_add(const float* src, const int* idx, int m, int cols,
                                        float* dst) {
     i64 n = (i64)m * cols;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         int r = (int)(i / cols), c = (int)(i - (i64)r * cols);
-        dst[(i64)idx[r] * cols + c] += src[i];
+        atomicAdd(dst + (i64)idx[r] * cols + c, src[i]);
     }
 }
 

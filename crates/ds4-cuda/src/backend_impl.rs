@@ -98,6 +98,12 @@ impl Backend for CudaBackend {
 
     fn rows(&self, tokens: &[u32], pos0: usize) -> BResult<Rows> {
         self.dev.make_current().map_err(be_err)?;
+        if let Some(p) = &self.profile {
+            use std::sync::atomic::Ordering::Relaxed;
+            let decode = tokens.len() == 1;
+            p.decode.store(decode, Relaxed);
+            p.steps[if decode { 0 } else { 1 }].fetch_add(1, Relaxed);
+        }
         let d = self.write_rows(tokens, pos0).map_err(be_err)?;
         Ok(Rows {
             tokens: tokens.to_vec(),
@@ -213,8 +219,9 @@ impl Backend for CudaBackend {
         cfg: &Config,
         out: &mut Tensor,
         mix: &mut Tensor,
+        num: Numerics,
     ) -> BResult<()> {
-        self.op_hc_pre(x_hc, w, cfg, out, mix)
+        self.op_hc_pre(x_hc, w, cfg, out, mix, num)
     }
 
     fn hc_post(
@@ -237,8 +244,9 @@ impl Backend for CudaBackend {
         base: &[f32],
         cfg: &Config,
         z: &mut Tensor,
+        num: Numerics,
     ) -> BResult<()> {
-        self.op_hc_head(x_hc, first, func, scale, base, cfg, z)
+        self.op_hc_head(x_hc, first, func, scale, base, cfg, z, num)
     }
 
     fn rms_norm(&self, x: &mut Tensor, w: Option<&[f32]>, group: usize, eps: f32) -> BResult<()> {

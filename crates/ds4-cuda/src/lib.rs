@@ -180,7 +180,7 @@ pub struct CudaBackend {
     opts: CudaOptions,
     next_state: AtomicU64,
     stats: LoadStats,
-    profile: Option<profile::Profile>,
+    pub(crate) profile: Option<profile::Profile>,
 }
 
 impl std::fmt::Debug for CudaBackend {

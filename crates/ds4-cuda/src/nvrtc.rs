@@ -29,6 +29,7 @@ const FILES: &[(&str, &str)] = &[
 /// Every kernel the backend launches.
 pub const KERNELS: &[&str] = &[
     "mm_f32",
+    "quant_q8",
     "mv_q8_0",
     "mv_q2_k",
     "mv_q4_k",
@@ -57,6 +58,7 @@ pub const KERNELS: &[&str] = &[
     "scale",
     "add",
     "hc_mix",
+    "row_sumsq",
     "hc_pre_finish",
     "hc_post",
     "hc_head_finish",
@@ -77,27 +79,7 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// Kernels whose dynamic shared memory can exceed the default 48 KiB.
-pub(crate) const DYNAMIC_SMEM: &[&str] = &[
-    "mv_q8_0",
-    "mv_q2_k",
-    "mv_q4_k",
-    "mv_iq2_xxs",
-    "mv_f16",
-    "mv_f32",
-    "gu_q8_0",
-    "gu_q2_k",
-    "gu_q4_k",
-    "gu_iq2_xxs",
-    "gu_f16",
-    "gu_f32",
-    "dn_q8_0",
-    "dn_q2_k",
-    "dn_q4_k",
-    "dn_iq2_xxs",
-    "dn_f16",
-    "dn_f32",
-    "idx_scores",
-];
+pub(crate) const DYNAMIC_SMEM: &[&str] = &["idx_scores"];
 
 /// The complete NVRTC source.
 pub fn source() -> String {

@@ -10,8 +10,12 @@ use crate::CudaError;
 
 #[derive(Default)]
 pub(crate) struct Profile {
-    pending: Mutex<Vec<(&'static str, Event, Event)>>,
-    totals: Mutex<HashMap<&'static str, (u64, f64)>>,
+    pending: Mutex<Vec<((&'static str, bool), Event, Event)>>,
+    totals: Mutex<HashMap<(&'static str, bool), (u64, f64)>>,
+    /// Whether the batch being run is one row (a decode step).
+    pub decode: std::sync::atomic::AtomicBool,
+    /// Decode steps and chunks of several rows seen.
+    pub steps: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl Profile {
@@ -26,8 +30,9 @@ impl Profile {
         a.record(dev)?;
         launch()?;
         b.record(dev)?;
+        let decode = self.decode.load(std::sync::atomic::Ordering::Relaxed);
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.push((name, a, b));
+        p.push(((name, decode), a, b));
         if p.len() >= 4096 {
             let batch = std::mem::take(&mut *p);
             drop(p);
@@ -36,7 +41,7 @@ impl Profile {
         Ok(())
     }
 
-    fn resolve(&self, batch: Vec<(&'static str, Event, Event)>) -> Result<(), CudaError> {
+    fn resolve(&self, batch: Vec<((&'static str, bool), Event, Event)>) -> Result<(), CudaError> {
         let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         for (name, a, b) in batch {
             b.wait()?;
@@ -48,24 +53,38 @@ impl Profile {
         Ok(())
     }
 
-    /// The table: kernel, launches, total ms, mean µs, share.
+    /// Two tables (decode steps, multi-row chunks): kernel, launches per step, µs per step,
+    /// mean µs per launch, share.
     pub fn report(&self, _dev: &Device) -> String {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let _ = self.resolve(batch);
         let t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let total: f64 = t.values().map(|v| v.1).sum();
-        let mut rows: Vec<_> = t.iter().collect();
-        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        let mut s = format!(
-            "ds4 CUDA profile: {total:.1} ms of kernels\n{:<16} {:>9} {:>11} {:>10} {:>6}\n",
-            "kernel", "launches", "total ms", "mean µs", "share"
-        );
-        for (name, (n, ms)) in rows {
+        let mut s = String::new();
+        for (decode, what) in [(true, "decode step"), (false, "prefill chunk")] {
+            let steps = self.steps[if decode { 0 } else { 1 }]
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(1) as f64;
+            let mut rows: Vec<_> = t.iter().filter(|(k, _)| k.1 == decode).collect();
+            let total: f64 = rows.iter().map(|(_, v)| v.1).sum();
+            rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
             s.push_str(&format!(
-                "{name:<16} {n:>9} {ms:>11.2} {:>10.2} {:>5.1}%\n",
-                ms * 1000.0 / *n as f64,
-                100.0 * ms / total.max(1e-9)
+                "ds4 CUDA profile, per {what} ({steps} of them): {:.3} ms of kernels\n{:<16} {:>10} {:>12} {:>10} {:>6}\n",
+                total / steps,
+                "kernel",
+                "launches",
+                "µs/step",
+                "µs/launch",
+                "share"
             ));
+            for ((name, _), (n, ms)) in rows {
+                s.push_str(&format!(
+                    "{name:<16} {:>10.1} {:>12.1} {:>10.2} {:>5.1}%\n",
+                    *n as f64 / steps,
+                    ms * 1000.0 / steps,
+                    ms * 1000.0 / *n as f64,
+                    100.0 * ms / total.max(1e-9)
+                ));
+            }
         }
         s
     }

@@ -99,6 +99,16 @@ fn norm_rel(got: &[f32], want: &[f32]) -> f32 {
     (d.sqrt() / r.sqrt().max(1e-30)) as f32
 }
 
+/// Elements of `got` more than `tol`·max|want| away from `want`.
+fn rounding_flips(got: &[f32], want: &[f32], tol: f32) -> usize {
+    assert_eq!(got.len(), want.len());
+    let m = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .filter(|(x, y)| !((*x - *y).abs() <= tol * m))
+        .count()
+}
+
 fn precise() -> Numerics {
     Precision::Precise.numerics()
 }
@@ -296,7 +306,7 @@ fn hc_and_moe_ops_match_cpu() {
         let c = CpuBackend::new(m.file.clone());
         let cfg = &m.config;
         let (e, hc) = (cfg.n_embd, cfg.n_hc);
-        for n in [1usize, 9] {
+        for n in [1usize, 9, 40] {
             g.begin().unwrap();
             let tokens: Vec<u32> = (0..n)
                 .map(|i| (i * 37 + 3) as u32 % cfg.n_vocab as u32)
@@ -313,8 +323,10 @@ fn hc_and_moe_ops_match_cpu() {
                     mk(&c, hc + hc * hc),
                     mk(&g, hc + hc * hc),
                 );
-                c.hc_pre(&xc, &l.hc_attn, cfg, &mut oc, &mut mc).unwrap();
-                g.hc_pre(&xg, &l.hc_attn, cfg, &mut og, &mut mg).unwrap();
+                c.hc_pre(&xc, &l.hc_attn, cfg, &mut oc, &mut mc, precise())
+                    .unwrap();
+                g.hc_pre(&xg, &l.hc_attn, cfg, &mut og, &mut mg, fast())
+                    .unwrap();
                 let er = max_rel(&get(&g, &og), &get(&c, &oc))
                     .max(max_rel(&get(&g, &mg), &get(&c, &mc)));
                 assert!(
@@ -615,10 +627,13 @@ fn session_ops_match_cpu() {
             .filter(|(il, _)| [0, 2, 3].contains(il))
         {
             assert_eq!(lg.raw, lc.raw, "raw window step {step} layer {il}");
-            let ec = max_rel(&lg.comp, &lc.comp);
+            // Pooling runs expf in another order: a value on an FP8 rounding boundary may land
+            // one E4M3 step away (a ~6% change of that value), rarely.
+            let flips = rounding_flips(&lg.comp, &lc.comp, 1e-5);
             assert!(
-                ec <= 1e-5 || lc.comp.is_empty(),
-                "compressed rows step {step} layer {il}: {ec:e}"
+                flips * 500 <= lc.comp.len().max(1),
+                "compressed rows step {step} layer {il}: {flips} of {} differ",
+                lc.comp.len()
             );
             let ei = max_rel(&lg.idx, &lc.idx);
             assert!(

@@ -36,3 +36,11 @@ fn every_kernel_compiles_with_nvrtc_for_sm_90() {
         );
     }
 }
+
+/// Writes the kernel source to $DS4_DUMP_KERNEL_SOURCE (for ptxas reports).
+#[test]
+fn dump_source_when_asked() {
+    if let Some(p) = std::env::var_os("DS4_DUMP_KERNEL_SOURCE") {
+        std::fs::write(p, ds4_cuda::nvrtc::source()).expect("write source");
+    }
+}

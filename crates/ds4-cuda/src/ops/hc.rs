@@ -1,40 +1,68 @@
-//! Hyper-connections (kernels/hc.cu): `hc_pre` as the flat-norm projection plus the Sinkhorn
-//! finish, `hc_post`, and the head's weighting.
+//! Hyper-connections (kernels/hc.cu): the `fn` projection of the HC state in column slices (or,
+//! for large fast chunks, a split-f16 GEMM) with its sum of squares, then `hc_pre_finish`
+//! (flat-norm scale, Sinkhorn, the weighted stream sum), `hc_post`, and the head's weighting.
 
 use ds4::backend::{BResult, Tensor};
 use ds4::model::config::Config;
 use ds4::model::weights::{HcWeights, TensorRef};
+use ds4::model::Numerics;
 
 use super::{dp, err, want};
 use crate::driver::kargs;
 use crate::CudaBackend;
 
+/// Rows from which the fast mode computes the HC mix as a GEMM.
+const GEMM_ROWS: usize = 32;
+
 impl CudaBackend {
-    /// mix[t][i] = fn_i · RMSNorm(x_hc[first + t]) into a new arena temporary `[n × fn.rows]`.
+    /// The mix slices of rows `first..first + n` of `x_hc` against `func` into a new arena
+    /// temporary `[n × S × (func.rows + 1)]`; returns (slices, S).
     fn hc_mix(
         &self,
         x_hc: &Tensor,
         first: usize,
         n: usize,
         func: &TensorRef,
-        eps: f32,
-    ) -> BResult<u64> {
+        num: Numerics,
+    ) -> BResult<(u64, usize)> {
         if func.cols != x_hc.cols || first + n > x_hc.rows {
             return Err(err(format!("hc mix of {x_hc:?} with `{}`", func.name)));
         }
-        let mix = self.scratch(n * func.rows * 4)?;
-        let (xp, fw, f0) = (dp(x_hc)?, self.w(func)?, first as i32);
-        let grid = (n as u32, func.rows as u32, 1);
+        let (width, n_mix) = (func.cols, func.rows);
+        let (xp, fw) = (dp(x_hc)?, self.w(func)?);
+        if num.fast && n >= GEMM_ROWS {
+            let part = self.scratch(n * (n_mix + 1) * 4)?;
+            let mark = self.arena.mark();
+            let x0 = xp + (first * width * 4) as u64;
+            let x16 = self.to_f16(x0, width, 0, 0, n, width)?;
+            self.gemm(fw, 0, 0, n_mix, x16, width, n, n, part, n_mix + 1)?;
+            self.arena.release(mark);
+            let (w_i, o_s) = (width as i32, (n_mix + 1) as i32);
+            let ss = part + (n_mix * 4) as u64;
+            self.launch(
+                "row_sumsq",
+                (n as u32, 1, 1),
+                256,
+                0,
+                &mut kargs![&x0, &w_i, &w_i, &ss, &o_s],
+            )?;
+            return Ok((part, 1));
+        }
+        let s = (64 / n.max(1)).clamp(1, 16);
+        let part = self.scratch(n * s * (n_mix + 1) * 4)?;
+        let (f0, s_i) = (first as i32, s as i32);
+        let grid = (n as u32, n_mix as u32, s as u32);
         self.launch(
             "hc_mix",
             grid,
             256,
             0,
-            &mut kargs![&xp, &f0, &fw, &eps, &mix],
+            &mut kargs![&xp, &f0, &fw, &s_i, &part],
         )?;
-        Ok(mix)
+        Ok((part, s))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn op_hc_pre(
         &self,
         x_hc: &Tensor,
@@ -42,6 +70,7 @@ impl CudaBackend {
         cfg: &Config,
         out: &mut Tensor,
         mix_out: &mut Tensor,
+        num: Numerics,
     ) -> BResult<()> {
         let (hc, e, n) = (cfg.n_hc, cfg.n_embd, x_hc.rows);
         want(x_hc, n, hc * e, "hc_pre input")?;
@@ -51,7 +80,7 @@ impl CudaBackend {
             return Err(err("hc_pre weights do not match the HC width"));
         }
         let mark = self.arena.mark();
-        let mix = self.hc_mix(x_hc, 0, n, &w.func, cfg.rms_eps)?;
+        let (part, s) = self.hc_mix(x_hc, 0, n, &w.func, num)?;
         let (s3, base, xp, op, mo) = (
             self.p(&w.scale)?,
             self.p(&w.base)?,
@@ -59,13 +88,20 @@ impl CudaBackend {
             dp(out)?,
             dp(mix_out)?,
         );
-        let (h, ee, it, eps) = (hc as i32, e as i32, cfg.sinkhorn_iters as i32, cfg.hc_eps);
+        let (s_i, reps, h, ee, it, eps) = (
+            s as i32,
+            cfg.rms_eps,
+            hc as i32,
+            e as i32,
+            cfg.sinkhorn_iters as i32,
+            cfg.hc_eps,
+        );
         self.launch(
             "hc_pre_finish",
             (n as u32, 1, 1),
             256,
             0,
-            &mut kargs![&mix, &s3, &base, &xp, &h, &ee, &it, &eps, &op, &mo],
+            &mut kargs![&part, &s_i, &reps, &s3, &base, &xp, &h, &ee, &it, &eps, &op, &mo],
         )?;
         self.arena.release(mark);
         Ok(())
@@ -105,6 +141,7 @@ impl CudaBackend {
         base: &[f32],
         cfg: &Config,
         z: &mut Tensor,
+        num: Numerics,
     ) -> BResult<()> {
         let (hc, e, n) = (cfg.n_hc, cfg.n_embd, z.rows);
         want(z, n, e, "hc_head output")?;
@@ -112,15 +149,22 @@ impl CudaBackend {
             return Err(err("hc_head weights do not match the HC width"));
         }
         let mark = self.arena.mark();
-        let pre = self.hc_mix(x_hc, first, n, func, cfg.rms_eps)?;
+        let (part, s) = self.hc_mix(x_hc, first, n, func, num)?;
         let (xp, bp, zp) = (dp(x_hc)?, self.p(base)?, dp(z)?);
-        let (f0, h, ee, eps) = (first as i32, hc as i32, e as i32, cfg.hc_eps);
+        let (s_i, reps, f0, h, ee, eps) = (
+            s as i32,
+            cfg.rms_eps,
+            first as i32,
+            hc as i32,
+            e as i32,
+            cfg.hc_eps,
+        );
         self.launch(
             "hc_head_finish",
             (n as u32, 1, 1),
             256,
             0,
-            &mut kargs![&pre, &xp, &f0, &h, &ee, &scale, &bp, &eps, &zp],
+            &mut kargs![&part, &s_i, &reps, &xp, &f0, &h, &ee, &scale, &bp, &eps, &zp],
         )?;
         self.arena.release(mark);
         Ok(())

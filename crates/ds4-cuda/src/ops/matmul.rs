@@ -43,23 +43,15 @@ pub(crate) fn kname(fam: &str, ty: GgmlType) -> BResult<&'static str> {
     })
 }
 
-/// Dynamic shared memory of the fast kernels for `nx` prepared activation rows of `cols`.
-pub(crate) fn prep_smem(ty: GgmlType, nx: usize, cols: usize) -> u32 {
-    match ty {
-        GgmlType::F16 | GgmlType::F32 => (nx * cols * 4) as u32,
-        _ => (nx * (3 * cols + cols / 32 * 4)) as u32,
-    }
+/// Whether the fast kernels of type `ty` take 8-bit activation planes (else f32).
+pub(crate) fn takes_q8(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::F16 | GgmlType::F32)
 }
 
-/// Rows per warp: more rows for short rows, so a block's activation prep is amortised; the
-/// block's rows (8·rpw) must divide `rows_per_group`.
-pub(crate) fn rows_per_warp(cols: usize, rows_per_group: usize) -> usize {
-    let want = (4096 / cols.max(1)).clamp(1, 4);
-    let mut r = want;
-    while r > 1 && rows_per_group % (MV_WARPS * r) != 0 {
-        r -= 1;
-    }
-    r
+/// Rows per warp of the matrix-vector kernels (the block's rows, 8·rpw, must divide
+/// `rows_per_group`): one, so a launch has as many warps streaming weights as rows.
+pub(crate) fn rows_per_warp(_cols: usize, _rows_per_group: usize) -> usize {
+    1
 }
 
 impl CudaBackend {
@@ -98,6 +90,39 @@ impl CudaBackend {
         )
     }
 
+    /// The three-stage 8-bit planes of `rows` activation rows of `cols` (row r at
+    /// x + r·x_stride floats) into new arena temporaries: (planes, scales); (0, 0) for weight
+    /// types that take f32 activations.
+    pub(crate) fn quant_q8(
+        &self,
+        ty: GgmlType,
+        x: u64,
+        x_stride: usize,
+        cols: usize,
+        rows: usize,
+    ) -> BResult<(u64, u64)> {
+        if !takes_q8(ty) {
+            return Ok((0, 0));
+        }
+        if cols % 32 != 0 {
+            return Err(err(format!(
+                "8-bit activations need a multiple of 32 columns (found {cols})"
+            )));
+        }
+        let q = self.scratch(rows * 3 * cols)?;
+        let d = self.scratch(rows * cols / 32 * 4)?;
+        let (xs, c, r) = (x_stride as i32, cols as i32, rows as i32);
+        let grid = (rows * cols / 32).div_ceil(8) as u32;
+        self.launch(
+            "quant_q8",
+            (grid, 1, 1),
+            256,
+            0,
+            &mut kargs![&x, &xs, &c, &r, &q, &d],
+        )?;
+        Ok((q, d))
+    }
+
     /// One activation row: `y[r] (+)= W[mat][r]·x_{g(r)}` with the rows in groups of
     /// `rows_per_group` taking consecutive `cols`-wide slices of x.
     pub(crate) fn mv_fast(
@@ -110,17 +135,22 @@ impl CudaBackend {
         y: u64,
         beta: bool,
     ) -> BResult<()> {
-        let rpw = rows_per_warp(w.cols as usize, rows_per_group);
+        let cols = w.cols as usize;
+        let groups = (w.rows as usize).div_ceil(rows_per_group);
+        let mark = self.arena.mark();
+        let (xq, xd) = self.quant_q8(ty, x, cols, cols, groups)?;
+        let rpw = rows_per_warp(cols, rows_per_group);
         let grid = (w.rows as usize).div_ceil(MV_WARPS * rpw) as u32;
-        let smem = prep_smem(ty, 1, w.cols as usize);
         let (m, rpg, rp, b) = (mat as i32, rows_per_group as i32, rpw as i32, beta as i32);
         self.launch(
             kname("mv", ty)?,
             (grid, 1, 1),
             256,
-            smem,
-            &mut kargs![&w, &m, &x, &rpg, &y, &rp, &b],
-        )
+            0,
+            &mut kargs![&w, &m, &x, &xq, &xd, &rpg, &y, &rp, &b],
+        )?;
+        self.arena.release(mark);
+        Ok(())
     }
 
     /// f16 (hi, lo) pair copy of `n` rows of `cols` of x (row i from x[idx[i]] when idx is
@@ -181,7 +211,7 @@ impl CudaBackend {
             let (m, rr, nn) = (mat as i32, (r0 + s) as i32, nr as i32);
             self.launch(
                 "deq_f16",
-                (blocks(nr * cols), 1, 1),
+                (blocks(nr * cols / 8), 1, 1),
                 256,
                 0,
                 &mut kargs![&w, &m, &rr, &nn, &w16],

@@ -8,7 +8,7 @@ use ds4::backend::{BResult, Rows, Tensor};
 use ds4::model::weights::TensorRef;
 use ds4::model::Numerics;
 
-use super::matmul::{kname, prep_smem, rows_per_warp};
+use super::matmul::{kname, rows_per_warp};
 use super::{blocks, dp, drows, err, want};
 use crate::driver::kargs;
 use crate::{be_err, CudaBackend};
@@ -149,17 +149,20 @@ impl CudaBackend {
         let (gw, uw, xp, mp) = (self.w(gate)?, self.w(up)?, dp(x)?, dp(mid)?);
         let ff = gate.rows;
         if num.fast && n == 1 {
+            let mark = self.arena.mark();
+            let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
             let rpw = rows_per_warp(gate.cols, ff);
             let grid = (ff.div_ceil(8 * rpw) as u32, 1, 1);
-            let smem = prep_smem(gate.ty, 1, gate.cols);
             let (zero, one, rp) = (0u64, 0u64, rpw as i32);
-            return self.launch(
+            self.launch(
                 kname("gu", gate.ty)?,
                 grid,
                 256,
-                smem,
-                &mut kargs![&gw, &uw, &xp, &zero, &one, &clamp, &mp, &rp],
-            );
+                0,
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &zero, &one, &clamp, &mp, &rp],
+            )?;
+            self.arena.release(mark);
+            return Ok(());
         }
         let mark = self.arena.mark();
         let (g, u) = (self.scratch(n * ff * 4)?, self.scratch(n * ff * 4)?);
@@ -202,28 +205,27 @@ impl CudaBackend {
             let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
             let mark = self.arena.mark();
             let mid = self.scratch(k * ff * 4)?;
+            let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
             let rpw = rows_per_warp(gate.cols, ff);
             let grid = (ff.div_ceil(8 * rpw) as u32, k as u32, 1);
-            let smem = prep_smem(gate.ty, 1, gate.cols);
             let rp = rpw as i32;
             self.launch(
                 kname("gu", gate.ty)?,
                 grid,
                 256,
-                smem,
-                &mut kargs![&gw, &uw, &xp, &ip, &wp, &clamp, &mid, &rp],
+                0,
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
             )?;
-            let rpw = rows_per_warp(ff, e).max(2);
-            let rpw = if e % (8 * rpw) == 0 { rpw } else { 1 };
+            let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
+            let rpw = rows_per_warp(ff, e);
             let grid = (e.div_ceil(8 * rpw) as u32, 1, 1);
-            let smem = prep_smem(down.ty, k, ff);
             let (k_i, rp) = (k as i32, rpw as i32);
             self.launch(
                 kname("dn", down.ty)?,
                 grid,
                 256,
-                smem,
-                &mut kargs![&dw, &mid, &ip, &k_i, &op, &rp],
+                0,
+                &mut kargs![&dw, &mid, &mq, &md, &ip, &k_i, &op, &rp],
             )?;
             self.arena.release(mark);
             return Ok(());

@@ -256,6 +256,7 @@ pub trait Backend: Send + Sync {
         cfg: &Config,
         out: &mut Tensor,
         mix: &mut Tensor,
+        num: Numerics,
     ) -> BResult<()>;
     /// §2.3 HC post: `out[f] = post[f]·y + Σ_s comb[f + n_hc·s]·x_hc[s]` per row.
     fn hc_post(
@@ -278,6 +279,7 @@ pub trait Backend: Send + Sync {
         base: &[f32],
         cfg: &Config,
         z: &mut Tensor,
+        num: Numerics,
     ) -> BResult<()>;
     /// RMSNorm in place of each `group`-wide slice of every row (`group = cols`: whole rows),
     /// with weight `w` (length `group`) or none.

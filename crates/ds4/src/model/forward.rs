@@ -115,11 +115,11 @@ fn layers(
     let mut s = Scratch::new(be, cfg, n, logits.rows)?;
     be.embed(&w.token_embd, rows, cfg.n_hc, &mut s.x_hc)?; // §2.2
     for (il, lw) in w.layers.iter().enumerate() {
-        be.hc_pre(&s.x_hc, &lw.hc_attn, cfg, &mut s.h, &mut s.mix)?; // §2.3
+        be.hc_pre(&s.x_hc, &lw.hc_attn, cfg, &mut s.h, &mut s.mix, num)?; // §2.3
         attention(be, &mut s, lw, st, il, rows, cfg, num, key.indexer)?; // §2.4
         be.hc_post(&s.y, &s.x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?;
         std::mem::swap(&mut s.x_hc, &mut s.x_hc_next);
-        be.hc_pre(&s.x_hc, &lw.hc_ffn, cfg, &mut s.h, &mut s.mix)?;
+        be.hc_pre(&s.x_hc, &lw.hc_ffn, cfg, &mut s.h, &mut s.mix, num)?;
         moe(be, &mut s, lw, rows, il, cfg, num)?; // §2.5
         be.hc_post(&s.y, &s.x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?;
         std::mem::swap(&mut s.x_hc, &mut s.x_hc_next);
@@ -136,6 +136,7 @@ fn layers(
         &w.output_hc_base,
         cfg,
         &mut s.z,
+        num,
     )?;
     be.rms_norm(&mut s.z, Some(&w.output_norm), cfg.n_embd, cfg.rms_eps)?;
     be.matmul(&w.output, &s.z, logits, num)

@@ -292,6 +292,7 @@ impl Backend for CpuBackend {
         cfg: &Config,
         out: &mut Tensor,
         mix: &mut Tensor,
+        _num: Numerics,
     ) -> BResult<()> {
         self.tick()?;
         hc::hc_pre(self, x_hc, w, cfg, out, mix)
@@ -318,6 +319,7 @@ impl Backend for CpuBackend {
         base: &[f32],
         cfg: &Config,
         z: &mut Tensor,
+        _num: Numerics,
     ) -> BResult<()> {
         self.tick()?;
         hc::hc_head(self, x_hc, first, func, scale, base, cfg, z)
