@@ -117,6 +117,22 @@ template <class T> static inline T __shfl_xor_sync(unsigned, T v, int lane_mask,
     return r;
 }
 
+template <class T> static inline T __shfl_sync(unsigned, T v, int src_lane, int = 32) {
+    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+    EmuFiber* f = emu_cur;
+    int lane = f->lin & 31, warp = f->lin >> 5;
+    unsigned g = f->wgen & 1u;
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    emu_slots[warp][g][lane] = bits;
+    emu_yield(EMU_WARP_WAIT);
+    f->wgen++;
+    uint64_t got = emu_slots[warp][g][src_lane & 31];
+    T r;
+    memcpy(&r, &got, sizeof(T));
+    return r;
+}
+
 static inline void* emu_dyn_smem() { return emu_dyn; }
 
 static void emu_init_fiber(int lin) {

@@ -44,11 +44,16 @@ if [[ "$MODE" == check ]]; then
     wait $BUILD
     "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 8192 --step-mul 4 -n 32 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
     DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    DS4_CUDA_GRAPHS=0 timeout 240 "$NCU" --clock-control none -k regex:"^(gu_iq2_xxs|dn_q2_k|mv_q8_0|mv_f16|attn_partial|quant_q8)$" -c 14 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section LaunchStats \
+        "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 2 > "$OUT/ncu.txt" 2>&1
     echo "== tests"; grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30
     echo "== synth"; cat "$OUT/synth.txt"
     echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
     echo "== profile"; grep -A40 "CUDA profile" "$OUT/profile.txt" | head -45
-    echo "== ds4 build"; tail -3 "$OUT/ds4-build.log"
+    echo "== ncu"; grep -E "^  [a-z_0-9]+\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Limit|Grid Size|One or More|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -120
+    echo "== ds4 build"; tail -1 "$OUT/ds4-build.log"
     exit 0
 fi
 

@@ -66,42 +66,12 @@ __device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int wid
     __syncthreads();
 }
 
-// Sinkhorn normalisation of one hc × hc matrix (spec §2.3 step 4), exactly as
-// model::hc::sinkhorn.
-__device__ void sinkhorn_dev(float* c, int hc, int iters, float eps) {
-    for (int s = 0; s < hc; s++) {
-        float* row = c + s * hc;
-        float m = -DS4_INF;
-        for (int f = 0; f < hc; f++) m = fmaxf(m, row[f]);
-        float sum = 0.0f;
-        for (int f = 0; f < hc; f++) {
-            row[f] = expf(row[f] - m);
-            sum += row[f];
-        }
-        for (int f = 0; f < hc; f++) row[f] = row[f] / sum + eps;
-    }
-    for (int it = 0; it < iters; it++) {
-        if (it > 0) {
-            for (int s = 0; s < hc; s++) {
-                float* row = c + s * hc;
-                float sum = 0.0f;
-                for (int f = 0; f < hc; f++) sum += row[f];
-                sum += eps;
-                for (int f = 0; f < hc; f++) row[f] /= sum;
-            }
-        }
-        for (int f = 0; f < hc; f++) {
-            float sum = 0.0f;
-            for (int s = 0; s < hc; s++) sum += c[f + hc * s];
-            sum += eps;
-            for (int s = 0; s < hc; s++) c[f + hc * s] /= sum;
-        }
-    }
-}
-
 // From the mix slices (hc_mix, S of them): out[t] = Σ_h (σ(z_h)+eps)·x_hc[t][h], and mixout[t]
 // = post gates 2σ(z_{hc+h}) followed by the Sinkhorn-normalised combine matrix. `rms_eps` is
 // the flat norm's epsilon, `eps` the HC one. Grid (rows).
+//
+// The first warp runs Sinkhorn with lane l < hc² holding C[l / hc][l % hc]: each row or column
+// sum gathers its hc values by shuffles and adds them in index order, as the CPU does.
 extern "C" __global__ void hc_pre_finish(const float* part, int S, float rms_eps,
                                          const float* scale3, const float* base,
                                          const float* x_hc, int hc, int e, int iters, float eps,
@@ -112,16 +82,35 @@ extern "C" __global__ void hc_pre_finish(const float* part, int S, float rms_eps
     int t = blockIdx.x;
     int n_mix = (2 + hc) * hc;
     hc_mix_value(part, t, S, n_mix, hc * e, rms_eps, mix);
-    if (threadIdx.x == 0) {
-        float z[(2 + HC_MAX) * HC_MAX];
-        for (int i = 0; i < n_mix; i++) {
-            int k = i < hc ? 0 : (i < 2 * hc ? 1 : 2);
-            z[i] = mix[i] * scale3[k] + base[i];
+    int lane = threadIdx.x;
+    if (threadIdx.x < 32) {
+        // z for the pre and post gates.
+        if (lane < hc) {
+            pre[lane] = sigmoidf_ref(mix[lane] * scale3[0] + base[lane]) + eps;
+            pc[lane] = 2.0f * sigmoidf_ref(mix[hc + lane] * scale3[1] + base[hc + lane]);
         }
-        for (int h = 0; h < hc; h++) pre[h] = sigmoidf_ref(z[h]) + eps;
-        for (int h = 0; h < hc; h++) pc[h] = 2.0f * sigmoidf_ref(z[hc + h]);
-        for (int i = 0; i < hc * hc; i++) pc[hc + i] = z[2 * hc + i];
-        sinkhorn_dev(pc + hc, hc, iters, eps);
+        int nc = hc * hc;
+        bool on = lane < nc;
+        int s = on ? lane / hc : 0, f = on ? lane % hc : 0;
+        float c = on ? mix[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
+        // Row softmax (+eps), then iters column / row normalisations as in model::hc::sinkhorn.
+        float m = -DS4_INF;
+        for (int k = 0; k < hc; k++) m = fmaxf(m, __shfl_sync(FULL_MASK, c, s * hc + k));
+        c = on ? expf(c - m) : 0.0f;
+        float sum = 0.0f;
+        for (int k = 0; k < hc; k++) sum += __shfl_sync(FULL_MASK, c, s * hc + k);
+        c = c / sum + eps;
+        for (int it = 0; it < iters; it++) {
+            if (it > 0) {
+                float rs = 0.0f;
+                for (int k = 0; k < hc; k++) rs += __shfl_sync(FULL_MASK, c, s * hc + k);
+                c /= rs + eps;
+            }
+            float cs = 0.0f;
+            for (int k = 0; k < hc; k++) cs += __shfl_sync(FULL_MASK, c, k * hc + f);
+            c /= cs + eps;
+        }
+        if (on) pc[hc + lane] = c;
     }
     __syncthreads();
     for (int i = threadIdx.x; i < hc + hc * hc; i += blockDim.x)

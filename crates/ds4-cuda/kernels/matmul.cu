@@ -20,6 +20,16 @@
 #define MM_TOK 8
 #define MM_THREADS 256
 
+__device__ __forceinline__ void q4k_scale_min(const u8* s, int pair, int* sc, int* m) {
+    if (pair < 4) {
+        *sc = s[pair] & 63;
+        *m = s[pair + 4] & 63;
+    } else {
+        *sc = (s[pair + 4] & 15) | ((s[pair - 4] >> 6) << 4);
+        *m = (s[pair + 4] >> 4) | ((s[pair] >> 6) << 4);
+    }
+}
+
 // Element c of global row `grow` of w (spec §4 formulas, in the CPU reference's order).
 __device__ float deq(const DW& w, i64 grow, int c) {
     switch (w.ty) {
@@ -160,12 +170,13 @@ __device__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, c
     float acc = 0.0f;
     for (int ci = lane; ci < w.cols / 8; ci += 32) {
         int4 wv = *(const int4*)(row + ci * 16);
-        const float* xp = xf + ci * 8;
+        float4 x0 = *(const float4*)(xf + ci * 8), x1 = *(const float4*)(xf + ci * 8 + 4);
+        float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
         u32 u[4] = {(u32)wv.x, (u32)wv.y, (u32)wv.z, (u32)wv.w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            acc += h2f((u16)(u[k] & 0xffffu)) * xp[2 * k];
-            acc += h2f((u16)(u[k] >> 16)) * xp[2 * k + 1];
+            acc += h2f((u16)(u[k] & 0xffffu)) * xs[2 * k];
+            acc += h2f((u16)(u[k] >> 16)) * xs[2 * k + 1];
         }
     }
     return warp_sum(acc);
@@ -180,16 +191,13 @@ __device__ float dot_f32(const DW& w, i64 grow, const i8* xq, const float* xd, c
     return warp_sum(acc);
 }
 
-// Signed int8×4 of grid bytes `g` with sign bits `s` (bit j set: byte j negative).
+// Signed int8×4 of grid bytes `g` (each < 128) with sign bits `s` (bit j set: byte j
+// negative): the sign bits spread to byte masks m (0xff or 0), then (g ^ m) − m per byte,
+// which cannot borrow across bytes because every g byte is small and positive.
 __device__ __forceinline__ int signed4(u32 g, u32 s) {
-    u32 out = 0;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        int v = (int)((g >> (8 * j)) & 255u);
-        if ((s >> j) & 1u) v = -v;
-        out |= ((u32)(v & 255)) << (8 * j);
-    }
-    return (int)out;
+    u32 bits = ((s & 15u) * 0x00204081u) & 0x01010101u;  // bit j → bit 0 of byte j
+    u32 m = bits * 0xffu;
+    return (int)((g ^ m) + bits);  // two's complement: −g = (g ^ 0xff) + 1 per byte
 }
 
 __device__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
@@ -205,17 +213,26 @@ __device__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* x
         float d = h2f(ld_u16(w.b + blk * 2));
         float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
         const i8* xp = xq + si * 32;
-        int st[3] = {0, 0, 0};
+        int wq[8];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
             u32 sg = tab->signs[(a1 >> (7 * k)) & 127u];
-            int lo = signed4((u32)g, sg), hi = signed4((u32)(g >> 32), sg >> 4);
+            wq[2 * k] = signed4((u32)g, sg);
+            wq[2 * k + 1] = signed4((u32)(g >> 32), sg >> 4);
+        }
+        int st[3];
 #pragma unroll
-            for (int p = 0; p < 3; p++) {
-                st[p] = __dp4a(lo, ld_i32s(xp + p * w.cols + 8 * k), st[p]);
-                st[p] = __dp4a(hi, ld_i32s(xp + p * w.cols + 8 * k + 4), st[p]);
-            }
+        for (int p = 0; p < 3; p++) {
+            int4 xa = *(const int4*)(xp + p * w.cols), xb = *(const int4*)(xp + p * w.cols + 16);
+            int s = __dp4a(wq[0], xa.x, 0);
+            s = __dp4a(wq[1], xa.y, s);
+            s = __dp4a(wq[2], xa.z, s);
+            s = __dp4a(wq[3], xa.w, s);
+            s = __dp4a(wq[4], xb.x, s);
+            s = __dp4a(wq[5], xb.y, s);
+            s = __dp4a(wq[6], xb.z, s);
+            st[p] = __dp4a(wq[7], xb.w, s);
         }
         acc += fold3(st[0], st[1], st[2]) * (db * xd[si]);
     }
@@ -233,7 +250,11 @@ __device__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
         int quarter = qi & 3, n = quarter >> 1, j0 = 2 * (quarter & 1);
         u32 dd = *(const u32*)(b + 80);
         float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
-        const u32* qs = (const u32*)(b + 16 + 32 * n);
+        // Q2_K blocks are 84 bytes: only 4-byte aligned.
+        const u32* q32 = (const u32*)(b + 16 + 32 * n);
+        u32 qv[8];
+#pragma unroll
+        for (int c = 0; c < 8; c++) qv[c] = q32[c];
         int base = (qi >> 2) * 256 + 128 * n;
 #pragma unroll
         for (int jj = 0; jj < 2; jj++) {
@@ -242,13 +263,18 @@ __device__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
             int is = 8 * n + 2 * j;
             int sl = b[is], sh = b[is + 1];
             int sq[3], sm[3];
+            int wqs[8];
+#pragma unroll
+            for (int c = 0; c < 8; c++) wqs[c] = (int)((qv[c] >> (2 * j)) & 0x03030303u);
 #pragma unroll
             for (int p = 0; p < 3; p++) {
                 int slo = 0, shi = 0, xlo = 0, xhi = 0;
+                int4 xa = *(const int4*)(xp + p * w.cols), xb = *(const int4*)(xp + p * w.cols + 16);
+                int xs[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
                 for (int c = 0; c < 8; c++) {
-                    int wq = (int)((qs[c] >> (2 * j)) & 0x03030303u);
-                    int xv = ld_i32s(xp + p * w.cols + 4 * c);
+                    int wq = wqs[c];
+                    int xv = xs[c];
                     if (c < 4) {
                         slo = __dp4a(wq, xv, slo);
                         xlo = __dp4a(0x01010101, xv, xlo);
@@ -265,16 +291,6 @@ __device__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
         }
     }
     return warp_sum(acc);
-}
-
-__device__ __forceinline__ void q4k_scale_min(const u8* s, int pair, int* sc, int* m) {
-    if (pair < 4) {
-        *sc = s[pair] & 63;
-        *m = s[pair + 4] & 63;
-    } else {
-        *sc = (s[pair + 4] & 15) | ((s[pair - 4] >> 6) << 4);
-        *m = (s[pair + 4] >> 4) | ((s[pair] >> 6) << 4);
-    }
 }
 
 __device__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -294,15 +310,21 @@ __device__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
         q4k_scale_min(b + 4, 2 * chunk, &sc0, &m0);
         q4k_scale_min(b + 4, 2 * chunk + 1, &sc1, &m1);
         int ql[3], qh[3], ml[3], mh[3];
+        uint4 qa = ((const uint4*)qs)[0], qb = ((const uint4*)qs)[1];
+        u32 qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
 #pragma unroll
         for (int p = 0; p < 3; p++) {
             int slo = 0, shi = 0, xlo = 0, xhi = 0;
             const i8* xp = xq + p * w.cols + base;
+            int4 l0 = *(const int4*)xp, l1 = *(const int4*)(xp + 16);
+            int4 h0 = *(const int4*)(xp + 32), h1 = *(const int4*)(xp + 48);
+            int xls[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
+            int xhs[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
 #pragma unroll
             for (int c = 0; c < 8; c++) {
-                u32 v = qs[c];
+                u32 v = qv[c];
                 int lo = (int)(v & 0x0f0f0f0fu), hi = (int)((v >> 4) & 0x0f0f0f0fu);
-                int xl = ld_i32s(xp + 4 * c), xh = ld_i32s(xp + 32 + 4 * c);
+                int xl = xls[c], xh = xhs[c];
                 slo = __dp4a(lo, xl, slo);
                 shi = __dp4a(hi, xh, shi);
                 xlo = __dp4a(0x01010101, xl, xlo);
@@ -461,6 +483,61 @@ __device__ __forceinline__ void split_f16(float v, u16* hi, u16* lo) {
 
 // (hi, lo)[i] of W[mat][r0 + i / cols][i % cols] for i < nrows·cols; lo is `n` elements after
 // hi.
+// Elements c..c+7 of global row `grow` (c % 8 == 0), each block's header read once; the same
+// values as deq().
+__device__ void deq8(const DW& w, i64 grow, int c, float* o) {
+    switch (w.ty) {
+    case TY_Q8_0: {
+        float d = h2f(ld_u16(w.b + (grow * (w.cols / 32) + c / 32) * 2));
+        const i8* q = (const i8*)(w.a + grow * w.cols + c);
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = (float)q[j] * d;
+        return;
+    }
+    case TY_Q2_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c >> 8);
+        int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
+        int sc = b[8 * n + 2 * j + (l >= 16 ? 1 : 0)];
+        float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+        float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = dl * (float)((b[16 + 32 * n + l + k] >> (2 * j)) & 3) - ml;
+        return;
+    }
+    case TY_Q4_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols) + 144 * (c >> 8);
+        int i = c & 255, chunk = i >> 6, wi = i & 63;
+        int pair = 2 * chunk + (wi >= 32 ? 1 : 0);
+        int sc, m;
+        q4k_scale_min(b + 4, pair, &sc, &m);
+        float d = h2f(ld_u16(b)), dmin = h2f(ld_u16(b + 2));
+        float dl = d * (float)sc, ml = dmin * (float)m;
+        const u8* q = b + 16 + 32 * chunk + (wi & 31);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = dl * (float)(wi >= 32 ? (q[k] >> 4) : (q[k] & 15)) - ml;
+        return;
+    }
+    case TY_IQ2_XXS: {
+        i64 blk = grow * (w.cols / 256) + (c >> 8);
+        const u8* q = w.a + blk * 64;
+        int i = c & 255, ib = i >> 5, kk = (i & 31) >> 3;
+        u32 a0 = ld_u32(q + 8 * ib), a1 = ld_u32(q + 8 * ib + 4);
+        u64 g = iq2xxs_grid[(a0 >> (8 * kk)) & 255u];
+        u32 signs = ksigns_iq2xs[(a1 >> (7 * kk)) & 127u];
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float v = db * (float)((g >> (8 * j)) & 255ull);
+            o[j] = (signs >> j) & 1u ? -v : v;
+        }
+        return;
+    }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) o[j] = deq(w, grow, c + j);
+}
+
 // A thread owns 8 consecutive elements (one 16-byte store each for hi and lo; cols % 8 == 0).
 extern "C" __global__ void deq_f16(DW w, int mat, int r0, int nrows, u16* out) {
     i64 n = (i64)nrows * w.cols;
@@ -468,10 +545,11 @@ extern "C" __global__ void deq_f16(DW w, int mat, int r0, int nrows, u16* out) {
         i64 i = i8x * 8;
         i64 r = i / w.cols;
         int c = (int)(i - r * w.cols);
-        i64 grow = (i64)mat * w.rows + r0 + r;
+        float v[8];
+        deq8(w, (i64)mat * w.rows + r0 + r, c, v);
         u16 hi[8], lo[8];
 #pragma unroll
-        for (int j = 0; j < 8; j++) split_f16(deq(w, grow, c + j), hi + j, lo + j);
+        for (int j = 0; j < 8; j++) split_f16(v[j], hi + j, lo + j);
         uint4 h, l;
         h.x = hi[0] | ((u32)hi[1] << 16); h.y = hi[2] | ((u32)hi[3] << 16);
         h.z = hi[4] | ((u32)hi[5] << 16); h.w = hi[6] | ((u32)hi[7] << 16);
