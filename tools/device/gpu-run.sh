@@ -58,6 +58,8 @@ if [[ "$MODE" == check ]]; then
 fi
 
 # bench
+timeout 300 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
+echo "tests exit $?" >> "$OUT/tests.log"
 synth
 wait $BUILD
 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 32768 --step-mul 4 -n 64 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
@@ -67,7 +69,10 @@ SRV=$!
 for i in $(seq 120); do curl -sf localhost:8123/health >/dev/null && break; sleep 1; done
 curl -sN localhost:8123/v1/chat/completions -H 'content-type: application/json' \
     -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"stream":true}' > "$OUT/server-stream.txt"
-kill $SRV 2>/dev/null
+kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
+DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+echo "== tests"; grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30
+echo "== profile"; grep -A32 "per decode step" "$OUT/profile.txt" | head -34
 echo "== synth"; cat "$OUT/synth.txt"
 echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
 echo "== ds4"; cat "$OUT/ds4.csv"; tail -3 "$OUT/ds4.log"

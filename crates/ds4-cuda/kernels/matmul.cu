@@ -140,12 +140,13 @@ struct IqTab {
     u8 signs[128];
 };
 
-__device__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+__device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab) {
     int lane = threadIdx.x & 31;
     const u8* row = w.a + grow * w.cols;
     const u8* ds = w.b + grow * (w.cols / 32) * 2;
     float acc = 0.0f;
+#pragma unroll 8
     for (int ci = lane; ci < w.cols / 16; ci += 32) {
         int4 wv = *(const int4*)(row + ci * 16);
         int st[3];
@@ -163,11 +164,12 @@ __device__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, 
     return warp_sum(acc);
 }
 
-__device__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+__device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab) {
     int lane = threadIdx.x & 31;
     const u8* row = w.a + grow * w.cols * 2;
     float acc = 0.0f;
+#pragma unroll 4
     for (int ci = lane; ci < w.cols / 8; ci += 32) {
         int4 wv = *(const int4*)(row + ci * 16);
         float4 x0 = *(const float4*)(xf + ci * 8), x1 = *(const float4*)(xf + ci * 8 + 4);
@@ -182,7 +184,7 @@ __device__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, c
     return warp_sum(acc);
 }
 
-__device__ float dot_f32(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+__device__ __forceinline__ float dot_f32(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab) {
     int lane = threadIdx.x & 31;
     const float* row = (const float*)(w.a + grow * w.cols * 4);
@@ -200,11 +202,12 @@ __device__ __forceinline__ int signed4(u32 g, u32 s) {
     return (int)((g ^ m) + bits);  // two's complement: −g = (g ^ 0xff) + 1 per byte
 }
 
-__device__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
+__device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
                              const float* xf, const IqTab* tab) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     float acc = 0.0f;
+#pragma unroll 4
     for (int si = lane; si < nb * 8; si += 32) {
         i64 blk = grow * nb + (si >> 3);
         const u8* q = w.a + blk * 64 + (si & 7) * 8;
@@ -239,12 +242,13 @@ __device__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* x
     return warp_sum(acc);
 }
 
-__device__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+__device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols);
     float acc = 0.0f;
+#pragma unroll 2
     for (int qi = lane; qi < nb * 4; qi += 32) {
         const u8* b = row + (qi >> 2) * 84;
         int quarter = qi & 3, n = quarter >> 1, j0 = 2 * (quarter & 1);
@@ -293,12 +297,13 @@ __device__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, 
     return warp_sum(acc);
 }
 
-__device__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+__device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols);
     float acc = 0.0f;
+#pragma unroll 2
     for (int qi = lane; qi < nb * 4; qi += 32) {
         const u8* b = row + (qi >> 2) * 144;
         int chunk = qi & 3;
@@ -442,6 +447,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
             int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + kk;                           \
             if (r >= down.rows) break;                                                        \
             float acc = 0.0f;                                                                 \
+            _Pragma("unroll 2")                                                               \
             for (int s = 0; s < k; s++) {                                                     \
                 i64 grow = (i64)ids[s] * down.rows + r;                                       \
                 acc += DOT(down, grow, mq ? mq + (i64)s * 3 * cols : 0,                       \

@@ -97,9 +97,10 @@ pub fn source() -> String {
         s.push_str(text);
         s.push('\n');
         if *name == "common.cuh" {
-            // The IQ2_XXS tables (ggml-common.h, via ds4::quant) after the basic types.
+            // The IQ2_XXS tables (ggml-common.h, via ds4::quant) after the basic types, in global
+            // memory: blocks copy them into shared memory with coalesced loads.
             s.push_str(&format!(
-                "__constant__ u64 iq2xxs_grid[256] = {{{}}};\n__constant__ u8 ksigns_iq2xs[128] = {{{}}};\n",
+                "__device__ u64 iq2xxs_grid[256] = {{{}}};\n__device__ u8 ksigns_iq2xs[128] = {{{}}};\n",
                 grid.join(","),
                 signs.join(",")
             ));
