@@ -301,10 +301,12 @@ pub async fn count_tokens(
         let obj = app.read_json(None, body)?;
         let chat = to_chat_body(&obj)?;
         let rendered = ds4::chat::render_chat_request(&chat, app.config.ctx_tokens)?;
-        let tokenizer = app.tokenizer.clone();
-        let n = tokio::task::spawn_blocking(move || tokenizer.encode(&rendered.prompt, true).len())
-            .await
-            .map_err(|e| ApiError::new(crate::error::ApiErrorKind::Internal, e.to_string()))?;
+        let ctx = app.config.ctx_tokens;
+        let (_, tokens) =
+            request::tokenize_bounded(app.tokenizer.clone(), rendered.prompt, ctx).await?;
+        let n = tokens
+            .map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx, "messages"))?
+            .len();
         Ok::<_, ApiError>(Json(json!({"input_tokens": n})).into_response())
     }
     .await;

@@ -12,6 +12,10 @@ use crate::scheduler::GenerationRequest;
 
 /// Deepest JSON nesting accepted (`JSON_MAX_NESTING`).
 pub const MAX_NESTING: usize = 256;
+/// Most JSON values (array elements, object members, containers) in one body. A parsed value
+/// takes about 80 bytes, so `[0,0,0,…]` would otherwise turn 64 MiB into gigabytes; real
+/// requests, long agent histories included, have tens of thousands.
+pub const MAX_JSON_VALUES: usize = 1 << 20;
 /// Largest request body (bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Model id listed by /v1/models and echoed when the client sends none.
@@ -30,10 +34,15 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
             "request body is empty; send a JSON object",
         ));
     }
-    let depth = nesting_depth(text.as_bytes());
+    let (depth, values) = json_shape(text.as_bytes());
     if depth > MAX_NESTING {
         return Err(ApiError::invalid(format!(
             "JSON nesting depth {depth} exceeds the limit of {MAX_NESTING}"
+        )));
+    }
+    if values > MAX_JSON_VALUES {
+        return Err(ApiError::invalid(format!(
+            "the JSON body holds more than {MAX_JSON_VALUES} values"
         )));
     }
     let mut de = serde_json::Deserializer::from_str(text);
@@ -48,8 +57,17 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// Deepest `[`/`{` nesting outside strings (a cheap pre-scan so parsing never recurses deeper).
+#[cfg(test)]
 fn nesting_depth(bytes: &[u8]) -> usize {
+    json_shape(bytes).0
+}
+
+/// Deepest `[`/`{` nesting outside strings, and an upper bound on the number of values
+/// (containers plus separators, plus one): a cheap pre-scan, so parsing never recurses
+/// deeper or allocates more than the limits allow.
+fn json_shape(bytes: &[u8]) -> (usize, usize) {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    let mut values = 1usize;
     for &b in bytes {
         if in_string {
             if escaped {
@@ -66,12 +84,14 @@ fn nesting_depth(bytes: &[u8]) -> usize {
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
+                values += 1;
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => values += 1,
             _ => {}
         }
     }
-    max
+    (max, values)
 }
 
 /// An optional number field.
@@ -270,22 +290,12 @@ async fn build_generation(
     call_id_prefix: &'static str,
     forced_output: Option<String>,
 ) -> Result<GenerationRequest, ApiError> {
-    // Tokenizing a long prompt is CPU work: keep it off the async workers.
+    // Tokenizing a long prompt is CPU work: keep it off the async workers. It stops as soon as
+    // the prompt cannot fit, so a huge prompt costs what a full context costs, not more.
     let prompt = rendered.prompt;
-    let (prompt, tokens) = tokio::task::spawn_blocking(move || {
-        let tokens = tokenizer.encode(&prompt, true);
-        (prompt, tokens)
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            crate::error::ApiErrorKind::Internal,
-            format!("tokenizer task failed: {e}"),
-        )
-    })?;
-    if tokens.len() >= ctx_tokens {
-        return Err(ApiError::context_exceeded(tokens.len(), ctx_tokens, param));
-    }
+    let (prompt, tokens) = tokenize_bounded(tokenizer, prompt, ctx_tokens).await?;
+    let tokens =
+        tokens.map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx_tokens, param))?;
     Ok(GenerationRequest {
         prompt_text: prompt,
         prompt_tokens: tokens,
@@ -296,6 +306,26 @@ async fn build_generation(
         tools_active: rendered.tools_active,
         call_id_prefix,
         forced_output,
+    })
+}
+
+/// Tokens of `prompt` if it fits a context of `ctx_tokens` (fewer than `ctx_tokens` tokens),
+/// on a blocking thread; the text comes back for the caller to keep.
+pub async fn tokenize_bounded(
+    tokenizer: std::sync::Arc<Tokenizer>,
+    prompt: String,
+    ctx_tokens: usize,
+) -> Result<(String, Result<Vec<u32>, ds4::tokenizer::TooManyTokens>), ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let tokens = tokenizer.encode_bounded(&prompt, true, ctx_tokens.saturating_sub(1));
+        (prompt, tokens)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            crate::error::ApiErrorKind::Internal,
+            format!("tokenizer task failed: {e}"),
+        )
     })
 }
 

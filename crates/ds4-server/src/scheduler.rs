@@ -93,6 +93,10 @@ pub enum GenerationEvent {
     Failed(String),
 }
 
+/// What a request is told when a shutdown stops it (queued, or running at the next token):
+/// a 503 before the response started, the protocol's error event after.
+pub const SHUTTING_DOWN: &str = "server shutting down";
+
 struct Job {
     req: GenerationRequest,
     tx: UnboundedSender<GenerationEvent>,
@@ -104,6 +108,7 @@ pub struct Scheduler {
     queue: mpsc::Sender<Job>,
     depth: Arc<AtomicUsize>,
     shutting_down: Arc<AtomicBool>,
+    shutdown_tx: Arc<tokio::sync::watch::Sender<bool>>,
     busy: Arc<AtomicBool>,
 }
 
@@ -132,6 +137,7 @@ impl Scheduler {
             queue,
             depth,
             shutting_down,
+            shutdown_tx: Arc::new(tokio::sync::watch::channel(false).0),
             busy,
         }
     }
@@ -142,10 +148,7 @@ impl Scheduler {
         req: GenerationRequest,
     ) -> Result<UnboundedReceiver<GenerationEvent>, ApiError> {
         if self.is_shutting_down() {
-            return Err(ApiError::new(
-                ApiErrorKind::Unavailable,
-                "server shutting down",
-            ));
+            return Err(ApiError::new(ApiErrorKind::Unavailable, SHUTTING_DOWN));
         }
         let (tx, rx) = unbounded_channel();
         self.depth.fetch_add(1, Ordering::SeqCst);
@@ -169,9 +172,18 @@ impl Scheduler {
         self.busy.load(Ordering::SeqCst)
     }
 
-    /// Refuse new work and stop running generation at the next token (finish `error`).
+    /// Refuse new work and stop running generation at the next token (the request gets
+    /// [`SHUTTING_DOWN`]); wakes every [`Scheduler::shutdown_requested`].
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// Resolves once [`Scheduler::shutdown`] has been called (at once if it already was).
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown_tx.subscribe();
+        // The sender lives in `self`, so `wait_for` only returns once the flag is true.
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// Whether [`Scheduler::shutdown`] was called.
@@ -207,9 +219,7 @@ impl Worker {
         while let Ok(job) = rx.recv() {
             self.busy.store(true, Ordering::SeqCst);
             if self.shutting_down.load(Ordering::SeqCst) {
-                let _ = job
-                    .tx
-                    .send(GenerationEvent::Failed("server shutting down".into()));
+                let _ = job.tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
             } else if !job.tx.is_closed() {
                 self.next_job += 1;
                 self.serve(job);
@@ -303,6 +313,7 @@ impl Worker {
         let mut stop_hit = false;
         let mut stop_index = None;
         let mut cancelled = false;
+        let mut stopped_by_shutdown = false;
         let mut saw_think_end = false;
         let shutting_down = self.shutting_down.clone();
         let trace = self.trace.clone();
@@ -310,6 +321,7 @@ impl Worker {
         let result = self.engine.generate(&prompt, max_tokens, params, |piece| {
             if tx.is_closed() || shutting_down.load(Ordering::SeqCst) {
                 cancelled = true;
+                stopped_by_shutdown = !tx.is_closed();
                 return Control::Stop;
             }
             if let Some(t) = &trace {
@@ -350,6 +362,13 @@ impl Worker {
                 return;
             }
         };
+        if stopped_by_shutdown {
+            // The stream ends with the protocol's error event (or a 503), not a finish.
+            self.engine.reset();
+            tracing::info!(job = job_id, "generation stopped by shutdown");
+            let _ = tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
+            return;
+        }
         if !stop_hit {
             let tail = stop.finish();
             if !tail.is_empty() {
