@@ -299,6 +299,7 @@ pub async fn count_tokens(
 ) -> Response {
     let result = async {
         let obj = app.read_json(None, body)?;
+        crate::validate::anthropic_count_tokens(&obj)?;
         let chat = to_chat_body(&obj)?;
         let rendered = ds4::chat::render_chat_request(&chat, app.config.ctx_tokens)?;
         let ctx = app.config.ctx_tokens;
@@ -315,6 +316,7 @@ pub async fn count_tokens(
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let obj = app.read_json(Some("/v1/messages"), body)?;
+    crate::validate::anthropic(&obj)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let knobs = Knobs {

@@ -21,6 +21,7 @@ pub mod scheduler;
 pub mod serve;
 pub mod sse;
 pub mod trace;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
