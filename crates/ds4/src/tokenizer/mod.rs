@@ -298,13 +298,6 @@ impl Tokenizer {
             dsml: lookup(6)?,
         };
 
-        let max_token_bytes = offsets
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .chain(texts.iter().map(String::len))
-            .max()
-            .unwrap_or(1)
-            .max(1);
         let has_types = get(KEY_TOKEN_TYPE).is_some();
         let added = AddedTokens::new(texts.iter().zip(&types).zip(0u32..).filter_map(
             |((text, ty), id)| {
@@ -314,6 +307,14 @@ impl Tokenizer {
             },
         ));
 
+        // BPE tokens cover their decoded bytes; added tokens match their raw text.
+        let max_token_bytes = offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .chain(added.by_first_byte.iter().flatten().map(|(t, _)| t.len()))
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(Tokenizer {
             texts,
             types,

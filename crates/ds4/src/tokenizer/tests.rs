@@ -169,3 +169,14 @@ fn stream_decoder_replaces_invalid_bytes_like_decode() {
     assert_eq!(text, tok.decode(&ids));
     assert_eq!(text, "\u{FFFD}a\u{FFFD}");
 }
+
+#[test]
+fn longest_token_bound_counts_decoded_bytes_and_added_text() {
+    let tok = build(&toy_metadata()).unwrap();
+    // The longest entry is the BOS text (added: its raw UTF-8), not a GPT-2-encoded string.
+    assert_eq!(tok.max_token_bytes, "<｜begin▁of▁sentence｜>".len());
+    let e = tok
+        .encode_bounded(&"x".repeat(10_000), true, 10)
+        .unwrap_err();
+    assert_eq!(e.at_least, 10_000usize.div_ceil(tok.max_token_bytes));
+}
