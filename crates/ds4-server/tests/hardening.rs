@@ -9,6 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{parse_sse, start, Opts};
@@ -487,4 +488,66 @@ fn empty_or_whitespace_api_keys_are_refused_at_start_up() {
             "checked before the model: {err}"
         );
     }
+}
+
+/// `VmHWM` (peak resident memory) of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn eight_fifty_megabyte_prompts_at_once_fit_a_fixed_memory_cap() {
+    // The issue's case: one 50 MB prompt without spaces cost +2.9 GB before it was refused,
+    // and eight at once ran a 24 GB machine out of memory. Under a 3 GB address-space cap
+    // (arenas limited so the cap measures the heap), all eight must get their 400 and the
+    // server must stay up, with peak resident memory under 1 GiB.
+    let (mut child, addr, _log) =
+        spawn_server("ulimit -v 3000000 && MALLOC_ARENA_MAX=2", &["-c", "32768"]);
+    let idle_kib = peak_rss_kib(child.id());
+    let prompt = "x".repeat(50_000_000);
+    let body = Arc::new(
+        json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 4}).to_string(),
+    );
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(&addr).expect("connect");
+                c.set_read_timeout(Some(GUARD)).expect("timeout");
+                write!(
+                    c,
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .expect("head");
+                c.write_all(body.as_bytes()).expect("body");
+                read_to_close(c)
+            })
+        })
+        .collect();
+    for c in clients {
+        let reply = c.join().expect("client");
+        assert!(
+            reply.starts_with("HTTP/1.1 400"),
+            "{}",
+            &reply[..reply.len().min(300)]
+        );
+        assert!(reply.contains("context_length_exceeded"), "{reply}");
+    }
+    let peak_kib = peak_rss_kib(child.id());
+    eprintln!("8 x 50 MB prompts: peak rss {peak_kib} KiB (idle {idle_kib} KiB)");
+    assert!(
+        peak_kib < 1024 * 1024,
+        "peak resident memory {peak_kib} KiB"
+    );
+    assert!(http_get(&addr, "/health").starts_with("HTTP/1.1 200"));
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child).success());
 }
