@@ -58,6 +58,8 @@ pub struct AppState {
     pub trace: Option<Arc<trace::Trace>>,
     /// Body bytes admitted at once (`--body-budget-mb`).
     pub admission: Arc<admission::Budget>,
+    /// Large prompts tokenized at once (one per core, at most 4).
+    pub tokenize_slots: Arc<tokio::sync::Semaphore>,
     ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -88,6 +90,9 @@ impl AppState {
         let scheduler = Scheduler::start(engine, metrics.clone(), trace.clone());
         AppState {
             admission: Arc::new(admission::Budget::new(config.limits.body_budget_bytes)),
+            tokenize_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            )),
             config: Arc::new(config),
             tokenizer,
             scheduler,

@@ -4,7 +4,6 @@
 
 use ds4::chat::ThinkingMode;
 use ds4::sample::SamplerParams;
-use ds4::tokenizer::Tokenizer;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -268,7 +267,7 @@ pub async fn submit_chat(
         tools_active: tools && r.tools_active,
     };
     let gen = build_generation(
-        app.tokenizer.clone(),
+        app,
         ctx_tokens,
         rendered,
         knobs,
@@ -282,7 +281,7 @@ pub async fn submit_chat(
 
 /// Tokenizes and checks the context (spec §4.6: prompt ≥ ctx → 400, `param` names the field).
 async fn build_generation(
-    tokenizer: std::sync::Arc<Tokenizer>,
+    app: &crate::AppState,
     ctx_tokens: usize,
     rendered: Rendered,
     knobs: Knobs,
@@ -293,7 +292,7 @@ async fn build_generation(
     // Tokenizing a long prompt is CPU work: keep it off the async workers. It stops as soon as
     // the prompt cannot fit, so a huge prompt costs what a full context costs, not more.
     let prompt = rendered.prompt;
-    let (prompt, tokens) = tokenize_bounded(tokenizer, prompt, ctx_tokens).await?;
+    let (prompt, tokens) = tokenize_bounded(app, prompt, ctx_tokens).await?;
     let tokens =
         tokens.map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx_tokens, param))?;
     Ok(GenerationRequest {
@@ -309,15 +308,34 @@ async fn build_generation(
     })
 }
 
+/// Prompts of at least this many bytes tokenize one per slot of [`crate::AppState`]'s
+/// `tokenize_slots`; shorter ones never wait.
+pub const LARGE_PROMPT_BYTES: usize = 64 * 1024;
+
 /// Tokens of `prompt` if it fits a context of `ctx_tokens` (fewer than `ctx_tokens` tokens),
-/// on a blocking thread; the text comes back for the caller to keep.
+/// on a blocking thread; the text comes back for the caller to keep. A large prompt waits for
+/// a tokenizer slot first, so however many arrive at once, only a few cost CPU and memory
+/// together (each bounded by the context, see `Tokenizer::encode_bounded`).
 pub async fn tokenize_bounded(
-    tokenizer: std::sync::Arc<Tokenizer>,
+    app: &crate::AppState,
     prompt: String,
     ctx_tokens: usize,
 ) -> Result<(String, Result<Vec<u32>, ds4::tokenizer::TooManyTokens>), ApiError> {
+    let slot = if prompt.len() >= LARGE_PROMPT_BYTES {
+        Some(
+            app.tokenize_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("invariant: the tokenizer slots are never closed"),
+        )
+    } else {
+        None
+    };
+    let tokenizer = app.tokenizer.clone();
     tokio::task::spawn_blocking(move || {
         let tokens = tokenizer.encode_bounded(&prompt, true, ctx_tokens.saturating_sub(1));
+        drop(slot);
         (prompt, tokens)
     })
     .await

@@ -210,6 +210,10 @@ pub struct Tokenizer {
     /// Most bytes of input one token can stand for (BPE token or added token text): every
     /// token covers at most this many bytes, which bounds the count from below.
     max_token_bytes: usize,
+    /// Per byte value, the most times it occurs in one token: a text with `n` copies of
+    /// byte `b` needs at least `n / max_byte_count[b]` tokens (`x` × 4 MB is refused from
+    /// this alone, where the length bound would let it through to BPE).
+    max_byte_count: Box<[u32; 256]>,
 }
 
 impl Tokenizer {
@@ -315,6 +319,27 @@ impl Tokenizer {
             .max()
             .unwrap_or(1)
             .max(1);
+        let mut max_byte_count = Box::new([0u32; 256]);
+        let token_spans = offsets
+            .windows(2)
+            .filter_map(|w| bytes.get(w[0]..w[1]))
+            .chain(
+                added
+                    .by_first_byte
+                    .iter()
+                    .flatten()
+                    .map(|(t, _)| t.as_slice()),
+            );
+        for span in token_spans {
+            let mut counts = [0u32; 256];
+            for &b in span {
+                let c = &mut counts[usize::from(b)];
+                *c = c.saturating_add(1);
+            }
+            for (m, c) in max_byte_count.iter_mut().zip(counts) {
+                *m = (*m).max(c);
+            }
+        }
         Ok(Tokenizer {
             texts,
             types,
@@ -325,6 +350,7 @@ impl Tokenizer {
             added,
             specials,
             max_token_bytes,
+            max_byte_count,
         })
     }
 
@@ -360,11 +386,31 @@ impl Tokenizer {
         }
     }
 
-    /// The fewest tokens `bytes` can encode to: every byte with a token is covered by exactly
-    /// one emitted token, and no token covers more than `max_token_bytes` bytes.
+    /// A lower bound on the tokens `bytes` encode to. Every byte with a token is covered by
+    /// exactly one emitted token, and a token covers at most `max_token_bytes` bytes, of which
+    /// at most `max_byte_count[b]` are `b`. (The per-byte bound costs a 256-entry histogram,
+    /// so short pieces only get the length bound.)
     fn min_tokens(&self, bytes: &[u8]) -> usize {
-        let covered = bytes.iter().filter(|&&b| self.bpe.covers(b)).count();
-        covered.div_ceil(self.max_token_bytes)
+        if bytes.len() < 1024 {
+            let covered = bytes.iter().filter(|&&b| self.bpe.covers(b)).count();
+            return covered.div_ceil(self.max_token_bytes);
+        }
+        let mut counts = [0usize; 256];
+        for &b in bytes {
+            counts[usize::from(b)] += 1;
+        }
+        let mut covered = 0usize;
+        let mut bound = 0usize;
+        for (b, (&n, &most)) in (0u8..=255).zip(counts.iter().zip(self.max_byte_count.iter())) {
+            if n == 0 || !self.bpe.covers(b) {
+                continue;
+            }
+            covered += n;
+            // A covered byte has a one-byte token, so `most` is at least 1.
+            let most = usize::try_from(most).unwrap_or(usize::MAX).max(1);
+            bound = bound.max(n.div_ceil(most));
+        }
+        bound.max(covered.div_ceil(self.max_token_bytes))
     }
 
     /// Appends the ids of `text` to `out`, breaking off with a lower bound on the count once

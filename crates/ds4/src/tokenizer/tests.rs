@@ -178,5 +178,10 @@ fn longest_token_bound_counts_decoded_bytes_and_added_text() {
     let e = tok
         .encode_bounded(&"x".repeat(10_000), true, 10)
         .unwrap_err();
-    assert_eq!(e.at_least, 10_000usize.div_ceil(tok.max_token_bytes));
+    // `x` occurs at most once in any token of the toy vocabulary: one token per byte.
+    assert_eq!(tok.max_byte_count[usize::from(b'x')], 1);
+    assert_eq!(e.at_least, 10_000);
+    // Short texts get only the length bound (4 here), then are counted.
+    let e = tok.encode_bounded(&"x".repeat(100), true, 10).unwrap_err();
+    assert_eq!(e.at_least, 100);
 }
