@@ -75,6 +75,24 @@ async fn declared_body_over_the_limit_is_refused_before_it_is_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_64_kib_gets_431() {
+    let s = start(Opts::default()).await;
+    let addr = s.addr;
+    let reply = blocking(move || {
+        let mut c = raw(addr);
+        let head = format!(
+            "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(70 * 1024)
+        );
+        // The server may answer and close before the client has sent it all.
+        let _ = c.write_all(head.as_bytes());
+        read_to_close(c)
+    })
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_too_slowly_gets_408_and_the_connection_closes() {
     let s = start(Opts {
         limits: RequestLimits {
