@@ -15,6 +15,12 @@ pub const MAX_NESTING: usize = 256;
 /// takes about 80 bytes, so `[0,0,0,…]` would otherwise turn 64 MiB into gigabytes; real
 /// requests, long agent histories included, have tens of thousands.
 pub const MAX_JSON_VALUES: usize = 1 << 20;
+/// Fewest body bytes per JSON value (beyond the first [`MIN_JSON_VALUES_CAP`]): parsing then
+/// costs at most about 10 × the body, which the body budget and the connection cap bound.
+/// Real bodies have one value per 20 bytes or more (keys, text, schemas).
+pub const BODY_BYTES_PER_JSON_VALUE: usize = 8;
+/// Values always allowed, however short the body.
+pub const MIN_JSON_VALUES_CAP: usize = 4096;
 /// Largest request body (bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Model id listed by /v1/models and echoed when the client sends none.
@@ -39,9 +45,11 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
             "JSON nesting depth {depth} exceeds the limit of {MAX_NESTING}"
         )));
     }
-    if values > MAX_JSON_VALUES {
+    let cap = (body.len() / BODY_BYTES_PER_JSON_VALUE).clamp(MIN_JSON_VALUES_CAP, MAX_JSON_VALUES);
+    if values > cap {
         return Err(ApiError::invalid(format!(
-            "the JSON body holds more than {MAX_JSON_VALUES} values"
+            "the JSON body holds about {values} values, more than the limit of {cap} (one per \
+             {BODY_BYTES_PER_JSON_VALUE} bytes of body, at most {MAX_JSON_VALUES})"
         )));
     }
     let mut de = serde_json::Deserializer::from_str(text);
@@ -382,6 +390,13 @@ mod tests {
             .contains("nesting"));
         let ok = format!("{{\"a\":{}{}}}", "[".repeat(250), "]".repeat(250));
         assert!(parse_body(ok.as_bytes()).is_ok());
+        // Dense values: fine while few, refused once more than one per 8 bytes.
+        let dense = |n: usize| format!("{{\"a\":[{}0]}}", "0,".repeat(n));
+        assert!(parse_body(dense(4000).as_bytes()).is_ok());
+        let e = parse_body(dense(30_000).as_bytes()).unwrap_err();
+        assert!(e.message.contains("values"), "{}", e.message);
+        let sparse = format!("{{\"a\":[{}0]}}", "0,        ".repeat(30_000));
+        assert!(parse_body(sparse.as_bytes()).is_ok());
         assert!(parse_body(b"{\"a\":\"\xff\"}")
             .unwrap_err()
             .message

@@ -14,7 +14,9 @@ use std::sync::{mpsc, Arc};
 use ds4::chat::{FinishReason, OutputEvent, OutputParser, ParsedOutput, StopCause, ThinkingMode};
 use ds4::engine::{Control, Engine, FinishCause};
 use ds4::sample::{SamplerParams, StopMatcher, StopStep};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{
+    unbounded_channel, UnboundedReceiver, UnboundedSender, WeakUnboundedSender,
+};
 
 use crate::error::{ApiError, ApiErrorKind};
 use crate::metrics::Metrics;
@@ -110,6 +112,9 @@ pub struct Scheduler {
     shutting_down: Arc<AtomicBool>,
     shutdown_tx: Arc<tokio::sync::watch::Sender<bool>>,
     busy: Arc<AtomicBool>,
+    /// Every submitted request's event channel, weakly: a shutdown tells each one at once,
+    /// from this side, without waiting for the engine thread (which may be in a long prefill).
+    open: Arc<std::sync::Mutex<Vec<WeakUnboundedSender<GenerationEvent>>>>,
 }
 
 impl Scheduler {
@@ -139,6 +144,7 @@ impl Scheduler {
             shutting_down,
             shutdown_tx: Arc::new(tokio::sync::watch::channel(false).0),
             busy,
+            open: Arc::default(),
         }
     }
 
@@ -151,6 +157,10 @@ impl Scheduler {
             return Err(ApiError::new(ApiErrorKind::Unavailable, SHUTTING_DOWN));
         }
         let (tx, rx) = unbounded_channel();
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|w| w.strong_count() > 0);
+            open.push(tx.downgrade());
+        }
         self.depth.fetch_add(1, Ordering::SeqCst);
         if self.queue.send(Job { req, tx }).is_err() {
             self.depth.fetch_sub(1, Ordering::SeqCst);
@@ -177,6 +187,12 @@ impl Scheduler {
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.shutdown_tx.send_replace(true);
+        // Queued and running requests (a prefill included) end now: a 503, or the protocol's
+        // error event on a stream. Whatever the engine thread sends later is not read.
+        let open = self.open.lock().map(|mut o| std::mem::take(&mut *o));
+        for tx in open.unwrap_or_default().iter().filter_map(|w| w.upgrade()) {
+            let _ = tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
+        }
     }
 
     /// Resolves once [`Scheduler::shutdown`] has been called (at once if it already was).
@@ -319,7 +335,7 @@ impl Worker {
         let trace = self.trace.clone();
         let job_id = self.next_job;
         let result = self.engine.generate(&prompt, max_tokens, params, |piece| {
-            if tx.is_closed() || shutting_down.load(Ordering::SeqCst) {
+            if cancel_requested(&tx, &shutting_down) {
                 cancelled = true;
                 stopped_by_shutdown = !tx.is_closed();
                 return Control::Stop;
@@ -454,6 +470,14 @@ impl Worker {
 
     #[cfg(not(feature = "test-hooks"))]
     fn set_forced(&mut self, _req: &GenerationRequest) {}
+}
+
+/// Whether a running request must stop: its client is gone (the receiver was dropped) or the
+/// server is shutting down. Checked after every sampled token; the engine does not yet offer
+/// a hook between prefill chunks, so a prefill runs to its end before this is seen (a
+/// shutdown still answers the client at once, see [`Scheduler::shutdown`]).
+fn cancel_requested(tx: &UnboundedSender<GenerationEvent>, shutting_down: &AtomicBool) -> bool {
+    tx.is_closed() || shutting_down.load(Ordering::SeqCst)
 }
 
 /// OpenAI finish reason text.

@@ -310,6 +310,45 @@ async fn shutdown_ends_a_running_anthropic_stream_with_an_error_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_stream_in_a_long_prefill_without_waiting_for_it() {
+    let mut s = start(Opts {
+        ctx: 32768,
+        ..Opts::default()
+    })
+    .await;
+    // About 20k prompt tokens: seconds of prefill on the tiny model.
+    let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 1,
+        "messages": [{"role": "user", "content": "many words ".repeat(10_000)}]});
+    let mut r = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("stream starts");
+    // The role chunk goes out when the prefill starts.
+    let first = r.chunk().await.expect("chunk").expect("first frame");
+    assert!(std::str::from_utf8(&first).unwrap().contains("assistant"));
+    assert!(s.state.scheduler.is_busy(), "prefill running");
+    let cut = s.shutdown().await;
+    let mut text = String::new();
+    while let Some(chunk) = r.chunk().await.expect("chunk") {
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+    }
+    // The stream ended with the error event while the engine was still prefilling.
+    assert!(
+        s.state.scheduler.is_busy(),
+        "the test's prefill was too short to tell"
+    );
+    let frames = parse_sse(&text);
+    let n = frames.len();
+    assert_eq!(frames[n - 1].1, "[DONE]", "{frames:?}");
+    assert_eq!(frames[n - 2].0.as_deref(), Some("error"), "{frames:?}");
+    assert_eq!(cut, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_a_half_sent_body_with_503_at_once() {
     let mut s = start(Opts::default()).await;
     let full = s.state.admission.available_bytes();
