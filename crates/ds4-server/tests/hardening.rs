@@ -153,6 +153,27 @@ async fn idle_half_sent_and_kept_alive_connections_are_closed_by_the_header_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_the_header_timeout_runs_to_its_end() {
+    // The head timeout only runs while a head is awaited, never while a response streams.
+    let s = start(Opts {
+        ctx: 4096,
+        conn: quick_conn(),
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 300,
+        "temperature": 0, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "count"}]});
+    let t0 = std::time::Instant::now();
+    let (status, frames) = s.stream("/v1/chat/completions", &body).await;
+    eprintln!("300-token stream took {:?}", t0.elapsed());
+    assert_eq!(status, 200);
+    assert_eq!(frames.last().map(|f| f.1.as_str()), Some("[DONE]"));
+    let chunks = common::data_json(&frames);
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_wait_and_are_served_when_a_slot_frees() {
     let s = start(Opts {
         conn: ConnLimits {
