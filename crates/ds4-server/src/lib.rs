@@ -355,6 +355,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("ds4-server: listening on http://{local}");
     let scheduler = state.scheduler.clone();
     let limits = serve::ConnLimits::from_args(&args);
+    if let Some(w) = serve::descriptor_warning(limits.max_connections) {
+        tracing::warn!("{w}");
+    }
     tracing::info!(
         max_connections = limits.max_connections,
         header_timeout_s = args.header_timeout_s,

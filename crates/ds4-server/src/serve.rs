@@ -84,6 +84,21 @@ pub fn default_max_connections() -> usize {
         .min(DEFAULT_MAX_CONNECTIONS)
 }
 
+/// A warning when `max_connections` leaves fewer than [`RESERVED_DESCRIPTORS`] descriptors
+/// free: `accept` may then fail with EMFILE (connections wait in the backlog meanwhile).
+pub fn descriptor_warning(max_connections: usize) -> Option<String> {
+    let soft = descriptor_limit()?;
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(RESERVED_DESCRIPTORS);
+    (wanted > soft).then(|| {
+        format!(
+            "--max-connections {max_connections} plus {RESERVED_DESCRIPTORS} reserved exceeds \
+             the descriptor limit {soft} (ulimit -n); accept will fail at times"
+        )
+    })
+}
+
 /// The soft `RLIMIT_NOFILE`, if the platform has one.
 fn descriptor_limit() -> Option<u64> {
     #[cfg(unix)]
