@@ -40,6 +40,8 @@ pub enum ApiErrorKind {
     Unauthorized,
     /// 404: no such endpoint or model.
     NotFound,
+    /// 408: the body did not arrive in time.
+    Timeout,
     /// 413: body too large.
     PayloadTooLarge,
     /// 500: generation failed.
@@ -108,12 +110,23 @@ impl ApiError {
         e
     }
 
+    /// The prompt does not fit, and counting stopped at `at_least` tokens (spec §4.6's error
+    /// with a lower bound: the tokenizer gives up as soon as the prompt cannot fit).
+    pub fn context_exceeded_at_least(at_least: usize, ctx: usize, param: &str) -> Self {
+        let mut e = Self::context_exceeded(at_least, ctx, param);
+        e.message = format!(
+            "Prompt has at least {at_least} tokens, but the configured context size is {ctx} tokens"
+        );
+        e
+    }
+
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
         match self.kind {
             ApiErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ApiErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -122,7 +135,9 @@ impl ApiError {
 
     fn openai_type(&self) -> &'static str {
         match self.kind {
-            ApiErrorKind::InvalidRequest | ApiErrorKind::PayloadTooLarge => "invalid_request_error",
+            ApiErrorKind::InvalidRequest
+            | ApiErrorKind::PayloadTooLarge
+            | ApiErrorKind::Timeout => "invalid_request_error",
             ApiErrorKind::Unauthorized => "authentication_error",
             ApiErrorKind::NotFound => "not_found_error",
             ApiErrorKind::Internal => "server_error",
@@ -132,7 +147,7 @@ impl ApiError {
 
     fn anthropic_type(&self) -> &'static str {
         match self.kind {
-            ApiErrorKind::InvalidRequest => "invalid_request_error",
+            ApiErrorKind::InvalidRequest | ApiErrorKind::Timeout => "invalid_request_error",
             ApiErrorKind::Unauthorized => "authentication_error",
             ApiErrorKind::NotFound => "not_found_error",
             ApiErrorKind::PayloadTooLarge => "request_too_large",
