@@ -442,7 +442,7 @@ fn progress_bar(on: bool, total: usize) -> Option<indicatif::ProgressBar> {
 /// Shapes the kernels are written for (the real model's, and the test models').
 fn check_shapes(cfg: &Config) -> Result<(), CudaError> {
     let bad = |what: String| Err(CudaError::Model(format!("the CUDA kernels need {what}")));
-    if cfg.head_dim % 32 != 0 || cfg.head_dim > 512 {
+    if !cfg.head_dim.is_multiple_of(32) || cfg.head_dim > 512 {
         return bad(format!(
             "a head dim that is a multiple of 32 and ≤ 512 (found {})",
             cfg.head_dim
@@ -454,7 +454,7 @@ fn check_shapes(cfg: &Config) -> Result<(), CudaError> {
             cfg.idx_head_dim
         ));
     }
-    if cfg.idx_heads % 8 != 0 || cfg.idx_heads > 64 {
+    if !cfg.idx_heads.is_multiple_of(8) || cfg.idx_heads > 64 {
         return bad(format!(
             "indexer heads a multiple of 8, ≤ 64 (found {})",
             cfg.idx_heads

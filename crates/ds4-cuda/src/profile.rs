@@ -8,9 +8,14 @@ use std::sync::Mutex;
 use crate::driver::{Device, Event};
 use crate::CudaError;
 
+/// A launch waiting to be resolved: (kernel, decode step), start, end.
+type Pending = ((&'static str, bool), Event, Event);
+
 #[derive(Default)]
 pub(crate) struct Profile {
-    pending: Mutex<Vec<((&'static str, bool), Event, Event)>>,
+    pending: Mutex<Vec<Pending>>,
+    /// (launches, ms) per (kernel, decode step).
+    #[allow(clippy::type_complexity)]
     totals: Mutex<HashMap<(&'static str, bool), (u64, f64)>>,
     /// Whether the batch being run is one row (a decode step).
     pub decode: std::sync::atomic::AtomicBool,
@@ -41,7 +46,7 @@ impl Profile {
         Ok(())
     }
 
-    fn resolve(&self, batch: Vec<((&'static str, bool), Event, Event)>) -> Result<(), CudaError> {
+    fn resolve(&self, batch: Vec<Pending>) -> Result<(), CudaError> {
         let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         for (name, a, b) in batch {
             b.wait()?;

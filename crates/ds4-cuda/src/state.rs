@@ -61,8 +61,8 @@ fn layout(cfg: &Config, ctx: usize) -> (usize, Vec<LayerDev>) {
                 raw: take(ring * hd * 4),
                 ..Default::default()
             };
-            if r != 0 {
-                l.comp_cap = ctx / r + 2;
+            if let Some(per) = ctx.checked_div(r) {
+                l.comp_cap = per + 2;
                 l.comp = take(l.comp_cap * hd * 4);
                 let (rows, w) = Frontier::shape(r, hd);
                 l.fr_rows = rows;
@@ -164,8 +164,8 @@ impl DevState {
                 attn_frontier: None,
                 idx_frontier: None,
             };
-            if l.ratio != 0 {
-                let rows = (n / l.ratio).min(l.comp_cap);
+            if let Some(rows) = n.checked_div(l.ratio) {
+                let rows = rows.min(l.comp_cap);
                 out.comp = Self::read(dev, l.comp, rows * self.hd)?;
                 out.attn_frontier = Some(Frontier {
                     kv: Self::read(dev, l.fr_kv, l.fr_rows * l.fr_w)?,

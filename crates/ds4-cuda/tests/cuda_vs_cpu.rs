@@ -105,7 +105,7 @@ fn rounding_flips(got: &[f32], want: &[f32], tol: f32) -> usize {
     let m = want.iter().fold(0f32, |a, v| a.max(v.abs()));
     got.iter()
         .zip(want)
-        .filter(|(x, y)| !((*x - *y).abs() <= tol * m))
+        .filter(|(x, y)| (*x - *y).abs().is_nan() || (*x - *y).abs() > tol * m)
         .count()
 }
 

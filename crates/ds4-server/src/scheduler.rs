@@ -334,43 +334,54 @@ impl Worker {
         let shutting_down = self.shutting_down.clone();
         let trace = self.trace.clone();
         let job_id = self.next_job;
-        let result = self.engine.generate(&prompt, max_tokens, params, |piece| {
-            if cancel_requested(&tx, &shutting_down) {
-                cancelled = true;
-                stopped_by_shutdown = !tx.is_closed();
-                return Control::Stop;
-            }
-            if let Some(t) = &trace {
-                t.piece(job_id, piece.id, &piece.text);
-            }
-            let emit = match stop.push(&piece.text) {
-                StopStep::Continue { emit } => emit,
-                StopStep::Stopped {
-                    emit,
-                    stop: matched,
-                } => {
-                    stop_hit = true;
-                    stop_index = Some(matched);
-                    emit
-                }
-            };
-            if !emit.is_empty() {
-                saw_think_end |= emit.contains(ds4::chat::render::THINK_END);
-                let _ = tx.send(GenerationEvent::Text(emit.clone()));
-                for ev in parser.feed(&emit) {
-                    let _ = tx.send(GenerationEvent::Output(ev));
-                }
-            }
-            if stop_hit || parser.is_done() {
-                Control::Stop
-            } else if parser.in_dsml_structure() {
-                Control::ContinueGreedy
-            } else {
-                Control::Continue
-            }
-        });
+        let stop_prefill = || cancel_requested(&tx, &shutting_down);
+        let result =
+            self.engine
+                .generate_cancellable(&prompt, max_tokens, params, &stop_prefill, |piece| {
+                    if cancel_requested(&tx, &shutting_down) {
+                        cancelled = true;
+                        stopped_by_shutdown = !tx.is_closed();
+                        return Control::Stop;
+                    }
+                    if let Some(t) = &trace {
+                        t.piece(job_id, piece.id, &piece.text);
+                    }
+                    let emit = match stop.push(&piece.text) {
+                        StopStep::Continue { emit } => emit,
+                        StopStep::Stopped {
+                            emit,
+                            stop: matched,
+                        } => {
+                            stop_hit = true;
+                            stop_index = Some(matched);
+                            emit
+                        }
+                    };
+                    if !emit.is_empty() {
+                        saw_think_end |= emit.contains(ds4::chat::render::THINK_END);
+                        let _ = tx.send(GenerationEvent::Text(emit.clone()));
+                        for ev in parser.feed(&emit) {
+                            let _ = tx.send(GenerationEvent::Output(ev));
+                        }
+                    }
+                    if stop_hit || parser.is_done() {
+                        Control::Stop
+                    } else if parser.in_dsml_structure() {
+                        Control::ContinueGreedy
+                    } else {
+                        Control::Continue
+                    }
+                });
         let stats = match result {
             Ok(stats) => stats,
+            Err(ds4::engine::EngineError::Cancelled) => {
+                // Between prefill chunks: the session holds whole chunks and stays usable.
+                tracing::info!(job = job_id, "prefill cancelled");
+                if !tx.is_closed() {
+                    let _ = tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
+                }
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "generation failed");
                 self.engine.reset();

@@ -34,6 +34,10 @@ pub enum EngineError {
     /// Nothing to evaluate.
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// The caller's cancellation check fired between prefill chunks; the session holds the
+    /// chunks evaluated so far.
+    #[error("cancelled during prefill")]
+    Cancelled,
 }
 
 /// What the caller wants after a piece.
@@ -194,6 +198,16 @@ impl Engine {
     /// the last prompt token). A session that is a prefix of `prompt` is extended; any other is
     /// restarted. At least the last token is always evaluated so fresh logits exist.
     pub fn sync(&mut self, prompt: &[u32]) -> Result<(usize, Vec<f32>), EngineError> {
+        self.sync_cancellable(prompt, &|| false)
+    }
+
+    /// As [`Engine::sync`], checking `cancel` before each prefill chunk of
+    /// [`crate::model::PREFILL_CHUNK`] tokens.
+    pub fn sync_cancellable(
+        &mut self,
+        prompt: &[u32],
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<(usize, Vec<f32>), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -206,7 +220,13 @@ impl Engine {
         if cached == prompt.len() {
             return Ok((cached, self.session.logits.clone()));
         }
-        let logits = self.eval(&prompt[cached..])?;
+        let mut logits = Vec::new();
+        for chunk in prompt[cached..].chunks(crate::model::PREFILL_CHUNK) {
+            if cancel() {
+                return Err(EngineError::Cancelled);
+            }
+            logits = self.eval(chunk)?;
+        }
         Ok((cached, logits))
     }
 
@@ -218,6 +238,19 @@ impl Engine {
         prompt: &[u32],
         max_tokens: usize,
         params: SamplerParams,
+        on_piece: impl FnMut(&Piece) -> Control,
+    ) -> Result<GenStats, EngineError> {
+        self.generate_cancellable(prompt, max_tokens, params, &|| false, on_piece)
+    }
+
+    /// As [`Engine::generate`], checking `cancel` between prefill chunks (a client gone or a
+    /// shutdown need not wait for a whole long prompt).
+    pub fn generate_cancellable(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        params: SamplerParams,
+        cancel: &dyn Fn() -> bool,
         mut on_piece: impl FnMut(&Piece) -> Control,
     ) -> Result<GenStats, EngineError> {
         if prompt.len() + max_tokens > self.ctx {
@@ -228,7 +261,7 @@ impl Engine {
             });
         }
         let t0 = Instant::now();
-        let (cached, mut logits) = self.sync(prompt)?;
+        let (cached, mut logits) = self.sync_cancellable(prompt, cancel)?;
         let prefill_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut sampler = Sampler::new(params);

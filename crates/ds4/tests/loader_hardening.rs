@@ -300,7 +300,7 @@ fn rejects_integer_hyper_parameters_beyond_sane_bounds() {
 /// Runs two tokens through the CPU forward pass; true when every logit is finite.
 fn runs_finite(m: Model) -> bool {
     let be = ds4::backend::CpuBackend::new(m.file.clone());
-    let mut s = m.new_session();
+    let mut s = m.new_session(&be, 4096).expect("session");
     match m.forward(&be, &mut s, &[1, 2], Precision::Default) {
         Ok(logits) => logits.iter().all(|x| x.is_finite()),
         // A forward error is a refusal too (e.g. a token outside a shrunk vocabulary).

@@ -38,7 +38,7 @@ impl CudaBackend {
         group: usize,
         eps: f32,
     ) -> BResult<()> {
-        if group == 0 || x.cols % group != 0 || w.is_some_and(|w| w.len() != group) {
+        if group == 0 || !x.cols.is_multiple_of(group) || w.is_some_and(|w| w.len() != group) {
             return Err(err(format!("rms_norm of {x:?} in groups of {group}")));
         }
         let wp = match w {
@@ -64,7 +64,7 @@ impl CudaBackend {
         rows: &Rows,
         inverse: bool,
     ) -> BResult<()> {
-        if head_dim == 0 || x.cols % head_dim != 0 || x.rows != rows.n() {
+        if head_dim == 0 || !x.cols.is_multiple_of(head_dim) || x.rows != rows.n() {
             return Err(err(format!("rope of {x:?} in heads of {head_dim}")));
         }
         if 2 * rope.freq().len() > head_dim {
@@ -115,7 +115,10 @@ impl CudaBackend {
         if !num.indexer_qat {
             return Ok(());
         }
-        if head_dim == 0 || head_dim > 1024 || !head_dim.is_power_of_two() || x.cols % head_dim != 0
+        if head_dim == 0
+            || head_dim > 1024
+            || !head_dim.is_power_of_two()
+            || !x.cols.is_multiple_of(head_dim)
         {
             return Err(err(format!("indexer_qat of {x:?} in heads of {head_dim}")));
         }

@@ -20,7 +20,7 @@ impl CudaBackend {
     ) -> BResult<()> {
         let n = rows.n();
         let (topk, nh) = (sel.cols, wts.cols);
-        if nh == 0 || nh % 8 != 0 || nh > 64 || q.cols % nh != 0 || q.cols / nh > 128 {
+        if nh == 0 || nh % 8 != 0 || nh > 64 || !q.cols.is_multiple_of(nh) || q.cols / nh > 128 {
             return Err(err(format!("indexer q {q:?} with {nh} heads")));
         }
         let dh = q.cols / nh;

@@ -104,7 +104,7 @@ impl CudaBackend {
         if !takes_q8(ty) {
             return Ok((0, 0));
         }
-        if cols % 32 != 0 {
+        if !cols.is_multiple_of(32) {
             return Err(err(format!(
                 "8-bit activations need a multiple of 32 columns (found {cols})"
             )));
@@ -125,6 +125,7 @@ impl CudaBackend {
 
     /// One activation row: `y[r] (+)= W[mat][r]·x_{g(r)}` with the rows in groups of
     /// `rows_per_group` taking consecutive `cols`-wide slices of x.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn mv_fast(
         &self,
         w: Dw,
@@ -263,7 +264,7 @@ impl CudaBackend {
         num: Numerics,
     ) -> BResult<()> {
         let n = x.rows;
-        if groups == 0 || w.rows % groups != 0 {
+        if groups == 0 || !w.rows.is_multiple_of(groups) {
             return Err(err(format!("{}: {groups} groups", w.name)));
         }
         want(x, n, groups * w.cols, &format!("{} input", w.name))?;

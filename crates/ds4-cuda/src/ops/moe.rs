@@ -54,6 +54,7 @@ impl CudaBackend {
     }
 
     /// `mid[m × ff] = silu(min(g, c))·clamp(u, ±c)·(wts[i] or 1)` of f32 g, u (temporaries).
+    #[allow(clippy::too_many_arguments)]
     fn swiglu_rows(
         &self,
         g: u64,
