@@ -46,22 +46,24 @@ extern "C" __global__ void row_sumsq(const float* x, int stride, int cols, float
     if (threadIdx.x == 0) out[(i64)blockIdx.x * out_stride] = (float)ss;
 }
 
-// Fills mix[0..n_mix) of row t from its S partial slices: the flat RMSNorm scale times the
-// summed dots. Block-cooperative; ends with a barrier.
+// Fills mix[0..n_mix) of row t from its S (≤ 32) partial slices: the flat RMSNorm scale times
+// the summed dots. One warp per value, a lane per slice, so the slice loads are issued
+// together. Block-cooperative; ends with a barrier.
 __device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int width, float eps,
                              float* mix) {
     const float* p = part + (i64)t * S * (n_mix + 1);
     __shared__ float scale_sh;
-    if (threadIdx.x == 0) {
-        double ss = 0.0;
-        for (int s = 0; s < S; s++) ss += (double)p[s * (n_mix + 1) + n_mix];
-        scale_sh = rms_scale(ss, width, eps);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (warp == 0) {
+        double ss = lane < S ? (double)p[lane * (n_mix + 1) + n_mix] : 0.0;
+        ss = warp_sum_d(ss);
+        if (lane == 0) scale_sh = rms_scale(ss, width, eps);
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < n_mix; i += blockDim.x) {
-        float a = 0.0f;
-        for (int s = 0; s < S; s++) a += p[s * (n_mix + 1) + i];
-        mix[i] = a * scale_sh;
+    for (int i = warp; i < n_mix; i += nw) {
+        float a = lane < S ? p[lane * (n_mix + 1) + i] : 0.0f;
+        a = warp_sum(a);
+        if (lane == 0) mix[i] = a * scale_sh;
     }
     __syncthreads();
 }

@@ -141,13 +141,13 @@ struct IqTab {
 };
 
 __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
-                         const IqTab* tab) {
+                         const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     const u8* row = w.a + grow * w.cols;
     const u8* ds = w.b + grow * (w.cols / 32) * 2;
     float acc = 0.0f;
 #pragma unroll 8
-    for (int ci = lane; ci < w.cols / 16; ci += 32) {
+    for (int ci = lane + l0; ci < w.cols / 16; ci += ls) {
         int4 wv = *(const int4*)(row + ci * 16);
         int st[3];
 #pragma unroll
@@ -165,12 +165,12 @@ __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, c
 }
 
 __device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
-                         const IqTab* tab) {
+                         const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     const u8* row = w.a + grow * w.cols * 2;
     float acc = 0.0f;
 #pragma unroll 4
-    for (int ci = lane; ci < w.cols / 8; ci += 32) {
+    for (int ci = lane + l0; ci < w.cols / 8; ci += ls) {
         int4 wv = *(const int4*)(row + ci * 16);
         float4 x0 = *(const float4*)(xf + ci * 8), x1 = *(const float4*)(xf + ci * 8 + 4);
         float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
@@ -185,11 +185,11 @@ __device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, co
 }
 
 __device__ __forceinline__ float dot_f32(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
-                         const IqTab* tab) {
+                         const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     const float* row = (const float*)(w.a + grow * w.cols * 4);
     float acc = 0.0f;
-    for (int c = lane; c < w.cols; c += 32) acc += row[c] * xf[c];
+    for (int c = lane + l0; c < w.cols; c += ls) acc += row[c] * xf[c];
     return warp_sum(acc);
 }
 
@@ -203,12 +203,12 @@ __device__ __forceinline__ int signed4(u32 g, u32 s) {
 }
 
 __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
-                             const float* xf, const IqTab* tab) {
+                             const float* xf, const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     float acc = 0.0f;
 #pragma unroll 4
-    for (int si = lane; si < nb * 8; si += 32) {
+    for (int si = lane + l0; si < nb * 8; si += ls) {
         i64 blk = grow * nb + (si >> 3);
         const u8* q = w.a + blk * 64 + (si & 7) * 8;
         uint2 v = *(const uint2*)q;
@@ -243,13 +243,13 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
 }
 
 __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
-                         const IqTab* tab) {
+                         const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols);
     float acc = 0.0f;
 #pragma unroll 2
-    for (int qi = lane; qi < nb * 4; qi += 32) {
+    for (int qi = lane + l0; qi < nb * 4; qi += ls) {
         const u8* b = row + (qi >> 2) * 84;
         int quarter = qi & 3, n = quarter >> 1, j0 = 2 * (quarter & 1);
         u32 dd = *(const u32*)(b + 80);
@@ -298,13 +298,13 @@ __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, c
 }
 
 __device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
-                         const IqTab* tab) {
+                         const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols);
     float acc = 0.0f;
 #pragma unroll 2
-    for (int qi = lane; qi < nb * 4; qi += 32) {
+    for (int qi = lane + l0; qi < nb * 4; qi += ls) {
         const u8* b = row + (qi >> 2) * 144;
         int chunk = qi & 3;
         u32 dd = *(const u32*)b;
@@ -394,21 +394,32 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
 }
 
 // y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g is activation row r / rows_per_group
-// (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product).
+// (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product). `kspl` (1, 2,
+// 4 or 8) warps share a row, each taking every kspl-th chunk of it, so short matrices still
+// fill the device; their partial sums meet in shared memory.
 #define MV_KERNEL(NAME, DOT, TABLES)                                                          \
     extern "C" __global__ void NAME(DW w, int mat, const float* x, const i8* xq,              \
-                                    const float* xd, int rows_per_group, float* y, int rpw,  \
+                                    const float* xd, int rows_per_group, float* y, int kspl, \
                                     int beta) {                                              \
         TABLES                                                                                \
+        __shared__ float part[MV_WARPS];                                                     \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
         int cols = w.cols;                                                                    \
-        for (int k = 0; k < rpw; k++) {                                                      \
-            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
-            if (r >= w.rows) break;                                                           \
+        int rpb = MV_WARPS / kspl;                                                            \
+        int r = blockIdx.x * rpb + warp / kspl, sl = warp % kspl;                            \
+        float v = 0.0f;                                                                       \
+        if (r < w.rows) {                                                                     \
             int g = r / rows_per_group;                                                       \
-            float v = DOT(w, (i64)mat * w.rows + r, xq ? xq + (i64)g * 3 * cols : 0,          \
-                          xd ? xd + (i64)g * (cols / 32) : 0, x ? x + (i64)g * cols : 0, tab); \
-            if (lane == 0) y[r] = beta ? y[r] + v : v;                                       \
+            v = DOT(w, (i64)mat * w.rows + r, xq ? xq + (i64)g * 3 * cols : 0,                \
+                    xd ? xd + (i64)g * (cols / 32) : 0, x ? x + (i64)g * cols : 0, tab,       \
+                    32 * sl, 32 * kspl);                                                      \
+        }                                                                                     \
+        if (lane == 0) part[warp] = v;                                                       \
+        __syncthreads();                                                                      \
+        if (lane == 0 && sl == 0 && r < w.rows) {                                            \
+            float a = 0.0f;                                                                   \
+            for (int k = 0; k < kspl; k++) a += part[warp + k];                              \
+            y[r] = beta ? y[r] + a : a;                                                       \
         }                                                                                     \
     }
 
@@ -427,8 +438,8 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
             int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
             if (r >= gate.rows) break;                                                        \
             i64 grow = (i64)e * gate.rows + r;                                                \
-            float gv = DOT(gate, grow, xq, xd, x, tab);                                       \
-            float uv = DOT(up, grow, xq, xd, x, tab);                                         \
+            float gv = DOT(gate, grow, xq, xd, x, tab, 0, 32);                                       \
+            float uv = DOT(up, grow, xq, xd, x, tab, 0, 32);                                         \
             if (lane == 0) {                                                                  \
                 float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);     \
                 mid[(i64)s * gate.rows + r] = m * wt;                                         \
@@ -451,7 +462,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
             for (int s = 0; s < k; s++) {                                                     \
                 i64 grow = (i64)ids[s] * down.rows + r;                                       \
                 acc += DOT(down, grow, mq ? mq + (i64)s * 3 * cols : 0,                       \
-                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab);     \
+                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab, 0, 32);     \
             }                                                                                 \
             if (lane == 0) y[r] = acc;                                                        \
         }                                                                                     \

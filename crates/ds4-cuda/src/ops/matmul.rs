@@ -140,15 +140,21 @@ impl CudaBackend {
         let groups = (w.rows as usize).div_ceil(rows_per_group);
         let mark = self.arena.mark();
         let (xq, xd) = self.quant_q8(ty, x, cols, cols, groups)?;
-        let rpw = rows_per_warp(cols, rows_per_group);
-        let grid = (w.rows as usize).div_ceil(MV_WARPS * rpw) as u32;
-        let (m, rpg, rp, b) = (mat as i32, rows_per_group as i32, rpw as i32, beta as i32);
+        // Warps per row: enough rows × warps to fill the device (short matrices), never more
+        // than the row has 32-lane chunks for.
+        let rows = w.rows as usize;
+        let kspl = (4096usize.div_ceil(rows.max(1)))
+            .next_power_of_two()
+            .min(MV_WARPS)
+            .min((cols / 256).max(1).next_power_of_two());
+        let grid = rows.div_ceil(MV_WARPS / kspl) as u32;
+        let (m, rpg, ks, b) = (mat as i32, rows_per_group as i32, kspl as i32, beta as i32);
         self.launch(
             kname("mv", ty)?,
             (grid, 1, 1),
             256,
             0,
-            &mut kargs![&w, &m, &x, &xq, &xd, &rpg, &y, &rp, &b],
+            &mut kargs![&w, &m, &x, &xq, &xd, &rpg, &y, &ks, &b],
         )?;
         self.arena.release(mark);
         Ok(())
