@@ -87,9 +87,9 @@ __device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u16* q, 
 // for the K-quants and IQ2_XXS).
 extern "C" __global__ void mq_experts(DW w, const u16* xh, const u16* xl, const int* tiles,
                                       float* y, int y_stride) {
-    __shared__ __align__(16) u16 As[MQ_ROWS * MQ_LD];
-    __shared__ __align__(16) u16 Bh[MQ_TOK * MQ_LD];
-    __shared__ __align__(16) u16 Bl[MQ_TOK * MQ_LD];
+    __align__(16) __shared__ u16 As[MQ_ROWS * MQ_LD];
+    __align__(16) __shared__ u16 Bh[MQ_TOK * MQ_LD];
+    __align__(16) __shared__ u16 Bl[MQ_TOK * MQ_LD];
     __shared__ float Sc[MQ_ROWS][MQ_K / 16];
     __shared__ float Mn[MQ_ROWS][MQ_K / 16];
     __shared__ float Xs[MQ_TOK][MQ_K / 16];
