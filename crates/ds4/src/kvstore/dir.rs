@@ -808,3 +808,53 @@ fn write_stats(path: &Path, hits: u32, last_used: u64) -> std::io::Result<()> {
     f.seek(SeekFrom::Start(HEADER_BYTES as u64))?;
     f.write_all(&encode_stats(hits, last_used))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(tokens: u32, hits: u32, last_used: u64) -> Header {
+        let mut b = [0u8; PREFIX_BYTES];
+        b[..4].copy_from_slice(&format::MAGIC);
+        let mut h = Header::decode(&{
+            b[4..6].copy_from_slice(&format::VERSION.to_le_bytes());
+            b[6..8].copy_from_slice(&(HEADER_BYTES as u16).to_le_bytes());
+            b[32..36].copy_from_slice(&1u32.to_le_bytes());
+            let crc = crc32fast::hash(&b[..124]);
+            b[124..128].copy_from_slice(&crc.to_le_bytes());
+            b
+        })
+        .expect("minimal header");
+        h.tokens = tokens;
+        h.hits = hits;
+        h.last_used = last_used;
+        h
+    }
+
+    #[test]
+    fn eviction_score_weighs_tokens_per_byte_and_decaying_hits() {
+        let now = 100_000_000;
+        // Same size and tokens: the file with recent hits scores higher.
+        let hot = score(&header(1000, 4, now), 1 << 20, now);
+        let cold = score(&header(1000, 0, now), 1 << 20, now);
+        assert!(hot > cold);
+        // Hits halve every 6 h: 4 hits 12 h ago count as 1.
+        let aged = score(&header(1000, 4, now - 12 * 3600), 1 << 20, now);
+        assert!((aged / cold - 2.0).abs() < 1e-9, "{aged} {cold}");
+        // Long forgotten hits count as none (below 0.01).
+        let old = score(&header(1000, 4, now - 30 * 24 * 3600), 1 << 20, now);
+        assert_eq!(old, cold);
+        // More tokens per byte is worth more.
+        assert!(score(&header(2000, 0, now), 1 << 20, now) > cold);
+    }
+
+    #[test]
+    fn only_cache_and_temporary_names_are_ours() {
+        let h = "0123456789abcdef0123456789abcdef01234567";
+        assert!(is_cache_name(&format!("{h}.kv")));
+        assert!(!is_cache_name(&format!("{}.kv", h.to_uppercase())));
+        assert!(!is_cache_name("notes.kv"));
+        assert_eq!(tmp_pid(&format!("{h}.kv.tmp.42.7")), Some(42));
+        assert_eq!(tmp_pid("other.kv.tmp.42.7"), None);
+    }
+}
