@@ -167,6 +167,11 @@ impl Engine {
         self.backend.name()
     }
 
+    /// The numerics the engine runs with.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Context size in tokens.
     pub fn ctx(&self) -> usize {
         self.ctx
