@@ -1131,3 +1131,78 @@ pub fn decode(bytes: &[u8], max_tool_entries: usize) -> Result<Contents, Error> 
         snapshot,
     })
 }
+
+/// What `ds4-gguf kv-inspect` reports about one file.
+#[derive(Debug)]
+pub struct Inspection {
+    /// File size in bytes.
+    pub size: u64,
+    /// The header, if it could be read and its checksum holds.
+    pub header: Option<Header>,
+    /// The payload's shape, if it could be read.
+    pub shape: Option<PayloadShape>,
+    /// Key text bytes and its first characters (if the text checked out).
+    pub text: Option<String>,
+    /// Tool map entries (if the map checked out).
+    pub tools: Option<usize>,
+    /// The first thing wrong with the file; None if every check passed.
+    pub error: Option<Error>,
+}
+
+/// Checks a whole file as the server would before loading it, streaming the payload (memory
+/// stays small however large the file): header, sizes, every checksum, the payload's shape.
+pub fn inspect(r: &mut impl Read, size: u64) -> Inspection {
+    let mut out = Inspection {
+        size,
+        header: None,
+        shape: None,
+        text: None,
+        tools: None,
+        error: None,
+    };
+    if let Err(e) = inspect_into(r, size, &mut out) {
+        out.error = Some(e);
+    }
+    out
+}
+
+fn inspect_into(r: &mut impl Read, size: u64, out: &mut Inspection) -> Result<(), Error> {
+    let mut b = vec![0u8; PREFIX_BYTES.min(size as usize)];
+    r.read_exact(&mut b)
+        .map_err(Error::io("reading the header"))?;
+    let h = Header::decode(&b)?;
+    out.header = Some(h.clone());
+    let want = h.file_bytes().unwrap_or(u64::MAX);
+    if want != size {
+        return Err(Error::Size {
+            what: "file",
+            expected: want,
+            found: size,
+        });
+    }
+    out.text = Some(read_text(r, &h)?);
+    out.tools = Some(read_tools(r, &h, usize::MAX)?.len());
+    let mut cr = CrcReader {
+        inner: r.take(h.payload_bytes),
+        crc: crc32fast::Hasher::new(),
+    };
+    let shape = read_payload_shape(&mut cr, h.payload_bytes)?;
+    out.shape = Some(shape.clone());
+    check_shape(&shape)?;
+    let implied = shape.payload_bytes().unwrap_or(u64::MAX);
+    if implied != h.payload_bytes {
+        return Err(Error::Size {
+            what: "payload",
+            expected: implied,
+            found: h.payload_bytes,
+        });
+    }
+    std::io::copy(&mut cr, &mut std::io::sink()).map_err(Error::io("reading the payload"))?;
+    if cr.crc.finalize() != h.payload_crc {
+        return Err(Error::Checksum { what: "payload" });
+    }
+    if shape.tokens != h.tokens {
+        return Err(invalid("payload", "token count differs from the header's"));
+    }
+    Ok(())
+}
