@@ -281,3 +281,48 @@ impl ServerConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["ds4-server"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("flags parse")
+    }
+
+    #[test]
+    fn disk_cache_flags_default_to_ds4s_values() {
+        let a = args(&["--kv-disk-dir", "/tmp/kv"]);
+        let c = ServerConfig::from_args(&a)
+            .kv_cache
+            .expect("on with a directory");
+        assert_eq!(
+            c,
+            crate::kvcache::KvCacheConfig::new(PathBuf::from("/tmp/kv"))
+        );
+        assert!(ServerConfig::from_args(&args(&[])).kv_cache.is_none());
+        assert_eq!(ServerConfig::from_args(&a).tool_memory_max_ids, 100_000);
+        let off = args(&["--disable-exact-dsml-tool-replay"]);
+        assert_eq!(ServerConfig::from_args(&off).tool_memory_max_ids, 0);
+    }
+
+    #[test]
+    fn cold_max_must_be_zero_or_at_least_min() {
+        assert!(args(&["--kv-cache-cold-max-tokens", "100"])
+            .validate()
+            .is_err());
+        assert!(args(&["--kv-cache-cold-max-tokens", "0"])
+            .validate()
+            .is_ok());
+        let ok = [
+            "--kv-cache-cold-max-tokens",
+            "100",
+            "--kv-cache-min-tokens",
+            "50",
+        ];
+        assert!(args(&ok).validate().is_ok());
+        assert!(Args::try_parse_from(["ds4-server", "--kv-disk-space-mb", "0"]).is_err());
+    }
+}

@@ -371,3 +371,70 @@ async fn exact_dsml_replay_survives_a_restart_and_can_be_turned_off() {
         }
     }
 }
+
+fn headers(dir: &Path) -> Vec<ds4::kvstore::Header> {
+    kv_files(dir)
+        .iter()
+        .map(|p| ds4::kvstore::Header::decode(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continued_checkpoints_fall_on_the_interval_and_long_hits_are_replaced() {
+    use ds4::kvstore::SaveReason;
+    let dir = tempfile::tempdir().unwrap();
+    let every16 = KvCacheConfig {
+        cold_max_tokens: 0,
+        continued_interval_tokens: 16,
+        boundary_align_tokens: 0,
+        ..kv(dir.path())
+    };
+    let mut a = start(opts(Some(every16))).await;
+    let mut body = turn1();
+    body["ds4_test_output"] = json!(format!("{ANSWER} {ANSWER} {ANSWER}"));
+    let (p1, _, c1) = usage(&chat(&a, &body).await);
+    // Checked after each prefill chunk (which end on the multiples) and before each decoded
+    // token is evaluated; EOS, the last token, is evaluated without a check.
+    let last_checked = p1 + c1 - 2;
+    let want: Vec<u32> = (1..=last_checked / 16).map(|k| 16 * k as u32).collect();
+    assert!(
+        want.iter().any(|&t| u64::from(t) > p1),
+        "some during decode: {want:?}"
+    );
+    let mut got: Vec<u32> = headers(dir.path()).iter().map(|h| h.tokens).collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(headers(dir.path())
+        .iter()
+        .all(|h| h.reason == SaveReason::Continued));
+    a.shutdown_and_checkpoint().await;
+
+    // A hit longer than --kv-cache-cold-max-tokens is replaced by the live session's next
+    // checkpoint (here the shutdown one), not deleted at load.
+    let longest = *want.last().unwrap();
+    let short_cold = KvCacheConfig {
+        cold_max_tokens: 8,
+        continued_interval_tokens: 0,
+        ..kv(dir.path())
+    };
+    let mut b = start(opts(Some(short_cold))).await;
+    let mut t2 = turn2();
+    t2["messages"][2]["content"] = body["ds4_test_output"].clone();
+    let r2 = chat(&b, &t2).await;
+    assert_eq!(
+        usage(&r2).1,
+        p1 + c1,
+        "the shutdown checkpoint is the longest prefix"
+    );
+    let before: Vec<u32> = headers(dir.path()).iter().map(|h| h.tokens).collect();
+    assert!(before.contains(&((p1 + c1) as u32)) && before.contains(&longest));
+    b.shutdown_and_checkpoint().await;
+    let after = headers(dir.path());
+    assert!(
+        !after.iter().any(|h| h.tokens == (p1 + c1) as u32),
+        "superseded file stays"
+    );
+    assert!(after
+        .iter()
+        .any(|h| h.reason == SaveReason::Shutdown && h.tokens > (p1 + c1) as u32));
+}
