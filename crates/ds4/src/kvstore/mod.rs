@@ -6,12 +6,14 @@
 //! backend memory.
 //!
 //! * `format`: the file layout, its streaming writer and its validating reader.
+//! * `payload`: the session section of a file.
 //! * `identity`: which model a file belongs to ([`ModelStamp`] from a loaded model).
 //! * `dir`: the directory: scan, lookup, crash-safe store, eviction, leftover cleanup.
 
 pub mod dir;
 pub mod format;
 pub mod identity;
+pub mod payload;
 
 use std::path::PathBuf;
 
