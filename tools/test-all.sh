@@ -18,5 +18,7 @@ cargo test --release -p ds4-server --features test-hooks --test tools
 NVRTC_LIB="$(bash tools/nvrtc-venv.sh)"
 LD_LIBRARY_PATH="$NVRTC_LIB" cargo test --release -p ds4-cuda --test nvrtc_compile -- --nocapture
 (eval "$(bash tools/cuda-emu/build.sh --env)" && cargo test --release -p ds4-cuda --test cuda_vs_cpu -- --test-threads 1)
+# The disk KV cache through the server (in-process servers, then real processes: SIGTERM, kill -9).
+cargo test --release -p ds4-server --features test-hooks --test kv_disk --test kv_restart
 bash tools/sdk-venv.sh
 .venv-sdk/bin/python -m pytest -q tests/sdk

@@ -2,7 +2,8 @@
 //! over one DeepSeek V4 Flash engine (spec/serving.md §4, §5.1–§5.2, §6.2).
 //!
 //! Layout: `config` (flags), `error` (one error type, one shape per protocol), `request`
-//! (shared parsing and limits), `scheduler` (the engine thread), `sse` (framing, keepalive,
+//! (shared parsing and limits), `scheduler` (the engine thread), `kvcache` (the disk KV cache,
+//! §5.3–§5.6), `tool_memory` (exact DSML replay, §5.7), `sse` (framing, keepalive,
 //! cancellation), one file per protocol (`openai_chat`, `openai_completions`, `responses`,
 //! `anthropic`), `metrics`, `trace`. Handlers are thin: parse → render → tokenize →
 //! [`scheduler::Scheduler::submit`] → protocol encoder; they never wait on the model.
@@ -12,6 +13,7 @@ pub mod admission;
 pub mod anthropic;
 pub mod config;
 pub mod error;
+pub mod kvcache;
 pub mod metrics;
 pub mod openai_chat;
 pub mod openai_completions;
@@ -20,6 +22,7 @@ pub mod responses;
 pub mod scheduler;
 pub mod serve;
 pub mod sse;
+pub mod tool_memory;
 pub mod trace;
 pub mod validate;
 
@@ -60,6 +63,8 @@ pub struct AppState {
     pub admission: Arc<admission::Budget>,
     /// Large prompts tokenized at once (one per core, at most 4).
     pub tokenize_slots: Arc<tokio::sync::Semaphore>,
+    /// Exact DSML replay (spec §5.7; None with `--disable-exact-dsml-tool-replay`).
+    pub tool_memory: Option<Arc<tool_memory::ToolMemory>>,
     ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -87,7 +92,18 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let tokenizer = Arc::new(engine.tokenizer.clone());
         let trace = trace.map(Arc::new);
-        let scheduler = Scheduler::start(engine, metrics.clone(), trace.clone());
+        let tool_memory = (config.tool_memory_max_ids > 0)
+            .then(|| Arc::new(tool_memory::ToolMemory::new(config.tool_memory_max_ids)));
+        let disk = config.kv_cache.clone().and_then(|c| {
+            kvcache::DiskCache::open(c, &engine, metrics.clone(), tool_memory.clone())
+        });
+        let scheduler = Scheduler::start(
+            engine,
+            metrics.clone(),
+            trace.clone(),
+            disk,
+            tool_memory.clone(),
+        );
         AppState {
             admission: Arc::new(admission::Budget::new(config.limits.body_budget_bytes)),
             tokenize_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -98,6 +114,7 @@ impl AppState {
             scheduler,
             metrics,
             trace,
+            tool_memory,
             ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
@@ -306,9 +323,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(n) = args.threads {
         ds4::backend::cpu::set_threads(n).context("setting the thread count")?;
     }
-    if args.kv_disk_dir.is_some() {
-        tracing::warn!("--kv-disk-dir: the disk KV cache is not implemented yet; only the live session is reused");
-    }
     let file = ds4::gguf::GgufFile::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
     let model = ds4::model::Model::from_file(Arc::new(file))
@@ -357,6 +371,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(addr = %local, ctx = args.ctx, "listening");
     eprintln!("ds4-server: listening on http://{local}");
     let scheduler = state.scheduler.clone();
+    let finisher = state.scheduler.clone();
     let limits = serve::ConnLimits::from_args(&args);
     if let Some(w) = serve::descriptor_warning(limits.max_connections) {
         tracing::warn!("{w}");
@@ -380,6 +395,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if cut > 0 {
         eprintln!("ds4-server: shutdown deadline passed; closed {cut} open connection(s)");
     }
+    // The shutdown checkpoint of the live session (spec §4.2), with --kv-disk-dir.
+    finisher.finish().await;
     Ok(())
 }
 

@@ -268,7 +268,10 @@ pub async fn submit_chat(
     call_id_prefix: &'static str,
     forced_output: Option<String>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::scheduler::GenerationEvent>, ApiError> {
-    let r = ds4::chat::render_chat_request(chat, ctx_tokens)?;
+    let r = match &app.tool_memory {
+        Some(tm) => ds4::chat::render_chat_request_with(chat, ctx_tokens, &|ids| tm.lookup(ids))?,
+        None => ds4::chat::render_chat_request(chat, ctx_tokens)?,
+    };
     let rendered = Rendered {
         prompt: r.prompt,
         thinking_mode: r.thinking_mode,

@@ -115,6 +115,30 @@ pub fn render_chat_request(body: &Value, ctx_tokens: usize) -> Result<RenderedCh
     })
 }
 
+/// As [`render_chat_request`], with exact tool replay (spec/serving.md §5.7): an assistant
+/// message whose tool calls all carry ids for which `replay` knows one sampled DSML text gets
+/// that text instead of the canonical rendering. `replay` gets the ids in call order.
+pub fn render_chat_request_with(
+    body: &Value,
+    ctx_tokens: usize,
+    replay: &dyn Fn(&[&str]) -> Option<String>,
+) -> Result<RenderedChat, ChatError> {
+    let mut input = map_chat_request(body, ctx_tokens)?;
+    for m in &mut input.messages {
+        if m.role != Role::Assistant || m.tool_calls.is_empty() {
+            continue;
+        }
+        let ids: Option<Vec<&str>> = m.tool_calls.iter().map(|c| c.id.as_deref()).collect();
+        m.raw_dsml = ids.and_then(|ids| replay(&ids));
+    }
+    Ok(RenderedChat {
+        prompt: encode_messages(&input.messages, input.thinking_mode, input.reasoning_effort),
+        thinking_mode: input.thinking_mode,
+        think: input.think,
+        tools_active: input.tools_active,
+    })
+}
+
 /// Maps an OpenAI chat-completions body to the encoder's input (see module docs).
 pub fn map_chat_request(body: &Value, ctx_tokens: usize) -> Result<EncoderInput, ChatError> {
     let body = body.as_object().ok_or(ChatError::NotAnObject)?;
