@@ -183,6 +183,44 @@ pub fn stops(obj: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiErro
     }
 }
 
+/// Something the model cannot do, degraded the same way on every protocol (docs/api.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Degraded {
+    /// Image, audio and file parts are dropped: the model reads text only.
+    Media,
+    /// Hosted tools (web search, file search, a server-side tool search, …) are not offered
+    /// to the model: nothing here can run them.
+    HostedTools,
+}
+
+/// Logs a degradation once per process and kind (`detail` names what the first request held).
+pub fn note_degraded(kind: Degraded, detail: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MEDIA: AtomicBool = AtomicBool::new(false);
+    static HOSTED: AtomicBool = AtomicBool::new(false);
+    let (flag, what) = match kind {
+        Degraded::Media => (
+            &MEDIA,
+            "image, audio and file content is dropped: DeepSeek V4 Flash reads text only",
+        ),
+        Degraded::HostedTools => (
+            &HOSTED,
+            "hosted tools are not offered to the model: this server cannot run them",
+        ),
+    };
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::warn!(detail, "{what} (logged once)");
+    }
+}
+
+/// True for content parts that carry media rather than text, in any protocol's spelling.
+pub fn is_media_part(ty: &str) -> bool {
+    matches!(
+        ty,
+        "image" | "image_url" | "input_image" | "input_audio" | "input_file" | "file" | "document"
+    )
+}
+
 /// What every protocol hands over after rendering.
 struct Rendered {
     /// Prompt text.
@@ -242,6 +280,16 @@ pub async fn submit_chat(
     forced_output: Option<String>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::scheduler::GenerationEvent>, ApiError> {
     let r = ds4::chat::render_chat_request(chat, ctx_tokens)?;
+    let mut knobs = knobs;
+    let forced_output = match (&app.test_script, forced_output) {
+        (Some(script), None) if app.config.test_hooks => script.output_for(&r.prompt).map(|f| {
+            if let Some(cap) = f.max_tokens {
+                knobs.max_tokens = knobs.max_tokens.min(cap);
+            }
+            f.output
+        }),
+        (_, forced) => forced,
+    };
     let rendered = Rendered {
         prompt: r.prompt,
         thinking_mode: r.thinking_mode,
