@@ -11,6 +11,6 @@ bash tools/ensure-deps.sh
 bash tools/fetch-tokenizer.sh
 bash tools/make-test-models.sh
 cargo test --workspace --release
-cargo test --release -p ds4-server --features test-hooks --test tools
+cargo test --release -p ds4-server --features test-hooks --test tools --test agents
 bash tools/sdk-venv.sh
 .venv-sdk/bin/python -m pytest -q tests/sdk
