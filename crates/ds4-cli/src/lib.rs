@@ -1,6 +1,7 @@
 //! Shared pieces of the command-line tools: argument normalisation, thread setup, model
 //! loading with a readable error, the `.npy` writer used by `--dump-logits`, and the `ds4`
-//! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1).
+//! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1), and
+//! `check`, the `ds4 check` smoke test of a running server.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub mod chat_cli;
+pub mod check;
 pub mod diag;
 pub mod npy;
 pub mod repl;
