@@ -16,6 +16,8 @@
 # cannot reach anything but our server; without unshare it falls back to dead proxy
 # variables and says so.
 #
+# The last scenario, ds4-check, runs `ds4 check` against the same server binary.
+#
 # Usage: bash tools/agents-check.sh [SCENARIO...]   (default: all; `--list` names them)
 # Env:   DS4_AGENTS_CACHE (default .cache/agents), DS4_AGENTS_OUT (traces and client output,
 #        default target/agents-check), DS4_AGENTS_TIMEOUT (seconds per client run, default 240).
@@ -27,7 +29,7 @@ OUT="${DS4_AGENTS_OUT:-$ROOT/target/agents-check}"
 TIMEOUT="${DS4_AGENTS_TIMEOUT:-240}"
 CTX=65536
 KEY=sk-agents-check
-SCENARIOS=(claude claude-search claude-nothink codex codex-resume opencode opencode-cut pi)
+SCENARIOS=(claude claude-search claude-nothink codex codex-resume opencode opencode-cut pi ds4-check)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${SCENARIOS[@]}"
@@ -106,8 +108,16 @@ trace_statuses() { sed -n 's/.*"event":"status".*"status":\([0-9]*\).*/\1/p' "$1
 non_2xx() { trace_statuses "$1" | grep -cv '^2' || true; }
 n_requests() { trace_statuses "$1" | wc -l; }
 failed_generations() { grep -c '"event":"finish".*"finish":"error"' "$1" || true; }
+# trace_has FILE EVENT TEXT: some EVENT record of the trace holds TEXT (a fixed string). No
+# `grep -q` at the end of a pipe: it exits at the first hit, the writer dies of SIGPIPE, and
+# under pipefail a hit would read as a miss.
+trace_has() {
+    local hits
+    hits=$(grep -F "\"event\":\"$2\"" "$1" | grep -cF -- "$3" || true)
+    [[ "$hits" -gt 0 ]]
+}
 # A request whose last user turn held the tool's output reached the server.
-round_trip() { grep '"event":"request"' "$1" | grep -q 'ds4check-42'; }
+round_trip() { trace_has "$1" request 'ds4check-42'; }
 
 RESULTS=()
 record() { # record NAME RESULT DETAIL
@@ -162,7 +172,7 @@ scenario_claude-search() {
         --output-format json --allowedTools ToolSearch
     stop_server
     local seen=no
-    grep '"event":"request"' "$OUT/claude-search.trace" | grep -q '<function>{\\"name\\": \\"CronList\\"' && seen=yes
+    trace_has "$OUT/claude-search.trace" request '<function>{\"name\": \"CronList\"' && seen=yes
     verdict claude-search "$(ok_if claude_ok claude-search AGENTS-CHECK-SEARCH-DONE)" "$seen" \
         "ToolSearch → tool_reference rendered as the CronList schema"
 }
@@ -178,7 +188,7 @@ scenario_claude-nothink() {
     stop_server
     local think=no
     if round_trip "$OUT/claude-nothink.trace" \
-        && ! grep '"event":"request"' "$OUT/claude-nothink.trace" | grep -q '<think>","cache'; then
+        && ! trace_has "$OUT/claude-nothink.trace" request '<think>","cache'; then
         think=yes
     fi
     verdict claude-nothink "$(ok_if claude_ok claude-nothink AGENTS-CHECK-DONE)" "$think" \
@@ -236,7 +246,7 @@ scenario_codex-resume() {
     stop_server
     local cut=no replayed=no
     grep -q 'max_output_tokens' "$OUT/codex-resume.first.err" "$OUT/codex-resume.first.out" && cut=yes
-    grep '"event":"body"' "$OUT/codex-resume.trace" | grep -q 'incomplete' && replayed=yes
+    trace_has "$OUT/codex-resume.trace" body 'status\":\"incomplete' && replayed=yes
     local check=no
     [[ "$cut" == yes && "$replayed" == yes ]] && round_trip "$OUT/codex-resume.trace" && check=yes
     # The first run's `Incomplete response returned` is the expected report of the cut.
@@ -297,7 +307,7 @@ scenario_opencode-cut() {
     stop_server
     local check=no
     if grep -q '"finish":"length"' "$OUT/opencode-cut.trace" \
-        && ! grep '"event":"request"' "$OUT/opencode-cut.trace" | grep -q 'tool_result'; then
+        && ! trace_has "$OUT/opencode-cut.trace" request 'tool_result'; then
         check=yes
     fi
     local client=no
@@ -330,10 +340,27 @@ EOF
     local client=no think=no
     ! grep -qi 'error' "$OUT/pi.err" && grep -q AGENTS-CHECK-DONE "$OUT/pi.out" && client=yes
     if round_trip "$OUT/pi.trace" \
-        && ! grep '"event":"request"' "$OUT/pi.trace" | grep -q '<think>","cache'; then
+        && ! trace_has "$OUT/pi.trace" request '<think>","cache'; then
         think=yes
     fi
     verdict pi "$client" "$think" "bash round trip, --thinking off reaches the server (no <think>)"
+}
+
+# `ds4 check` against the same server binary: every protocol, streaming and not, auth, the
+# too-long prompt, and a forced get_weather call with its result turn on each of the 6 tool rows.
+# Its own 401s and 400s are what it provokes, so the verdict is its table, not the trace.
+scenario_ds4-check() {
+    fresh_dirs ds4-check
+    start_server ds4-check ds4-check.json
+    run_client ds4-check "$ROOT/target/release/ds4" check "http://127.0.0.1:$PORT" --api-key "$KEY"
+    stop_server
+    local client=no calls
+    [[ "$(cat "$OUT/ds4-check.rc")" == 0 ]] && grep -q ' 0 failed$' "$OUT/ds4-check.out" && client=yes
+    calls=$(grep -c 'model called get_weather({"city":"Paris"}); result turn served' \
+        "$OUT/ds4-check.out" || true)
+    local result=FAIL
+    [[ "$client" == yes && "$calls" -eq 6 ]] && result=PASS
+    record ds4-check "$result" "$(tail -1 "$OUT/ds4-check.out"); forced tool round trips=$calls/6"
 }
 
 run_all() {
