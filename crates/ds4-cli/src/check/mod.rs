@@ -26,7 +26,7 @@ use protocols::{
 pub use protocols::{TOOL_PROMPT, TOOL_RESULT};
 
 /// Smallest context this check accepts for coding agents: Claude Code 2.1.332 opens with
-/// ~12k prompt tokens (Codex 0.171.0 ~9k, opencode 1.18.33 ~7k, Pi 0.73.1 ~2k; measured by
+/// ~12k prompt tokens (Codex 0.171.0 ~9k, opencode 1.18.33 ~7k, Pi 0.73.1 ~1.5k; measured by
 /// tools/agents-check.sh) and conversations grow from there.
 pub const AGENT_MIN_CTX: u64 = 32768;
 
