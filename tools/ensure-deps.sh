@@ -8,6 +8,7 @@ command -v python3 >/dev/null || need+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v sha256sum >/dev/null || need+=(coreutils)
+command -v g++ >/dev/null || need+=(g++)  # tools/cuda-emu
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "error: missing ${need[*]}; install them (apt-get install -y ${need[*]})" >&2

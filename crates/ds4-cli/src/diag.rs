@@ -49,15 +49,16 @@ pub fn dump_logits(
     out: &Path,
     precision: Precision,
     decode_from: Option<usize>,
+    cpu: bool,
     cuda: bool,
 ) -> anyhow::Result<()> {
     if tokens.is_empty() {
         bail!("--prompt-tokens is empty");
     }
-    let model = crate::load_model(model)?;
-    let be = crate::make_backend(&model, cuda)?;
+    let model = std::sync::Arc::new(crate::load_model(model)?);
+    let be = crate::make_backend(&model, cpu, cuda, tokens.len())?;
     let be = be.as_ref();
-    let mut sess = model.new_session();
+    let mut sess = model.new_session(be, tokens.len().max(1))?;
     let k = decode_from.unwrap_or(tokens.len()).min(tokens.len());
     let mut logits = model.forward(be, &mut sess, &tokens[..k], precision)?;
     for &t in &tokens[k..] {

@@ -46,19 +46,26 @@ pub fn load_model(path: &Path) -> anyhow::Result<ds4::model::Model> {
         .with_context(|| format!("loading model {}", path.display()))
 }
 
-/// The backend the flags ask for: CUDA device 0 with `cuda`, else the CPU.
+/// The backend the flags ask for: `--cpu` forces the CPU, `--cuda` CUDA device 0, neither
+/// CUDA when a GPU is present. `ctx` is the context the sessions will use (the CUDA backend
+/// checks that weights, KV and scratch fit before allocating).
 pub fn make_backend(
-    model: &ds4::model::Model,
+    model: &Arc<ds4::model::Model>,
+    cpu: bool,
     cuda: bool,
+    ctx: usize,
 ) -> anyhow::Result<Box<dyn ds4::backend::Backend + Send>> {
-    if cuda {
-        let be = ds4_cuda::CudaBackend::new(model.file.clone(), 0)
-            .context("starting the CUDA backend")?;
-        eprintln!("ds4: CUDA device {}", be.device_name());
-        Ok(Box::new(be))
-    } else {
-        Ok(Box::new(ds4::backend::CpuBackend::new(model.file.clone())))
-    }
+    let choice = match (cpu, cuda) {
+        (true, _) => ds4_cuda::Choice::Cpu,
+        (_, true) => ds4_cuda::Choice::Cuda,
+        _ => ds4_cuda::Choice::Auto,
+    };
+    let opts = ds4_cuda::CudaOptions {
+        ctx,
+        ..Default::default()
+    };
+    ds4_cuda::open_backend(model, choice, &opts, &mut |line| eprintln!("ds4: {line}"))
+        .context("starting the backend")
 }
 
 /// Parses `5,17,3` into token ids.

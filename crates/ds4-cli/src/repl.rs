@@ -172,7 +172,9 @@ impl Repl {
                 Ok(())
             }
             Command::SetCtx(n) => {
-                self.engine.set_ctx(n);
+                if let Err(e) = self.engine.set_ctx(n) {
+                    eprintln!("ds4: {e:#}");
+                }
                 self.transcript.clear();
                 eprintln!("ds4: context {n} tokens, new session");
                 Ok(())

@@ -1,60 +1,60 @@
-// Weight matrix × f32 activations with the weights dequantised on the fly (spec/model.md §4).
-// One block owns one weight row and TOK tokens: its threads stride over the row's elements,
-// dequantise each once and FMA it against the TOK activation rows, then reduce across the
-// block. Accumulation is f32. The quant layouts are ggml's (see crates/ds4/src/quant/blocks.rs);
-// the IQ2_XXS tables `iq2xxs_grid` and `ksigns_iq2xs` are prepended by the host from
-// ds4::quant (transcribed from ggml-common.h, verified against gguf-py).
+// Weight matrix × activation products (spec/model.md §4) in three forms:
 //
-// Type ids are ggml's: 0 F32, 1 F16, 8 Q8_0, 10 Q2_K, 12 Q4_K, 16 IQ2_XXS.
+// * mm_f32: any type, any number of rows, f32 activations, weights dequantised per element
+//   exactly as the CPU reference does (precise mode). A block owns one weight row and MM_TOK
+//   activation rows; threads stride over the columns; f32 accumulation, block reduction.
+// * the fast matrix-vector kernels (one activation row, decode): the activation is quantised
+//   once per launch into three int8 stages per 32 values (quant_q8: near-f32 accuracy) and
+//   dotted with dp4a against the integer weights; F16/F32 weights use f32 activations.
+//   A warp owns `rpw` consecutive weight rows; a block is 8 warps. Variants: `mv_*` (plain or
+//   grouped rows), `gu_*` (gate and up of one matrix or of each routed expert, with the clamped
+//   SwiGLU and the router weight: spec §2.5), `dn_*` (down of every routed expert, summed).
+// * deq_f16 / to_f16: dequantise weights and convert activations to f16 pairs (hi, lo with
+//   hi + lo ≈ x to about 2^-22) for the split cuBLAS GEMMs of prefill chunks.
+//
+// Weight layouts (struct DW in common.cuh): Q8_0 and IQ2_XXS are repacked into a quant plane
+// and an f16 scale plane at upload; Q2_K, Q4_K, F16 and F32 keep their GGUF blocks. The IQ2_XXS
+// tables `iq2xxs_grid` / `ksigns_iq2xs` are prepended by the host from ds4::quant (ggml's
+// tables, verified against gguf-py).
 
-#define TOK 8
-#define THREADS 256
+#define MM_TOK 8
+#define MM_THREADS 256
 
-__device__ __forceinline__ float half_to_float(unsigned short h) {
-    unsigned int sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-    float v;
-    if (exp == 0) {
-        v = ldexpf((float)mant, -24);
-    } else if (exp == 31) {
-        v = mant ? __int_as_float(0x7fc00000) : __int_as_float(0x7f800000);
+__device__ __forceinline__ void q4k_scale_min(const u8* s, int pair, int* sc, int* m) {
+    if (pair < 4) {
+        *sc = s[pair] & 63;
+        *m = s[pair + 4] & 63;
     } else {
-        v = ldexpf((float)(mant | 0x400u), (int)exp - 25);
+        *sc = (s[pair + 4] & 15) | ((s[pair - 4] >> 6) << 4);
+        *m = (s[pair + 4] >> 4) | ((s[pair] >> 6) << 4);
     }
-    return sign ? -v : v;
 }
 
-__device__ __forceinline__ unsigned short ld_u16(const unsigned char* p) {
-    return (unsigned short)(p[0] | (p[1] << 8));
-}
-
-__device__ __forceinline__ unsigned int ld_u32(const unsigned char* p) {
-    return (unsigned int)p[0] | ((unsigned int)p[1] << 8) | ((unsigned int)p[2] << 16) | ((unsigned int)p[3] << 24);
-}
-
-// Element c of a row of type `ty` starting at `row`.
-__device__ __forceinline__ float dequant(int ty, const unsigned char* row, int c) {
-    switch (ty) {
-    case 0: return __int_as_float((int)ld_u32(row + 4 * c));
-    case 1: return half_to_float(ld_u16(row + 2 * c));
-    case 8: {
-        const unsigned char* b = row + 34 * (c >> 5);
-        return half_to_float(ld_u16(b)) * (float)(signed char)b[2 + (c & 31)];
+// Element c of global row `grow` of w (spec §4 formulas, in the CPU reference's order).
+__device__ float deq(const DW& w, i64 grow, int c) {
+    switch (w.ty) {
+    case TY_F32: return __int_as_float((int)ld_u32(w.a + (grow * w.cols + c) * 4));
+    case TY_F16: return h2f(ld_u16(w.a + (grow * w.cols + c) * 2));
+    case TY_Q8_0: {
+        float d = h2f(ld_u16(w.b + (grow * (w.cols / 32) + c / 32) * 2));
+        return (float)(i8)w.a[grow * w.cols + c] * d;
     }
-    case 10: {  // Q2_K: scales[16] qs[64] d dmin (84 bytes)
-        const unsigned char* b = row + 84 * (c >> 8);
+    case TY_Q2_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c >> 8);
         int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
         int q = (b[16 + 32 * n + l] >> (2 * j)) & 3;
         int sc = b[8 * n + 2 * j + (l >= 16 ? 1 : 0)];
-        float d = half_to_float(ld_u16(b + 80)), dmin = half_to_float(ld_u16(b + 82));
-        return d * (float)(sc & 15) * (float)q - dmin * (float)(sc >> 4);
+        float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+        float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+        return dl * (float)q - ml;
     }
-    case 12: {  // Q4_K: d dmin scales[12] qs[128] (144 bytes)
-        const unsigned char* b = row + 144 * (c >> 8);
-        const unsigned char* s = b + 4;
-        int i = c & 255, chunk = i >> 6, w = i & 63;
-        int pair = 2 * chunk + (w >= 32 ? 1 : 0);
-        int byte = b[16 + 32 * chunk + (w & 31)];
-        int q = w >= 32 ? (byte >> 4) : (byte & 15);
+    case TY_Q4_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols) + 144 * (c >> 8);
+        const u8* s = b + 4;
+        int i = c & 255, chunk = i >> 6, wi = i & 63;
+        int pair = 2 * chunk + (wi >= 32 ? 1 : 0);
+        int byte = b[16 + 32 * chunk + (wi & 31)];
+        int q = wi >= 32 ? (byte >> 4) : (byte & 15);
         int sc, m;
         if (pair < 4) {
             sc = s[pair] & 63;
@@ -63,55 +63,528 @@ __device__ __forceinline__ float dequant(int ty, const unsigned char* row, int c
             sc = (s[pair + 4] & 15) | ((s[pair - 4] >> 6) << 4);
             m = (s[pair + 4] >> 4) | ((s[pair] >> 6) << 4);
         }
-        float d = half_to_float(ld_u16(b)), dmin = half_to_float(ld_u16(b + 2));
-        return d * (float)sc * (float)q - dmin * (float)m;
+        float d = h2f(ld_u16(b)), dmin = h2f(ld_u16(b + 2));
+        float dl = d * (float)sc, ml = dmin * (float)m;
+        return dl * (float)q - ml;
     }
-    case 16: {  // IQ2_XXS: d qs[32 u16] (66 bytes)
-        const unsigned char* b = row + 66 * (c >> 8);
+    case TY_IQ2_XXS: {
+        i64 blk = grow * (w.cols / 256) + (c >> 8);
+        const u8* q = w.a + blk * 64;
         int i = c & 255, ib = i >> 5, k = (i & 31) >> 3, j = i & 7;
-        unsigned int a0 = ld_u32(b + 2 + 8 * ib), a1 = ld_u32(b + 6 + 8 * ib);
-        unsigned int gi = (a0 >> (8 * k)) & 255u;
+        u32 a0 = ld_u32(q + 8 * ib), a1 = ld_u32(q + 8 * ib + 4);
+        u32 gi = (a0 >> (8 * k)) & 255u;
         float g = (float)((iq2xxs_grid[gi] >> (8 * j)) & 255ull);
-        unsigned int signs = ksigns_iq2xs[(a1 >> (7 * k)) & 127u];
-        float d = half_to_float(ld_u16(b));
-        float v = d * (0.5f + (float)(a1 >> 28)) * 0.25f * g;
+        u32 signs = ksigns_iq2xs[(a1 >> (7 * k)) & 127u];
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+        float v = db * g;
         return (signs >> j) & 1u ? -v : v;
     }
     }
     return 0.0f;
 }
 
-// y[t][r] = Σ_c W[r][c]·x[t][c] for t in [blockIdx.y·TOK, +TOK) ∩ [0, n_tok).
-// Grid (rows, ceil(n_tok / TOK)), THREADS threads.
-extern "C" __global__ void matmul_deq(int ty, const unsigned char* w, long long row_bytes, int rows, int cols,
-                                      const float* x, int n_tok, float* y) {
+// y[t][r] (+)= Σ_c W[mat][r0 + r][c]·x[t][xoff + c], r < rows, t < n_tok. Grid (rows,
+// ceil(n_tok / MM_TOK)); MM_THREADS threads. Rows of x are `x_stride` apart, rows of y
+// `y_stride` apart; the weight matrix is `mat` of the stack.
+extern "C" __global__ void mm_f32(DW w, int mat, int r0, int rows, const float* x, int x_stride,
+                                  int xoff, int n_tok, float* y, int y_stride, int yoff) {
     int r = blockIdx.x;
-    int t0 = blockIdx.y * TOK;
+    int t0 = blockIdx.y * MM_TOK;
     if (r >= rows) return;
-    const unsigned char* row = w + (long long)r * row_bytes;
-    float acc[TOK];
+    i64 grow = (i64)mat * w.rows + r0 + r;
+    float acc[MM_TOK];
 #pragma unroll
-    for (int t = 0; t < TOK; t++) acc[t] = 0.0f;
-    int nt = min(TOK, n_tok - t0);
-    for (int c = threadIdx.x; c < cols; c += THREADS) {
-        float wv = dequant(ty, row, c);
+    for (int t = 0; t < MM_TOK; t++) acc[t] = 0.0f;
+    int nt = min(MM_TOK, n_tok - t0);
+    for (int c = threadIdx.x; c < w.cols; c += MM_THREADS) {
+        float wv = deq(w, grow, c);
 #pragma unroll
-        for (int t = 0; t < TOK; t++) {
-            if (t < nt) acc[t] += wv * x[(long long)(t0 + t) * cols + c];
+        for (int t = 0; t < MM_TOK; t++) {
+            if (t < nt) acc[t] += wv * x[(i64)(t0 + t) * x_stride + xoff + c];
         }
     }
-    __shared__ float red[THREADS / 32][TOK];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // One barrier, then MM_TOK threads each sum the block's partials (a precise-mode kernel:
+    // simple beats fast here).
+    __shared__ float red[MM_THREADS][MM_TOK];
 #pragma unroll
-    for (int t = 0; t < TOK; t++) {
-        float v = acc[t];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) red[warp][t] = v;
-    }
+    for (int t = 0; t < MM_TOK; t++) red[threadIdx.x][t] = acc[t];
     __syncthreads();
-    if (threadIdx.x < TOK && threadIdx.x < nt) {
+    if (threadIdx.x < MM_TOK && (int)threadIdx.x < nt) {
         float s = 0.0f;
-        for (int k = 0; k < THREADS / 32; k++) s += red[k][threadIdx.x];
-        y[(long long)(t0 + threadIdx.x) * rows + r] = s;
+        for (int k = 0; k < MM_THREADS; k++) s += red[k][threadIdx.x];
+        y[(i64)(t0 + threadIdx.x) * y_stride + yoff + r] = s;
+    }
+}
+
+// ---- activation preparation (shared memory) ----------------------------------------------
+
+// Activations of the fast kernels are three int8 stages per 32 values (quant_q8): x ≈
+// d·(q1 + q2/254 + q3/254²), each stage quantising the previous one's residual, so the integer
+// dot products are exact to about 2^-24 of the block's largest value — near-f32 accuracy at
+// dp4a speed (the storage simulations of the default precision amplify any larger error).
+#define Q8_STAGE 254.0f
+
+// The three stages' integer sums folded into one float.
+__device__ __forceinline__ float fold3(int s1, int s2, int s3) {
+    return (float)s1 + (float)s2 * (1.0f / Q8_STAGE) + (float)s3 * (1.0f / (Q8_STAGE * Q8_STAGE));
+}
+
+// ---- per-type row dots (one warp; the result is returned to every lane) ------------------
+
+__device__ __forceinline__ int ld_i32s(const i8* p) { return *(const int*)p; }
+
+// The IQ2_XXS tables, copied into shared memory by the kernels that need them.
+struct IqTab {
+    u64 grid[256];
+    u8 signs[128];
+};
+
+__device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab, int l0, int ls) {
+    int lane = threadIdx.x & 31;
+    const u8* row = w.a + grow * w.cols;
+    const u8* ds = w.b + grow * (w.cols / 32) * 2;
+    float acc = 0.0f;
+#pragma unroll 8
+    for (int ci = lane + l0; ci < w.cols / 16; ci += ls) {
+        int4 wv = *(const int4*)(row + ci * 16);
+        int st[3];
+#pragma unroll
+        for (int k = 0; k < 3; k++) {
+            int4 xv = *(const int4*)(xq + k * w.cols + ci * 16);
+            int s = __dp4a(wv.x, xv.x, 0);
+            s = __dp4a(wv.y, xv.y, s);
+            s = __dp4a(wv.z, xv.z, s);
+            st[k] = __dp4a(wv.w, xv.w, s);
+        }
+        int b = ci >> 1;
+        acc += fold3(st[0], st[1], st[2]) * (h2f(ld_u16(ds + 2 * b)) * xd[b]);
+    }
+    return warp_sum(acc);
+}
+
+__device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab, int l0, int ls) {
+    int lane = threadIdx.x & 31;
+    const u8* row = w.a + grow * w.cols * 2;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int ci = lane + l0; ci < w.cols / 8; ci += ls) {
+        int4 wv = *(const int4*)(row + ci * 16);
+        float4 x0 = *(const float4*)(xf + ci * 8), x1 = *(const float4*)(xf + ci * 8 + 4);
+        float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        u32 u[4] = {(u32)wv.x, (u32)wv.y, (u32)wv.z, (u32)wv.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            acc += h2f((u16)(u[k] & 0xffffu)) * xs[2 * k];
+            acc += h2f((u16)(u[k] >> 16)) * xs[2 * k + 1];
+        }
+    }
+    return warp_sum(acc);
+}
+
+__device__ __forceinline__ float dot_f32(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab, int l0, int ls) {
+    int lane = threadIdx.x & 31;
+    const float* row = (const float*)(w.a + grow * w.cols * 4);
+    float acc = 0.0f;
+    for (int c = lane + l0; c < w.cols; c += ls) acc += row[c] * xf[c];
+    return warp_sum(acc);
+}
+
+// Signed int8×4 of grid bytes `g` (each < 128) with sign bits `s` (bit j set: byte j
+// negative): the sign bits spread to byte masks m (0xff or 0), then (g ^ m) − m per byte,
+// which cannot borrow across bytes because every g byte is small and positive.
+__device__ __forceinline__ int signed4(u32 g, u32 s) {
+    u32 bits = ((s & 15u) * 0x00204081u) & 0x01010101u;  // bit j → bit 0 of byte j
+    u32 m = bits * 0xffu;
+    return (int)((g ^ m) + bits);  // two's complement: −g = (g ^ 0xff) + 1 per byte
+}
+
+__device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
+                             const float* xf, const IqTab* tab, int l0, int ls) {
+    int lane = threadIdx.x & 31;
+    int nb = w.cols / 256;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int si = lane + l0; si < nb * 8; si += ls) {
+        i64 blk = grow * nb + (si >> 3);
+        const u8* q = w.a + blk * 64 + (si & 7) * 8;
+        uint2 v = *(const uint2*)q;
+        u32 a0 = v.x, a1 = v.y;
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+        const i8* xp = xq + si * 32;
+        int wq[8];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
+            u32 sg = tab->signs[(a1 >> (7 * k)) & 127u];
+            wq[2 * k] = signed4((u32)g, sg);
+            wq[2 * k + 1] = signed4((u32)(g >> 32), sg >> 4);
+        }
+        int st[3];
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            int4 xa = *(const int4*)(xp + p * w.cols), xb = *(const int4*)(xp + p * w.cols + 16);
+            int s = __dp4a(wq[0], xa.x, 0);
+            s = __dp4a(wq[1], xa.y, s);
+            s = __dp4a(wq[2], xa.z, s);
+            s = __dp4a(wq[3], xa.w, s);
+            s = __dp4a(wq[4], xb.x, s);
+            s = __dp4a(wq[5], xb.y, s);
+            s = __dp4a(wq[6], xb.z, s);
+            st[p] = __dp4a(wq[7], xb.w, s);
+        }
+        acc += fold3(st[0], st[1], st[2]) * (db * xd[si]);
+    }
+    return warp_sum(acc);
+}
+
+__device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab, int l0, int ls) {
+    int lane = threadIdx.x & 31;
+    int nb = w.cols / 256;
+    const u8* row = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols);
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int qi = lane + l0; qi < nb * 4; qi += ls) {
+        const u8* b = row + (qi >> 2) * 84;
+        int quarter = qi & 3, n = quarter >> 1, j0 = 2 * (quarter & 1);
+        u32 dd = *(const u32*)(b + 80);
+        float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
+        // Q2_K blocks are 84 bytes: only 4-byte aligned.
+        const u32* q32 = (const u32*)(b + 16 + 32 * n);
+        u32 qv[8];
+#pragma unroll
+        for (int c = 0; c < 8; c++) qv[c] = q32[c];
+        int base = (qi >> 2) * 256 + 128 * n;
+#pragma unroll
+        for (int jj = 0; jj < 2; jj++) {
+            int j = j0 + jj;
+            const i8* xp = xq + base + 32 * j;
+            int is = 8 * n + 2 * j;
+            int sl = b[is], sh = b[is + 1];
+            int sq[3], sm[3];
+            int wqs[8];
+#pragma unroll
+            for (int c = 0; c < 8; c++) wqs[c] = (int)((qv[c] >> (2 * j)) & 0x03030303u);
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                int slo = 0, shi = 0, xlo = 0, xhi = 0;
+                int4 xa = *(const int4*)(xp + p * w.cols), xb = *(const int4*)(xp + p * w.cols + 16);
+                int xs[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+                for (int c = 0; c < 8; c++) {
+                    int wq = wqs[c];
+                    int xv = xs[c];
+                    if (c < 4) {
+                        slo = __dp4a(wq, xv, slo);
+                        xlo = __dp4a(0x01010101, xv, xlo);
+                    } else {
+                        shi = __dp4a(wq, xv, shi);
+                        xhi = __dp4a(0x01010101, xv, xhi);
+                    }
+                }
+                sq[p] = (sl & 15) * slo + (sh & 15) * shi;
+                sm[p] = (sl >> 4) * xlo + (sh >> 4) * xhi;
+            }
+            float part = d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2]);
+            acc += part * xd[(base + 32 * j) >> 5];
+        }
+    }
+    return warp_sum(acc);
+}
+
+__device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab, int l0, int ls) {
+    int lane = threadIdx.x & 31;
+    int nb = w.cols / 256;
+    const u8* row = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols);
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int qi = lane + l0; qi < nb * 4; qi += ls) {
+        const u8* b = row + (qi >> 2) * 144;
+        int chunk = qi & 3;
+        u32 dd = *(const u32*)b;
+        float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
+        const u32* qs = (const u32*)(b + 16 + 32 * chunk);
+        int base = (qi >> 2) * 256 + 64 * chunk;
+        int sc0, m0, sc1, m1;
+        q4k_scale_min(b + 4, 2 * chunk, &sc0, &m0);
+        q4k_scale_min(b + 4, 2 * chunk + 1, &sc1, &m1);
+        int ql[3], qh[3], ml[3], mh[3];
+        uint4 qa = ((const uint4*)qs)[0], qb = ((const uint4*)qs)[1];
+        u32 qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            int slo = 0, shi = 0, xlo = 0, xhi = 0;
+            const i8* xp = xq + p * w.cols + base;
+            int4 l0 = *(const int4*)xp, l1 = *(const int4*)(xp + 16);
+            int4 h0 = *(const int4*)(xp + 32), h1 = *(const int4*)(xp + 48);
+            int xls[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
+            int xhs[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                u32 v = qv[c];
+                int lo = (int)(v & 0x0f0f0f0fu), hi = (int)((v >> 4) & 0x0f0f0f0fu);
+                int xl = xls[c], xh = xhs[c];
+                slo = __dp4a(lo, xl, slo);
+                shi = __dp4a(hi, xh, shi);
+                xlo = __dp4a(0x01010101, xl, xlo);
+                xhi = __dp4a(0x01010101, xh, xhi);
+            }
+            ql[p] = sc0 * slo;
+            qh[p] = sc1 * shi;
+            ml[p] = m0 * xlo;
+            mh[p] = m1 * xhi;
+        }
+        float dx0 = xd[base >> 5], dx1 = xd[(base >> 5) + 1];
+        acc += (d * fold3(ql[0], ql[1], ql[2]) - dmin * fold3(ml[0], ml[1], ml[2])) * dx0;
+        acc += (d * fold3(qh[0], qh[1], qh[2]) - dmin * fold3(mh[0], mh[1], mh[2])) * dx1;
+    }
+    return warp_sum(acc);
+}
+
+// ---- fast matrix-vector kernels -----------------------------------------------------------
+//
+// The activation is prepared once per launch group by `quant_q8` (three int8 planes per row and
+// one f32 scale per 32 values, in global memory where every block reads it through L1/L2);
+// F16/F32 weights read the f32 activation directly. IQ2_XXS kernels load the grid tables into
+// static shared memory first.
+
+#define MV_WARPS 8
+
+#define DECLARE_IQ2_TABLES                                                                  \
+    __shared__ IqTab sh_tab;                                                                \
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) sh_tab.grid[i] = iq2xxs_grid[i];    \
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) sh_tab.signs[i] = ksigns_iq2xs[i];  \
+    __syncthreads();                                                                        \
+    const IqTab* tab = &sh_tab;
+
+#define NO_TABLES const IqTab* tab = 0;
+
+// Three-stage int8 planes of `rows` rows of `cols` (row r at x + r·x_stride): q[r] is three
+// planes of cols bytes, d[r] cols/32 scales. One warp per 32 values.
+extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int rows, i8* q, float* d) {
+    int lane = threadIdx.x & 31;
+    i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int per_row = cols / 32;
+    if (blk >= (i64)rows * per_row) return;
+    int r = (int)(blk / per_row), b = (int)(blk - (i64)r * per_row);
+    float v = x[(i64)r * x_stride + b * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float dd = amax / 127.0f;
+    int q1 = 0, q2 = 0, q3 = 0;
+    if (dd > 0.0f) {
+        q1 = max(-127, min(127, __float2int_rn(v / dd)));
+        float rr = fmaf(-(float)q1, dd, v);
+        float d2 = dd / Q8_STAGE;
+        q2 = max(-127, min(127, __float2int_rn(rr / d2)));
+        rr = fmaf(-(float)q2, d2, rr);
+        float d3 = d2 / Q8_STAGE;
+        q3 = max(-127, min(127, __float2int_rn(rr / d3)));
+    }
+    i8* qr = q + (i64)r * 3 * cols + b * 32 + lane;
+    qr[0] = (i8)q1;
+    qr[cols] = (i8)q2;
+    qr[2 * cols] = (i8)q3;
+    if (lane == 0) d[(i64)r * per_row + b] = dd;
+}
+
+// y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g is activation row r / rows_per_group
+// (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product). `kspl` (1, 2,
+// 4 or 8) warps share a row, each taking every kspl-th chunk of it, so short matrices still
+// fill the device; their partial sums meet in shared memory.
+#define MV_KERNEL(NAME, DOT, TABLES)                                                          \
+    extern "C" __global__ void NAME(DW w, int mat, const float* x, const i8* xq,              \
+                                    const float* xd, int rows_per_group, float* y, int kspl, \
+                                    int beta) {                                              \
+        TABLES                                                                                \
+        __shared__ float part[MV_WARPS];                                                     \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        int cols = w.cols;                                                                    \
+        int rpb = MV_WARPS / kspl;                                                            \
+        int r = blockIdx.x * rpb + warp / kspl, sl = warp % kspl;                            \
+        float v = 0.0f;                                                                       \
+        if (r < w.rows) {                                                                     \
+            int g = r / rows_per_group;                                                       \
+            v = DOT(w, (i64)mat * w.rows + r, xq ? xq + (i64)g * 3 * cols : 0,                \
+                    xd ? xd + (i64)g * (cols / 32) : 0, x ? x + (i64)g * cols : 0, tab,       \
+                    32 * sl, 32 * kspl);                                                      \
+        }                                                                                     \
+        if (lane == 0) part[warp] = v;                                                       \
+        __syncthreads();                                                                      \
+        if (lane == 0 && sl == 0 && r < w.rows) {                                            \
+            float a = 0.0f;                                                                   \
+            for (int k = 0; k < kspl; k++) a += part[warp + k];                              \
+            y[r] = beta ? y[r] + a : a;                                                       \
+        }                                                                                     \
+    }
+
+// mid[s][r] = silu(min(G_e·x, c)) · clamp(U_e·x, −c, c) · wt_s for slot s = blockIdx.y with
+// expert e = ids[s] (ids null: matrix 0, weight 1), r < gate.rows (spec §2.5 steps 5–6).
+#define GU_KERNEL(NAME, DOT, TABLES)                                                          \
+    extern "C" __global__ void NAME(DW gate, DW up, const float* x, const i8* xq,             \
+                                    const float* xd, const int* ids, const float* wts,       \
+                                    float clamp, float* mid, int rpw) {                      \
+        TABLES                                                                                \
+        int s = blockIdx.y;                                                                  \
+        int e = ids ? ids[s] : 0;                                                            \
+        float wt = ids ? wts[s] : 1.0f;                                                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        for (int k = 0; k < rpw; k++) {                                                      \
+            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
+            if (r >= gate.rows) break;                                                        \
+            i64 grow = (i64)e * gate.rows + r;                                                \
+            float gv = DOT(gate, grow, xq, xd, x, tab, 0, 32);                                       \
+            float uv = DOT(up, grow, xq, xd, x, tab, 0, 32);                                         \
+            if (lane == 0) {                                                                  \
+                float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);     \
+                mid[(i64)s * gate.rows + r] = m * wt;                                         \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows).
+#define DN_KERNEL(NAME, DOT, TABLES)                                                          \
+    extern "C" __global__ void NAME(DW down, const float* mid, const i8* mq, const float* md, \
+                                    const int* ids, int k, float* y, int rpw) {              \
+        TABLES                                                                                \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        int cols = down.cols;                                                                 \
+        for (int kk = 0; kk < rpw; kk++) {                                                   \
+            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + kk;                           \
+            if (r >= down.rows) break;                                                        \
+            float acc = 0.0f;                                                                 \
+            _Pragma("unroll 2")                                                               \
+            for (int s = 0; s < k; s++) {                                                     \
+                i64 grow = (i64)ids[s] * down.rows + r;                                       \
+                acc += DOT(down, grow, mq ? mq + (i64)s * 3 * cols : 0,                       \
+                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab, 0, 32);     \
+            }                                                                                 \
+            if (lane == 0) y[r] = acc;                                                        \
+        }                                                                                     \
+    }
+
+MV_KERNEL(mv_q8_0, dot_q8_0, NO_TABLES)
+MV_KERNEL(mv_q2_k, dot_q2_k, NO_TABLES)
+MV_KERNEL(mv_q4_k, dot_q4_k, NO_TABLES)
+MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+MV_KERNEL(mv_f16, dot_f16, NO_TABLES)
+MV_KERNEL(mv_f32, dot_f32, NO_TABLES)
+
+GU_KERNEL(gu_q8_0, dot_q8_0, NO_TABLES)
+GU_KERNEL(gu_q2_k, dot_q2_k, NO_TABLES)
+GU_KERNEL(gu_q4_k, dot_q4_k, NO_TABLES)
+GU_KERNEL(gu_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+GU_KERNEL(gu_f16, dot_f16, NO_TABLES)
+GU_KERNEL(gu_f32, dot_f32, NO_TABLES)
+
+DN_KERNEL(dn_q8_0, dot_q8_0, NO_TABLES)
+DN_KERNEL(dn_q2_k, dot_q2_k, NO_TABLES)
+DN_KERNEL(dn_q4_k, dot_q4_k, NO_TABLES)
+DN_KERNEL(dn_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+DN_KERNEL(dn_f16, dot_f16, NO_TABLES)
+DN_KERNEL(dn_f32, dot_f32, NO_TABLES)
+
+// ---- f16 conversion for the prefill GEMMs -------------------------------------------------
+
+// v as an f16 pair: hi = f16(v), lo = f16(v − hi).
+__device__ __forceinline__ void split_f16(float v, u16* hi, u16* lo) {
+    u16 h = f2h(v);
+    *hi = h;
+    *lo = f2h(v - h2f(h));
+}
+
+// (hi, lo)[i] of W[mat][r0 + i / cols][i % cols] for i < nrows·cols; lo is `n` elements after
+// hi.
+// Elements c..c+7 of global row `grow` (c % 8 == 0), each block's header read once; the same
+// values as deq().
+__device__ void deq8(const DW& w, i64 grow, int c, float* o) {
+    switch (w.ty) {
+    case TY_Q8_0: {
+        float d = h2f(ld_u16(w.b + (grow * (w.cols / 32) + c / 32) * 2));
+        const i8* q = (const i8*)(w.a + grow * w.cols + c);
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = (float)q[j] * d;
+        return;
+    }
+    case TY_Q2_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c >> 8);
+        int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
+        int sc = b[8 * n + 2 * j + (l >= 16 ? 1 : 0)];
+        float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+        float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = dl * (float)((b[16 + 32 * n + l + k] >> (2 * j)) & 3) - ml;
+        return;
+    }
+    case TY_Q4_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols) + 144 * (c >> 8);
+        int i = c & 255, chunk = i >> 6, wi = i & 63;
+        int pair = 2 * chunk + (wi >= 32 ? 1 : 0);
+        int sc, m;
+        q4k_scale_min(b + 4, pair, &sc, &m);
+        float d = h2f(ld_u16(b)), dmin = h2f(ld_u16(b + 2));
+        float dl = d * (float)sc, ml = dmin * (float)m;
+        const u8* q = b + 16 + 32 * chunk + (wi & 31);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = dl * (float)(wi >= 32 ? (q[k] >> 4) : (q[k] & 15)) - ml;
+        return;
+    }
+    case TY_IQ2_XXS: {
+        i64 blk = grow * (w.cols / 256) + (c >> 8);
+        const u8* q = w.a + blk * 64;
+        int i = c & 255, ib = i >> 5, kk = (i & 31) >> 3;
+        u32 a0 = ld_u32(q + 8 * ib), a1 = ld_u32(q + 8 * ib + 4);
+        u64 g = iq2xxs_grid[(a0 >> (8 * kk)) & 255u];
+        u32 signs = ksigns_iq2xs[(a1 >> (7 * kk)) & 127u];
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float v = db * (float)((g >> (8 * j)) & 255ull);
+            o[j] = (signs >> j) & 1u ? -v : v;
+        }
+        return;
+    }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) o[j] = deq(w, grow, c + j);
+}
+
+// A thread owns 8 consecutive elements (one 16-byte store each for hi and lo; cols % 8 == 0).
+extern "C" __global__ void deq_f16(DW w, int mat, int r0, int nrows, u16* out) {
+    i64 n = (i64)nrows * w.cols;
+    for (i64 i8x = (i64)blockIdx.x * blockDim.x + threadIdx.x; i8x * 8 < n; i8x += (i64)gridDim.x * blockDim.x) {
+        i64 i = i8x * 8;
+        i64 r = i / w.cols;
+        int c = (int)(i - r * w.cols);
+        float v[8];
+        deq8(w, (i64)mat * w.rows + r0 + r, c, v);
+        u16 hi[8], lo[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) split_f16(v[j], hi + j, lo + j);
+        uint4 h, l;
+        h.x = hi[0] | ((u32)hi[1] << 16); h.y = hi[2] | ((u32)hi[3] << 16);
+        h.z = hi[4] | ((u32)hi[5] << 16); h.w = hi[6] | ((u32)hi[7] << 16);
+        l.x = lo[0] | ((u32)lo[1] << 16); l.y = lo[2] | ((u32)lo[3] << 16);
+        l.z = lo[4] | ((u32)lo[5] << 16); l.w = lo[6] | ((u32)lo[7] << 16);
+        *(uint4*)(out + i) = h;
+        *(uint4*)(out + n + i) = l;
+    }
+}
+
+// (hi, lo)[t][c] of x[idx ? idx[t] : t][xoff + c] for t < n, c < cols (rows of x are x_stride
+// apart; lo is n·cols elements after hi): activations for a GEMM, optionally gathered.
+extern "C" __global__ void to_f16(const float* x, int x_stride, int xoff, const int* idx, int n,
+                                  int cols, u16* out) {
+    i64 total = (i64)n * cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        int t = (int)(i / cols), c = (int)(i - (i64)t * cols);
+        int src = idx ? idx[t] : t;
+        split_f16(x[(i64)src * x_stride + xoff + c], out + i, out + total + i);
     }
 }

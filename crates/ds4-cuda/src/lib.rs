@@ -1,245 +1,523 @@
-//! The CUDA backend (DESIGN.md): cudarc with dynamic loading, so this crate builds and links on
-//! machines without CUDA, and kernels compiled by NVRTC at run time. It implements the
-//! `ds4::backend::Backend` operations the forward pass asks for; the model logic stays in
-//! `ds4::model`.
+//! The CUDA backend (DESIGN.md): the whole forward pass on the device. Weights are uploaded
+//! once at start (repacked where their blocks are unaligned), activations and scratch live in
+//! a device arena that each forward pass reuses from the start, sessions live in device
+//! memory, and only the logits come back. Kernels live in `kernels/*.cu`, embedded in the
+//! binary and compiled by NVRTC for the running GPU (cached on disk); the driver, NVRTC and
+//! cuBLAS are loaded at run time through cudarc, so the crate builds and links anywhere and a
+//! machine without a GPU gets a clear error, not a panic.
 //!
-//! First version: each weight tensor is uploaded once, on first use, and kept on the device;
-//! activations still travel host → device → host per operation, because the `Backend` trait
-//! keeps them on the host. Matmuls dequantise on the fly in `kernels/matmul.cu`. The embedding
-//! lookup stays on the host (one row per token). Driver failures come back as
-//! `BackendError`s, never panics.
-#![allow(unsafe_code)] // FFI: kernel launches (each site has a SAFETY comment).
+//! Numerics: with `Numerics::fast` (the default precision) one-row matmuls quantise the
+//! activation to 8 bits per 32 values and use integer dot products, and prefill chunks dequantise
+//! weights to f16 for cuBLAS GEMMs; without it (precise) every product is f32 over weights
+//! dequantised exactly as on the CPU. A decode step in the default precision is captured once
+//! as a CUDA graph per [`StepKey`] and session and replayed for later tokens.
+//!
+//! Files: `driver` (driver API), `nvrtc` (kernel source and compile), `upload` (weights),
+//! `state` (device sessions), `arena` (scratch), `gemm` (cuBLAS), `ops/` (the launchers of each
+//! backend operation, grouped by spec concept).
+#![allow(unsafe_code)] // FFI: driver calls and kernel launches (each site has a SAFETY comment).
 #![warn(missing_docs)]
 
-use std::collections::HashMap;
-use std::ops::Range;
+mod arena;
+mod driver;
+mod gemm;
+pub mod nvrtc;
+mod ops;
+mod profile;
+mod state;
+mod upload;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
-use ds4::backend::{Backend, BackendError};
-use ds4::gguf::{GgmlType, GgufFile};
+use ds4::backend::{Backend, BackendError, CpuBackend};
+use ds4::model::config::Config;
 use ds4::model::weights::TensorRef;
+use ds4::model::{Model, PREFILL_CHUNK};
 
-/// Tokens per block in `matmul_deq` (the kernel's `TOK`).
-const TOK: usize = 8;
-/// Threads per block in `matmul_deq` (the kernel's `THREADS`).
-const THREADS: u32 = 256;
+use crate::arena::Arena;
+use crate::driver::{DevBuf, Device, GraphExec, Kernel, Pinned};
+use crate::upload::{DeviceWeights, Dw};
 
 /// Why the CUDA backend could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
-    /// The driver failed (no device, out of memory, launch failure, …).
-    #[error("CUDA driver: {0}")]
-    Driver(#[from] cudarc::driver::DriverError),
-    /// The CUDA driver or NVRTC library could not be loaded (no GPU driver on this machine,
-    /// or its folder is not on the loader path).
-    #[error("the {0} library was not found: is an NVIDIA driver installed, and is its folder on LD_LIBRARY_PATH?")]
+    /// A driver call failed (no device, out of memory, launch failure, …).
+    #[error("CUDA {call}: {message} (error {code})")]
+    Driver {
+        /// The call or kernel.
+        call: &'static str,
+        /// The driver's result code.
+        code: i32,
+        /// The driver's description.
+        message: String,
+    },
+    /// The CUDA driver, NVRTC or cuBLAS library could not be loaded.
+    #[error("the {0} library was not found: is an NVIDIA driver installed, and are the CUDA libraries on LD_LIBRARY_PATH?")]
     LibraryMissing(&'static str),
-    /// A matrix or row range outside the tensor.
-    #[error("matrix {m}, rows {rows:?} outside tensor `{tensor}`")]
-    OutOfRange {
-        /// Tensor name.
-        tensor: String,
-        /// Matrix index in the stack.
-        m: usize,
-        /// Requested rows.
-        rows: Range<usize>,
-    },
-    /// NVRTC rejected the kernel source.
+    /// NVRTC failed.
     #[error("NVRTC: {0}")]
-    Nvrtc(#[from] cudarc::nvrtc::CompileError),
-    /// A tensor type without a CUDA kernel.
-    #[error("tensor `{tensor}`: type {ty} has no CUDA kernel")]
-    Unsupported {
-        /// Tensor name.
-        tensor: String,
-        /// Its type.
-        ty: GgmlType,
+    Nvrtc(String),
+    /// A kernel is missing from the compiled module.
+    #[error("{0}")]
+    Kernel(String),
+    /// cuBLAS failed.
+    #[error("cuBLAS {call}: status {status}")]
+    Cublas {
+        /// The call.
+        call: &'static str,
+        /// Its status code.
+        status: i32,
     },
+    /// The model, its context and scratch do not fit in the device's free memory.
+    #[error("the model does not fit on {device}: weights {weights_gib:.1} GiB + KV for a context of {ctx} tokens {kv_gib:.2} GiB + scratch {scratch_gib:.2} GiB = {need_gib:.1} GiB, but {free_gib:.1} GiB are free; the largest context that fits is {max_ctx} tokens (-c {max_ctx})")]
+    DoesNotFit {
+        /// Device name.
+        device: String,
+        /// Weight bytes (GiB).
+        weights_gib: f64,
+        /// Requested context.
+        ctx: usize,
+        /// KV bytes for it (GiB).
+        kv_gib: f64,
+        /// Scratch bytes (GiB).
+        scratch_gib: f64,
+        /// Total (GiB).
+        need_gib: f64,
+        /// Free device memory (GiB).
+        free_gib: f64,
+        /// The largest context that fits.
+        max_ctx: usize,
+    },
+    /// Something about the model the backend cannot run.
+    #[error("{0}")]
+    Model(String),
+    /// A session state that does not fit.
+    #[error("session state: {0}")]
+    State(String),
 }
 
-/// The kernel source with the IQ2_XXS tables prepended as `__constant__` arrays.
-fn kernel_source() -> String {
-    let grid: Vec<String> = ds4::quant::IQ2XXS_GRID
-        .iter()
-        .map(|v| format!("0x{v:016x}ull"))
-        .collect();
-    let signs: Vec<String> = ds4::quant::KSIGNS_IQ2XS
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    format!(
-        "__constant__ unsigned long long iq2xxs_grid[256] = {{{}}};\n__constant__ unsigned char ksigns_iq2xs[128] = {{{}}};\n{}",
-        grid.join(","),
-        signs.join(","),
-        include_str!("../kernels/matmul.cu")
-    )
+/// Which backend to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Choice {
+    /// CUDA when a GPU is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU reference.
+    Cpu,
+    /// CUDA device 0 (an error without one).
+    Cuda,
 }
 
-/// Whether the CUDA driver library can be loaded on this machine.
+/// Options of the CUDA backend.
+#[derive(Debug, Clone)]
+pub struct CudaOptions {
+    /// Device ordinal.
+    pub ordinal: usize,
+    /// Context the sessions will use (for the memory check before anything is allocated).
+    pub ctx: usize,
+    /// Record decode steps as CUDA graphs and replay them (`DS4_CUDA_GRAPHS=0` turns it off).
+    pub graphs: bool,
+    /// Show a progress bar while uploading (when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            ordinal: 0,
+            ctx: 32768,
+            graphs: std::env::var("DS4_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            progress: true,
+        }
+    }
+}
+
+/// Whether a CUDA driver library can be loaded on this machine.
 pub fn driver_present() -> bool {
     // SAFETY: only tries to dlopen the library by name; no symbol is called.
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-/// Runs the matmuls on one CUDA device.
+/// Figures of the load, for benchmarks and logs.
+#[derive(Debug, Clone, Default)]
+pub struct LoadStats {
+    /// Seconds from start to ready (compile, allocate, upload).
+    pub load_secs: f64,
+    /// Seconds of the weight upload alone.
+    pub upload_secs: f64,
+    /// Weight bytes on the device.
+    pub weight_bytes: usize,
+    /// Scratch arena bytes.
+    pub arena_bytes: usize,
+}
+
+/// Tensor storage of the CUDA backend: a device address (in the arena or a session).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DevT(pub u64);
+
+/// Row metadata in device memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DevRows {
+    pub tokens: u64,
+    pub pos: u64,
+}
+
+/// The CUDA backend on one device.
 pub struct CudaBackend {
-    file: Arc<GgufFile>,
-    stream: Arc<CudaStream>,
-    matmul: CudaFunction,
-    /// Device copies of weight tensors, keyed by their byte offset in the file.
-    weights: Mutex<HashMap<usize, Arc<CudaSlice<u8>>>>,
-    device_name: String,
+    pub(crate) dev: Device,
+    pub(crate) kernels: HashMap<&'static str, Kernel>,
+    pub(crate) weights: DeviceWeights,
+    pub(crate) arena: Arena,
+    pub(crate) cfg: Config,
+    pub(crate) gemm: Mutex<Option<gemm::Gemm>>,
+    rows_buf: DevBuf,
+    rows_host: Mutex<Pinned>,
+    graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
+    no_graph: Mutex<HashSet<(ds4::backend::StepKey, u64)>>,
+    opts: CudaOptions,
+    next_state: AtomicU64,
+    stats: LoadStats,
+    pub(crate) profile: Option<profile::Profile>,
 }
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaBackend")
-            .field("device", &self.device_name)
+            .field("device", &self.dev.name)
             .finish_non_exhaustive()
     }
 }
 
+pub(crate) fn be_err(e: CudaError) -> BackendError {
+    BackendError::new("cuda", e)
+}
+
 impl CudaBackend {
-    /// Opens device `ordinal` and compiles the kernels for it.
-    pub fn new(file: Arc<GgufFile>, ordinal: usize) -> Result<Self, CudaError> {
+    /// Opens the device, compiles the kernels, checks that weights, KV for `opts.ctx` and
+    /// scratch fit, and uploads the model.
+    pub fn new(model: &Model, opts: &CudaOptions) -> Result<Self, CudaError> {
+        let t0 = Instant::now();
         // cudarc panics when it first touches a library it cannot load: check before.
         if !driver_present() {
             return Err(CudaError::LibraryMissing("CUDA driver (libcuda)"));
         }
-        // SAFETY: only tries to dlopen the library by name; no symbol is called.
+        // SAFETY: only tries to dlopen the library by name.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing("NVRTC (libnvrtc)"));
         }
-        let ctx = CudaContext::new(ordinal)?;
-        let device_name = ctx.name()?;
-        let ptx = cudarc::nvrtc::compile_ptx(kernel_source())?;
-        let module = ctx.load_module(ptx)?;
-        let matmul = module.load_function("matmul_deq")?;
+        let dev = Device::open(opts.ordinal)?;
+        let cfg = model.config.clone();
+        check_shapes(&cfg)?;
+        // Memory check before any large allocation.
+        let weight_bytes = upload::total_bytes(&model.weights);
+        let staging = upload::staging_bytes(&model.weights);
+        let arena_bytes = arena::arena_bytes(&cfg, PREFILL_CHUNK, opts.ctx);
+        let kv = state::state_bytes(&cfg, opts.ctx);
+        let margin = 512usize << 20; // context, cuBLAS, graphs, fragmentation
+        let (free, _) = dev.mem_info()?;
+        let need = weight_bytes + staging + arena_bytes + kv + margin;
+        if need > free {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            let fixed = weight_bytes + staging + margin;
+            let mut max_ctx = 0usize;
+            let mut c = 1024usize;
+            while c <= 1 << 20 {
+                let n = fixed
+                    + arena::arena_bytes(&cfg, PREFILL_CHUNK, c)
+                    + state::state_bytes(&cfg, c);
+                if n > free {
+                    break;
+                }
+                max_ctx = c;
+                c *= 2;
+            }
+            return Err(CudaError::DoesNotFit {
+                device: dev.name.clone(),
+                weights_gib: gib(weight_bytes),
+                ctx: opts.ctx,
+                kv_gib: gib(kv),
+                scratch_gib: gib(arena_bytes + staging),
+                need_gib: gib(need),
+                free_gib: gib(free),
+                max_ctx,
+            });
+        }
+        let src = nvrtc::source();
+        let image = nvrtc::compile(&src, dev.cc)?;
+        let smem = (dev.smem_optin - 8 * 1024).max(48 * 1024);
+        let kernels: HashMap<&'static str, Kernel> =
+            driver::load_module(&image, nvrtc::KERNELS, nvrtc::DYNAMIC_SMEM, smem)?
+                .into_iter()
+                .map(|k| (k.name, k))
+                .collect();
+        let tu = Instant::now();
+        let bar = progress_bar(opts.progress, model.file.bytes().len());
+        let mut last_log = Instant::now();
+        let weights = upload::upload(
+            &dev,
+            &kernels,
+            model.file.bytes(),
+            &model.weights,
+            &mut |done, total| {
+                if let Some(b) = &bar {
+                    b.set_position(done as u64);
+                } else if last_log.elapsed().as_secs() >= 5 || done == total {
+                    last_log = Instant::now();
+                    tracing_line(&format!(
+                        "uploading weights: {:.1} / {:.1} GiB",
+                        done as f64 / (1u64 << 30) as f64,
+                        total as f64 / (1u64 << 30) as f64
+                    ));
+                }
+            },
+        )?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let upload_secs = tu.elapsed().as_secs_f64();
+        let arena = Arena::new(arena_bytes)?;
+        let rows_buf = DevBuf::new(PREFILL_CHUNK * 8)?;
+        let rows_host = Mutex::new(Pinned::new(PREFILL_CHUNK * 8)?);
+        let stats = LoadStats {
+            load_secs: t0.elapsed().as_secs_f64(),
+            upload_secs,
+            weight_bytes: weights.bytes,
+            arena_bytes,
+        };
         Ok(CudaBackend {
-            file,
-            stream: ctx.default_stream(),
-            matmul,
-            weights: Mutex::new(HashMap::new()),
-            device_name,
+            dev,
+            kernels,
+            weights,
+            arena,
+            cfg,
+            gemm: Mutex::new(None),
+            rows_buf,
+            rows_host,
+            graphs: Mutex::new(HashMap::new()),
+            no_graph: Mutex::new(HashSet::new()),
+            opts: opts.clone(),
+            next_state: AtomicU64::new(1),
+            stats,
+            profile: std::env::var("DS4_CUDA_PROFILE")
+                .is_ok_and(|v| v != "0")
+                .then(profile::Profile::default),
         })
+    }
+
+    pub(crate) fn opts_graphs(&self) -> bool {
+        self.opts.graphs
     }
 
     /// The device's name.
     pub fn device_name(&self) -> &str {
-        &self.device_name
+        &self.dev.name
     }
 
-    /// The device copy of the bytes `range` of the file, uploaded on first use.
-    fn upload(&self, range: Range<usize>) -> Result<Arc<CudaSlice<u8>>, CudaError> {
-        let mut cache = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = cache.get(&range.start) {
-            return Ok(d.clone());
-        }
-        let d = Arc::new(self.stream.clone_htod(&self.file.bytes()[range.clone()])?);
-        cache.insert(range.start, d.clone());
-        Ok(d)
+    /// Figures of the load.
+    pub fn load_stats(&self) -> &LoadStats {
+        &self.stats
     }
 
-    /// `y = W[rows] · x` for `n` tokens, where the matrix is `rows` rows of `w.cols` starting
-    /// `byte_off` bytes into the tensor's device copy.
-    fn run(
+    /// (free, total) device memory in bytes now.
+    pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
+        self.dev.make_current()?;
+        self.dev.mem_info()
+    }
+
+    pub(crate) fn k(&self, name: &'static str) -> Result<&Kernel, CudaError> {
+        self.kernels
+            .get(name)
+            .ok_or_else(|| CudaError::Kernel(format!("kernel `{name}` was not loaded")))
+    }
+
+    /// Launches kernel `name` (see driver::Device::launch).
+    pub(crate) fn launch(
         &self,
-        w: &TensorRef,
-        m: usize,
-        rows: Range<usize>,
-        x: &[f32],
-        n: usize,
-    ) -> Result<Vec<f32>, CudaError> {
-        let ty_id: i32 = match w.ty {
-            GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::Q8_0
-            | GgmlType::Q2_K
-            | GgmlType::Q4_K
-            | GgmlType::IQ2_XXS => w.ty.id() as i32,
-            ty => {
-                return Err(CudaError::Unsupported {
-                    tensor: w.name.clone(),
-                    ty,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), BackendError> {
+        let k = self.k(name).map_err(be_err)?;
+        match &self.profile {
+            None => self.dev.launch(k, grid, block, smem, args).map_err(be_err),
+            Some(p) => p
+                .time(&self.dev, name, || {
+                    self.dev.launch(k, grid, block, smem, args)
                 })
-            }
-        };
-        let bytes = w
-            .sub_range(m, rows.clone())
-            .ok_or_else(|| CudaError::OutOfRange {
-                tensor: w.name.clone(),
-                m,
-                rows: rows.clone(),
-            })?;
-        let rows = rows.len();
-        if n == 0 || rows == 0 {
-            return Ok(Vec::new());
+                .map_err(be_err),
         }
-        let dev = self.upload(w.range.clone())?;
-        let row_bytes = w.row_bytes() as i64;
-        let view = dev.slice(bytes);
-        let xd = self.stream.clone_htod(x)?;
-        let mut yd = self.stream.alloc_zeros::<f32>(n * rows)?;
-        let (rows_i, cols_i, n_i) = (rows as i32, w.cols as i32, n as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, n.div_ceil(TOK) as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(&self.matmul);
-        b.arg(&ty_id)
-            .arg(&view)
-            .arg(&row_bytes)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&xd)
-            .arg(&n_i)
-            .arg(&mut yd);
-        // SAFETY: the argument list matches `matmul_deq`'s signature; `view` holds `rows` rows
-        // of `row_bytes`, `xd` n·cols floats and `yd` n·rows floats, which bound every index the
-        // kernel forms (r < rows, c < cols, t < n_tok).
-        unsafe { b.launch(cfg) }?;
-        Ok(self.stream.clone_dtoh(&yd)?)
+    }
+
+    pub(crate) fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
+    /// The device copy of a weight.
+    pub(crate) fn w(&self, t: &TensorRef) -> Result<Dw, BackendError> {
+        self.weights
+            .by_offset
+            .get(&t.range.start)
+            .copied()
+            .ok_or_else(|| {
+                BackendError::new("cuda", format!("weight `{}` is not on the device", t.name))
+            })
+    }
+
+    /// The device copy of a parameter vector of the model (by its host address).
+    pub(crate) fn p(&self, v: &[f32]) -> Result<u64, BackendError> {
+        self.weights
+            .params
+            .get(&(v.as_ptr() as usize))
+            .copied()
+            .ok_or_else(|| BackendError::new("cuda", "a parameter vector is not on the device"))
+    }
+
+    /// The device copy of a `tid2eid` table.
+    pub(crate) fn p_u32(&self, v: &[u32]) -> Result<u64, BackendError> {
+        self.weights
+            .params
+            .get(&(v.as_ptr() as usize))
+            .copied()
+            .ok_or_else(|| BackendError::new("cuda", "a tid2eid table is not on the device"))
+    }
+
+    /// `bytes` of arena scratch for the current forward pass.
+    pub(crate) fn scratch(&self, bytes: usize) -> Result<u64, BackendError> {
+        self.arena.alloc(bytes).map_err(be_err)
+    }
+
+    fn write_rows(&self, tokens: &[u32], pos0: usize) -> Result<DevRows, CudaError> {
+        let n = tokens.len();
+        if n > PREFILL_CHUNK {
+            return Err(CudaError::Model(format!(
+                "a batch of {n} rows exceeds the chunk of {PREFILL_CHUNK}"
+            )));
+        }
+        let mut host = self.rows_host.lock().unwrap_or_else(|e| e.into_inner());
+        let h = host.as_mut_slice();
+        for (i, &t) in tokens.iter().enumerate() {
+            h[4 * i..4 * i + 4].copy_from_slice(&(t as i32).to_le_bytes());
+            let p = (pos0 + i) as i32;
+            h[4 * (PREFILL_CHUNK + i)..4 * (PREFILL_CHUNK + i) + 4]
+                .copy_from_slice(&p.to_le_bytes());
+        }
+        // Tokens then positions; the pinned buffer is reused only after the stream has passed
+        // the copy (every forward pass ends with a synchronous read).
+        self.dev.htod(self.rows_buf.ptr, &h[..4 * n])?;
+        let pos = self.rows_buf.ptr + 4 * PREFILL_CHUNK as u64;
+        self.dev
+            .htod(pos, &h[4 * PREFILL_CHUNK..4 * (PREFILL_CHUNK + n)])?;
+        self.dev.sync()?;
+        Ok(DevRows {
+            tokens: self.rows_buf.ptr,
+            pos,
+        })
     }
 }
 
-fn backend_err(e: CudaError) -> BackendError {
-    BackendError::new("cuda", e)
+fn tracing_line(s: &str) {
+    eprintln!("ds4: {s}");
 }
 
-impl Backend for CudaBackend {
-    fn name(&self) -> &'static str {
-        "cuda"
+fn progress_bar(on: bool, total: usize) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !on || !std::io::stderr().is_terminal() {
+        return None;
     }
+    let b = indicatif::ProgressBar::new(total as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "ds4: uploading weights {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
 
-    fn matmul(&self, w: &TensorRef, x: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
-        self.matmul_rows(w, 0..w.rows, x, n)
+/// Shapes the kernels are written for (the real model's, and the test models').
+fn check_shapes(cfg: &Config) -> Result<(), CudaError> {
+    let bad = |what: String| Err(CudaError::Model(format!("the CUDA kernels need {what}")));
+    if !cfg.head_dim.is_multiple_of(32) || cfg.head_dim > 512 {
+        return bad(format!(
+            "a head dim that is a multiple of 32 and ≤ 512 (found {})",
+            cfg.head_dim
+        ));
     }
-
-    fn matmul_rows(
-        &self,
-        w: &TensorRef,
-        rows: Range<usize>,
-        x: &[f32],
-        n: usize,
-    ) -> Result<Vec<f32>, BackendError> {
-        self.run(w, 0, rows, x, n).map_err(backend_err)
+    if cfg.idx_head_dim > 128 || !cfg.idx_head_dim.is_power_of_two() {
+        return bad(format!(
+            "an indexer head dim that is a power of two ≤ 128 (found {})",
+            cfg.idx_head_dim
+        ));
     }
-
-    fn matmul_expert(
-        &self,
-        w: &TensorRef,
-        e: usize,
-        x: &[f32],
-        n: usize,
-    ) -> Result<Vec<f32>, BackendError> {
-        self.run(w, e, 0..w.rows, x, n).map_err(backend_err)
+    if !cfg.idx_heads.is_multiple_of(8) || cfg.idx_heads > 64 {
+        return bad(format!(
+            "indexer heads a multiple of 8, ≤ 64 (found {})",
+            cfg.idx_heads
+        ));
     }
+    if cfg.n_rot > 128 || cfg.n_hc > 8 || cfg.n_expert > 1024 || cfg.n_expert_used > 16 {
+        return bad("n_rot ≤ 128, ≤ 8 HC streams, ≤ 1024 experts, ≤ 16 used".into());
+    }
+    Ok(())
+}
 
-    fn embed(&self, w: &TensorRef, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
-        ds4::backend::CpuBackend::new(self.file.clone()).embed(w, tokens)
+/// Opens the backend `choice` asks for; `log` receives one line naming it.
+pub fn open_backend(
+    model: &Arc<Model>,
+    choice: Choice,
+    opts: &CudaOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<Box<dyn Backend + Send>, CudaError> {
+    let cuda = match choice {
+        Choice::Cpu => false,
+        Choice::Cuda => true,
+        Choice::Auto => driver_present() && gpu_count() > 0,
+    };
+    if !cuda {
+        log("CPU backend");
+        return Ok(Box::new(CpuBackend::new(model.file.clone())));
+    }
+    let be = CudaBackend::new(model, opts)?;
+    let s = be.load_stats();
+    log(&format!(
+        "CUDA backend on {}: {:.1} GiB of weights uploaded in {:.1} s ({:.1} GB/s), ready in {:.1} s",
+        be.device_name(),
+        s.weight_bytes as f64 / (1u64 << 30) as f64,
+        s.upload_secs,
+        s.weight_bytes as f64 / s.upload_secs.max(1e-9) / 1e9,
+        s.load_secs
+    ));
+    Ok(Box::new(be))
+}
+
+/// GPUs the driver sees (0 when it cannot initialise).
+fn gpu_count() -> i32 {
+    use cudarc::driver::sys;
+    let mut n = 0;
+    // SAFETY: plain queries with a valid out-pointer.
+    unsafe {
+        if sys::cuInit(0) != sys::CUresult::CUDA_SUCCESS {
+            return 0;
+        }
+        if sys::cuDeviceGetCount(&mut n) != sys::CUresult::CUDA_SUCCESS {
+            return 0;
+        }
+    }
+    n
+}
+
+mod backend_impl;
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let _ = self.dev.make_current();
+            eprintln!("{}", p.report(&self.dev));
+        }
     }
 }

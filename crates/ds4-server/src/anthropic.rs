@@ -399,12 +399,14 @@ pub async fn count_tokens(
 ) -> Response {
     let result = async {
         let obj = app.read_json(None, body)?;
+        crate::validate::anthropic_count_tokens(&obj)?;
         let chat = to_chat_body(&obj)?;
         let rendered = ds4::chat::render_chat_request(&chat, app.config.ctx_tokens)?;
-        let tokenizer = app.tokenizer.clone();
-        let n = tokio::task::spawn_blocking(move || tokenizer.encode(&rendered.prompt, true).len())
-            .await
-            .map_err(|e| ApiError::new(crate::error::ApiErrorKind::Internal, e.to_string()))?;
+        let ctx = app.config.ctx_tokens;
+        let (_, tokens) = request::tokenize_bounded(&app, rendered.prompt, ctx).await?;
+        let n = tokens
+            .map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx, "messages"))?
+            .len();
         Ok::<_, ApiError>(Json(json!({"input_tokens": n})).into_response())
     }
     .await;
@@ -413,6 +415,7 @@ pub async fn count_tokens(
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let obj = app.read_json(Some("/v1/messages"), body)?;
+    crate::validate::anthropic(&obj)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let knobs = Knobs {

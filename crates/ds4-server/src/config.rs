@@ -44,10 +44,10 @@ pub struct Args {
     /// f32 everywhere, no FP8/FP4 simulation.
     #[arg(long = "precise")]
     pub precise: bool,
-    /// Run on the CPU backend (the default).
+    /// Run on the CPU backend (the default without a GPU).
     #[arg(long = "cpu", conflicts_with_all = ["cuda", "backend"])]
     pub cpu: bool,
-    /// Run on CUDA device 0 (experimental: weight matmuls on the GPU, the rest on the host).
+    /// Run on CUDA device 0 (the default when a GPU is present).
     #[arg(long = "cuda", conflicts_with = "backend")]
     pub cuda: bool,
     /// Backend by name: `cpu` or `cuda`.
@@ -56,6 +56,31 @@ pub struct Args {
     /// Milliseconds between `: prefill` SSE comments during a long prefill (spec §4.10).
     #[arg(long = "keepalive-ms", default_value_t = 5000, value_parser = positive_u64)]
     pub keepalive_ms: u64,
+    /// Most connections served at once; more wait in the listen backlog (default: the
+    /// descriptor limit less a reserve, at most 1024).
+    #[arg(long = "max-connections", value_parser = positive)]
+    pub max_connections: Option<usize>,
+    /// Seconds a connection may take to send a request's headers, counted from the connection
+    /// opening or the previous response ending (so also the idle keep-alive timeout).
+    #[arg(long = "header-timeout-s", default_value_t = 10, value_parser = positive_u64)]
+    pub header_timeout_s: u64,
+    /// Seconds a request may take to send its whole body.
+    #[arg(long = "body-timeout-s", default_value_t = 30, value_parser = positive_u64)]
+    pub body_timeout_s: u64,
+    /// Seconds a response write may make no progress (a client that stops reading) before
+    /// the connection is closed.
+    #[arg(long = "write-timeout-s", default_value_t = 30, value_parser = positive_u64)]
+    pub write_timeout_s: u64,
+    /// Seconds a graceful shutdown waits for open connections before the process exits.
+    #[arg(long = "shutdown-timeout-s", default_value_t = 5, value_parser = positive_u64)]
+    pub shutdown_timeout_s: u64,
+    /// Largest request body, in MiB (413 above it).
+    #[arg(long = "max-body-mb", default_value_t = 64, value_parser = positive)]
+    pub max_body_mb: usize,
+    /// MiB of request bodies that may be read, parsed and tokenized at once; a large request
+    /// waits for room (bodies under 64 KiB never wait).
+    #[arg(long = "body-budget-mb", default_value_t = 256, value_parser = positive)]
+    pub body_budget_mb: usize,
     /// Disk KV cache directory (accepted; disk cache not implemented yet).
     #[arg(long = "kv-disk-dir")]
     pub kv_disk_dir: Option<PathBuf>,
@@ -106,6 +131,75 @@ fn positive_u64(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Why the flags cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// `--api-key ""`, `DS4_API_KEY=` or a key of spaces: it would either turn authentication
+    /// off without a word or never match (HTTP trims header whitespace).
+    #[error(
+        "the API key (--api-key or DS4_API_KEY) is {problem}; pass a non-empty key without \
+         surrounding whitespace, or leave both unset to serve without authentication"
+    )]
+    BadApiKey {
+        /// "empty", "only whitespace", …
+        problem: &'static str,
+    },
+}
+
+impl Args {
+    /// Checks what clap cannot: the API key (spec §4.1 has none; ours must be usable).
+    pub fn validate(&self) -> Result<(), ArgsError> {
+        let Some(key) = self.api_key.as_deref() else {
+            return Ok(());
+        };
+        let problem = if key.is_empty() {
+            "empty"
+        } else if key.trim().is_empty() {
+            "only whitespace"
+        } else if key.trim() != key {
+            "padded with whitespace"
+        } else if key.chars().any(char::is_control) {
+            "holding control characters"
+        } else {
+            return Ok(());
+        };
+        Err(ArgsError::BadApiKey { problem })
+    }
+}
+
+/// Limits on what one request may cost before it is refused or waits (item 2 of the
+/// hardening issue). Connection-level limits live in [`crate::serve::ConnLimits`].
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Largest request body in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Bytes of bodies admitted at once (read, parsed and tokenized).
+    pub body_budget_bytes: usize,
+    /// Time to receive a whole body (408 after).
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_body_bytes: crate::request::MAX_BODY_BYTES,
+            body_budget_bytes: 256 << 20,
+            body_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl RequestLimits {
+    /// The limits `args` ask for.
+    pub fn from_args(args: &Args) -> Self {
+        RequestLimits {
+            max_body_bytes: args.max_body_mb.saturating_mul(1 << 20),
+            body_budget_bytes: args.body_budget_mb.saturating_mul(1 << 20),
+            body_timeout: std::time::Duration::from_secs(args.body_timeout_s),
+        }
+    }
+}
+
 /// Settings the HTTP layer needs (what `router()` is built from).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -121,6 +215,8 @@ pub struct ServerConfig {
     pub keepalive_ms: u64,
     /// Whether `ds4_test_output` is honoured (test-hooks builds only).
     pub test_hooks: bool,
+    /// Body size, budget and deadline.
+    pub limits: RequestLimits,
 }
 
 impl ServerConfig {
@@ -129,13 +225,15 @@ impl ServerConfig {
         ServerConfig {
             ctx_tokens: args.ctx,
             default_max_tokens: args.tokens,
-            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            // `Args::validate` refused empty keys; none is ever dropped silently here.
+            api_key: args.api_key.clone(),
             cors: args.cors,
             keepalive_ms: args.keepalive_ms,
             #[cfg(feature = "test-hooks")]
             test_hooks: args.test_hooks || args.test_script.is_some(),
             #[cfg(not(feature = "test-hooks"))]
             test_hooks: false,
+            limits: RequestLimits::from_args(args),
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum ApiErrorKind {
     Unauthorized,
     /// 404: no such endpoint or model.
     NotFound,
+    /// 408: the body did not arrive in time.
+    Timeout,
     /// 413: body too large.
     PayloadTooLarge,
     /// 500: generation failed.
@@ -64,6 +66,8 @@ pub struct ApiError {
     /// For a prompt that does not fit: `(prompt tokens, context tokens)`; the message then
     /// takes each protocol's own wording (see [`ApiError::context_exceeded`]).
     pub overflow: Option<(usize, usize)>,
+    /// The overflow's prompt count is a lower bound (tokenizing stopped once it could not fit).
+    pub overflow_lower_bound: bool,
     /// Shape to render.
     pub protocol: Protocol,
 }
@@ -84,6 +88,7 @@ impl ApiError {
             code: None,
             extra: Box::default(),
             overflow: None,
+            overflow_lower_bound: false,
             protocol: Protocol::Chat,
         }
     }
@@ -119,8 +124,23 @@ impl ApiError {
         e
     }
 
+    /// The prompt does not fit, and counting stopped at `at_least` tokens (spec §4.6's error
+    /// with a lower bound: the tokenizer gives up as soon as the prompt cannot fit). The OpenAI
+    /// wordings say "at least"; Anthropic's keeps its exact form, which Claude Code parses.
+    pub fn context_exceeded_at_least(at_least: usize, ctx: usize, param: &str) -> Self {
+        let mut e = Self::context_exceeded(at_least, ctx, param);
+        e.overflow_lower_bound = true;
+        e.message = e.overflow_message().unwrap_or_default();
+        e
+    }
+
     fn overflow_message(&self) -> Option<String> {
         let (n, ctx) = self.overflow?;
+        let n_text = if self.overflow_lower_bound {
+            format!("at least {n}")
+        } else {
+            n.to_string()
+        };
         Some(match self.protocol {
             Protocol::Anthropic => format!(
                 "prompt is too long: {n} tokens > {} maximum",
@@ -128,15 +148,15 @@ impl ApiError {
             ),
             Protocol::Chat => format!(
                 "This model's maximum context length is {ctx} tokens. However, your messages \
-                 resulted in {n} tokens. Please reduce the length of the messages."
+                 resulted in {n_text} tokens. Please reduce the length of the messages."
             ),
             Protocol::Completions => format!(
                 "This model's maximum context length is {ctx} tokens. However, your prompt \
-                 resulted in {n} tokens. Please reduce the length of the prompt."
+                 resulted in {n_text} tokens. Please reduce the length of the prompt."
             ),
             Protocol::Responses => format!(
-                "Your input exceeds the context window of this model ({n} tokens; the context \
-                 is {ctx} tokens). Please adjust your input and try again."
+                "Your input exceeds the context window of this model ({n_text} tokens; the \
+                 context is {ctx} tokens). Please adjust your input and try again."
             ),
         })
     }
@@ -147,6 +167,7 @@ impl ApiError {
             ApiErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ApiErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -155,7 +176,9 @@ impl ApiError {
 
     fn openai_type(&self) -> &'static str {
         match self.kind {
-            ApiErrorKind::InvalidRequest | ApiErrorKind::PayloadTooLarge => "invalid_request_error",
+            ApiErrorKind::InvalidRequest
+            | ApiErrorKind::PayloadTooLarge
+            | ApiErrorKind::Timeout => "invalid_request_error",
             ApiErrorKind::Unauthorized => "authentication_error",
             ApiErrorKind::NotFound => "not_found_error",
             ApiErrorKind::Internal => "server_error",
@@ -165,7 +188,7 @@ impl ApiError {
 
     fn anthropic_type(&self) -> &'static str {
         match self.kind {
-            ApiErrorKind::InvalidRequest => "invalid_request_error",
+            ApiErrorKind::InvalidRequest | ApiErrorKind::Timeout => "invalid_request_error",
             ApiErrorKind::Unauthorized => "authentication_error",
             ApiErrorKind::NotFound => "not_found_error",
             ApiErrorKind::PayloadTooLarge => "request_too_large",

@@ -8,6 +8,7 @@
 //! [`scheduler::Scheduler::submit`] → protocol encoder; they never wait on the model.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod anthropic;
 pub mod config;
 pub mod error;
@@ -18,9 +19,11 @@ pub mod request;
 pub mod responses;
 pub mod responses_tools;
 pub mod scheduler;
+pub mod serve;
 pub mod sse;
 pub mod test_script;
 pub mod trace;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +40,7 @@ use ds4::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-pub use config::{Args, ServerConfig};
+pub use config::{Args, RequestLimits, ServerConfig};
 use error::{ApiError, ApiErrorKind, Protocol};
 use metrics::Metrics;
 use scheduler::Scheduler;
@@ -57,6 +60,10 @@ pub struct AppState {
     pub trace: Option<Arc<trace::Trace>>,
     /// `--test-script` rules (test-hooks builds): forced outputs chosen by the prompt.
     pub test_script: Option<Arc<test_script::TestScript>>,
+    /// Body bytes admitted at once (`--body-budget-mb`).
+    pub admission: Arc<admission::Budget>,
+    /// Large prompts tokenized at once (one per core, at most 4).
+    pub tokenize_slots: Arc<tokio::sync::Semaphore>,
     ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -86,6 +93,10 @@ impl AppState {
         let trace = trace.map(Arc::new);
         let scheduler = Scheduler::start(engine, metrics.clone(), trace.clone());
         AppState {
+            admission: Arc::new(admission::Budget::new(config.limits.body_budget_bytes)),
+            tokenize_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            )),
             config: Arc::new(config),
             tokenizer,
             scheduler,
@@ -126,8 +137,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages", post(anthropic::handler))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .fallback(unknown_endpoint)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .layer(DefaultBodyLimit::max(request::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
         .layer(request_span_layer())
         .with_state(state)
 }
@@ -149,7 +164,7 @@ fn request_span_layer() -> tower_http::trace::TraceLayer<
 }
 
 /// The protocol whose error shape a path uses.
-fn protocol_of(path: &str) -> Protocol {
+pub(crate) fn protocol_of(path: &str) -> Protocol {
     if path.starts_with("/v1/messages") {
         Protocol::Anthropic
     } else if path.starts_with("/v1/responses") {
@@ -176,7 +191,7 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
         .with_protocol(protocol)
         .into_response()
     } else if app.scheduler.is_shutting_down() && req.method() == Method::POST {
-        ApiError::new(ApiErrorKind::Unavailable, "server shutting down")
+        ApiError::new(ApiErrorKind::Unavailable, scheduler::SHUTTING_DOWN)
             .with_protocol(protocol)
             .into_response()
     } else {
@@ -231,16 +246,13 @@ fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
     bearer | x_api_key
 }
 
-/// Body bytes, or the right error (413 above the limit).
+/// Body bytes, or the right error (413 above the limit; `admission` refuses those first).
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ApiErrorKind::PayloadTooLarge,
-                format!(
-                    "request body exceeds the limit of {} bytes",
-                    request::MAX_BODY_BYTES
-                ),
+                format!("request body exceeds the limit: {rejection}"),
             )
         } else {
             ApiError::invalid(format!("could not read the request body: {rejection}"))
@@ -299,10 +311,13 @@ async fn unknown_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {
     .with_protocol(protocol_of(uri.path()))
 }
 
-/// Loads the model, binds, serves until SIGINT/SIGTERM (then refuses new work, lets running
-/// requests finish or cancels them, and exits).
+/// Loads the model, binds, serves until SIGINT/SIGTERM/SIGHUP, then shuts down gracefully:
+/// new work gets 503, running generations stop at the next token with the protocol's error
+/// event, idle and half-sent connections close, and the process exits once every connection
+/// is closed or `--shutdown-timeout-s` has passed. A second signal exits at once (130).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     use anyhow::Context;
+    args.validate()?;
     if let Some(n) = args.threads {
         ds4::backend::cpu::set_threads(n).context("setting the thread count")?;
     }
@@ -319,15 +334,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ds4::model::Precision::Default
     };
     let model = Arc::new(model);
-    let backend: Box<dyn ds4::backend::Backend + Send> =
-        if args.cuda || args.backend.as_deref() == Some("cuda") {
-            let be = ds4_cuda::CudaBackend::new(model.file.clone(), 0)
-                .context("starting the CUDA backend")?;
-            tracing::info!(device = be.device_name(), "CUDA backend");
-            Box::new(be)
-        } else {
-            Box::new(ds4::backend::CpuBackend::new(model.file.clone()))
-        };
+    let choice = match (args.cpu, args.cuda, args.backend.as_deref()) {
+        (true, _, _) | (_, _, Some("cpu")) => ds4_cuda::Choice::Cpu,
+        (_, true, _) | (_, _, Some("cuda")) => ds4_cuda::Choice::Cuda,
+        _ => ds4_cuda::Choice::Auto,
+    };
+    let opts = ds4_cuda::CudaOptions {
+        ctx: args.ctx,
+        ..Default::default()
+    };
+    let backend =
+        ds4_cuda::open_backend(&model, choice, &opts, &mut |line| tracing::info!("{line}"))
+            .context("starting the backend")?;
     let engine = ds4::engine::Engine::with_backend(model, backend, precision, args.ctx)
         .context("starting the engine")?;
     let trace = match &args.trace {
@@ -359,27 +377,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(addr = %local, ctx = args.ctx, "listening");
     eprintln!("ds4-server: listening on http://{local}");
     let scheduler = state.scheduler.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
+    let limits = serve::ConnLimits::from_args(&args);
+    if let Some(w) = serve::descriptor_warning(limits.max_connections) {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_timeout_s = args.header_timeout_s,
+        body_timeout_s = args.body_timeout_s,
+        "connection limits"
+    );
+    let cut = serve::serve(listener, router(state), &limits, async move {
+        signals.next().await;
+        tracing::info!("shutdown requested: refusing new work");
+        scheduler.shutdown();
+        tokio::spawn(async move {
             signals.next().await;
-            tracing::info!("shutdown requested: refusing new work");
-            scheduler.shutdown();
-            tokio::spawn(async move {
-                signals.next().await;
-                std::process::exit(130);
-            });
-        })
-        .await
-        .context("serving")?;
+            std::process::exit(130);
+        });
+    })
+    .await;
+    if cut > 0 {
+        eprintln!("ds4-server: shutdown deadline passed; closed {cut} open connection(s)");
+    }
     Ok(())
 }
 
-/// SIGINT and SIGTERM (Ctrl+C elsewhere), registered when made.
+/// SIGINT, SIGTERM and SIGHUP (Ctrl+C elsewhere), registered when made. SIGHUP is a graceful
+/// stop too: a closed terminal should not kill the process mid-response.
 struct ShutdownSignals {
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -390,6 +422,7 @@ impl ShutdownSignals {
             Ok(ShutdownSignals {
                 int: signal(SignalKind::interrupt())?,
                 term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]
@@ -402,6 +435,7 @@ impl ShutdownSignals {
         tokio::select! {
             _ = self.int.recv() => {},
             _ = self.term.recv() => {},
+            _ = self.hup.recv() => {},
         }
         #[cfg(not(unix))]
         {

@@ -69,6 +69,7 @@ pub async fn handler(State(app): State<AppState>, body: Result<Bytes, BytesRejec
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let obj = app.read_json(Some("/v1/chat/completions"), body)?;
+    crate::validate::chat(&obj)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let knobs = Knobs {

@@ -4,7 +4,6 @@
 
 use ds4::chat::ThinkingMode;
 use ds4::sample::SamplerParams;
-use ds4::tokenizer::Tokenizer;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -12,6 +11,16 @@ use crate::scheduler::GenerationRequest;
 
 /// Deepest JSON nesting accepted (`JSON_MAX_NESTING`).
 pub const MAX_NESTING: usize = 256;
+/// Most JSON values (array elements, object members, containers) in one body. A parsed value
+/// takes about 80 bytes, so `[0,0,0,…]` would otherwise turn 64 MiB into gigabytes; real
+/// requests, long agent histories included, have tens of thousands.
+pub const MAX_JSON_VALUES: usize = 1 << 20;
+/// Fewest body bytes per JSON value (beyond the first [`MIN_JSON_VALUES_CAP`]): parsing then
+/// costs at most about 10 × the body, which the body budget and the connection cap bound.
+/// Real bodies have one value per 20 bytes or more (keys, text, schemas).
+pub const BODY_BYTES_PER_JSON_VALUE: usize = 8;
+/// Values always allowed, however short the body.
+pub const MIN_JSON_VALUES_CAP: usize = 4096;
 /// Largest request body (bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Model id listed by /v1/models and echoed when the client sends none.
@@ -30,10 +39,17 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
             "request body is empty; send a JSON object",
         ));
     }
-    let depth = nesting_depth(text.as_bytes());
+    let (depth, values) = json_shape(text.as_bytes());
     if depth > MAX_NESTING {
         return Err(ApiError::invalid(format!(
             "JSON nesting depth {depth} exceeds the limit of {MAX_NESTING}"
+        )));
+    }
+    let cap = (body.len() / BODY_BYTES_PER_JSON_VALUE).clamp(MIN_JSON_VALUES_CAP, MAX_JSON_VALUES);
+    if values > cap {
+        return Err(ApiError::invalid(format!(
+            "the JSON body holds about {values} values, more than the limit of {cap} (one per \
+             {BODY_BYTES_PER_JSON_VALUE} bytes of body, at most {MAX_JSON_VALUES})"
         )));
     }
     let mut de = serde_json::Deserializer::from_str(text);
@@ -48,8 +64,17 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// Deepest `[`/`{` nesting outside strings (a cheap pre-scan so parsing never recurses deeper).
+#[cfg(test)]
 fn nesting_depth(bytes: &[u8]) -> usize {
+    json_shape(bytes).0
+}
+
+/// Deepest `[`/`{` nesting outside strings, and an upper bound on the number of values
+/// (containers plus separators, plus one): a cheap pre-scan, so parsing never recurses
+/// deeper or allocates more than the limits allow.
+fn json_shape(bytes: &[u8]) -> (usize, usize) {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    let mut values = 1usize;
     for &b in bytes {
         if in_string {
             if escaped {
@@ -66,12 +91,14 @@ fn nesting_depth(bytes: &[u8]) -> usize {
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
+                values += 1;
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => values += 1,
             _ => {}
         }
     }
-    max
+    (max, values)
 }
 
 /// An optional number field.
@@ -296,7 +323,7 @@ pub async fn submit_chat(
         tools_active: tools && r.tools_active,
     };
     let gen = build_generation(
-        app.tokenizer.clone(),
+        app,
         ctx_tokens,
         rendered,
         knobs,
@@ -310,7 +337,7 @@ pub async fn submit_chat(
 
 /// Tokenizes and checks the context (spec §4.6: prompt ≥ ctx → 400, `param` names the field).
 async fn build_generation(
-    tokenizer: std::sync::Arc<Tokenizer>,
+    app: &crate::AppState,
     ctx_tokens: usize,
     rendered: Rendered,
     knobs: Knobs,
@@ -318,22 +345,12 @@ async fn build_generation(
     call_id_prefix: &'static str,
     forced_output: Option<String>,
 ) -> Result<GenerationRequest, ApiError> {
-    // Tokenizing a long prompt is CPU work: keep it off the async workers.
+    // Tokenizing a long prompt is CPU work: keep it off the async workers. It stops as soon as
+    // the prompt cannot fit, so a huge prompt costs what a full context costs, not more.
     let prompt = rendered.prompt;
-    let (prompt, tokens) = tokio::task::spawn_blocking(move || {
-        let tokens = tokenizer.encode(&prompt, true);
-        (prompt, tokens)
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            crate::error::ApiErrorKind::Internal,
-            format!("tokenizer task failed: {e}"),
-        )
-    })?;
-    if tokens.len() >= ctx_tokens {
-        return Err(ApiError::context_exceeded(tokens.len(), ctx_tokens, param));
-    }
+    let (prompt, tokens) = tokenize_bounded(app, prompt, ctx_tokens).await?;
+    let tokens =
+        tokens.map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx_tokens, param))?;
     Ok(GenerationRequest {
         prompt_text: prompt,
         prompt_tokens: tokens,
@@ -344,6 +361,45 @@ async fn build_generation(
         tools_active: rendered.tools_active,
         call_id_prefix,
         forced_output,
+    })
+}
+
+/// Prompts of at least this many bytes tokenize one per slot of [`crate::AppState`]'s
+/// `tokenize_slots`; shorter ones never wait.
+pub const LARGE_PROMPT_BYTES: usize = 64 * 1024;
+
+/// Tokens of `prompt` if it fits a context of `ctx_tokens` (fewer than `ctx_tokens` tokens),
+/// on a blocking thread; the text comes back for the caller to keep. A large prompt waits for
+/// a tokenizer slot first, so however many arrive at once, only a few cost CPU and memory
+/// together (each bounded by the context, see `Tokenizer::encode_bounded`).
+pub async fn tokenize_bounded(
+    app: &crate::AppState,
+    prompt: String,
+    ctx_tokens: usize,
+) -> Result<(String, Result<Vec<u32>, ds4::tokenizer::TooManyTokens>), ApiError> {
+    let slot = if prompt.len() >= LARGE_PROMPT_BYTES {
+        Some(
+            app.tokenize_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("invariant: the tokenizer slots are never closed"),
+        )
+    } else {
+        None
+    };
+    let tokenizer = app.tokenizer.clone();
+    tokio::task::spawn_blocking(move || {
+        let tokens = tokenizer.encode_bounded(&prompt, true, ctx_tokens.saturating_sub(1));
+        drop(slot);
+        (prompt, tokens)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            crate::error::ApiErrorKind::Internal,
+            format!("tokenizer task failed: {e}"),
+        )
     })
 }
 
@@ -382,6 +438,13 @@ mod tests {
             .contains("nesting"));
         let ok = format!("{{\"a\":{}{}}}", "[".repeat(250), "]".repeat(250));
         assert!(parse_body(ok.as_bytes()).is_ok());
+        // Dense values: fine while few, refused once more than one per 8 bytes.
+        let dense = |n: usize| format!("{{\"a\":[{}0]}}", "0,".repeat(n));
+        assert!(parse_body(dense(4000).as_bytes()).is_ok());
+        let e = parse_body(dense(30_000).as_bytes()).unwrap_err();
+        assert!(e.message.contains("values"), "{}", e.message);
+        let sparse = format!("{{\"a\":[{}0]}}", "0,        ".repeat(30_000));
+        assert!(parse_body(sparse.as_bytes()).is_ok());
         assert!(parse_body(b"{\"a\":\"\xff\"}")
             .unwrap_err()
             .message

@@ -306,6 +306,7 @@ struct Ids {
 
 async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let obj = app.read_json(Some("/v1/responses"), body)?;
+    crate::validate::responses(&obj)?;
     let ctx = app.config.ctx_tokens;
     let model = request::model_name(&obj)?;
     let knobs = Knobs {

@@ -14,7 +14,9 @@ use std::sync::{mpsc, Arc};
 use ds4::chat::{FinishReason, OutputEvent, OutputParser, ParsedOutput, StopCause, ThinkingMode};
 use ds4::engine::{Control, Engine, FinishCause};
 use ds4::sample::{SamplerParams, StopMatcher, StopStep};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{
+    unbounded_channel, UnboundedReceiver, UnboundedSender, WeakUnboundedSender,
+};
 
 use crate::error::{ApiError, ApiErrorKind};
 use crate::metrics::Metrics;
@@ -93,6 +95,10 @@ pub enum GenerationEvent {
     Failed(String),
 }
 
+/// What a request is told when a shutdown stops it (queued, or running at the next token):
+/// a 503 before the response started, the protocol's error event after.
+pub const SHUTTING_DOWN: &str = "server shutting down";
+
 struct Job {
     req: GenerationRequest,
     tx: UnboundedSender<GenerationEvent>,
@@ -104,7 +110,11 @@ pub struct Scheduler {
     queue: mpsc::Sender<Job>,
     depth: Arc<AtomicUsize>,
     shutting_down: Arc<AtomicBool>,
+    shutdown_tx: Arc<tokio::sync::watch::Sender<bool>>,
     busy: Arc<AtomicBool>,
+    /// Every submitted request's event channel, weakly: a shutdown tells each one at once,
+    /// from this side, without waiting for the engine thread (which may be in a long prefill).
+    open: Arc<std::sync::Mutex<Vec<WeakUnboundedSender<GenerationEvent>>>>,
 }
 
 impl Scheduler {
@@ -132,7 +142,9 @@ impl Scheduler {
             queue,
             depth,
             shutting_down,
+            shutdown_tx: Arc::new(tokio::sync::watch::channel(false).0),
             busy,
+            open: Arc::default(),
         }
     }
 
@@ -142,12 +154,13 @@ impl Scheduler {
         req: GenerationRequest,
     ) -> Result<UnboundedReceiver<GenerationEvent>, ApiError> {
         if self.is_shutting_down() {
-            return Err(ApiError::new(
-                ApiErrorKind::Unavailable,
-                "server shutting down",
-            ));
+            return Err(ApiError::new(ApiErrorKind::Unavailable, SHUTTING_DOWN));
         }
         let (tx, rx) = unbounded_channel();
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|w| w.strong_count() > 0);
+            open.push(tx.downgrade());
+        }
         self.depth.fetch_add(1, Ordering::SeqCst);
         if self.queue.send(Job { req, tx }).is_err() {
             self.depth.fetch_sub(1, Ordering::SeqCst);
@@ -169,9 +182,24 @@ impl Scheduler {
         self.busy.load(Ordering::SeqCst)
     }
 
-    /// Refuse new work and stop running generation at the next token (finish `error`).
+    /// Refuse new work and stop running generation at the next token (the request gets
+    /// [`SHUTTING_DOWN`]); wakes every [`Scheduler::shutdown_requested`].
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown_tx.send_replace(true);
+        // Queued and running requests (a prefill included) end now: a 503, or the protocol's
+        // error event on a stream. Whatever the engine thread sends later is not read.
+        let open = self.open.lock().map(|mut o| std::mem::take(&mut *o));
+        for tx in open.unwrap_or_default().iter().filter_map(|w| w.upgrade()) {
+            let _ = tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
+        }
+    }
+
+    /// Resolves once [`Scheduler::shutdown`] has been called (at once if it already was).
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown_tx.subscribe();
+        // The sender lives in `self`, so `wait_for` only returns once the flag is true.
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// Whether [`Scheduler::shutdown`] was called.
@@ -207,9 +235,7 @@ impl Worker {
         while let Ok(job) = rx.recv() {
             self.busy.store(true, Ordering::SeqCst);
             if self.shutting_down.load(Ordering::SeqCst) {
-                let _ = job
-                    .tx
-                    .send(GenerationEvent::Failed("server shutting down".into()));
+                let _ = job.tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
             } else if !job.tx.is_closed() {
                 self.next_job += 1;
                 self.serve(job);
@@ -303,46 +329,59 @@ impl Worker {
         let mut stop_hit = false;
         let mut stop_index = None;
         let mut cancelled = false;
+        let mut stopped_by_shutdown = false;
         let mut saw_think_end = false;
         let shutting_down = self.shutting_down.clone();
         let trace = self.trace.clone();
         let job_id = self.next_job;
-        let result = self.engine.generate(&prompt, max_tokens, params, |piece| {
-            if tx.is_closed() || shutting_down.load(Ordering::SeqCst) {
-                cancelled = true;
-                return Control::Stop;
-            }
-            if let Some(t) = &trace {
-                t.piece(job_id, piece.id, &piece.text);
-            }
-            let emit = match stop.push(&piece.text) {
-                StopStep::Continue { emit } => emit,
-                StopStep::Stopped {
-                    emit,
-                    stop: matched,
-                } => {
-                    stop_hit = true;
-                    stop_index = Some(matched);
-                    emit
-                }
-            };
-            if !emit.is_empty() {
-                saw_think_end |= emit.contains(ds4::chat::render::THINK_END);
-                let _ = tx.send(GenerationEvent::Text(emit.clone()));
-                for ev in parser.feed(&emit) {
-                    let _ = tx.send(GenerationEvent::Output(ev));
-                }
-            }
-            if stop_hit || parser.is_done() {
-                Control::Stop
-            } else if parser.in_dsml_structure() {
-                Control::ContinueGreedy
-            } else {
-                Control::Continue
-            }
-        });
+        let stop_prefill = || cancel_requested(&tx, &shutting_down);
+        let result =
+            self.engine
+                .generate_cancellable(&prompt, max_tokens, params, &stop_prefill, |piece| {
+                    if cancel_requested(&tx, &shutting_down) {
+                        cancelled = true;
+                        stopped_by_shutdown = !tx.is_closed();
+                        return Control::Stop;
+                    }
+                    if let Some(t) = &trace {
+                        t.piece(job_id, piece.id, &piece.text);
+                    }
+                    let emit = match stop.push(&piece.text) {
+                        StopStep::Continue { emit } => emit,
+                        StopStep::Stopped {
+                            emit,
+                            stop: matched,
+                        } => {
+                            stop_hit = true;
+                            stop_index = Some(matched);
+                            emit
+                        }
+                    };
+                    if !emit.is_empty() {
+                        saw_think_end |= emit.contains(ds4::chat::render::THINK_END);
+                        let _ = tx.send(GenerationEvent::Text(emit.clone()));
+                        for ev in parser.feed(&emit) {
+                            let _ = tx.send(GenerationEvent::Output(ev));
+                        }
+                    }
+                    if stop_hit || parser.is_done() {
+                        Control::Stop
+                    } else if parser.in_dsml_structure() {
+                        Control::ContinueGreedy
+                    } else {
+                        Control::Continue
+                    }
+                });
         let stats = match result {
             Ok(stats) => stats,
+            Err(ds4::engine::EngineError::Cancelled) => {
+                // Between prefill chunks: the session holds whole chunks and stays usable.
+                tracing::info!(job = job_id, "prefill cancelled");
+                if !tx.is_closed() {
+                    let _ = tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
+                }
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "generation failed");
                 self.engine.reset();
@@ -350,6 +389,13 @@ impl Worker {
                 return;
             }
         };
+        if stopped_by_shutdown {
+            // The stream ends with the protocol's error event (or a 503), not a finish.
+            self.engine.reset();
+            tracing::info!(job = job_id, "generation stopped by shutdown");
+            let _ = tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
+            return;
+        }
         if !stop_hit {
             let tail = stop.finish();
             if !tail.is_empty() {
@@ -435,6 +481,14 @@ impl Worker {
 
     #[cfg(not(feature = "test-hooks"))]
     fn set_forced(&mut self, _req: &GenerationRequest) {}
+}
+
+/// Whether a running request must stop: its client is gone (the receiver was dropped) or the
+/// server is shutting down. Checked after every sampled token; the engine does not yet offer
+/// a hook between prefill chunks, so a prefill runs to its end before this is seen (a
+/// shutdown still answers the client at once, see [`Scheduler::shutdown`]).
+fn cancel_requested(tx: &UnboundedSender<GenerationEvent>, shutting_down: &AtomicBool) -> bool {
+    tx.is_closed() || shutting_down.load(Ordering::SeqCst)
 }
 
 /// OpenAI finish reason text.

@@ -135,6 +135,9 @@ pub async fn collect(mut rx: UnboundedReceiver<GenerationEvent>) -> Result<Colle
                     events,
                 })
             }
+            GenerationEvent::Failed(msg) if msg == crate::scheduler::SHUTTING_DOWN => {
+                return Err(ApiError::new(ApiErrorKind::Unavailable, msg))
+            }
             GenerationEvent::Failed(msg) => return Err(ApiError::new(ApiErrorKind::Internal, msg)),
         }
     }

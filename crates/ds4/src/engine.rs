@@ -34,6 +34,10 @@ pub enum EngineError {
     /// Nothing to evaluate.
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// The caller's cancellation check fired between prefill chunks; the session holds the
+    /// chunks evaluated so far.
+    #[error("cancelled during prefill")]
+    Cancelled,
 }
 
 /// What the caller wants after a piece.
@@ -115,7 +119,7 @@ impl Engine {
         ctx: usize,
     ) -> Result<Self, EngineError> {
         let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
-        let session = model.new_session();
+        let session = model.new_session(backend.as_ref(), ctx)?;
         Ok(Engine {
             model,
             tokenizer,
@@ -146,14 +150,28 @@ impl Engine {
     }
 
     /// Changes the context size; drops the live session (as `/ctx N` does).
-    pub fn set_ctx(&mut self, ctx: usize) {
+    pub fn set_ctx(&mut self, ctx: usize) -> Result<(), EngineError> {
         self.ctx = ctx;
-        self.reset();
+        self.session = self.model.new_session(self.backend.as_ref(), ctx)?;
+        Ok(())
     }
 
-    /// Forgets the live session.
+    /// Forgets the live session (its memory is reused by the next one). Should clearing the
+    /// backend state fail, the session is marked full so that the next request starts afresh.
     pub fn reset(&mut self) {
-        self.session = self.model.new_session();
+        self.session.tokens.clear();
+        self.session.logits.clear();
+        if self
+            .backend
+            .reset_state(&self.model.config, &mut self.session.state)
+            .is_err()
+        {
+            match self.backend.new_state(&self.model.config, self.ctx) {
+                Ok(st) => self.session.state = st,
+                // Nothing can run in this state; forward reports the context as full.
+                Err(_) => self.session.state.ctx = 0,
+            }
+        }
     }
 
     /// Tokens the live session holds.
@@ -164,7 +182,7 @@ impl Engine {
     /// Evaluates `tokens` after the live session. A failed evaluation leaves the session
     /// half-updated, so it is dropped: the next request starts from scratch.
     fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let r = self.model.forward(
+        let r = self.model.forward_last(
             self.backend.as_ref(),
             &mut self.session,
             tokens,
@@ -180,6 +198,16 @@ impl Engine {
     /// the last prompt token). A session that is a prefix of `prompt` is extended; any other is
     /// restarted. At least the last token is always evaluated so fresh logits exist.
     pub fn sync(&mut self, prompt: &[u32]) -> Result<(usize, Vec<f32>), EngineError> {
+        self.sync_cancellable(prompt, &|| false)
+    }
+
+    /// As [`Engine::sync`], checking `cancel` before each prefill chunk of
+    /// [`crate::model::PREFILL_CHUNK`] tokens.
+    pub fn sync_cancellable(
+        &mut self,
+        prompt: &[u32],
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<(usize, Vec<f32>), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -192,9 +220,14 @@ impl Engine {
         if cached == prompt.len() {
             return Ok((cached, self.session.logits.clone()));
         }
-        let logits = self.eval(&prompt[cached..])?;
-        let vocab = self.model.config.n_vocab;
-        Ok((cached, logits[logits.len() - vocab..].to_vec()))
+        let mut logits = Vec::new();
+        for chunk in prompt[cached..].chunks(crate::model::PREFILL_CHUNK) {
+            if cancel() {
+                return Err(EngineError::Cancelled);
+            }
+            logits = self.eval(chunk)?;
+        }
+        Ok((cached, logits))
     }
 
     /// Evaluates `prompt`, then samples up to `max_tokens` tokens, calling `on_piece` after each.
@@ -205,6 +238,19 @@ impl Engine {
         prompt: &[u32],
         max_tokens: usize,
         params: SamplerParams,
+        on_piece: impl FnMut(&Piece) -> Control,
+    ) -> Result<GenStats, EngineError> {
+        self.generate_cancellable(prompt, max_tokens, params, &|| false, on_piece)
+    }
+
+    /// As [`Engine::generate`], checking `cancel` between prefill chunks (a client gone or a
+    /// shutdown need not wait for a whole long prompt).
+    pub fn generate_cancellable(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        params: SamplerParams,
+        cancel: &dyn Fn() -> bool,
         mut on_piece: impl FnMut(&Piece) -> Control,
     ) -> Result<GenStats, EngineError> {
         if prompt.len() + max_tokens > self.ctx {
@@ -215,7 +261,7 @@ impl Engine {
             });
         }
         let t0 = Instant::now();
-        let (cached, mut logits) = self.sync(prompt)?;
+        let (cached, mut logits) = self.sync_cancellable(prompt, cancel)?;
         let prefill_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut sampler = Sampler::new(params);

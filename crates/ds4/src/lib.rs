@@ -16,5 +16,6 @@ pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod session;
+pub mod synth;
 pub mod tiny;
 pub mod tokenizer;

@@ -164,11 +164,6 @@ impl Gen {
         )?;
         Ok(())
     }
-
-    fn key(&mut self, k: &str, v: Value) -> Result<(), TinyError> {
-        self.w.add(&format!("{ARCH}.{k}"), v)?;
-        Ok(())
-    }
 }
 
 fn ratio(il: usize) -> u32 {
@@ -179,6 +174,263 @@ fn ratio(il: usize) -> u32 {
     } else {
         128
     }
+}
+
+fn key(w: &mut GgufWriter, k: &str, v: Value) -> Result<(), TinyError> {
+    w.add(&format!("{ARCH}.{k}"), v)?;
+    Ok(())
+}
+
+/// The metadata of a generated model: ds4's keys, the three llama.cpp insists on, and the
+/// tokenizer's when given.
+pub(crate) fn write_keys(w: &mut GgufWriter, s: &TinySpec, vocab: usize) -> Result<(), TinyError> {
+    let u = |v: usize| Value::U32(v as u32);
+    w.add("general.architecture", Value::String(ARCH.into()))?;
+    w.add(
+        "general.name",
+        Value::String(format!("ds4-rs tiny {:?} seed {}", s.recipe, s.seed)),
+    )?;
+    for (k, v) in [
+        ("context_length", 1_048_576),
+        ("block_count", s.layers),
+        ("embedding_length", s.hidden),
+        ("vocab_size", vocab),
+        ("attention.head_count", s.heads),
+        ("attention.head_count_kv", 1),
+        ("attention.key_length", s.head_dim),
+        ("attention.value_length", s.head_dim),
+        ("rope.dimension_count", ROPE_DIMS),
+        ("attention.q_lora_rank", s.q_lora),
+        ("attention.output_lora_rank", s.o_lora),
+        ("attention.output_group_count", s.o_groups),
+        ("expert_count", s.experts),
+        ("expert_used_count", s.experts_used),
+        ("expert_feed_forward_length", s.ff),
+        ("expert_shared_count", 1),
+        ("hash_layer_count", 3),
+        ("attention.sliding_window", s.swa),
+        ("attention.indexer.head_count", s.idx_heads),
+        ("attention.indexer.key_length", IDX_HEAD_DIM),
+        ("attention.indexer.top_k", s.idx_topk),
+        ("hyper_connection.count", 4),
+        ("hyper_connection.sinkhorn_iterations", 20),
+        ("expert_gating_func", 4),
+    ] {
+        key(w, k, u(v))?;
+    }
+    for (k, v) in [
+        ("hyper_connection.epsilon", 1e-6),
+        ("rope.freq_base", 10000.0),
+        ("rope.scaling.factor", 16.0),
+        ("rope.scaling.yarn_beta_fast", 32.0),
+        ("rope.scaling.yarn_beta_slow", 1.0),
+        ("attention.compress_rope_freq_base", 160000.0),
+        ("expert_weights_scale", 1.5),
+        ("attention.layer_norm_rms_epsilon", 1e-6),
+    ] {
+        key(w, k, Value::F32(v))?;
+    }
+    key(w, "rope.scaling.original_context_length", u(65536))?;
+    key(w, "rope.scaling.type", Value::String("yarn".into()))?;
+    key(w, "expert_weights_norm", Value::Bool(true))?;
+    key(
+        w,
+        "attention.compress_ratios",
+        Value::Array(
+            ValueType::U32,
+            (0..s.layers).map(|il| Value::U32(ratio(il))).collect(),
+        ),
+    )?;
+    key(
+        w,
+        "swiglu_clamp_exp",
+        Value::Array(
+            ValueType::F32,
+            (0..s.layers).map(|_| Value::F32(10.0)).collect(),
+        ),
+    )?;
+    if let Some(meta) = &s.tokenizer {
+        for (k, v) in meta {
+            w.add(k, v.clone())?;
+        }
+    }
+    Ok(())
+}
+
+/// How a planned tensor is filled.
+#[derive(Debug, Clone)]
+pub(crate) enum Fill {
+    /// Random weights of the tensor's type with values of about `std`.
+    Weights {
+        /// Scale of the dequantised values.
+        std: f32,
+    },
+    /// F32 normal samples (`1 + sample` when `plus_one`: norm weights).
+    Normal {
+        /// Standard deviation.
+        std: f32,
+        /// Shift by one.
+        plus_one: bool,
+    },
+    /// F32 constants.
+    Const(Vec<f32>),
+    /// I32 expert ids below `experts` (hash routing tables).
+    TidEid {
+        /// Routed experts.
+        experts: usize,
+    },
+}
+
+/// One tensor of a generated model.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    /// GGUF name.
+    pub name: String,
+    /// ggml dims, fastest first.
+    pub dims: Vec<usize>,
+    /// Element type (F32 for `Normal`/`Const`, I32 for `TidEid`).
+    pub ty: GgmlType,
+    /// Contents.
+    pub fill: Fill,
+}
+
+/// The tensors of a generated model in file order (spec §3.3), with how to fill each.
+pub(crate) fn plan(s: &TinySpec, vocab: usize) -> Vec<Planned> {
+    let (e, hc) = (s.hidden, 4usize);
+    let (f16, q8, f32t) = (GgmlType::F16, GgmlType::Q8_0, GgmlType::F32);
+    let isq = |n: usize| 1.0 / (n as f32).sqrt();
+    let (gate_ty, down_ty) = match s.recipe {
+        ExpertRecipe::Q2 => (GgmlType::IQ2_XXS, GgmlType::Q2_K),
+        ExpertRecipe::Q4 => (GgmlType::Q4_K, GgmlType::Q4_K),
+        ExpertRecipe::F16 => (f16, f16),
+    };
+    let wt = |name: String, dims: &[usize], ty: GgmlType, std: f32| Planned {
+        name,
+        dims: dims.to_vec(),
+        ty,
+        fill: Fill::Weights { std },
+    };
+    let mut out: Vec<Planned> = Vec::new();
+    let norm = |name: String, n: usize, std: f32, plus_one: bool| Planned {
+        name,
+        dims: vec![n],
+        ty: f32t,
+        fill: Fill::Normal { std, plus_one },
+    };
+    let konst = |name: String, vals: Vec<f32>| Planned {
+        name,
+        dims: vec![vals.len()],
+        ty: f32t,
+        fill: Fill::Const(vals),
+    };
+    out.push(wt("token_embd.weight".into(), &[e, vocab], f16, 1.0));
+    for il in 0..s.layers {
+        let b = |n: &str| format!("blk.{il}.{n}");
+        for p in ["hc_attn", "hc_ffn"] {
+            out.push(wt(
+                b(&format!("{p}_fn.weight")),
+                &[hc * e, 24],
+                f16,
+                isq(hc * e),
+            ));
+            out.push(konst(b(&format!("{p}_scale.weight")), vec![0.5, 0.5, 0.5]));
+            out.push(norm(b(&format!("{p}_base.weight")), 24, 0.5, false));
+        }
+        out.push(norm(b("attn_norm.weight"), e, 0.1, true));
+        out.push(wt(b("attn_q_a.weight"), &[e, s.q_lora], q8, isq(e)));
+        out.push(norm(b("attn_q_a_norm.weight"), s.q_lora, 0.1, true));
+        out.push(wt(
+            b("attn_q_b.weight"),
+            &[s.q_lora, s.heads * s.head_dim],
+            q8,
+            isq(s.q_lora) * 4.0,
+        ));
+        out.push(wt(b("attn_kv.weight"), &[e, s.head_dim], q8, isq(e)));
+        out.push(norm(b("attn_kv_a_norm.weight"), s.head_dim, 0.1, true));
+        out.push(norm(b("attn_sinks.weight"), s.heads, 1.0, false));
+        let gw = s.heads / s.o_groups * s.head_dim;
+        out.push(wt(
+            b("attn_output_a.weight"),
+            &[gw, s.o_groups * s.o_lora],
+            q8,
+            isq(gw),
+        ));
+        out.push(wt(
+            b("attn_output_b.weight"),
+            &[s.o_groups * s.o_lora, e],
+            q8,
+            isq(s.o_groups * s.o_lora),
+        ));
+        let r = ratio(il) as usize;
+        if r != 0 {
+            let streams: &[(&str, usize)] = if r == 4 {
+                &[("attn_compressor", 0), ("indexer_compressor", 1)]
+            } else {
+                &[("attn_compressor", 0)]
+            };
+            for &(p, which) in streams {
+                let d = if which == 0 { s.head_dim } else { IDX_HEAD_DIM };
+                let width = if r == 4 { 2 * d } else { d };
+                out.push(wt(b(&format!("{p}_ape.weight")), &[width, r], f16, 0.5));
+                out.push(wt(b(&format!("{p}_kv.weight")), &[e, width], f16, isq(e)));
+                out.push(wt(b(&format!("{p}_gate.weight")), &[e, width], f16, isq(e)));
+                out.push(norm(b(&format!("{p}_norm.weight")), d, 0.1, true));
+                if which == 1 {
+                    out.push(wt(
+                        b("indexer.attn_q_b.weight"),
+                        &[s.q_lora, s.idx_heads * IDX_HEAD_DIM],
+                        f16,
+                        isq(s.q_lora),
+                    ));
+                    out.push(wt(b("indexer.proj.weight"), &[e, s.idx_heads], f16, isq(e)));
+                }
+            }
+        }
+        out.push(norm(b("ffn_norm.weight"), e, 0.1, true));
+        out.push(wt(b("ffn_gate_inp.weight"), &[e, s.experts], f16, isq(e)));
+        if il < 3 {
+            out.push(Planned {
+                name: b("ffn_gate_tid2eid.weight"),
+                dims: vec![s.experts_used, vocab],
+                ty: GgmlType::I32,
+                fill: Fill::TidEid { experts: s.experts },
+            });
+        } else {
+            out.push(norm(b("exp_probs_b.bias"), s.experts, 0.1, false));
+        }
+        out.push(wt(
+            b("ffn_gate_exps.weight"),
+            &[e, s.ff, s.experts],
+            gate_ty,
+            isq(e),
+        ));
+        out.push(wt(
+            b("ffn_up_exps.weight"),
+            &[e, s.ff, s.experts],
+            gate_ty,
+            isq(e),
+        ));
+        out.push(wt(
+            b("ffn_down_exps.weight"),
+            &[s.ff, e, s.experts],
+            down_ty,
+            isq(s.ff),
+        ));
+        out.push(wt(b("ffn_gate_shexp.weight"), &[e, s.ff], q8, isq(e)));
+        out.push(wt(b("ffn_up_shexp.weight"), &[e, s.ff], q8, isq(e)));
+        out.push(wt(b("ffn_down_shexp.weight"), &[s.ff, e], q8, isq(s.ff)));
+    }
+    out.push(wt(
+        "output_hc_fn.weight".into(),
+        &[hc * e, hc],
+        f16,
+        isq(hc * e),
+    ));
+    out.push(konst("output_hc_scale.weight".into(), vec![0.5]));
+    out.push(norm("output_hc_base.weight".into(), hc, 0.5, false));
+    out.push(norm("output_norm.weight".into(), e, 0.1, true));
+    out.push(wt("output.weight".into(), &[e, vocab], q8, isq(e) * 4.0));
+    out
 }
 
 /// Builds the GGUF of a generated model in memory.
@@ -236,199 +488,31 @@ pub fn generate(spec: &TinySpec) -> Result<GgufWriter, TinyError> {
         w: GgufWriter::new(),
         rng: ChaCha8Rng::seed_from_u64(s.seed),
     };
-    let u = |v: usize| Value::U32(v as u32);
-    g.w.add("general.architecture", Value::String(ARCH.into()))?;
-    g.w.add(
-        "general.name",
-        Value::String(format!("ds4-rs tiny {:?} seed {}", s.recipe, s.seed)),
-    )?;
-    for (k, v) in [
-        ("context_length", 1_048_576),
-        ("block_count", s.layers),
-        ("embedding_length", s.hidden),
-        ("vocab_size", vocab),
-        ("attention.head_count", s.heads),
-        ("attention.head_count_kv", 1),
-        ("attention.key_length", s.head_dim),
-        ("attention.value_length", s.head_dim),
-        ("rope.dimension_count", ROPE_DIMS),
-        ("attention.q_lora_rank", s.q_lora),
-        ("attention.output_lora_rank", s.o_lora),
-        ("attention.output_group_count", s.o_groups),
-        ("expert_count", s.experts),
-        ("expert_used_count", s.experts_used),
-        ("expert_feed_forward_length", s.ff),
-        ("expert_shared_count", 1),
-        ("hash_layer_count", 3),
-        ("attention.sliding_window", s.swa),
-        ("attention.indexer.head_count", s.idx_heads),
-        ("attention.indexer.key_length", IDX_HEAD_DIM),
-        ("attention.indexer.top_k", s.idx_topk),
-        ("hyper_connection.count", 4),
-        ("hyper_connection.sinkhorn_iterations", 20),
-        ("expert_gating_func", 4),
-    ] {
-        g.key(k, u(v))?;
-    }
-    for (k, v) in [
-        ("hyper_connection.epsilon", 1e-6),
-        ("rope.freq_base", 10000.0),
-        ("rope.scaling.factor", 16.0),
-        ("rope.scaling.yarn_beta_fast", 32.0),
-        ("rope.scaling.yarn_beta_slow", 1.0),
-        ("attention.compress_rope_freq_base", 160000.0),
-        ("expert_weights_scale", 1.5),
-        ("attention.layer_norm_rms_epsilon", 1e-6),
-    ] {
-        g.key(k, Value::F32(v))?;
-    }
-    g.key("rope.scaling.original_context_length", u(65536))?;
-    g.key("rope.scaling.type", Value::String("yarn".into()))?;
-    g.key("expert_weights_norm", Value::Bool(true))?;
-    g.key(
-        "attention.compress_ratios",
-        Value::Array(
-            ValueType::U32,
-            (0..s.layers).map(|il| Value::U32(ratio(il))).collect(),
-        ),
-    )?;
-    g.key(
-        "swiglu_clamp_exp",
-        Value::Array(
-            ValueType::F32,
-            (0..s.layers).map(|_| Value::F32(10.0)).collect(),
-        ),
-    )?;
-    if let Some(meta) = &s.tokenizer {
-        for (k, v) in meta {
-            g.w.add(k, v.clone())?;
-        }
-    }
+    write_keys(&mut g.w, s, vocab)?;
 
-    let (e, hc) = (s.hidden, 4usize);
-    let (f16, q8) = (GgmlType::F16, GgmlType::Q8_0);
-    let isq = |n: usize| 1.0 / (n as f32).sqrt();
-    let (gate_ty, down_ty) = match s.recipe {
-        ExpertRecipe::Q2 => (GgmlType::IQ2_XXS, GgmlType::Q2_K),
-        ExpertRecipe::Q4 => (GgmlType::Q4_K, GgmlType::Q4_K),
-        ExpertRecipe::F16 => (f16, f16),
-    };
-    g.tensor("token_embd.weight", &[e, vocab], f16, 1.0)?;
-    for il in 0..s.layers {
-        let b = |n: &str| format!("blk.{il}.{n}");
-        for p in ["hc_attn", "hc_ffn"] {
-            g.tensor(
-                &b(&format!("{p}_fn.weight")),
-                &[hc * e, 24],
-                f16,
-                isq(hc * e),
-            )?;
-            g.f32s(&b(&format!("{p}_scale.weight")), vec![0.5, 0.5, 0.5])?;
-            let base = g.normal(24, 0.5);
-            g.f32s(&b(&format!("{p}_base.weight")), base)?;
-        }
-        let ones = |g: &mut Gen, n: usize| {
-            g.normal(n, 0.1)
-                .into_iter()
-                .map(|v| 1.0 + v)
-                .collect::<Vec<_>>()
-        };
-        let v = ones(&mut g, e);
-        g.f32s(&b("attn_norm.weight"), v)?;
-        g.tensor(&b("attn_q_a.weight"), &[e, s.q_lora], q8, isq(e))?;
-        let v = ones(&mut g, s.q_lora);
-        g.f32s(&b("attn_q_a_norm.weight"), v)?;
-        g.tensor(
-            &b("attn_q_b.weight"),
-            &[s.q_lora, s.heads * s.head_dim],
-            q8,
-            isq(s.q_lora) * 4.0,
-        )?;
-        g.tensor(&b("attn_kv.weight"), &[e, s.head_dim], q8, isq(e))?;
-        let v = ones(&mut g, s.head_dim);
-        g.f32s(&b("attn_kv_a_norm.weight"), v)?;
-        let v = g.normal(s.heads, 1.0);
-        g.f32s(&b("attn_sinks.weight"), v)?;
-        let gw = s.heads / s.o_groups * s.head_dim;
-        g.tensor(
-            &b("attn_output_a.weight"),
-            &[gw, s.o_groups * s.o_lora],
-            q8,
-            isq(gw),
-        )?;
-        g.tensor(
-            &b("attn_output_b.weight"),
-            &[s.o_groups * s.o_lora, e],
-            q8,
-            isq(s.o_groups * s.o_lora),
-        )?;
-        let r = ratio(il) as usize;
-        if r != 0 {
-            let comp = |g: &mut Gen, p: &str, d: usize| -> Result<(), TinyError> {
-                let w = if r == 4 { 2 * d } else { d };
-                g.tensor(&b(&format!("{p}_ape.weight")), &[w, r], f16, 0.5)?;
-                g.tensor(&b(&format!("{p}_kv.weight")), &[e, w], f16, isq(e))?;
-                g.tensor(&b(&format!("{p}_gate.weight")), &[e, w], f16, isq(e))?;
-                let v = ones(g, d);
-                g.f32s(&b(&format!("{p}_norm.weight")), v)
-            };
-            comp(&mut g, "attn_compressor", s.head_dim)?;
-            if r == 4 {
-                comp(&mut g, "indexer_compressor", IDX_HEAD_DIM)?;
-                g.tensor(
-                    &b("indexer.attn_q_b.weight"),
-                    &[s.q_lora, s.idx_heads * IDX_HEAD_DIM],
-                    f16,
-                    isq(s.q_lora),
-                )?;
-                g.tensor(&b("indexer.proj.weight"), &[e, s.idx_heads], f16, isq(e))?;
+    for t in plan(s, vocab) {
+        match t.fill {
+            Fill::Weights { std } => g.tensor(&t.name, &t.dims, t.ty, std)?,
+            Fill::Normal { std, plus_one } => {
+                let n = t.dims.iter().product();
+                let v = g.normal(n, std);
+                let v = if plus_one {
+                    v.into_iter().map(|v| 1.0 + v).collect()
+                } else {
+                    v
+                };
+                g.f32s(&t.name, v)?;
+            }
+            Fill::Const(v) => g.f32s(&t.name, v)?,
+            Fill::TidEid { experts } => {
+                let n: usize = t.dims.iter().product();
+                let ids: Vec<u8> = (0..n)
+                    .flat_map(|_| (g.rng.random_range(0..experts) as i32).to_le_bytes())
+                    .collect();
+                let d: Vec<u64> = t.dims.iter().map(|&d| d as u64).collect();
+                g.w.add_tensor(&t.name, &d, GgmlType::I32, ids)?;
             }
         }
-        let v = ones(&mut g, e);
-        g.f32s(&b("ffn_norm.weight"), v)?;
-        g.tensor(&b("ffn_gate_inp.weight"), &[e, s.experts], f16, isq(e))?;
-        if il < 3 {
-            let ids: Vec<u8> = (0..vocab * s.experts_used)
-                .flat_map(|_| (g.rng.random_range(0..s.experts) as i32).to_le_bytes())
-                .collect();
-            g.w.add_tensor(
-                &b("ffn_gate_tid2eid.weight"),
-                &[s.experts_used as u64, vocab as u64],
-                GgmlType::I32,
-                ids,
-            )?;
-        } else {
-            let v = g.normal(s.experts, 0.1);
-            g.f32s(&b("exp_probs_b.bias"), v)?;
-        }
-        g.tensor(
-            &b("ffn_gate_exps.weight"),
-            &[e, s.ff, s.experts],
-            gate_ty,
-            isq(e),
-        )?;
-        g.tensor(
-            &b("ffn_up_exps.weight"),
-            &[e, s.ff, s.experts],
-            gate_ty,
-            isq(e),
-        )?;
-        g.tensor(
-            &b("ffn_down_exps.weight"),
-            &[s.ff, e, s.experts],
-            down_ty,
-            isq(s.ff),
-        )?;
-        g.tensor(&b("ffn_gate_shexp.weight"), &[e, s.ff], q8, isq(e))?;
-        g.tensor(&b("ffn_up_shexp.weight"), &[e, s.ff], q8, isq(e))?;
-        g.tensor(&b("ffn_down_shexp.weight"), &[s.ff, e], q8, isq(s.ff))?;
     }
-    g.tensor("output_hc_fn.weight", &[hc * e, hc], f16, isq(hc * e))?;
-    g.f32s("output_hc_scale.weight", vec![0.5])?;
-    let v = g.normal(hc, 0.5);
-    g.f32s("output_hc_base.weight", v)?;
-    let v = g.normal(e, 0.1).into_iter().map(|v| 1.0 + v).collect();
-    g.f32s("output_norm.weight", v)?;
-    g.tensor("output.weight", &[e, vocab], q8, isq(e) * 4.0)?;
     Ok(g.w)
 }

@@ -190,7 +190,7 @@ fn truncated_file_is_an_error_not_a_panic() {
 fn token_out_of_vocabulary_is_an_error() {
     let m = load(tiny_bytes()).expect("load");
     let be = ds4::backend::CpuBackend::new(m.file.clone());
-    let mut s = m.new_session();
+    let mut s = m.new_session(&be, 4096).expect("session");
     let err = m
         .forward(&be, &mut s, &[1, 100_000], ds4::model::Precision::Default)
         .expect_err("oov");
@@ -258,77 +258,12 @@ fn real_sized_metadata_must_match_real_constants() {
     assert!(err.to_string().contains("expert_weights_scale"), "{err}");
 }
 
-/// A backend that fails after `ok` calls, standing in for a GPU running out of memory.
-struct FailingBackend {
-    inner: ds4::backend::CpuBackend,
-    ok: std::sync::atomic::AtomicUsize,
-}
-
-impl FailingBackend {
-    fn tick(&self) -> Result<(), ds4::backend::BackendError> {
-        let left = self.ok.load(std::sync::atomic::Ordering::SeqCst);
-        if left == 0 {
-            return Err(ds4::backend::BackendError::new(
-                "test",
-                "out of device memory",
-            ));
-        }
-        self.ok.store(left - 1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl ds4::backend::Backend for FailingBackend {
-    fn name(&self) -> &'static str {
-        "failing"
-    }
-    fn matmul(
-        &self,
-        w: &ds4::model::weights::TensorRef,
-        x: &[f32],
-        n: usize,
-    ) -> Result<Vec<f32>, ds4::backend::BackendError> {
-        self.tick()?;
-        self.inner.matmul(w, x, n)
-    }
-    fn matmul_rows(
-        &self,
-        w: &ds4::model::weights::TensorRef,
-        r: std::ops::Range<usize>,
-        x: &[f32],
-        n: usize,
-    ) -> Result<Vec<f32>, ds4::backend::BackendError> {
-        self.tick()?;
-        self.inner.matmul_rows(w, r, x, n)
-    }
-    fn matmul_expert(
-        &self,
-        w: &ds4::model::weights::TensorRef,
-        e: usize,
-        x: &[f32],
-        n: usize,
-    ) -> Result<Vec<f32>, ds4::backend::BackendError> {
-        self.tick()?;
-        self.inner.matmul_expert(w, e, x, n)
-    }
-    fn embed(
-        &self,
-        w: &ds4::model::weights::TensorRef,
-        t: &[u32],
-    ) -> Result<Vec<f32>, ds4::backend::BackendError> {
-        self.inner.embed(w, t)
-    }
-}
-
 #[test]
 fn backend_failure_is_an_error_not_a_panic() {
     let m = load(tiny_bytes()).expect("load");
     for ok in [0, 5, 40] {
-        let be = FailingBackend {
-            inner: ds4::backend::CpuBackend::new(m.file.clone()),
-            ok: ok.into(),
-        };
-        let mut s = m.new_session();
+        let be = ds4::backend::CpuBackend::failing_after(m.file.clone(), ok);
+        let mut s = m.new_session(&be, 4096).expect("session");
         let err = m
             .forward(&be, &mut s, &[1, 2, 3], ds4::model::Precision::Default)
             .expect_err("backend fails");

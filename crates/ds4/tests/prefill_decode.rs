@@ -32,10 +32,10 @@ fn check(recipe: ExpertRecipe, prec: Precision) {
     let tokens: Vec<u32> = (0..280u32)
         .map(|i| (i * 7919 + 13) % model.config.n_vocab as u32)
         .collect();
-    let mut a = model.new_session();
+    let mut a = model.new_session(&be, 4096).expect("session");
     let full = model.forward(&be, &mut a, &tokens, prec).expect("prefill");
     let k = 131;
-    let mut b = model.new_session();
+    let mut b = model.new_session(&be, 4096).expect("session");
     let mut step = model
         .forward(&be, &mut b, &tokens[..k], prec)
         .expect("prefill part");
@@ -54,7 +54,16 @@ fn check(recipe: ExpertRecipe, prec: Precision) {
         "{recipe:?} {prec:?}: logit {i} differs by {d} (max |ref| {max_ref})"
     );
     assert_eq!(a.tokens, b.tokens);
-    assert_eq!(a.layers.len(), b.layers.len());
+    let (sa, sb) = (
+        a.snapshot(&be).expect("snapshot"),
+        b.snapshot(&be).expect("snapshot"),
+    );
+    assert_eq!(sa.kv.layers.len(), sb.kv.layers.len());
+    for (la, lb) in sa.kv.layers.iter().zip(&sb.kv.layers) {
+        assert_eq!(la.raw.len(), lb.raw.len());
+        assert_eq!(la.comp.len(), lb.comp.len());
+        assert_eq!(la.idx.len(), lb.idx.len());
+    }
 }
 
 #[test]

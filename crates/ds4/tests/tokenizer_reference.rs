@@ -268,3 +268,63 @@ proptest::proptest! {
         proptest::prop_assert_eq!(tok.decode(&tok.encode(&s, false)), s);
     }
 }
+
+#[test]
+fn bounded_encode_matches_encode_on_every_fixture_string_at_every_limit() {
+    let tok = tokenizer();
+    for c in cases() {
+        let n = c.ids.len();
+        for limit in [n, n + 1, n.saturating_sub(1), n / 2, 0] {
+            match tok.encode_bounded(&c.s, true, limit) {
+                Ok(ids) => {
+                    assert!(n <= limit, "{:?}: {n} tokens accepted under {limit}", c.s);
+                    assert_eq!(ids, c.ids, "{:?}", c.s);
+                }
+                Err(e) => {
+                    assert!(n > limit, "{:?}: {n} tokens refused under {limit}", c.s);
+                    assert!(e.at_least > limit && e.at_least <= n, "{:?}: {e}", c.s);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bounded_encode_refuses_a_huge_text_without_splitting_it() {
+    let tok = tokenizer();
+    // 50 MB without a space: the byte count alone proves it cannot fit 32768 tokens.
+    let text = "x".repeat(50 << 20);
+    let e = tok
+        .encode_bounded(&text, true, 32767)
+        .expect_err("too long");
+    assert!(e.at_least > 32767 && e.at_least <= text.len(), "{e}");
+    // Just over the limit: counting stops at the first piece past it, with a true bound.
+    let text = "word ".repeat(40_000);
+    let e = tok.encode_bounded(&text, true, 1000).expect_err("too long");
+    let n = tok.encode(&text, true).len();
+    assert!(e.at_least > 1000 && e.at_least <= n, "{e}, {n} tokens");
+    let text = "<｜User｜>".repeat(5000);
+    let e = tok.encode_bounded(&text, true, 100).expect_err("too long");
+    assert!(e.at_least > 100 && e.at_least <= 5000, "{e}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    #[test]
+    fn bounded_encode_is_encode_or_a_true_lower_bound(
+        s in "(\\PC|<｜User｜>|｜DSML｜|<think>|\\s|a{1,40}|\\.{1,200})*",
+        limit in 0usize..64,
+        special in proptest::bool::ANY,
+    ) {
+        let tok = tokenizer();
+        let full = tok.encode(&s, special);
+        match tok.encode_bounded(&s, special, limit) {
+            Ok(ids) => proptest::prop_assert_eq!(ids, full),
+            Err(e) => {
+                proptest::prop_assert!(full.len() > limit);
+                proptest::prop_assert!(e.at_least > limit && e.at_least <= full.len());
+            }
+        }
+    }
+}

@@ -47,7 +47,7 @@ fn reference(recipe: &str, name: &str, case: &Case) -> Vec<f32> {
 
 fn run(case: &Case, num: Numerics) -> Vec<f32> {
     let be = CpuBackend::new(case.model.file.clone());
-    let mut sess = case.model.new_session();
+    let mut sess = case.model.new_session(&be, 4096).expect("session");
     case.model
         .forward_with(&be, &mut sess, &case.tokens, num)
         .expect("forward")

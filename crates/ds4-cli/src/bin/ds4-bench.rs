@@ -10,7 +10,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Parser;
 use ds4::model::{Model, Precision};
-use ds4::session::Session;
 use ds4::tokenizer::Tokenizer;
 
 /// Speed sweep for DeepSeek V4 Flash.
@@ -33,11 +32,10 @@ struct Args {
     /// tokenizer).
     #[arg(long = "synthetic-prompt")]
     synthetic: bool,
-    /// CPU backend (the default).
+    /// CPU backend (the default without a GPU).
     #[arg(long = "cpu")]
     cpu: bool,
-    /// CUDA backend on device 0 (experimental: weights on the device, activations copied
-    /// per operation).
+    /// CUDA backend on device 0 (the default when a GPU is present).
     #[arg(long = "cuda", conflicts_with = "cpu")]
     cuda: bool,
     /// Worker threads (0: all cores).
@@ -69,25 +67,6 @@ struct Args {
     /// Write the CSV here instead of stdout.
     #[arg(long = "csv")]
     csv: Option<PathBuf>,
-}
-
-/// Session bytes as stored (f32 values): the snapshot size ds4 reports as `kvcache_bytes`.
-fn session_bytes(s: &Session) -> usize {
-    let f = |v: &Vec<f32>| v.len() * 4;
-    s.layers
-        .iter()
-        .map(|l| {
-            f(&l.raw)
-                + f(&l.comp)
-                + f(&l.idx)
-                + [&l.attn_frontier, &l.idx_frontier]
-                    .iter()
-                    .filter_map(|fr| fr.as_ref())
-                    .map(|fr| f(&fr.kv) + f(&fr.score))
-                    .sum::<usize>()
-        })
-        .sum::<usize>()
-        + s.tokens.len() * 4
 }
 
 fn frontiers(a: &Args) -> Vec<usize> {
@@ -156,7 +135,8 @@ fn argmax_excluding(logits: &[f32], skip: Option<u32>) -> u32 {
 
 fn run(a: Args) -> anyhow::Result<()> {
     ds4_cli::init_threads(a.threads)?;
-    let model = ds4_cli::load_model(&a.model)?;
+    let t_load = Instant::now();
+    let model = std::sync::Arc::new(ds4_cli::load_model(&a.model)?);
     let prec = if a.precise {
         Precision::Precise
     } else {
@@ -173,8 +153,15 @@ fn run(a: Args) -> anyhow::Result<()> {
     let eos = Tokenizer::from_metadata(|k| model.file.get(k))
         .ok()
         .map(|t| t.eos());
-    let be = ds4_cli::make_backend(&model, a.cuda)?;
+    let be = ds4_cli::make_backend(&model, a.cpu, a.cuda, a.ctx_max + a.gen_tokens)?;
     let be = be.as_ref();
+    let load_s = t_load.elapsed().as_secs_f64();
+    let mut peak = be.device_memory_used();
+    let mut note_peak = |be: &dyn ds4::backend::Backend| {
+        if let Some(m) = be.device_memory_used() {
+            peak = Some(peak.map_or(m, |p: usize| p.max(m)));
+        }
+    };
     let mut out: Box<dyn Write> = match &a.csv {
         Some(p) => {
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
@@ -185,26 +172,25 @@ fn run(a: Args) -> anyhow::Result<()> {
         out,
         "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes"
     )?;
-    let mut sess = model.new_session();
-    let mut logits = Vec::new();
+    let mut sess = model.new_session(be, a.ctx_max + a.gen_tokens)?;
     for ctx in frontiers(&a) {
         let from = sess.pos();
         let t0 = Instant::now();
-        let all = model.forward(be, &mut sess, &tokens[from..ctx], prec)?;
-        let prefill_s = t0.elapsed().as_secs_f64();
-        if !all.is_empty() {
-            logits = all[all.len() - model.config.n_vocab..].to_vec();
+        if ctx > from {
+            model.forward_last(be, &mut sess, &tokens[from..ctx], prec)?;
         }
-        let snapshot = sess.clone();
-        let kv_bytes = session_bytes(&sess);
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let snapshot = sess.snapshot(be)?;
+        let kv_bytes = snapshot.kv_bytes();
         let t1 = Instant::now();
-        let mut l = logits.clone();
+        let mut l = sess.logits.clone();
         for _ in 0..a.gen_tokens {
             let t = argmax_excluding(&l, eos);
-            l = model.forward(be, &mut sess, &[t], prec)?;
+            l = model.forward_last(be, &mut sess, &[t], prec)?;
         }
         let gen_s = t1.elapsed().as_secs_f64();
-        sess = snapshot;
+        note_peak(be);
+        sess.restore(be, &model.config, &snapshot)?;
         let prefill_tokens = ctx - from;
         writeln!(
             out,
@@ -214,6 +200,14 @@ fn run(a: Args) -> anyhow::Result<()> {
             a.gen_tokens as f64 / gen_s.max(1e-9)
         )?;
         out.flush()?;
+    }
+    match peak {
+        Some(p) => eprintln!(
+            "ds4-bench: {} backend, load {load_s:.1} s, peak device memory {:.2} GiB",
+            be.name(),
+            p as f64 / (1u64 << 30) as f64
+        ),
+        None => eprintln!("ds4-bench: {} backend, load {load_s:.1} s", be.name()),
     }
     Ok(())
 }

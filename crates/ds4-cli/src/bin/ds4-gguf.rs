@@ -78,6 +78,25 @@ struct TinyArgs {
 enum Cmd {
     /// Write a small model with the real tensor layout and random weights.
     Tiny(TinyArgs),
+    /// Write a full-size synthetic model: every real dimension and tensor type of the published
+    /// q2 or q4 file, random valid weights (for benchmarks; ds4 and llama.cpp load it too).
+    Synth {
+        /// Expert quantisation of the published file to imitate: q2 or q4.
+        #[arg(long, default_value = "q2")]
+        layout: ExpertRecipe,
+        /// Layers (43 in the real model).
+        #[arg(long, default_value_t = 43)]
+        layers: usize,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A tokenizer.json whose vocabulary to embed (the real V4 one: ds4 needs it).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a file's metadata and tensor table.
     Inspect {
         /// The GGUF file.
@@ -89,14 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Tiny(t) => {
             let tokenizer = match &t.tokenizer {
-                Some(p) => {
-                    let json = std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?;
-                    Some(
-                        ds4::tokenizer::gguf_metadata_from_tokenizer_json(&json)
-                            .with_context(|| format!("converting {}", p.display()))?,
-                    )
-                }
+                Some(p) => Some(read_tokenizer(p)?),
                 None => None,
             };
             let spec = TinySpec {
@@ -124,12 +136,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("ds4-gguf: wrote {}", t.out.display());
             Ok(())
         }
+        Cmd::Synth {
+            layout,
+            layers,
+            seed,
+            tokenizer,
+            out,
+        } => {
+            let mut spec = ds4::synth::full_size(layout, layers, seed);
+            if let Some(p) = &tokenizer {
+                spec.tokenizer = Some(read_tokenizer(p)?);
+            }
+            let t0 = std::time::Instant::now();
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "ds4-gguf: {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let total = ds4::synth::write(&spec, &out, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .with_context(|| format!("writing {}", out.display()))?;
+            bar.finish_and_clear();
+            let s = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "ds4-gguf: wrote {} ({:.1} GiB in {s:.1} s, {:.2} GB/s)",
+                out.display(),
+                total as f64 / (1u64 << 30) as f64,
+                total as f64 / s / 1e9
+            );
+            Ok(())
+        }
         Cmd::Inspect { file } => {
             let f = ds4::gguf::GgufFile::open(&file)
                 .with_context(|| format!("opening {}", file.display()))?;
             ds4_cli::inspect(&f, &mut std::io::stdout().lock())
         }
     }
+}
+
+/// GGUF tokenizer metadata from a tokenizer.json.
+fn read_tokenizer(p: &std::path::Path) -> anyhow::Result<Vec<(String, ds4::gguf::Value)>> {
+    let json = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    ds4::tokenizer::gguf_metadata_from_tokenizer_json(&json)
+        .with_context(|| format!("converting {}", p.display()))
 }
 
 fn main() {

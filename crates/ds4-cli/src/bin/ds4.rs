@@ -47,10 +47,10 @@ pub struct Args {
     /// Context size in tokens.
     #[arg(short = 'c', long = "ctx", default_value_t = 32768)]
     ctx: usize,
-    /// Run on the CPU backend (the default).
+    /// Run on the CPU backend (the default without a GPU).
     #[arg(long = "cpu")]
     cpu: bool,
-    /// Run on CUDA device 0 (experimental: weight matmuls on the GPU, the rest on the host).
+    /// Run on CUDA device 0 (the default when a GPU is present).
     #[arg(long = "cuda", conflicts_with = "cpu")]
     cuda: bool,
     /// Worker threads (0: all cores).
@@ -198,6 +198,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             out,
             args.precision(),
             args.decode_from,
+            args.cpu,
             args.cuda,
         );
     }
@@ -217,7 +218,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         )?);
     }
     let model = Arc::new(ds4_cli::load_model(&args.model)?);
-    let backend = ds4_cli::make_backend(&model, args.cuda)?;
+    let backend = ds4_cli::make_backend(&model, args.cpu, args.cuda, args.ctx)?;
     let mut engine = ds4::engine::Engine::with_backend(model, backend, args.precision(), args.ctx)?;
     match prompt {
         Some(text) => ds4_cli::chat_cli::one_shot(&mut engine, &args.chat_options(), &text),

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use ds4_server::{router, AppState, ServerConfig};
+use ds4_server::serve::ConnLimits;
+use ds4_server::{router, AppState, RequestLimits, ServerConfig};
 use serde_json::Value;
 
 /// Path of the shared tiny model (generated on first use).
@@ -48,6 +49,8 @@ pub struct Opts {
     pub keepalive_ms: u64,
     pub test_hooks: bool,
     pub cors: bool,
+    pub limits: RequestLimits,
+    pub conn: ConnLimits,
 }
 
 impl Default for Opts {
@@ -58,6 +61,8 @@ impl Default for Opts {
             keepalive_ms: 5000,
             test_hooks: cfg!(feature = "test-hooks"),
             cors: false,
+            limits: RequestLimits::default(),
+            conn: ConnLimits::default(),
         }
     }
 }
@@ -76,6 +81,7 @@ pub fn state(opts: &Opts) -> AppState {
         cors: opts.cors,
         keepalive_ms: opts.keepalive_ms,
         test_hooks: opts.test_hooks,
+        limits: opts.limits.clone(),
     };
     AppState::new(engine, config, None)
 }
@@ -83,8 +89,11 @@ pub fn state(opts: &Opts) -> AppState {
 /// A server on 127.0.0.1:0.
 pub struct Server {
     pub base: String,
+    pub addr: std::net::SocketAddr,
     pub state: AppState,
     pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<usize>>,
 }
 
 pub async fn start(opts: Opts) -> Server {
@@ -94,17 +103,37 @@ pub async fn start(opts: Opts) -> Server {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = router(state.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        ds4_server::serve::serve(listener, app, &opts.conn, async move {
+            let _ = stopped.await;
+        })
+        .await
     });
     Server {
         base: format!("http://{addr}"),
+        addr,
         state,
         client: reqwest::Client::new(),
+        stop: Some(stop),
+        served: Some(served),
     }
 }
 
 impl Server {
+    /// Shuts down as the binary does on SIGTERM (scheduler first, then the listener) and
+    /// returns how many connections the deadline cut off.
+    pub async fn shutdown(&mut self) -> usize {
+        self.state.scheduler.shutdown();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.served.take() {
+            Some(h) => h.await.expect("serve task"),
+            None => 0,
+        }
+    }
+
     /// POST JSON, returns (status, parsed body or Value::String(raw)).
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, body.to_string().into_bytes()).await

@@ -144,6 +144,56 @@ pub enum Error {
         /// File length in bytes.
         file_len: u64,
     },
+    /// A tensor offset that is not a multiple of the data-section alignment (ggml refuses it).
+    #[error("tensor `{tensor}`: offset {offset} is not a multiple of the alignment {alignment}")]
+    MisalignedTensor {
+        /// Tensor name.
+        tensor: String,
+        /// The offset as stored (relative to the data section).
+        offset: u64,
+        /// The file's alignment.
+        alignment: u64,
+    },
+    /// Two tensors whose data ranges share bytes.
+    #[error(
+        "tensors `{first}` and `{second}` overlap: `{first}` ends at byte {first_end}, \
+         `{second}` starts at byte {second_start}"
+    )]
+    OverlappingTensors {
+        /// The tensor that starts first.
+        first: String,
+        /// Its absolute end offset.
+        first_end: u64,
+        /// The tensor that starts inside it.
+        second: String,
+        /// Its absolute start offset.
+        second_start: u64,
+    },
+    /// A tensor that does not start where the previous one (in table order) ends, rounded up
+    /// to the alignment: ggml packs tensors without gaps, so its size does not match the
+    /// layout.
+    #[error(
+        "tensor `{tensor}`: starts at byte {offset}, but the tensors before it end at byte \
+         {expected} (a gap: tensors are packed in table order, as ggml requires, so a type or \
+         shape does not match the layout)"
+    )]
+    TensorGap {
+        /// Tensor name.
+        tensor: String,
+        /// Its absolute offset.
+        offset: u64,
+        /// Where it had to start.
+        expected: u64,
+    },
+    /// The path is a directory, FIFO, socket or device: only regular files are mapped (a FIFO
+    /// would block the open forever).
+    #[error("GGUF file {}: not a regular file ({kind})", path.display())]
+    NotRegularFile {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// Two tensors with the same name.
     #[error("duplicate tensor name `{name}`")]
     DuplicateTensor {

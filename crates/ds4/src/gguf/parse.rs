@@ -78,6 +78,14 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Layout, Error> {
 
     let mut tensor_index = HashMap::with_capacity(tensors.len());
     for (i, t) in tensors.iter_mut().enumerate() {
+        // ggml: every stored offset is a multiple of the alignment.
+        if !t.offset.is_multiple_of(alignment) {
+            return Err(Error::MisalignedTensor {
+                tensor: t.name.clone(),
+                offset: t.offset,
+                alignment,
+            });
+        }
         // The stored offset is relative to the data section; make it absolute and bound it.
         let abs = data_offset.checked_add(t.offset);
         let end = abs.and_then(|a| a.checked_add(t.n_bytes));
@@ -98,6 +106,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Layout, Error> {
         }
     }
 
+    check_packing(&tensors, data_offset, alignment)?;
+
     Ok(Layout {
         version,
         alignment,
@@ -107,6 +117,39 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Layout, Error> {
         tensors,
         tensor_index,
     })
+}
+
+/// The tensor table is packed as ggml requires (`gguf_init_from_file_impl`): in table order,
+/// each tensor starts where the one before ends, rounded up to the alignment (the first at
+/// the data section's start). Since sizes come from type and shape, this rules out overlaps,
+/// gaps, and any type or shape change that would make a tensor read into its neighbour or
+/// leave bytes unread.
+fn check_packing(tensors: &[TensorInfo], data_offset: u64, alignment: u64) -> Result<(), Error> {
+    let mut expected = data_offset;
+    let mut prev: Option<&TensorInfo> = None;
+    for t in tensors {
+        if t.offset < expected {
+            // Only reachable after a first tensor: the data section starts at `data_offset`.
+            let p = prev.expect("invariant: offsets start at the data section");
+            return Err(Error::OverlappingTensors {
+                first: p.name.clone(),
+                first_end: p.offset.saturating_add(p.n_bytes),
+                second: t.name.clone(),
+                second_start: t.offset,
+            });
+        }
+        if t.offset > expected {
+            return Err(Error::TensorGap {
+                tensor: t.name.clone(),
+                offset: t.offset,
+                expected,
+            });
+        }
+        // In bounds (checked above), so neither the sum nor the padding can overflow.
+        expected = align_up(t.offset.saturating_add(t.n_bytes), alignment).unwrap_or(u64::MAX);
+        prev = Some(t);
+    }
+    Ok(())
 }
 
 /// `general.alignment` if present (must be a U32 nonzero power of two), else 32.
@@ -533,7 +576,7 @@ mod tests {
     #[test]
     fn rejects_tensor_offset_that_overflows() {
         let raw = Raw::header(1, 0)
-            .tensor("w", &[8], GgmlType::F32.id(), u64::MAX - 8)
+            .tensor("w", &[8], GgmlType::F32.id(), u64::MAX - 31)
             .pad(32);
         let e = parse_err(raw);
         assert!(
@@ -598,6 +641,89 @@ mod tests {
             .pad(32)
             .zeros(8);
         assert_eq!(parse(&raw.0).unwrap().tensors[0].n_elems, 2);
+    }
+
+    #[test]
+    fn rejects_misaligned_tensor_offset() {
+        let raw = Raw::header(1, 0)
+            .tensor("w", &[1], GgmlType::F32.id(), 4)
+            .pad(32)
+            .zeros(64);
+        let e = parse_err(raw);
+        assert!(
+            matches!(&e, Error::MisalignedTensor { tensor, offset: 4, alignment: 32 } if tensor == "w"),
+            "{e:?}"
+        );
+        assert_msg(&e, &["`w`", "offset 4", "multiple of the alignment 32"]);
+    }
+
+    #[test]
+    fn rejects_tensor_pointing_into_another_tensor() {
+        // b starts inside a (64 bytes at 0).
+        let raw = Raw::header(2, 0)
+            .tensor("a", &[16], GgmlType::F32.id(), 0)
+            .tensor("b", &[8], GgmlType::F32.id(), 32)
+            .pad(32)
+            .zeros(96);
+        let e = parse_err(raw);
+        assert!(
+            matches!(&e, Error::OverlappingTensors { first, second, .. } if first == "a" && second == "b"),
+            "{e:?}"
+        );
+        assert_msg(&e, &["`a`", "`b`", "overlap"]);
+        // The same bytes under two names overlap too.
+        let raw = Raw::header(2, 0)
+            .tensor("a", &[8], GgmlType::F32.id(), 0)
+            .tensor("b", &[8], GgmlType::F32.id(), 0)
+            .pad(32)
+            .zeros(32);
+        assert!(matches!(parse_err(raw), Error::OverlappingTensors { .. }));
+    }
+
+    #[test]
+    fn rejects_type_change_that_reads_into_the_next_tensor() {
+        // F16 [16] is 32 bytes; as F32 it is 64 and runs into `b` at 32.
+        let raw = Raw::header(2, 0)
+            .tensor("a", &[16], GgmlType::F32.id(), 0)
+            .tensor("b", &[16], GgmlType::F16.id(), 32)
+            .pad(32)
+            .zeros(96);
+        assert!(matches!(parse_err(raw), Error::OverlappingTensors { .. }));
+    }
+
+    #[test]
+    fn rejects_a_gap_or_tensors_out_of_table_order() {
+        // A gap: `b` starts 32 bytes after `a` ends (a shrinking type change looks like this).
+        let raw = Raw::header(2, 0)
+            .tensor("a", &[8], GgmlType::F32.id(), 0)
+            .tensor("b", &[8], GgmlType::F32.id(), 64)
+            .pad(32)
+            .zeros(96);
+        let e = parse_err(raw);
+        assert!(
+            matches!(&e, Error::TensorGap { tensor, .. } if tensor == "b"),
+            "{e:?}"
+        );
+        assert_msg(&e, &["`b`", "gap"]);
+        // Swapped offsets: the first entry does not start the data section.
+        let raw = Raw::header(2, 0)
+            .tensor("a", &[8], GgmlType::F32.id(), 32)
+            .tensor("b", &[8], GgmlType::F32.id(), 0)
+            .pad(32)
+            .zeros(64);
+        assert!(matches!(parse_err(raw), Error::TensorGap { .. }));
+    }
+
+    #[test]
+    fn accepts_packed_tensors_with_padding_and_empty_ones() {
+        let raw = Raw::header(3, 0)
+            .tensor("a", &[3], GgmlType::F32.id(), 0)
+            .tensor("empty", &[0], GgmlType::F32.id(), 32)
+            .tensor("b", &[8], GgmlType::F32.id(), 32)
+            .pad(32)
+            .zeros(64);
+        let l = parse(&raw.0).unwrap();
+        assert_eq!(l.tensors.len(), 3);
     }
 
     #[test]

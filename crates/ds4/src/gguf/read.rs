@@ -66,8 +66,24 @@ impl GgufFile {
             path: path.to_owned(),
             source,
         };
+        // Before opening: opening a FIFO for reading blocks until a writer appears.
+        let kind = |m: &std::fs::Metadata| file_kind(&m.file_type());
+        if let Some(kind) = kind(&std::fs::metadata(path).map_err(io)?) {
+            return Err(Error::NotRegularFile {
+                path: path.to_owned(),
+                kind,
+            });
+        }
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        // Again on the open file, in case the path changed in between.
+        if let Some(kind) = kind(&meta) {
+            return Err(Error::NotRegularFile {
+                path: path.to_owned(),
+                kind,
+            });
+        }
+        let len = meta.len();
         if len < parse::HEADER_BYTES {
             // Also avoids mapping an empty file, which some platforms reject.
             return Err(Error::TooShort { len });
@@ -158,6 +174,30 @@ impl GgufFile {
     }
 }
 
+/// `None` for a regular file, else what the file is.
+fn file_kind(t: &std::fs::FileType) -> Option<&'static str> {
+    if t.is_file() {
+        return None;
+    }
+    if t.is_dir() {
+        return Some("a directory");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return Some("a FIFO");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+        if t.is_block_device() || t.is_char_device() {
+            return Some("a device");
+        }
+    }
+    Some("not a regular file")
+}
+
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<GgufFile>();
@@ -207,6 +247,40 @@ mod tests {
             e.to_string().contains("ds4-gguf-definitely-missing.gguf"),
             "{e}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn open_refuses_a_fifo_without_blocking_and_a_directory() {
+        let dir = std::env::temp_dir().join(format!("ds4-gguf-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("model.gguf");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // With no writer, opening it would block forever: this returns instead.
+        let e = GgufFile::open(&fifo).unwrap_err();
+        assert!(
+            matches!(e, Error::NotRegularFile { kind: "a FIFO", .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("not a regular file (a FIFO)"), "{e}");
+        let e = GgufFile::open(&dir).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::NotRegularFile {
+                    kind: "a directory",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[test]

@@ -21,7 +21,10 @@ struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ty: GgmlType,
-    data: Vec<u8>,
+    /// The bytes; `None` for a tensor whose data the caller writes itself after the header
+    /// ([`GgufWriter::add_tensor_shape`]).
+    data: Option<Vec<u8>>,
+    n_bytes: u64,
 }
 
 /// Collects metadata and tensors in memory, then writes one GGUF v3 file.
@@ -124,13 +127,86 @@ impl GgufWriter {
             name: name.to_owned(),
             dims: dims.to_vec(),
             ty,
-            data,
+            data: Some(data),
+            n_bytes,
+        });
+        Ok(())
+    }
+
+    /// Adds tensor `name` without data: [`GgufWriter::write_header_to`] lays it out and the
+    /// caller writes its bytes at the offset returned (files too large to hold in memory).
+    pub fn add_tensor_shape(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ty: GgmlType,
+    ) -> Result<(), Error> {
+        if self.names.contains(name) {
+            return Err(Error::DuplicateTensor {
+                name: name.to_owned(),
+            });
+        }
+        if !(1..=MAX_DIMS).contains(&dims.len()) {
+            return Err(Error::BadNdim {
+                tensor: name.to_owned(),
+                ndim: to_u64(dims.len()),
+            });
+        }
+        let (_, n_bytes) = tensor_size(name, dims, ty)?;
+        self.names.insert(name.to_owned());
+        self.tensors.push(PendingTensor {
+            name: name.to_owned(),
+            dims: dims.to_vec(),
+            ty,
+            data: None,
+            n_bytes,
         });
         Ok(())
     }
 
     /// Writes the whole file to `w`: header, metadata, tensor infos, padding, tensor data.
+    /// Fails if a tensor was added without data.
     pub fn write_to(&self, w: &mut impl Write) -> Result<(), Error> {
+        let mut out = Out { w, pos: 0 };
+        self.header(&mut out)?;
+        for t in &self.tensors {
+            let Some(data) = &t.data else {
+                return Err(Error::DataSizeMismatch {
+                    tensor: t.name.clone(),
+                    ty: t.ty,
+                    dims: t.dims.clone(),
+                    expected: t.n_bytes,
+                    found: 0,
+                });
+            };
+            out.bytes(data)?;
+            out.pad(self.alignment)?;
+        }
+        Ok(())
+    }
+
+    /// Writes header, metadata, tensor infos and the padding before the data section, and
+    /// returns each tensor's absolute data offset in the file and byte size, in the order the
+    /// tensors were added. The data (and the padding between tensors, zeros) is the caller's
+    /// to write; the file is `total_len` bytes long.
+    pub fn write_header_to(&self, w: &mut impl Write) -> Result<(Vec<(u64, u64)>, u64), Error> {
+        let mut out = Out { w, pos: 0 };
+        self.header(&mut out)?;
+        let start = out.pos;
+        let mut at = start;
+        let mut spans = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            spans.push((at, t.n_bytes));
+            at = at
+                .checked_add(padded(t.n_bytes, self.alignment)?)
+                .ok_or(Error::BadAlignment {
+                    value: self.alignment,
+                })?;
+        }
+        Ok((spans, at))
+    }
+
+    fn header<W: Write>(&self, out: &mut Out<'_, W>) -> Result<(), Error> {
         let align = self.alignment;
         let align_u32 = u32::try_from(align).ok().filter(|a| a.is_power_of_two());
         let Some(align_u32) = align_u32 else {
@@ -142,8 +218,6 @@ impl GgufWriter {
             .iter()
             .chain(self.metadata.iter())
             .collect();
-
-        let mut out = Out { w, pos: 0 };
         out.bytes(&MAGIC)?;
         out.bytes(&VERSION.to_le_bytes())?;
         out.u64(to_u64(self.tensors.len()))?;
@@ -166,16 +240,11 @@ impl GgufWriter {
             }
             out.bytes(&t.ty.id().to_le_bytes())?;
             out.u64(rel_offset)?;
-            rel_offset = padded(to_u64(t.data.len()), align)?
+            rel_offset = padded(t.n_bytes, align)?
                 .checked_add(rel_offset)
                 .ok_or(Error::BadAlignment { value: align })?;
         }
-        out.pad(align)?;
-        for t in &self.tensors {
-            out.bytes(&t.data)?;
-            out.pad(align)?;
-        }
-        Ok(())
+        out.pad(align)
     }
 
     /// Writes the file to a temporary name beside `path`, syncs it, then renames it over

@@ -4,8 +4,17 @@
 
 use crate::gguf::Value;
 
-/// Architecture prefix of every model key.
+/// Architecture prefix of every model key, and the required `general.architecture`.
 pub const ARCH: &str = "deepseek4";
+/// The metadata key naming the architecture.
+pub const ARCH_KEY: &str = "general.architecture";
+/// Most Sinkhorn rounds accepted (20 in the real model; each is a pass over an n_hc × n_hc
+/// matrix per token and layer, so 2^31 would hang the forward pass).
+pub const MAX_SINKHORN_ITERS: usize = 256;
+/// Most raw-window tokens accepted (128 in the real model; sizes per-session buffers).
+pub const MAX_SWA: usize = 1 << 16;
+/// Largest indexer top-k accepted (512 in the real model; sizes per-token buffers).
+pub const MAX_IDX_TOPK: usize = 1 << 16;
 
 /// What went wrong reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +198,7 @@ fn wrong_value(name: &str, expected: impl ToString, found: impl ToString) -> Con
 impl Config {
     /// Reads and validates the configuration from metadata looked up by full key name.
     pub fn from_metadata<'a>(get: impl Fn(&str) -> Option<&'a Value>) -> Result<Self, ConfigError> {
+        check_architecture(&get)?;
         let m = Meta { get };
         let n_layer = m.u32("block_count")?;
         let cfg = Config {
@@ -228,6 +238,7 @@ impl Config {
                 .and_then(|v| u64::try_from(v).ok()),
         };
         check_fixed(&m, &cfg)?;
+        check_ranges(&cfg)?;
         if cfg.n_layer == 43 && cfg.n_embd == 4096 {
             check_real(&m, &cfg)?;
         }
@@ -322,6 +333,109 @@ fn read_clamps<'a, F: Fn(&str) -> Option<&'a Value>>(
             other => Err(wrong_type(name, "ARRAY of FLOAT32 or FLOAT64", other)),
         })
         .collect()
+}
+
+/// `general.architecture` must be `deepseek4`: another model's file must not be read as ours.
+fn check_architecture<'a>(get: &impl Fn(&str) -> Option<&'a Value>) -> Result<(), ConfigError> {
+    match get(ARCH_KEY) {
+        None => Err(ConfigError::MissingKey {
+            key: ARCH_KEY.into(),
+        }),
+        Some(Value::String(a)) if a == ARCH => Ok(()),
+        Some(Value::String(a)) => Err(ConfigError::WrongValue {
+            key: ARCH_KEY.into(),
+            expected: format!("\"{ARCH}\" (DeepSeek V4 Flash)"),
+            found: format!("{a:?}"),
+        }),
+        Some(other) => Err(ConfigError::WrongType {
+            key: ARCH_KEY.into(),
+            expected: "STRING",
+            found: format!("{:?}", other.value_type()),
+        }),
+    }
+}
+
+/// Bounds that hold at every size, so a small file cannot slip a NaN, a division by zero or
+/// an endless loop into the forward pass: every float finite and in a sane range, every
+/// integer that sizes work or buffers (rather than a tensor, whose shape is checked against
+/// the file) below a cap.
+fn check_ranges(c: &Config) -> Result<(), ConfigError> {
+    // (key, value, low, high, low inclusive): the real values are well inside each range.
+    let floats = [
+        ("hyper_connection.epsilon", c.hc_eps, 0.0, 1e-2, false),
+        (
+            "attention.layer_norm_rms_epsilon",
+            c.rms_eps,
+            0.0,
+            1e-2,
+            false,
+        ),
+        // ln(base) divides the YaRN correction dims, and base^(-2k/n) is the frequency.
+        ("rope.freq_base", c.rope_base, 1.0, 1e9, false),
+        (
+            "attention.compress_rope_freq_base",
+            c.compress_rope_base,
+            1.0,
+            1e9,
+            false,
+        ),
+        ("rope.scaling.factor", c.yarn_factor, 1.0, 1e6, true),
+        (
+            "rope.scaling.original_context_length",
+            c.yarn_orig_ctx,
+            1.0,
+            1e9,
+            true,
+        ),
+        (
+            "rope.scaling.yarn_beta_fast",
+            c.yarn_beta_fast,
+            0.0,
+            1e6,
+            false,
+        ),
+        (
+            "rope.scaling.yarn_beta_slow",
+            c.yarn_beta_slow,
+            0.0,
+            1e6,
+            false,
+        ),
+        (
+            "expert_weights_scale",
+            c.expert_weights_scale,
+            0.0,
+            1e3,
+            false,
+        ),
+    ];
+    for (name, v, lo, hi, lo_inclusive) in floats {
+        let above_lo = if lo_inclusive { v >= lo } else { v > lo };
+        if !(v.is_finite() && above_lo && v <= hi) {
+            let open = if lo_inclusive { '[' } else { '(' };
+            return Err(wrong_value(
+                name,
+                format!("a finite number in {open}{lo}, {hi}]"),
+                v,
+            ));
+        }
+    }
+    let ints = [
+        (
+            "hyper_connection.sinkhorn_iterations",
+            c.sinkhorn_iters,
+            1,
+            MAX_SINKHORN_ITERS,
+        ),
+        ("attention.sliding_window", c.n_swa, 1, MAX_SWA),
+        ("attention.indexer.top_k", c.idx_topk, 1, MAX_IDX_TOPK),
+    ];
+    for (name, v, lo, hi) in ints {
+        if !(lo..=hi).contains(&v) {
+            return Err(wrong_value(name, format!("an integer in [{lo}, {hi}]"), v));
+        }
+    }
+    Ok(())
 }
 
 fn close(a: f32, b: f32) -> bool {

@@ -11,12 +11,14 @@ pub mod indexer;
 pub mod moe;
 pub mod numerics;
 pub mod rope;
+pub mod scratch;
 pub mod weights;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{Config, ConfigError};
+pub use forward::{Logits, PREFILL_CHUNK};
 pub use weights::{Weights, WeightsError};
 
 use crate::backend::Backend;
@@ -41,6 +43,7 @@ impl Precision {
             fp8_kv: on,
             indexer_qat: on,
             f16_rows: on,
+            fast: on,
         }
     }
 }
@@ -55,6 +58,9 @@ pub struct Numerics {
     pub indexer_qat: bool,
     /// f16 rounding of stored raw, compressed and indexer rows.
     pub f16_rows: bool,
+    /// A backend may use its fast approximations (quantised activations in matmuls, f16 GEMM
+    /// inputs; DESIGN.md "Two precisions"). The CPU reference ignores it.
+    pub fast: bool,
 }
 
 /// Anything that stops a model from loading or running.
@@ -72,6 +78,14 @@ pub enum ModelError {
     /// A backend operation failed; the session evaluated is no longer consistent.
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
+    /// The session cannot hold the tokens.
+    #[error("{needed} tokens do not fit the session's context of {ctx}")]
+    ContextFull {
+        /// Tokens the session would hold.
+        needed: usize,
+        /// Its capacity.
+        ctx: usize,
+    },
     /// A token id outside the vocabulary.
     #[error("token id {token} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange {
@@ -117,9 +131,9 @@ impl Model {
         })
     }
 
-    /// A fresh session for this model.
-    pub fn new_session(&self) -> Session {
-        Session::new(&self.config)
+    /// A fresh session for this model on `be`, sized for `ctx` tokens.
+    pub fn new_session(&self, be: &dyn Backend, ctx: usize) -> Result<Session, ModelError> {
+        Ok(Session::new(be, &self.config, ctx)?)
     }
 
     /// Evaluates `tokens` in `sess` and returns the logits after each, `[n × n_vocab]`.
@@ -130,7 +144,19 @@ impl Model {
         tokens: &[u32],
         prec: Precision,
     ) -> Result<Vec<f32>, ModelError> {
-        forward::forward(self, be, sess, tokens, prec.numerics())
+        forward::forward(self, be, sess, tokens, prec.numerics(), Logits::All)
+    }
+
+    /// Evaluates `tokens` in `sess` and returns the logits after the last one, `[n_vocab]`.
+    /// Only the last row goes through the output head.
+    pub fn forward_last(
+        &self,
+        be: &dyn Backend,
+        sess: &mut Session,
+        tokens: &[u32],
+        prec: Precision,
+    ) -> Result<Vec<f32>, ModelError> {
+        forward::forward(self, be, sess, tokens, prec.numerics(), Logits::Last)
     }
 
     /// As [`Model::forward`] with an explicit set of simulations.
@@ -141,6 +167,6 @@ impl Model {
         tokens: &[u32],
         num: Numerics,
     ) -> Result<Vec<f32>, ModelError> {
-        forward::forward(self, be, sess, tokens, num)
+        forward::forward(self, be, sess, tokens, num, Logits::All)
     }
 }

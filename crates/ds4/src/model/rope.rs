@@ -46,6 +46,11 @@ impl Rope {
         Rope { freq }
     }
 
+    /// The angle per position of each pair `k < n_rot/2` (what device kernels are given).
+    pub fn freq(&self) -> &[f32] {
+        &self.freq
+    }
+
     /// Rotates the trailing `2·freq.len()` dims of `head` at position `pos`; `inverse` negates
     /// the sine.
     pub fn apply(&self, head: &mut [f32], pos: usize, inverse: bool) {

@@ -36,6 +36,11 @@ impl Bpe {
         Bpe { merges, byte_ids }
     }
 
+    /// Whether byte `b` has a token (bytes without one are dropped).
+    pub(crate) fn covers(&self, b: u8) -> bool {
+        self.byte_ids[usize::from(b)].is_some()
+    }
+
     /// Appends the token ids of `piece` to `out`.
     pub(crate) fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
         let mut syms: Vec<Symbol> = Vec::with_capacity(piece.len());

@@ -21,6 +21,7 @@ mod stream;
 mod unicode_classes;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use crate::gguf::{Value, ValueType};
 
@@ -150,6 +151,18 @@ pub enum TokenizerError {
     Json(String),
 }
 
+/// A text that has more tokens than a bounded encode allows (see
+/// [`Tokenizer::encode_bounded`]). Counting stopped as soon as that was certain, so
+/// `at_least` is a lower bound, not the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the text has at least {at_least} tokens, more than the limit of {limit}")]
+pub struct TooManyTokens {
+    /// A lower bound on the token count (always > `limit`).
+    pub at_least: usize,
+    /// The limit that was asked for.
+    pub limit: usize,
+}
+
 /// Ids of the special tokens ds4 uses, found by their text (spec/serving.md §1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecialIds {
@@ -194,6 +207,13 @@ pub struct Tokenizer {
     bpe: bpe::Bpe,
     added: AddedTokens,
     specials: SpecialIds,
+    /// Most bytes of input one token can stand for (BPE token or added token text): every
+    /// token covers at most this many bytes, which bounds the count from below.
+    max_token_bytes: usize,
+    /// Per byte value, the most times it occurs in one token: a text with `n` copies of
+    /// byte `b` needs at least `n / max_byte_count[b]` tokens (`x` × 4 MB is refused from
+    /// this alone, where the length bound would let it through to BPE).
+    max_byte_count: Box<[u32; 256]>,
 }
 
 impl Tokenizer {
@@ -291,6 +311,35 @@ impl Tokenizer {
             },
         ));
 
+        // BPE tokens cover their decoded bytes; added tokens match their raw text.
+        let max_token_bytes = offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .chain(added.by_first_byte.iter().flatten().map(|(t, _)| t.len()))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut max_byte_count = Box::new([0u32; 256]);
+        let token_spans = offsets
+            .windows(2)
+            .filter_map(|w| bytes.get(w[0]..w[1]))
+            .chain(
+                added
+                    .by_first_byte
+                    .iter()
+                    .flatten()
+                    .map(|(t, _)| t.as_slice()),
+            );
+        for span in token_spans {
+            let mut counts = [0u32; 256];
+            for &b in span {
+                let c = &mut counts[usize::from(b)];
+                *c = c.saturating_add(1);
+            }
+            for (m, c) in max_byte_count.iter_mut().zip(counts) {
+                *m = (*m).max(c);
+            }
+        }
         Ok(Tokenizer {
             texts,
             types,
@@ -300,6 +349,8 @@ impl Tokenizer {
             bpe: bpe::Bpe::new(merges, byte_ids),
             added,
             specials,
+            max_token_bytes,
+            max_byte_count,
         })
     }
 
@@ -308,28 +359,108 @@ impl Tokenizer {
     /// spans between them, as for rendered chat prompts; without it all text is plain BPE.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        if !parse_special {
-            self.encode_plain(text, &mut out);
-            return out;
-        }
-        let mut start = 0;
-        for (pos, len, id) in self.added.find_all(text.as_bytes()) {
-            if let Some(span) = text.get(start..pos) {
-                self.encode_plain(span, &mut out);
-            }
-            out.push(id);
-            start = pos + len;
-        }
-        if let Some(span) = text.get(start..) {
-            self.encode_plain(span, &mut out);
-        }
+        // An unbounded encode never breaks off.
+        let _ = self.encode_into(text, parse_special, usize::MAX, &mut out);
         out
     }
 
-    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
-        pretokenize::split(text, &mut |piece| {
-            self.bpe.encode_piece(piece.as_bytes(), out)
+    /// As [`Tokenizer::encode`], but gives up as soon as the text certainly has more than
+    /// `limit` tokens, so the work and memory a text can cost are bounded by `limit`, not by
+    /// its length: a text whose bytes cannot fit in `limit` tokens of the longest token is
+    /// refused before any splitting, and a piece is only merged when its own bound still
+    /// fits. `Ok` holds exactly `encode`'s ids.
+    pub fn encode_bounded(
+        &self,
+        text: &str,
+        parse_special: bool,
+        limit: usize,
+    ) -> Result<Vec<u32>, TooManyTokens> {
+        let at_least = self.min_tokens(text.as_bytes());
+        if at_least > limit {
+            return Err(TooManyTokens { at_least, limit });
+        }
+        let mut out = Vec::with_capacity((text.len() / 3 + 1).min(limit.saturating_add(1)));
+        match self.encode_into(text, parse_special, limit, &mut out) {
+            ControlFlow::Continue(()) => Ok(out),
+            ControlFlow::Break(at_least) => Err(TooManyTokens { at_least, limit }),
+        }
+    }
+
+    /// A lower bound on the tokens `bytes` encode to. Every byte with a token is covered by
+    /// exactly one emitted token, and a token covers at most `max_token_bytes` bytes, of which
+    /// at most `max_byte_count[b]` are `b`. (The per-byte bound costs a 256-entry histogram,
+    /// so short pieces only get the length bound.)
+    fn min_tokens(&self, bytes: &[u8]) -> usize {
+        if bytes.len() < 1024 {
+            let covered = bytes.iter().filter(|&&b| self.bpe.covers(b)).count();
+            return covered.div_ceil(self.max_token_bytes);
+        }
+        let mut counts = [0usize; 256];
+        for &b in bytes {
+            counts[usize::from(b)] += 1;
+        }
+        let mut covered = 0usize;
+        let mut bound = 0usize;
+        for (b, (&n, &most)) in (0u8..=255).zip(counts.iter().zip(self.max_byte_count.iter())) {
+            if n == 0 || !self.bpe.covers(b) {
+                continue;
+            }
+            covered += n;
+            // A covered byte has a one-byte token, so `most` is at least 1.
+            let most = usize::try_from(most).unwrap_or(usize::MAX).max(1);
+            bound = bound.max(n.div_ceil(most));
+        }
+        bound.max(covered.div_ceil(self.max_token_bytes))
+    }
+
+    /// Appends the ids of `text` to `out`, breaking off with a lower bound on the count once
+    /// it is certain to exceed `limit`.
+    fn encode_into(
+        &self,
+        text: &str,
+        parse_special: bool,
+        limit: usize,
+        out: &mut Vec<u32>,
+    ) -> ControlFlow<usize> {
+        if !parse_special {
+            return self.encode_plain(text, limit, out);
+        }
+        let mut start = 0;
+        while let Some((pos, len, id)) = self.added.next_match(text.as_bytes(), start) {
+            if let Some(span) = text.get(start..pos) {
+                self.encode_plain(span, limit, out)?;
+            }
+            out.push(id);
+            if out.len() > limit {
+                return ControlFlow::Break(out.len());
+            }
+            start = pos + len;
+        }
+        match text.get(start..) {
+            Some(span) => self.encode_plain(span, limit, out),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    fn encode_plain(&self, text: &str, limit: usize, out: &mut Vec<u32>) -> ControlFlow<usize> {
+        let mut broke_at = 0;
+        let flow = pretokenize::split(text, &mut |piece| {
+            let floor = out.len().saturating_add(self.min_tokens(piece.as_bytes()));
+            if floor > limit {
+                broke_at = floor;
+                return ControlFlow::Break(());
+            }
+            self.bpe.encode_piece(piece.as_bytes(), out);
+            if out.len() > limit {
+                broke_at = out.len();
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
         });
+        match flow {
+            ControlFlow::Continue(()) => ControlFlow::Continue(()),
+            ControlFlow::Break(()) => ControlFlow::Break(broke_at),
+        }
     }
 
     /// The text of `ids`. Unknown ids are skipped; byte sequences that are not UTF-8 become
@@ -439,28 +570,19 @@ impl AddedTokens {
         AddedTokens { by_first_byte }
     }
 
-    /// Non-overlapping matches `(byte offset, byte length, id)`, leftmost-longest. Matches
-    /// start on char boundaries because added tokens are UTF-8 starting with a lead byte.
-    fn find_all(&self, text: &[u8]) -> Vec<(usize, usize, u32)> {
-        let mut found = Vec::new();
-        let mut i = 0;
-        while i < text.len() {
-            let hit = text
-                .get(i)
-                .and_then(|&b| self.by_first_byte.get(usize::from(b)))
-                .and_then(|list| {
-                    list.iter()
-                        .find(|(tok, _)| text.get(i..).is_some_and(|rest| rest.starts_with(tok)))
-                });
-            match hit {
-                Some((tok, id)) => {
-                    found.push((i, tok.len(), *id));
-                    i += tok.len();
-                }
-                None => i += 1,
-            }
-        }
-        found
+    /// The first match `(byte offset, byte length, id)` at or after `from`, leftmost-longest;
+    /// successive calls from the end of the last match give the non-overlapping matches.
+    /// Matches start on char boundaries because added tokens are UTF-8 starting with a lead
+    /// byte.
+    fn next_match(&self, text: &[u8], from: usize) -> Option<(usize, usize, u32)> {
+        let rest = text.get(from..)?;
+        rest.iter().enumerate().find_map(|(k, &b)| {
+            let list = self.by_first_byte.get(usize::from(b))?;
+            let tail = rest.get(k..)?;
+            list.iter()
+                .find(|(tok, _)| tail.starts_with(tok))
+                .map(|(tok, id)| (from + k, tok.len(), *id))
+        })
     }
 }
 

@@ -15,6 +15,8 @@
 //! tokenizers are the contract. Each regex alternative is resolved by hand with the same
 //! leftmost-first, greedy-with-backtracking result the regex engine gives.
 
+use std::ops::ControlFlow;
+
 use super::unicode_classes::RANGES;
 
 /// The Unicode class of a character as the pre-tokenizer regexes see it. The classes are
@@ -55,10 +57,9 @@ pub(crate) fn class_of(c: char) -> Class {
     }
 }
 
-/// One character of the text being split: its byte offset, value and class.
+/// One character of the text being split: its value and class.
 #[derive(Clone, Copy)]
 struct Ch {
-    off: usize,
     c: char,
     class: Class,
 }
@@ -81,65 +82,96 @@ impl Ch {
     }
 }
 
-/// Splits `text` into pre-token pieces, in order, calling `emit` for each (never empty).
-pub(crate) fn split(text: &str, emit: &mut impl FnMut(&str)) {
-    let chars: Vec<Ch> = text
-        .char_indices()
-        .map(|(off, c)| Ch {
-            off,
-            c,
-            class: class_of(c),
-        })
-        .collect();
-    let mut pieces = Splitter {
-        text,
-        chars: &chars,
-        emit,
-    };
-    pieces.stage_digits(0, chars.len());
+/// The classes of the 128 ASCII characters, from the same table (most text is ASCII, and
+/// the splitter looks at a character once per stage).
+fn ascii_classes() -> &'static [Class; 128] {
+    static TABLE: std::sync::OnceLock<[Class; 128]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [Class::Other; 128];
+        for (b, slot) in (0u8..128).zip(t.iter_mut()) {
+            *slot = class_of(char::from(b));
+        }
+        t
+    })
 }
 
+/// Splits `text` into pre-token pieces, in order, calling `emit` for each (never empty). The
+/// split stops early, returning `Break`, as soon as `emit` does. Memory is O(1): characters
+/// are decoded from `text` as they are looked at, never collected.
+pub(crate) fn split(text: &str, emit: &mut impl FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
+    let mut pieces = Splitter {
+        text,
+        ascii: ascii_classes(),
+        emit,
+    };
+    pieces.stage_digits(0, text.len())
+}
+
+/// Positions are byte offsets into `text`, always on char boundaries.
 struct Splitter<'a, F> {
     text: &'a str,
-    chars: &'a [Ch],
+    ascii: &'static [Class; 128],
     emit: &'a mut F,
 }
 
-impl<F: FnMut(&str)> Splitter<'_, F> {
-    /// Byte offset of char index `i` (`text.len()` at the end).
-    fn off(&self, i: usize) -> usize {
-        self.chars.get(i).map_or(self.text.len(), |ch| ch.off)
+impl<F: FnMut(&str) -> ControlFlow<()>> Splitter<'_, F> {
+    /// The character at byte offset `i`, if any.
+    fn ch(&self, i: usize) -> Option<Ch> {
+        let c = self.text.get(i..)?.chars().next()?;
+        let class = match self
+            .ascii
+            .get(usize::try_from(u32::from(c)).unwrap_or(usize::MAX))
+        {
+            Some(&class) => class,
+            None => class_of(c),
+        };
+        Some(Ch { c, class })
+    }
+
+    /// The offset after the character at `i` (`i` itself at the end).
+    fn next(&self, i: usize) -> usize {
+        self.ch(i).map_or(i, |ch| i + ch.c.len_utf8())
     }
 
     fn is(&self, i: usize, pred: impl Fn(Ch) -> bool) -> bool {
-        self.chars.get(i).is_some_and(|&ch| pred(ch))
+        self.ch(i).is_some_and(pred)
     }
 
-    /// First index at or after `i` (before `end`) where `pred` fails.
+    /// First offset at or after `i` (before `end`) where `pred` fails.
     fn run_end(&self, mut i: usize, end: usize, pred: impl Fn(Ch) -> bool) -> usize {
-        while i < end && self.is(i, &pred) {
-            i += 1;
+        while i < end {
+            match self.ch(i) {
+                Some(ch) if pred(ch) => i += ch.c.len_utf8(),
+                _ => break,
+            }
         }
         i
     }
 
     /// Stage 1: `\p{N}{1,3}`, isolated.
-    fn stage_digits(&mut self, start: usize, end: usize) {
+    fn stage_digits(&mut self, start: usize, end: usize) -> ControlFlow<()> {
         let is_num = |ch: Ch| ch.class == Class::Number;
         let mut i = start;
         while i < end {
             let j = if self.is(i, is_num) {
-                self.run_end(i, end.min(i + 3), is_num)
+                let mut j = i;
+                for _ in 0..3 {
+                    if j < end && self.is(j, is_num) {
+                        j = self.next(j);
+                    }
+                }
+                j
             } else {
                 self.run_end(i, end, |ch| !is_num(ch))
             };
-            self.stage_cjk(i, j);
+            self.stage_cjk(i, j)?;
             i = j;
         }
+        ControlFlow::Continue(())
     }
 
     /// Stage 2: `[一-龥぀-ゟ゠-ヿ]+`, isolated.
-    fn stage_cjk(&mut self, start: usize, end: usize) {
+    fn stage_cjk(&mut self, start: usize, end: usize) -> ControlFlow<()> {
         let mut i = start;
         while i < end {
             let j = if self.is(i, Ch::is_cjk) {
@@ -147,59 +179,63 @@ impl<F: FnMut(&str)> Splitter<'_, F> {
             } else {
                 self.run_end(i, end, |ch| !ch.is_cjk())
             };
-            self.stage_words(i, j);
+            self.stage_words(i, j)?;
             i = j;
         }
+        ControlFlow::Continue(())
     }
 
     /// Stage 3: the six-way word regex, isolated; text no alternative matches is a gap piece.
-    fn stage_words(&mut self, start: usize, end: usize) {
+    fn stage_words(&mut self, start: usize, end: usize) -> ControlFlow<()> {
         let mut gap = start;
         let mut i = start;
         while i < end {
             match self.match_word(i, end) {
                 Some(j) => {
                     if gap < i {
-                        self.piece(gap, i);
+                        self.piece(gap, i)?;
                     }
-                    self.piece(i, j);
+                    self.piece(i, j)?;
                     i = j;
                     gap = j;
                 }
-                None => i += 1,
+                None => i = self.next(i).max(i + 1),
             }
         }
         if gap < end {
-            self.piece(gap, end);
+            self.piece(gap, end)?;
         }
+        ControlFlow::Continue(())
     }
 
-    fn piece(&mut self, start: usize, end: usize) {
-        if let Some(s) = self.text.get(self.off(start)..self.off(end)) {
-            (self.emit)(s);
+    fn piece(&mut self, start: usize, end: usize) -> ControlFlow<()> {
+        match self.text.get(start..end) {
+            Some(s) => (self.emit)(s),
+            None => ControlFlow::Continue(()),
         }
     }
 
     /// The end of the stage-3 match starting at `i` (within a piece ending at `end`).
     fn match_word(&self, i: usize, end: usize) -> Option<usize> {
         let at = |k: usize, pred: &dyn Fn(Ch) -> bool| k < end && self.is(k, pred);
+        let i1 = self.next(i);
         // [ASCII punct][A-Za-z]+
-        if at(i, &|ch| ch.c.is_ascii_punctuation()) && at(i + 1, &|ch| ch.c.is_ascii_alphabetic()) {
-            return Some(self.run_end(i + 1, end, |ch| ch.c.is_ascii_alphabetic()));
+        if at(i, &|ch| ch.c.is_ascii_punctuation()) && at(i1, &|ch| ch.c.is_ascii_alphabetic()) {
+            return Some(self.run_end(i1, end, |ch| ch.c.is_ascii_alphabetic()));
         }
         // [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+
         let optional_lead = |ch: Ch| {
             !ch.is_newline() && !matches!(ch.class, Class::Letter | Class::Punct | Class::Symbol)
         };
-        if at(i, &optional_lead) && at(i + 1, &Ch::is_letter_or_mark) {
-            return Some(self.run_end(i + 1, end, Ch::is_letter_or_mark));
+        if at(i, &optional_lead) && at(i1, &Ch::is_letter_or_mark) {
+            return Some(self.run_end(i1, end, Ch::is_letter_or_mark));
         }
         if at(i, &Ch::is_letter_or_mark) {
             return Some(self.run_end(i, end, Ch::is_letter_or_mark));
         }
         // ␠?[\p{P}\p{S}]+[\r\n]*
-        let ps_start = if at(i, &|ch| ch.c == ' ') && at(i + 1, &Ch::is_punct_or_symbol) {
-            Some(i + 1)
+        let ps_start = if at(i, &|ch| ch.c == ' ') && at(i1, &Ch::is_punct_or_symbol) {
+            Some(i1)
         } else if at(i, &Ch::is_punct_or_symbol) {
             Some(i)
         } else {
@@ -209,19 +245,33 @@ impl<F: FnMut(&str)> Splitter<'_, F> {
             let j = self.run_end(p, end, Ch::is_punct_or_symbol);
             return Some(self.run_end(j, end, Ch::is_newline));
         }
+        // One pass over the whitespace run: its end, its last char, its last newline.
+        let (mut k, mut run, mut last, mut after_newline) = (i, 0usize, i, None);
+        while k < end {
+            match self.ch(k) {
+                Some(ch) if ch.is_space() => {
+                    last = k;
+                    k += ch.c.len_utf8();
+                    run += 1;
+                    if ch.is_newline() {
+                        after_newline = Some(k);
+                    }
+                }
+                _ => break,
+            }
+        }
+        let ws_end = k;
         // \s*[\r\n]+ : the whitespace run up to and including its last newline.
-        let ws_end = self.run_end(i, end, Ch::is_space);
-        if let Some(last_nl) = (i..ws_end).rev().find(|&k| self.is(k, Ch::is_newline)) {
-            return Some(last_nl + 1);
+        if after_newline.is_some() {
+            return after_newline;
         }
         // \s+(?!\S) | \s+
-        let run = ws_end - i;
         if run == 0 {
             None
         } else if ws_end == end || run == 1 {
             Some(ws_end)
         } else {
-            Some(ws_end - 1)
+            Some(last)
         }
     }
 }
@@ -232,7 +282,10 @@ mod tests {
 
     fn pieces(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        split(text, &mut |p| out.push(p.to_string()));
+        let _ = split(text, &mut |p| {
+            out.push(p.to_string());
+            ControlFlow::Continue(())
+        });
         out
     }
 

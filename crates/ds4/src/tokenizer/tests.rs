@@ -169,3 +169,19 @@ fn stream_decoder_replaces_invalid_bytes_like_decode() {
     assert_eq!(text, tok.decode(&ids));
     assert_eq!(text, "\u{FFFD}a\u{FFFD}");
 }
+
+#[test]
+fn longest_token_bound_counts_decoded_bytes_and_added_text() {
+    let tok = build(&toy_metadata()).unwrap();
+    // The longest entry is the BOS text (added: its raw UTF-8), not a GPT-2-encoded string.
+    assert_eq!(tok.max_token_bytes, "<｜begin▁of▁sentence｜>".len());
+    let e = tok
+        .encode_bounded(&"x".repeat(10_000), true, 10)
+        .unwrap_err();
+    // `x` occurs at most once in any token of the toy vocabulary: one token per byte.
+    assert_eq!(tok.max_byte_count[usize::from(b'x')], 1);
+    assert_eq!(e.at_least, 10_000);
+    // Short texts get only the length bound (4 here), then are counted.
+    let e = tok.encode_bounded(&"x".repeat(100), true, 10).unwrap_err();
+    assert_eq!(e.at_least, 100);
+}

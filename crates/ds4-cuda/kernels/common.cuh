@@ -1,0 +1,171 @@
+// Shared definitions of the ds4 CUDA kernels: integer types, f16 conversion, warp and block
+// reductions, and the device-weight descriptor. Every kernel file includes this first (the host
+// concatenates the files into one NVRTC source). The same source also compiles on the CPU
+// under the project's emulator (tools/cuda-emu, DS4_EMU defined), which supplies threadIdx,
+// __syncthreads, shuffles and the other CUDA built-ins; the few places that use PTX have an
+// emulator branch here and nowhere else.
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define WARP 32
+#define DS4_INF __int_as_float(0x7f800000)
+#define FULL_MASK 0xffffffffu
+
+// ggml type ids (spec/model.md §4).
+#define TY_F32 0
+#define TY_F16 1
+#define TY_Q8_0 8
+#define TY_Q2_K 10
+#define TY_Q4_K 12
+#define TY_IQ2_XXS 16
+
+#ifdef DS4_EMU
+#define DYN_SHARED(T, name) T* name = (T*)emu_dyn_smem()
+#else
+#define DYN_SHARED(T, name)                                        \
+    extern __shared__ __align__(16) unsigned char ds4_dyn_smem[]; \
+    T* name = (T*)ds4_dyn_smem
+#endif
+
+// IEEE binary16 bits to float (exact) and float to the nearest binary16 (ties to even).
+__device__ __forceinline__ float h2f(u16 h) {
+#ifdef DS4_EMU
+    return emu_h2f(h);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+#ifdef DS4_EMU
+    return emu_f2h(f);
+#else
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
+}
+
+__device__ __forceinline__ u16 ld_u16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
+
+__device__ __forceinline__ u32 ld_u32(const u8* p) {
+    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+}
+
+#ifdef DS4_EMU
+// One exchange per reduction under the emulator (tools/cuda-emu/emu.h); the butterfly below
+// on the GPU. Both sum in an order fixed by the lane numbers.
+__device__ __forceinline__ float warp_sum(float v) {
+    return emu_warp_reduce(v, [](float a, float b) { return a + b; });
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    return emu_warp_reduce(v, [](double a, double b) { return a + b; });
+}
+__device__ __forceinline__ float warp_max(float v) {
+    return emu_warp_reduce(v, [](float a, float b) { return fmaxf(a, b); });
+}
+__device__ __forceinline__ int warp_sum_i(int v) {
+    return emu_warp_reduce(v, [](int a, int b) { return a + b; });
+}
+#else
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+__device__ __forceinline__ int warp_sum_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+#endif
+
+// Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the total.
+// `sh` holds 32 doubles of shared memory. Two barriers, so it may be called repeatedly.
+__device__ double block_sum_d(double v, double* sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+__device__ float block_sum(float v, float* sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+__device__ float block_max(float v, float* sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    float t = sh[0];
+    for (int i = 1; i < nw; i++) t = fmaxf(t, sh[i]);
+    return t;
+}
+
+// RMSNorm scale of a vector whose sum of squares is `ss` over `n` values, as the CPU
+// reference computes it: f64 sum, f64 scale, then f32 (spec §0).
+__device__ __forceinline__ float rms_scale(double ss, int n, float eps) {
+    return (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+}
+
+__device__ __forceinline__ float sigmoidf_ref(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+__device__ __forceinline__ float siluf_ref(float z) { return z * sigmoidf_ref(z); }
+
+// A weight matrix (or stack of matrices) in device memory. `a` holds the data; Q8_0 and
+// IQ2_XXS are repacked at upload into two planes (weights/ data `a`, f16 scales `b`) so that
+// rows are 16-byte aligned; other types keep their GGUF blocks in `a`. `rows` rows of `cols`
+// per matrix; row r of matrix m is global row m·rows + r.
+struct DW {
+    const u8* a;
+    const u8* b;
+    int ty;
+    int rows;
+    int cols;
+};
+
+// Bytes of one row in plane `a` of a weight of type `ty` with `cols` columns.
+__device__ __forceinline__ i64 plane_row_bytes(int ty, int cols) {
+    switch (ty) {
+    case TY_F32: return 4ll * cols;
+    case TY_F16: return 2ll * cols;
+    case TY_Q8_0: return cols;                 // int8 quants; scales in b
+    case TY_Q2_K: return (i64)(cols / 256) * 84;
+    case TY_Q4_K: return (i64)(cols / 256) * 144;
+    case TY_IQ2_XXS: return (i64)(cols / 256) * 64;  // grid/sign words; scales in b
+    }
+    return 0;
+}

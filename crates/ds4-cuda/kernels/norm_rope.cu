@@ -1,0 +1,67 @@
+// Row-wise elementwise kernels: the embedding lookup (spec §2.2), RMSNorm of rows or per-head
+// groups (spec §0: f64 sum of squares, f32 scale), partial interleaved RoPE of head tails at
+// each row's position (spec §2.4.2; angles in f64 as the CPU computes them), scale and add.
+
+// The rotation frequencies of one layer (model::rope::Rope::freq), passed by value.
+struct RopeTab {
+    float f[64];
+    int pairs;
+};
+
+// x_hc[t][s·e + c] = f32(table[tokens[t]][c]) for every stream s < n_hc. Grid (rows).
+extern "C" __global__ void embed(DW table, const int* tokens, int n_hc, float* x_hc) {
+    int t = blockIdx.x;
+    int e = table.cols;
+    i64 row = tokens[t];
+    for (int c = threadIdx.x; c < e; c += blockDim.x) {
+        float v = deq(table, row, c);
+        for (int s = 0; s < n_hc; s++) x_hc[((i64)t * n_hc + s) * e + c] = v;
+    }
+}
+
+// RMSNorm in place of each `group`-wide slice (grid: rows·cols/group blocks), weight w (length
+// group) or none: v = (v·scale)·w.
+extern "C" __global__ void rms_norm(float* x, const float* w, int group, float eps) {
+    __shared__ double sh[32];
+    float* g = x + (i64)blockIdx.x * group;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < group; i += blockDim.x) ss += (double)g[i] * (double)g[i];
+    ss = block_sum_d(ss, sh);
+    float scale = rms_scale(ss, group, eps);
+    for (int i = threadIdx.x; i < group; i += blockDim.x) {
+        float v = g[i] * scale;
+        g[i] = w ? v * w[i] : v;
+    }
+}
+
+// Rotation of the pair (a, b) by the angle pos·f (inverse: −angle), as the CPU computes it.
+__device__ __forceinline__ void rope_pair(float* a, float* b, int pos, float f, int inverse) {
+    double theta = (double)pos * (double)f;
+    double sd, cd;
+    sincos(theta, &sd, &cd);
+    float s = (float)(inverse ? -sd : sd), c = (float)cd;
+    float x = *a, y = *b;
+    *a = __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s));
+    *b = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
+}
+
+// RoPE of the trailing 2·pairs dims of every head_dim-wide head of each row at pos[row].
+// Grid (rows, heads); one thread per pair.
+extern "C" __global__ void rope(float* x, int cols, int head_dim, const int* pos, RopeTab tab,
+                                int inverse) {
+    int t = blockIdx.x, h = blockIdx.y;
+    float* head = x + (i64)t * cols + (i64)h * head_dim;
+    float* tail = head + head_dim - 2 * tab.pairs;
+    for (int k = threadIdx.x; k < tab.pairs; k += blockDim.x)
+        rope_pair(tail + 2 * k, tail + 2 * k + 1, pos[t], tab.f[k], inverse);
+}
+
+extern "C" __global__ void scale(float* x, i64 n, float s) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        x[i] *= s;
+}
+
+extern "C" __global__ void add(float* y, const float* x, i64 n) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] += x[i];
+}

@@ -1,0 +1,383 @@
+//! `ds4::backend::Backend` for [`CudaBackend`]: memory, sessions and steps here; every
+//! operation delegates to its launcher in `ops/`.
+
+use std::ops::Range;
+
+use ds4::backend::{BResult, Backend, CompStream, DType, Rows, SessionState, StepKey, Tensor};
+use ds4::model::config::Config;
+use ds4::model::rope::Rope;
+use ds4::model::weights::{CompressorWeights, HcWeights, TensorRef};
+use ds4::model::Numerics;
+use ds4::session::KvState;
+
+use crate::ops::{dp, dstate, err};
+use crate::state::DevState;
+use crate::{be_err, CudaBackend, DevT};
+
+impl CudaBackend {
+    pub(crate) fn op_read(&self, t: &Tensor, rows: Range<usize>) -> BResult<Vec<f32>> {
+        if t.dtype != DType::F32 || rows.end > t.rows || rows.start > rows.end {
+            return Err(err(format!("read of rows {rows:?} of {t:?}")));
+        }
+        let mut b = vec![0u8; rows.len() * t.cols * 4];
+        let at = dp(t)? + (rows.start * t.cols * 4) as u64;
+        self.dev.dtoh(&mut b, at).map_err(be_err)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    pub(crate) fn op_read_i32(&self, t: &Tensor) -> BResult<Vec<i32>> {
+        if t.dtype != DType::I32 {
+            return Err(err(format!("read_i32 of {t:?}")));
+        }
+        let mut b = vec![0u8; t.len() * 4];
+        self.dev.dtoh(&mut b, dp(t)?).map_err(be_err)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn dev_state_mut(st: &mut SessionState) -> BResult<&mut DevState> {
+        st.data
+            .downcast_mut::<DevState>()
+            .ok_or_else(|| err("the session state was not made by the CUDA backend"))
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn device_memory_used(&self) -> Option<usize> {
+        self.mem_info().ok().map(|(free, total)| total - free)
+    }
+
+    fn begin(&self) -> BResult<()> {
+        self.dev.make_current().map_err(be_err)?;
+        self.arena.reset();
+        Ok(())
+    }
+
+    fn alloc(&self, rows: usize, cols: usize, dtype: DType) -> BResult<Tensor> {
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| err(format!("tensor of {rows} × {cols} elements overflows")))?;
+        let ptr = self.scratch(n * 4)?;
+        Ok(Tensor {
+            rows,
+            cols,
+            dtype,
+            data: Box::new(DevT(ptr)),
+        })
+    }
+
+    fn write(&self, t: &mut Tensor, values: &[f32]) -> BResult<()> {
+        if values.len() != t.len() {
+            return Err(err(format!("write of {} values into {t:?}", values.len())));
+        }
+        let bytes: Vec<u8> = match t.dtype {
+            DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::I32 => values
+                .iter()
+                .flat_map(|&v| (v as i32).to_le_bytes())
+                .collect(),
+        };
+        self.dev.htod(dp(t)?, &bytes).map_err(be_err)?;
+        self.dev.sync().map_err(be_err)
+    }
+
+    fn read(&self, t: &Tensor, rows: Range<usize>) -> BResult<Vec<f32>> {
+        self.op_read(t, rows)
+    }
+
+    fn read_i32(&self, t: &Tensor) -> BResult<Vec<i32>> {
+        self.op_read_i32(t)
+    }
+
+    fn rows(&self, tokens: &[u32], pos0: usize) -> BResult<Rows> {
+        self.dev.make_current().map_err(be_err)?;
+        if let Some(p) = &self.profile {
+            use std::sync::atomic::Ordering::Relaxed;
+            let decode = tokens.len() == 1;
+            p.decode.store(decode, Relaxed);
+            p.steps[if decode { 0 } else { 1 }].fetch_add(1, Relaxed);
+        }
+        let d = self.write_rows(tokens, pos0).map_err(be_err)?;
+        Ok(Rows {
+            tokens: tokens.to_vec(),
+            pos: (pos0..pos0 + tokens.len()).collect(),
+            slot: vec![0; tokens.len()],
+            data: Box::new(d),
+        })
+    }
+
+    fn new_state(&self, cfg: &Config, ctx: usize) -> BResult<SessionState> {
+        self.dev.make_current().map_err(be_err)?;
+        let st = DevState::new(&self.dev, cfg, ctx).map_err(be_err)?;
+        Ok(SessionState {
+            ctx,
+            id: self
+                .next_state
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            data: Box::new(st),
+        })
+    }
+
+    fn reset_state(&self, _cfg: &Config, st: &mut SessionState) -> BResult<()> {
+        self.dev.make_current().map_err(be_err)?;
+        dstate(st)?.reset(&self.dev).map_err(be_err)
+    }
+
+    fn export_state(&self, st: &SessionState, n_tokens: usize) -> BResult<KvState> {
+        self.dev.make_current().map_err(be_err)?;
+        dstate(st)?
+            .export(&self.dev, &self.cfg, n_tokens)
+            .map_err(be_err)
+    }
+
+    fn import_state(
+        &self,
+        cfg: &Config,
+        kv: &KvState,
+        n_tokens: usize,
+        st: &mut SessionState,
+    ) -> BResult<()> {
+        self.dev.make_current().map_err(be_err)?;
+        kv.check(cfg).map_err(err)?;
+        if n_tokens > st.ctx {
+            return Err(err(format!(
+                "a snapshot of {n_tokens} tokens does not fit a context of {}",
+                st.ctx
+            )));
+        }
+        Self::dev_state_mut(st)?
+            .import(&self.dev, kv, n_tokens)
+            .map_err(be_err)
+    }
+
+    fn step(
+        &self,
+        key: StepKey,
+        session: u64,
+        body: &mut dyn FnMut() -> BResult<()>,
+    ) -> BResult<()> {
+        self.dev.make_current().map_err(be_err)?;
+        let recordable = self.opts_graphs() && !self.profiling() && key.fast && key.rows == 1;
+        let id = (key, session);
+        if !recordable
+            || self
+                .no_graph
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+        {
+            return body();
+        }
+        {
+            let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(g) = graphs.get(&id) {
+                return self.dev.replay(g).map_err(be_err);
+            }
+        }
+        self.dev.begin_capture().map_err(be_err)?;
+        let r = body();
+        let g = self.dev.end_capture();
+        match (r, g) {
+            (Ok(()), Ok(g)) => {
+                self.dev.replay(&g).map_err(be_err)?;
+                let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+                // A few recordings per session and bucket; drop them all when the cache grows
+                // (sessions come and go).
+                if graphs.len() >= 64 {
+                    graphs.clear();
+                }
+                graphs.insert(id, g);
+                Ok(())
+            }
+            // This step cannot be recorded: run it directly from now on.
+            _ => {
+                self.no_graph
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id);
+                self.arena.reset();
+                body()
+            }
+        }
+    }
+
+    fn embed(&self, w: &TensorRef, rows: &Rows, n_hc: usize, x_hc: &mut Tensor) -> BResult<()> {
+        self.op_embed(w, rows, n_hc, x_hc)
+    }
+
+    fn hc_pre(
+        &self,
+        x_hc: &Tensor,
+        w: &HcWeights,
+        cfg: &Config,
+        out: &mut Tensor,
+        mix: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_hc_pre(x_hc, w, cfg, out, mix, num)
+    }
+
+    fn hc_post(
+        &self,
+        y: &Tensor,
+        x_hc: &Tensor,
+        mix: &Tensor,
+        n_hc: usize,
+        out: &mut Tensor,
+    ) -> BResult<()> {
+        self.op_hc_post(y, x_hc, mix, n_hc, out)
+    }
+
+    fn hc_head(
+        &self,
+        x_hc: &Tensor,
+        first: usize,
+        func: &TensorRef,
+        scale: f32,
+        base: &[f32],
+        cfg: &Config,
+        z: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_hc_head(x_hc, first, func, scale, base, cfg, z, num)
+    }
+
+    fn rms_norm(&self, x: &mut Tensor, w: Option<&[f32]>, group: usize, eps: f32) -> BResult<()> {
+        self.op_rms_norm(x, w, group, eps)
+    }
+
+    fn matmul(&self, w: &TensorRef, x: &Tensor, y: &mut Tensor, num: Numerics) -> BResult<()> {
+        self.op_matmul(w, x, y, num)
+    }
+
+    fn matmul_grouped(
+        &self,
+        w: &TensorRef,
+        groups: usize,
+        x: &Tensor,
+        y: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_matmul_grouped(w, groups, x, y, num)
+    }
+
+    fn rope(
+        &self,
+        x: &mut Tensor,
+        head_dim: usize,
+        rope: &Rope,
+        rows: &Rows,
+        inverse: bool,
+    ) -> BResult<()> {
+        self.op_rope(x, head_dim, rope, rows, inverse)
+    }
+
+    fn kv_round(&self, x: &mut Tensor, n_rot: usize, num: Numerics) -> BResult<()> {
+        self.op_kv_round(x, n_rot, num)
+    }
+
+    fn indexer_qat(&self, x: &mut Tensor, head_dim: usize, num: Numerics) -> BResult<()> {
+        self.op_indexer_qat(x, head_dim, num)
+    }
+
+    fn scale(&self, x: &mut Tensor, s: f32) -> BResult<()> {
+        self.op_scale(x, s)
+    }
+
+    fn add(&self, y: &mut Tensor, x: &Tensor) -> BResult<()> {
+        self.op_add(y, x)
+    }
+
+    fn raw_push(&self, st: &mut SessionState, il: usize, kv: &Tensor, rows: &Rows) -> BResult<()> {
+        self.op_raw_push(st, il, kv, rows)
+    }
+
+    fn compress(
+        &self,
+        st: &mut SessionState,
+        il: usize,
+        stream: CompStream,
+        kv: &Tensor,
+        score: &Tensor,
+        w: &CompressorWeights,
+        rope: &Rope,
+        cfg: &Config,
+        num: Numerics,
+        rows: &Rows,
+    ) -> BResult<()> {
+        self.op_compress(st, il, stream, kv, score, w, rope, cfg, num, rows)
+    }
+
+    fn indexer_select(
+        &self,
+        st: &SessionState,
+        il: usize,
+        q: &Tensor,
+        wts: &Tensor,
+        rows: &Rows,
+        sel: &mut Tensor,
+    ) -> BResult<()> {
+        self.op_indexer_select(st, il, q, wts, rows, sel)
+    }
+
+    fn attention(
+        &self,
+        st: &SessionState,
+        il: usize,
+        q: &Tensor,
+        sinks: &[f32],
+        sel: Option<&Tensor>,
+        cfg: &Config,
+        rows: &Rows,
+        out: &mut Tensor,
+    ) -> BResult<()> {
+        self.op_attention(st, il, q, sinks, sel, cfg, rows, out)
+    }
+
+    fn route(
+        &self,
+        logits: &Tensor,
+        bias: &[f32],
+        tid2eid: Option<&[u32]>,
+        scale: f32,
+        rows: &Rows,
+        ids: &mut Tensor,
+        wts: &mut Tensor,
+    ) -> BResult<()> {
+        self.op_route(logits, bias, tid2eid, scale, rows, ids, wts)
+    }
+
+    fn swiglu(
+        &self,
+        gate: &TensorRef,
+        up: &TensorRef,
+        x: &Tensor,
+        clamp: f32,
+        mid: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_swiglu(gate, up, x, clamp, mid, num)
+    }
+
+    fn moe_experts(
+        &self,
+        gate: &TensorRef,
+        up: &TensorRef,
+        down: &TensorRef,
+        x: &Tensor,
+        ids: &Tensor,
+        wts: &Tensor,
+        clamp: f32,
+        out: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_moe_experts(gate, up, down, x, ids, wts, clamp, out, num)
+    }
+}

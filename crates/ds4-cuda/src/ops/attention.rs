@@ -1,0 +1,101 @@
+//! The raw window and sink attention (kernels/attention.cu): rows are pushed into the layer's
+//! ring at their positions; attention runs as slices of each row's visible rows (16 slices for
+//! one-row decode, so the grid fills the device) and a combine with the sink.
+
+use ds4::backend::{BResult, Rows, SessionState, Tensor};
+use ds4::model::config::Config;
+
+use super::{dp, drows, dstate, err, want};
+use crate::driver::kargs;
+use crate::CudaBackend;
+
+/// Slices of the visible rows per (row, head) in one-row decode.
+const DECODE_SPLITS: usize = 16;
+
+impl CudaBackend {
+    pub(crate) fn op_raw_push(
+        &self,
+        st: &SessionState,
+        il: usize,
+        kv: &Tensor,
+        rows: &Rows,
+    ) -> BResult<()> {
+        let ds = dstate(st)?;
+        let l = ds
+            .layers
+            .get(il)
+            .ok_or_else(|| err(format!("layer {il} outside the session")))?;
+        want(kv, rows.n(), self.cfg.head_dim, "raw_push rows")?;
+        let (kp, r) = (dp(kv)?, drows(rows)?);
+        let (hd, ring) = (kv.cols as i32, ds.ring as i32);
+        self.launch(
+            "raw_push",
+            (rows.n() as u32, 1, 1),
+            128,
+            0,
+            &mut kargs![&kp, &hd, &r.pos, &l.raw, &ring],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_attention(
+        &self,
+        st: &SessionState,
+        il: usize,
+        q: &Tensor,
+        sinks: &[f32],
+        sel: Option<&Tensor>,
+        cfg: &Config,
+        rows: &Rows,
+        out: &mut Tensor,
+    ) -> BResult<()> {
+        let (hd, nh, n) = (cfg.head_dim, cfg.n_head, rows.n());
+        want(q, n, nh * hd, "attention q")?;
+        want(out, n, nh * hd, "attention output")?;
+        let ds = dstate(st)?;
+        let l = ds
+            .layers
+            .get(il)
+            .ok_or_else(|| err(format!("layer {il} outside the session")))?;
+        let (selp, topk) = match sel {
+            Some(s) => {
+                want(s, n, s.cols, "attention selection")?;
+                (dp(s)?, s.cols as i32)
+            }
+            None => (0u64, 0i32),
+        };
+        let splits = if n == 1 { DECODE_SPLITS } else { 1 };
+        let mark = self.arena.mark();
+        let part = self.scratch(n * nh * splits * (hd + 2) * 4)?;
+        let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
+        let (nh_i, hd_i, ring, swa, ratio, sp_i) = (
+            nh as i32,
+            hd as i32,
+            ds.ring as i32,
+            cfg.n_swa as i32,
+            l.ratio as i32,
+            splits as i32,
+        );
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let grid = (n as u32, nh.div_ceil(8) as u32, splits as u32);
+        self.launch(
+            "attn_partial",
+            grid,
+            256,
+            0,
+            &mut kargs![
+                &qp, &nh_i, &hd_i, &l.raw, &ring, &swa, &l.comp, &ratio, &selp, &topk, &r.pos,
+                &sp_i, &scale, &part
+            ],
+        )?;
+        self.launch(
+            "attn_combine",
+            (n as u32, nh as u32, 1),
+            hd.min(256) as u32,
+            0,
+            &mut kargs![&part, &sp, &nh_i, &hd_i, &sp_i, &op],
+        )?;
+        self.arena.release(mark);
+        Ok(())
+    }
+}

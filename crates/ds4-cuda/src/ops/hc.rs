@@ -1,0 +1,172 @@
+//! Hyper-connections (kernels/hc.cu): the `fn` projection of the HC state in column slices (or,
+//! for large fast chunks, a split-f16 GEMM) with its sum of squares, then `hc_pre_finish`
+//! (flat-norm scale, Sinkhorn, the weighted stream sum), `hc_post`, and the head's weighting.
+
+use ds4::backend::{BResult, Tensor};
+use ds4::model::config::Config;
+use ds4::model::weights::{HcWeights, TensorRef};
+use ds4::model::Numerics;
+
+use super::{dp, err, want};
+use crate::driver::kargs;
+use crate::CudaBackend;
+
+/// Rows from which the fast mode computes the HC mix as a GEMM.
+const GEMM_ROWS: usize = 32;
+
+impl CudaBackend {
+    /// The mix slices of rows `first..first + n` of `x_hc` against `func` into a new arena
+    /// temporary `[n × S × (func.rows + 1)]`; returns (slices, S).
+    fn hc_mix(
+        &self,
+        x_hc: &Tensor,
+        first: usize,
+        n: usize,
+        func: &TensorRef,
+        num: Numerics,
+    ) -> BResult<(u64, usize)> {
+        if func.cols != x_hc.cols || first + n > x_hc.rows {
+            return Err(err(format!("hc mix of {x_hc:?} with `{}`", func.name)));
+        }
+        let (width, n_mix) = (func.cols, func.rows);
+        let (xp, fw) = (dp(x_hc)?, self.w(func)?);
+        if num.fast && n >= GEMM_ROWS {
+            let part = self.scratch(n * (n_mix + 1) * 4)?;
+            let mark = self.arena.mark();
+            let x0 = xp + (first * width * 4) as u64;
+            let x16 = self.to_f16(x0, width, 0, 0, n, width)?;
+            self.gemm(fw, 0, 0, n_mix, x16, width, n, n, part, n_mix + 1)?;
+            self.arena.release(mark);
+            let (w_i, o_s) = (width as i32, (n_mix + 1) as i32);
+            let ss = part + (n_mix * 4) as u64;
+            self.launch(
+                "row_sumsq",
+                (n as u32, 1, 1),
+                256,
+                0,
+                &mut kargs![&x0, &w_i, &w_i, &ss, &o_s],
+            )?;
+            return Ok((part, 1));
+        }
+        let s = (64 / n.max(1)).clamp(1, 16);
+        let part = self.scratch(n * s * (n_mix + 1) * 4)?;
+        let (f0, s_i) = (first as i32, s as i32);
+        let grid = (n as u32, n_mix as u32, s as u32);
+        self.launch(
+            "hc_mix",
+            grid,
+            256,
+            0,
+            &mut kargs![&xp, &f0, &fw, &s_i, &part],
+        )?;
+        Ok((part, s))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_hc_pre(
+        &self,
+        x_hc: &Tensor,
+        w: &HcWeights,
+        cfg: &Config,
+        out: &mut Tensor,
+        mix_out: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        let (hc, e, n) = (cfg.n_hc, cfg.n_embd, x_hc.rows);
+        want(x_hc, n, hc * e, "hc_pre input")?;
+        want(out, n, e, "hc_pre output")?;
+        want(mix_out, n, hc + hc * hc, "hc_pre mix")?;
+        if w.func.rows != (2 + hc) * hc || w.scale.len() < 3 || w.base.len() != (2 + hc) * hc {
+            return Err(err("hc_pre weights do not match the HC width"));
+        }
+        let mark = self.arena.mark();
+        let (part, s) = self.hc_mix(x_hc, 0, n, &w.func, num)?;
+        let (s3, base, xp, op, mo) = (
+            self.p(&w.scale)?,
+            self.p(&w.base)?,
+            dp(x_hc)?,
+            dp(out)?,
+            dp(mix_out)?,
+        );
+        let (s_i, reps, h, ee, it, eps) = (
+            s as i32,
+            cfg.rms_eps,
+            hc as i32,
+            e as i32,
+            cfg.sinkhorn_iters as i32,
+            cfg.hc_eps,
+        );
+        self.launch(
+            "hc_pre_finish",
+            (n as u32, 1, 1),
+            256,
+            0,
+            &mut kargs![&part, &s_i, &reps, &s3, &base, &xp, &h, &ee, &it, &eps, &op, &mo],
+        )?;
+        self.arena.release(mark);
+        Ok(())
+    }
+
+    pub(crate) fn op_hc_post(
+        &self,
+        y: &Tensor,
+        x_hc: &Tensor,
+        mix: &Tensor,
+        hc: usize,
+        out: &mut Tensor,
+    ) -> BResult<()> {
+        let (n, e) = (y.rows, y.cols);
+        want(x_hc, n, hc * e, "hc_post state")?;
+        want(mix, n, hc + hc * hc, "hc_post mix")?;
+        want(out, n, hc * e, "hc_post output")?;
+        let (yp, xp, mp, op) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out)?);
+        let (h, ee) = (hc as i32, e as i32);
+        let grid = (n as u32, e.div_ceil(256) as u32, 1);
+        self.launch(
+            "hc_post",
+            grid,
+            256,
+            0,
+            &mut kargs![&yp, &xp, &mp, &h, &ee, &op],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_hc_head(
+        &self,
+        x_hc: &Tensor,
+        first: usize,
+        func: &TensorRef,
+        scale: f32,
+        base: &[f32],
+        cfg: &Config,
+        z: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        let (hc, e, n) = (cfg.n_hc, cfg.n_embd, z.rows);
+        want(z, n, e, "hc_head output")?;
+        if base.len() != hc || func.rows != hc {
+            return Err(err("hc_head weights do not match the HC width"));
+        }
+        let mark = self.arena.mark();
+        let (part, s) = self.hc_mix(x_hc, first, n, func, num)?;
+        let (xp, bp, zp) = (dp(x_hc)?, self.p(base)?, dp(z)?);
+        let (s_i, reps, f0, h, ee, eps) = (
+            s as i32,
+            cfg.rms_eps,
+            first as i32,
+            hc as i32,
+            e as i32,
+            cfg.hc_eps,
+        );
+        self.launch(
+            "hc_head_finish",
+            (n as u32, 1, 1),
+            256,
+            0,
+            &mut kargs![&part, &s_i, &reps, &xp, &f0, &h, &ee, &scale, &bp, &eps, &zp],
+        )?;
+        self.arena.release(mark);
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! The FFN sublayer on the device (kernels/moe.cu, kernels/matmul.cu): routing, the shared
+//! expert's SwiGLU and the routed experts. One-row decode in the fast mode reads the routing
+//! from device memory (gate/up/SwiGLU of the selected experts in one launch, down summed over
+//! them in another); chunks of several rows, and the precise mode, bring the routes to the host,
+//! group rows by expert and run each expert over its rows (GEMMs, or the precise product).
+
+use ds4::backend::{BResult, Rows, Tensor};
+use ds4::model::weights::TensorRef;
+use ds4::model::Numerics;
+
+use super::matmul::{kname, rows_per_warp};
+use super::{blocks, dp, drows, err, want};
+use crate::driver::kargs;
+use crate::{be_err, CudaBackend};
+
+/// Floor of the selected scores' sum (spec §2.5 step 4), as the CPU uses.
+const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
+
+impl CudaBackend {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_route(
+        &self,
+        logits: &Tensor,
+        bias: &[f32],
+        tid2eid: Option<&[u32]>,
+        scale: f32,
+        rows: &Rows,
+        ids: &mut Tensor,
+        wts: &mut Tensor,
+    ) -> BResult<()> {
+        let (n, ne, k) = (rows.n(), logits.cols, ids.cols);
+        want(logits, n, ne, "router logits")?;
+        want(ids, n, k, "expert ids")?;
+        want(wts, n, k, "expert weights")?;
+        if bias.len() != ne || k > ne || ne > 1024 || k > 16 {
+            return Err(err(format!(
+                "router: {ne} experts, bias {}, k {k}",
+                bias.len()
+            )));
+        }
+        let tp = match tid2eid {
+            Some(t) => self.p_u32(t)?,
+            None => 0u64,
+        };
+        let (lp, bp, r, ip, wp) = (dp(logits)?, self.p(bias)?, drows(rows)?, dp(ids)?, dp(wts)?);
+        let (ne_i, k_i, fl) = (ne as i32, k as i32, WEIGHT_SUM_FLOOR);
+        self.launch(
+            "route",
+            (n as u32, 1, 1),
+            256,
+            0,
+            &mut kargs![&lp, &ne_i, &bp, &tp, &r.tokens, &k_i, &scale, &fl, &ip, &wp],
+        )
+    }
+
+    /// `mid[m × ff] = silu(min(g, c))·clamp(u, ±c)·(wts[i] or 1)` of f32 g, u (temporaries).
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu_rows(
+        &self,
+        g: u64,
+        u: u64,
+        m: usize,
+        cols: usize,
+        clamp: f32,
+        wts: u64,
+        mid: u64,
+    ) -> BResult<()> {
+        let (mm, c) = (m as i32, cols as i32);
+        self.launch(
+            "swiglu_rows",
+            (blocks(m * cols), 1, 1),
+            256,
+            0,
+            &mut kargs![&g, &u, &mm, &c, &clamp, &wts, &mid],
+        )
+    }
+
+    /// Gate/up/SwiGLU then down of matrix `mat` of the stacks over `m` rows of x (row i taken
+    /// from x[idx[i]] when idx is given), scaled per row by `wts` (or 1), into `out` `[m × E]`.
+    #[allow(clippy::too_many_arguments)]
+    fn ffn_rows(
+        &self,
+        gate: &TensorRef,
+        up: &TensorRef,
+        down: &TensorRef,
+        mat: usize,
+        x: u64,
+        idx: u64,
+        m: usize,
+        clamp: f32,
+        wts: u64,
+        out: u64,
+        num: Numerics,
+    ) -> BResult<()> {
+        let (e, ff) = (gate.cols, gate.rows);
+        let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
+        let mark = self.arena.mark();
+        let (g, u, mid) = (
+            self.scratch(m * ff * 4)?,
+            self.scratch(m * ff * 4)?,
+            self.scratch(m * ff * 4)?,
+        );
+        if num.fast {
+            let x16 = self.to_f16(x, e, 0, idx, m, e)?;
+            self.gemm(gw, mat, 0, ff, x16, e, m, m, g, ff)?;
+            self.gemm(uw, mat, 0, ff, x16, e, m, m, u, ff)?;
+            self.swiglu_rows(g, u, m, ff, clamp, wts, mid)?;
+            let m16 = self.to_f16(mid, ff, 0, 0, m, ff)?;
+            self.gemm(dw, mat, 0, down.rows, m16, ff, m, m, out, down.rows)?;
+        } else {
+            let xs = if idx != 0 {
+                let xg = self.scratch(m * e * 4)?;
+                let (mm, c) = (m as i32, e as i32);
+                self.launch(
+                    "gather_rows",
+                    (blocks(m * e), 1, 1),
+                    256,
+                    0,
+                    &mut kargs![&x, &idx, &mm, &c, &xg],
+                )?;
+                xg
+            } else {
+                x
+            };
+            self.mm_precise(gw, mat, 0, ff, xs, e, 0, m, g, ff, 0)?;
+            self.mm_precise(uw, mat, 0, ff, xs, e, 0, m, u, ff, 0)?;
+            self.swiglu_rows(g, u, m, ff, clamp, wts, mid)?;
+            self.mm_precise(dw, mat, 0, down.rows, mid, ff, 0, m, out, down.rows, 0)?;
+        }
+        self.arena.release(mark);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_swiglu(
+        &self,
+        gate: &TensorRef,
+        up: &TensorRef,
+        x: &Tensor,
+        clamp: f32,
+        mid: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        let n = x.rows;
+        want(x, n, gate.cols, "swiglu input")?;
+        want(mid, n, gate.rows, "swiglu output")?;
+        if gate.ty != up.ty || gate.rows != up.rows {
+            return Err(err("swiglu: gate and up differ"));
+        }
+        let (gw, uw, xp, mp) = (self.w(gate)?, self.w(up)?, dp(x)?, dp(mid)?);
+        let ff = gate.rows;
+        if num.fast && n == 1 {
+            let mark = self.arena.mark();
+            let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
+            let rpw = rows_per_warp(gate.cols, ff);
+            let grid = (ff.div_ceil(8 * rpw) as u32, 1, 1);
+            let (zero, one, rp) = (0u64, 0u64, rpw as i32);
+            self.launch(
+                kname("gu", gate.ty)?,
+                grid,
+                256,
+                0,
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &zero, &one, &clamp, &mp, &rp],
+            )?;
+            self.arena.release(mark);
+            return Ok(());
+        }
+        let mark = self.arena.mark();
+        let (g, u) = (self.scratch(n * ff * 4)?, self.scratch(n * ff * 4)?);
+        if num.fast {
+            let x16 = self.to_f16(xp, gate.cols, 0, 0, n, gate.cols)?;
+            self.gemm(gw, 0, 0, ff, x16, gate.cols, n, n, g, ff)?;
+            self.gemm(uw, 0, 0, ff, x16, gate.cols, n, n, u, ff)?;
+        } else {
+            self.mm_precise(gw, 0, 0, ff, xp, gate.cols, 0, n, g, ff, 0)?;
+            self.mm_precise(uw, 0, 0, ff, xp, gate.cols, 0, n, u, ff, 0)?;
+        }
+        self.swiglu_rows(g, u, n, ff, clamp, 0, mp)?;
+        self.arena.release(mark);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_moe_experts(
+        &self,
+        gate: &TensorRef,
+        up: &TensorRef,
+        down: &TensorRef,
+        x: &Tensor,
+        ids: &Tensor,
+        wts: &Tensor,
+        clamp: f32,
+        out: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        let (n, e, ff, k) = (x.rows, x.cols, gate.rows, ids.cols);
+        want(x, n, gate.cols, "experts input")?;
+        want(ids, n, k, "expert ids")?;
+        want(wts, n, k, "expert weights")?;
+        want(out, n, down.rows, "experts output")?;
+        if gate.ty != up.ty || down.cols != ff || down.rows != e {
+            return Err(err("experts: gate, up and down do not fit together"));
+        }
+        let (xp, ip, wp, op) = (dp(x)?, dp(ids)?, dp(wts)?, dp(out)?);
+        if num.fast && n == 1 {
+            let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
+            let mark = self.arena.mark();
+            let mid = self.scratch(k * ff * 4)?;
+            let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
+            let rpw = rows_per_warp(gate.cols, ff);
+            let grid = (ff.div_ceil(8 * rpw) as u32, k as u32, 1);
+            let rp = rpw as i32;
+            self.launch(
+                kname("gu", gate.ty)?,
+                grid,
+                256,
+                0,
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
+            )?;
+            let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
+            let rpw = rows_per_warp(ff, e);
+            let grid = (e.div_ceil(8 * rpw) as u32, 1, 1);
+            let (k_i, rp) = (k as i32, rpw as i32);
+            self.launch(
+                kname("dn", down.ty)?,
+                grid,
+                256,
+                0,
+                &mut kargs![&dw, &mid, &mq, &md, &ip, &k_i, &op, &rp],
+            )?;
+            self.arena.release(mark);
+            return Ok(());
+        }
+        // Group rows by expert on the host (the ids come back once per layer).
+        let host_ids = self.op_read_i32(ids)?;
+        let host_w = self.op_read(wts, 0..n)?;
+        let mut by_expert: Vec<Vec<(i32, f32)>> = vec![Vec::new(); gate.n_mats];
+        for (i, (&ex, &w)) in host_ids.iter().zip(&host_w).enumerate() {
+            let ex = usize::try_from(ex)
+                .ok()
+                .filter(|&ex| ex < gate.n_mats)
+                .ok_or_else(|| err(format!("expert id {ex} out of range")))?;
+            by_expert[ex].push(((i / k) as i32, w));
+        }
+        let mut idx = Vec::with_capacity(n * k);
+        let mut wv = Vec::with_capacity(n * k);
+        let mut spans = Vec::new();
+        for (ex, list) in by_expert.iter().enumerate() {
+            if !list.is_empty() {
+                spans.push((ex, idx.len(), list.len()));
+                idx.extend(list.iter().map(|p| p.0));
+                wv.extend(list.iter().map(|p| p.1));
+            }
+        }
+        let mark = self.arena.mark();
+        let (idx_d, w_d) = (self.scratch(idx.len() * 4)?, self.scratch(wv.len() * 4)?);
+        let ib: Vec<u8> = idx.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let wb: Vec<u8> = wv.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.dev.htod(idx_d, &ib).map_err(be_err)?;
+        self.dev.htod(w_d, &wb).map_err(be_err)?;
+        let (total, zero) = ((n * e) as i64, 0f32);
+        self.launch(
+            "fill",
+            (blocks(n * e), 1, 1),
+            256,
+            0,
+            &mut kargs![&op, &total, &zero],
+        )?;
+        for (ex, off, m) in spans {
+            let m2 = self.arena.mark();
+            let d = self.scratch(m * e * 4)?;
+            let (ie, we) = (idx_d + (off * 4) as u64, w_d + (off * 4) as u64);
+            self.ffn_rows(gate, up, down, ex, xp, ie, m, clamp, we, d, num)?;
+            let (mm, c) = (m as i32, e as i32);
+            self.launch(
+                "scatter_add",
+                (blocks(m * e), 1, 1),
+                256,
+                0,
+                &mut kargs![&d, &ie, &mm, &c, &op],
+            )?;
+            self.arena.release(m2);
+        }
+        // The host vectors above were copied from pageable memory (synchronous staging).
+        self.arena.release(mark);
+        Ok(())
+    }
+}

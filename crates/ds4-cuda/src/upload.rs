@@ -1,0 +1,282 @@
+//! Loading the model onto the device, once, at start: every weight tensor is copied from the
+//! mapped file through two pinned staging buffers (the host copy of one chunk, spread over all
+//! cores, overlaps the DMA of the other), Q8_0 and IQ2_XXS tensors are repacked on the device
+//! into aligned planes (kernels/repack.cu), and the small f32 parameters (norms, biases, HC
+//! scales, `ape`, `tid2eid`) go into one buffer. Progress is reported through a callback.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use ds4::gguf::GgmlType;
+use ds4::model::weights::{TensorRef, Weights};
+
+use crate::driver::{kargs, DevBuf, Device, Event, Kernel, Pinned};
+use crate::CudaError;
+
+/// A weight in device memory, as the kernels take it (struct DW in kernels/common.cuh).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dw {
+    pub a: u64,
+    pub b: u64,
+    pub ty: i32,
+    pub rows: i32,
+    pub cols: i32,
+}
+
+/// Bytes per pinned staging buffer.
+const STAGE: usize = 64 << 20;
+
+/// Whether the device copy of `ty` is repacked into planes.
+fn repacked(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q8_0 | GgmlType::IQ2_XXS)
+}
+
+/// Device bytes of a tensor (planes included, each 256-aligned).
+pub(crate) fn device_bytes(t: &TensorRef) -> usize {
+    let n = t.range.len();
+    match t.ty {
+        GgmlType::Q8_0 => {
+            let blocks = n / 34;
+            align(blocks * 32) + blocks * 2
+        }
+        GgmlType::IQ2_XXS => {
+            let blocks = n / 66;
+            align(blocks * 64) + blocks * 2
+        }
+        _ => n,
+    }
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(256) * 256
+}
+
+/// Every weight matrix of the model.
+pub(crate) fn tensors(w: &Weights) -> Vec<&TensorRef> {
+    let mut v = vec![&w.token_embd, &w.output_hc_fn, &w.output];
+    for l in &w.layers {
+        v.extend([
+            &l.hc_attn.func,
+            &l.hc_ffn.func,
+            &l.attn_q_a,
+            &l.attn_q_b,
+            &l.attn_kv,
+            &l.attn_output_a,
+            &l.attn_output_b,
+            &l.ffn_gate_inp,
+            &l.ffn_gate_exps,
+            &l.ffn_up_exps,
+            &l.ffn_down_exps,
+            &l.ffn_gate_shexp,
+            &l.ffn_up_shexp,
+            &l.ffn_down_shexp,
+        ]);
+        if let Some(c) = &l.attn_compressor {
+            v.extend([&c.kv, &c.gate]);
+        }
+        if let Some(i) = &l.indexer {
+            v.extend([&i.attn_q_b, &i.proj, &i.compressor.kv, &i.compressor.gate]);
+        }
+    }
+    v
+}
+
+/// Every small f32 parameter vector of the model (keyed on the device by its address).
+pub(crate) fn params(w: &Weights) -> Vec<&[f32]> {
+    let mut v: Vec<&[f32]> = vec![&w.output_hc_scale, &w.output_hc_base, &w.output_norm];
+    for l in &w.layers {
+        v.extend([
+            l.hc_attn.scale.as_slice(),
+            &l.hc_attn.base,
+            &l.hc_ffn.scale,
+            &l.hc_ffn.base,
+            &l.attn_norm,
+            &l.attn_q_a_norm,
+            &l.attn_kv_a_norm,
+            &l.attn_sinks,
+            &l.ffn_norm,
+            &l.exp_probs_b,
+        ]);
+        if let Some(c) = &l.attn_compressor {
+            v.extend([c.ape.as_slice(), &c.norm]);
+        }
+        if let Some(i) = &l.indexer {
+            v.extend([i.compressor.ape.as_slice(), &i.compressor.norm]);
+        }
+    }
+    v
+}
+
+/// The device weights: one allocation per tensor, looked up by the tensor's file offset.
+pub(crate) struct DeviceWeights {
+    pub by_offset: HashMap<usize, Dw>,
+    pub params: HashMap<usize, u64>,
+    pub bytes: usize,
+    _bufs: Vec<DevBuf>,
+}
+
+/// Total device bytes the weights will take.
+pub(crate) fn total_bytes(w: &Weights) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let t: usize = tensors(w)
+        .into_iter()
+        .filter(|t| seen.insert(t.range.start))
+        .map(|t| align(device_bytes(t)))
+        .sum();
+    let p: usize = params(w).iter().map(|p| align(p.len() * 4)).sum();
+    let tid: usize = w
+        .layers
+        .iter()
+        .filter_map(|l| l.ffn_gate_tid2eid.as_ref())
+        .map(|t| align(t.len() * 4))
+        .sum();
+    t + p + tid
+}
+
+/// The largest tensor that is repacked (its raw bytes need a device staging buffer).
+pub(crate) fn staging_bytes(w: &Weights) -> usize {
+    tensors(w)
+        .into_iter()
+        .filter(|t| repacked(t.ty))
+        .map(|t| t.range.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Uploads every weight of `w` from `file`. `progress(done, total)` is called after each
+/// tensor (bytes of the file).
+pub(crate) fn upload(
+    dev: &Device,
+    kernels: &HashMap<&'static str, Kernel>,
+    file: &[u8],
+    w: &Weights,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<DeviceWeights, CudaError> {
+    let list = tensors(w);
+    let total: usize = list.iter().map(|t| t.range.len()).sum();
+    let mut stages = [Pinned::new(STAGE)?, Pinned::new(STAGE)?];
+    let events = [Event::new()?, Event::new()?];
+    let mut used = [false, false];
+    let staging = DevBuf::new(staging_bytes(w))?;
+    let mut bufs = Vec::new();
+    let mut by_offset = HashMap::new();
+    let mut done = 0usize;
+    let mut turn = 0usize;
+    let t0 = Instant::now();
+    for t in list {
+        if by_offset.contains_key(&t.range.start) {
+            continue;
+        }
+        let src = file.get(t.range.clone()).ok_or_else(|| {
+            CudaError::Model(format!("tensor `{}` lies outside the file", t.name))
+        })?;
+        let buf = DevBuf::new(device_bytes(t))?;
+        let dst = if repacked(t.ty) { staging.ptr } else { buf.ptr };
+        // Copy in chunks through the two pinned buffers.
+        for (ci, chunk) in src.chunks(STAGE).enumerate() {
+            let s = turn % 2;
+            turn += 1;
+            if used[s] {
+                events[s].wait()?;
+            }
+            let stage = &mut stages[s].as_mut_slice()[..chunk.len()];
+            stage
+                .par_chunks_mut(1 << 20)
+                .zip(chunk.par_chunks(1 << 20))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            dev.htod(dst + (ci * STAGE) as u64, stage)?;
+            events[s].record(dev)?;
+            used[s] = true;
+        }
+        let (rows, cols) = (t.rows as i32, t.cols as i32);
+        let dw = match t.ty {
+            GgmlType::Q8_0 | GgmlType::IQ2_XXS => {
+                let (bb, qb) = if t.ty == GgmlType::Q8_0 {
+                    (34, 32)
+                } else {
+                    (66, 64)
+                };
+                let nblocks = (t.range.len() / bb) as i64;
+                let qs = buf.ptr;
+                let d = buf.ptr + align(nblocks as usize * qb) as u64;
+                let name = if t.ty == GgmlType::Q8_0 {
+                    "repack_q8_0"
+                } else {
+                    "repack_iq2_xxs"
+                };
+                let k = &kernels[name];
+                let grid = (nblocks as u64).div_ceil(256).min(65535) as u32;
+                let src_ptr = staging.ptr;
+                dev.launch(
+                    k,
+                    (grid, 1, 1),
+                    256,
+                    0,
+                    &mut kargs![&src_ptr, &nblocks, &qs, &d],
+                )?;
+                // The staging buffer is reused by the next repacked tensor.
+                dev.sync()?;
+                Dw {
+                    a: qs,
+                    b: d,
+                    ty: t.ty.id() as i32,
+                    rows,
+                    cols,
+                }
+            }
+            _ => Dw {
+                a: buf.ptr,
+                b: 0,
+                ty: t.ty.id() as i32,
+                rows,
+                cols,
+            },
+        };
+        by_offset.insert(t.range.start, dw);
+        bufs.push(buf);
+        done += t.range.len();
+        progress(done, total);
+    }
+    dev.sync()?;
+    // Parameters: one buffer, each vector 256-aligned.
+    let ps = params(w);
+    let tids: Vec<&Vec<u32>> = w
+        .layers
+        .iter()
+        .filter_map(|l| l.ffn_gate_tid2eid.as_ref())
+        .collect();
+    let plen: usize = ps.iter().map(|p| align(p.len() * 4)).sum::<usize>()
+        + tids.iter().map(|t| align(t.len() * 4)).sum::<usize>();
+    let pbuf = DevBuf::new(plen)?;
+    let mut host = vec![0u8; plen];
+    let mut params = HashMap::new();
+    let mut off = 0usize;
+    for p in ps {
+        for (i, v) in p.iter().enumerate() {
+            host[off + 4 * i..off + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        params.insert(p.as_ptr() as usize, pbuf.ptr + off as u64);
+        off += align(p.len() * 4);
+    }
+    for t in tids {
+        for (i, v) in t.iter().enumerate() {
+            host[off + 4 * i..off + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        params.insert(t.as_ptr() as usize, pbuf.ptr + off as u64);
+        off += align(t.len() * 4);
+    }
+    dev.htod(pbuf.ptr, &host)?;
+    dev.sync()?;
+    let _ = t0;
+    let bytes = bufs.iter().map(|b| b.len).sum::<usize>() + plen;
+    bufs.push(pbuf);
+    Ok(DeviceWeights {
+        by_offset,
+        params,
+        bytes,
+        _bufs: bufs,
+    })
+}

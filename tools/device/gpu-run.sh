@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (no Rust there), from the repository root, with the bundle that
+# tools/device/prepare.sh leaves in .devcarry/ (name .devcarry in the device call's `carry`).
+#
+#   gpu-run.sh check   GPU tests (every CUDA op vs the CPU, the whole model vs transformers and
+#                      the CPU, graph replay), then a full-size q2 synthetic model: ds4-bench at
+#                      2k and 8k, and a per-kernel profile of decode; ds4 is built meanwhile.
+#   gpu-run.sh bench   ds4-bench --cuda and antirez/ds4's ds4-bench on the same synthetic file
+#                      (decode 2k/8k/32k, prefill 2k/8k), then ds4-server serving a stream.
+#
+# Writes logs and CSVs under $OUT and prints a short table last.
+set -uo pipefail
+MODE="${1:-check}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, sub, "lib") for p in nvidia.__path__ for sub in os.listdir(p)))' 2>/dev/null); do
+    [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+export DS4_REPO_ROOT="$ROOT" DS4_KERNEL_CACHE=/tmp/ds4-kernels
+BIN=/tmp/ds4bin
+mkdir -p "$BIN"
+tar xJf .devcarry/bins.tar.xz -C "$BIN"
+xz -dc .devcarry/tokenizer.json.xz > "$BIN/tokenizer.json"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+
+# antirez/ds4, built in the background (its snapshot without the imatrix dataset).
+mkdir -p /tmp/ds4src
+xz -dc .devcarry/ds4-src.tar.xz | tar x -C /tmp/ds4src
+(cd /tmp/ds4src && make ds4-bench ds4 CUDA_ARCH=sm_90 -j12 > "$OUT/ds4-build.log" 2>&1; echo "build exit $?" >> "$OUT/ds4-build.log") &
+BUILD=$!
+
+PROMPT=/tmp/ds4src/speed-bench/promessi_sposi.txt
+synth() {
+    mkdir -p /mnt/m && mount -t tmpfs -o size=100g tmpfs /mnt/m
+    "$BIN/ds4-gguf" synth --layout q2 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2.gguf 2>&1 | tail -1 | tee "$OUT/synth.txt"
+}
+
+if [[ "$MODE" == check ]]; then
+    timeout 300 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
+    echo "tests exit $?" >> "$OUT/tests.log"
+    synth
+    wait $BUILD
+    "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 8192 --step-mul 4 -n 32 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
+    DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    DS4_CUDA_GRAPHS=0 timeout 240 "$NCU" --clock-control none -k regex:"^(gu_iq2_xxs|dn_q2_k|mv_q8_0|mv_f16|attn_partial|quant_q8)$" -c 14 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section LaunchStats \
+        "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 2 > "$OUT/ncu.txt" 2>&1
+    echo "== tests"; grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30
+    echo "== synth"; cat "$OUT/synth.txt"
+    echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
+    echo "== profile"; grep -A40 "CUDA profile" "$OUT/profile.txt" | head -45
+    echo "== ncu"; grep -E "^  [a-z_0-9]+\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Limit|Grid Size|One or More|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -120
+    echo "== ds4 build"; tail -1 "$OUT/ds4-build.log"
+    exit 0
+fi
+
+# bench
+timeout 300 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
+echo "tests exit $?" >> "$OUT/tests.log"
+synth
+wait $BUILD
+"$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 32768 --step-mul 4 -n 64 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
+DS4_CUDA_COPY_MODEL=1 /tmp/ds4src/ds4-bench -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 32768 --step-mul 4 -n 64 --csv "$OUT/ds4.csv" > "$OUT/ds4.log" 2>&1
+"$BIN/ds4-server" -m /mnt/m/q2.gguf --cuda --port 8123 -c 8192 > "$OUT/server.log" 2>&1 &
+SRV=$!
+for i in $(seq 120); do curl -sf localhost:8123/health >/dev/null && break; sleep 1; done
+curl -sN localhost:8123/v1/chat/completions -H 'content-type: application/json' \
+    -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"stream":true}' > "$OUT/server-stream.txt"
+kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
+DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+# Hardware counters of the decode kernels, on a 4-layer file of the same shapes (ncu's kernel
+# replay backs up device memory, too slow with the whole model loaded).
+"$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2l4.gguf > /dev/null 2>&1
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+DS4_CUDA_GRAPHS=0 timeout 200 "$NCU" --clock-control none -k regex:"^(gu_iq2_xxs|dn_q2_k|mv_f16|mv_q8_0|hc_pre_finish|rms_norm)$" -c 12 \
+    --section SpeedOfLight --section WarpStateStats --section Occupancy \
+    "$BIN/ds4-bench" -m /mnt/m/q2l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 2 > "$OUT/ncu.txt" 2>&1
+echo "== tests"; grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30
+echo "== profile"; grep -A32 "per decode step" "$OUT/profile.txt" | head -34
+echo "== ncu"; grep -E "^  [a-z_0-9]+\(|^    Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Registers Per Thread|Block Size|Grid Size" "$OUT/ncu.txt" | head -100
+echo "== synth"; cat "$OUT/synth.txt"
+echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
+echo "== ds4"; cat "$OUT/ds4.csv"; tail -3 "$OUT/ds4.log"
+echo "== server"; grep -c '^data: {' "$OUT/server-stream.txt"; tail -2 "$OUT/server-stream.txt"; grep -i "cuda" "$OUT/server.log" | head -2
