@@ -105,6 +105,7 @@ fn serve(ctx: usize, api_key: Option<&str>) -> String {
         cors: false,
         keepalive_ms: 5000,
         test_hooks: cfg!(feature = "test-hooks"),
+        limits: Default::default(),
     };
     let state = AppState::new(engine, config, None).with_test_script(weather_script());
     let (tx, rx) = std::sync::mpsc::channel();

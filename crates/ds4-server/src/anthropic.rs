@@ -403,10 +403,8 @@ pub async fn count_tokens(
         let chat = to_chat_body(&obj)?;
         let rendered = ds4::chat::render_chat_request(&chat, app.config.ctx_tokens)?;
         let ctx = app.config.ctx_tokens;
-        let (_, tokens) = request::tokenize_bounded(&app, rendered.prompt, ctx).await?;
-        let n = tokens
-            .map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx, "messages"))?
-            .len();
+        let (_, tokens) = request::tokenize_bounded(&app, rendered.prompt, ctx, "messages").await?;
+        let n = tokens.len();
         Ok::<_, ApiError>(Json(json!({"input_tokens": n})).into_response())
     }
     .await;

@@ -332,6 +332,20 @@ async fn a_too_long_prompt_gets_each_apis_own_error() {
     assert!(n > 256);
     assert_eq!(msg, format!("prompt is too long: {n} tokens > 255 maximum"));
 
+    // Just over the context the count is exact, so the gap Claude Code drops (N − M) is the
+    // real one; counting stops only at twice the context.
+    let body =
+        json!({"max_tokens": 8, "messages": [{"role": "user", "content": "word ".repeat(300)}]});
+    let prompt = prompt_of("/v1/messages", &body);
+    let exact = s.state.tokenizer.encode(&prompt, true).len() as u64;
+    assert!((257..512).contains(&exact), "{exact}");
+    let (status, r) = s.post("/v1/messages", &body).await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(
+        r["error"]["message"],
+        format!("prompt is too long: {exact} tokens > 255 maximum")
+    );
+
     for (name, wording) in [
         (
             "opencode-first",
