@@ -119,7 +119,14 @@ impl Engine {
         ctx: usize,
     ) -> Result<Self, EngineError> {
         let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
-        let session = model.new_session(backend.as_ref(), ctx)?;
+        let mut session = model.new_session(backend.as_ref(), ctx)?;
+        // A file can pass every structural check and still compute NaN (hostile or broken
+        // weights): refuse it here, naming the layer, rather than serve repeated BOS tokens.
+        model.check_first_token(backend.as_ref(), &mut session, tokenizer.bos())?;
+        session.tokens.clear();
+        backend
+            .reset_state(&model.config, &mut session.state)
+            .map_err(ModelError::from)?;
         Ok(Engine {
             model,
             tokenizer,

@@ -15,6 +15,20 @@ use crate::{be_err, CudaBackend};
 
 /// Floor of the selected scores' sum (spec §2.5 step 4), as the CPU uses.
 const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
+/// Weight rows and slots of one block of the tensor-core expert kernel (MQ_ROWS, MQ_TOK).
+const MQ_ROWS: usize = 64;
+const MQ_TOK: usize = 64;
+
+/// Whether kernels/mmq.cu reads expert matrix `w`: its type, and columns in whole steps (64)
+/// and, for the super-block types, whole blocks of 256.
+fn mq_fits(w: &TensorRef) -> bool {
+    use ds4::gguf::GgmlType as T;
+    match w.ty {
+        T::Q8_0 => w.cols.is_multiple_of(64),
+        T::Q2_K | T::Q4_K | T::IQ2_XXS => w.cols.is_multiple_of(256),
+        _ => false,
+    }
+}
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -180,6 +194,36 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// `y[s][r] = W[e_s]·x16[s]` for the slots of every tile (expert, first slot, count) of
+    /// `tiles_d`, r < w.rows, rows of y `y_stride` apart: kernels/mmq.cu on the f16 pairs
+    /// `x16` of `slots` activation rows ([`CudaBackend::to_f16`]).
+    #[allow(clippy::too_many_arguments)]
+    fn mq_experts(
+        &self,
+        w: crate::upload::Dw,
+        x16: u64,
+        slots: usize,
+        tiles_d: u64,
+        n_tiles: usize,
+        y: u64,
+        y_stride: usize,
+    ) -> BResult<()> {
+        let xl = x16 + (slots * w.cols as usize * 2) as u64;
+        let ys = y_stride as i32;
+        let grid = (
+            (w.rows as usize).div_ceil(MQ_ROWS) as u32,
+            n_tiles as u32,
+            1,
+        );
+        self.launch(
+            "mq_experts",
+            grid,
+            128,
+            0,
+            &mut kargs![&w, &x16, &xl, &tiles_d, &y, &ys],
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn op_moe_experts(
         &self,
@@ -266,6 +310,45 @@ impl CudaBackend {
             0,
             &mut kargs![&op, &total, &zero],
         )?;
+        if num.fast && self.opts_tensor_core_experts() && mq_fits(gate) && mq_fits(down) {
+            // Every expert of the layer in one tensor-core launch per matrix (kernels/mmq.cu).
+            let tiles: Vec<i32> = spans
+                .iter()
+                .flat_map(|&(ex, off, m)| {
+                    (0..m).step_by(MQ_TOK).flat_map(move |t0| {
+                        [ex as i32, (off + t0) as i32, MQ_TOK.min(m - t0) as i32]
+                    })
+                })
+                .collect();
+            let n_tiles = tiles.len() / 3;
+            let tiles_d = self.scratch(tiles.len() * 4)?;
+            let tb: Vec<u8> = tiles.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.dev.htod(tiles_d, &tb).map_err(be_err)?;
+            let slots = idx.len();
+            let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
+            let x16 = self.to_f16(xp, e, 0, idx_d, slots, e)?;
+            let (g, u, mid) = (
+                self.scratch(slots * ff * 4)?,
+                self.scratch(slots * ff * 4)?,
+                self.scratch(slots * ff * 4)?,
+            );
+            self.mq_experts(gw, x16, slots, tiles_d, n_tiles, g, ff)?;
+            self.mq_experts(uw, x16, slots, tiles_d, n_tiles, u, ff)?;
+            self.swiglu_rows(g, u, slots, ff, clamp, w_d, mid)?;
+            let m16 = self.to_f16(mid, ff, 0, 0, slots, ff)?;
+            let d = self.scratch(slots * e * 4)?;
+            self.mq_experts(dw, m16, slots, tiles_d, n_tiles, d, e)?;
+            let (mm, c) = (slots as i32, e as i32);
+            self.launch(
+                "scatter_add",
+                (blocks(slots * e), 1, 1),
+                256,
+                0,
+                &mut kargs![&d, &idx_d, &mm, &c, &op],
+            )?;
+            self.arena.release(mark);
+            return Ok(());
+        }
         for (ex, off, m) in spans {
             let m2 = self.arena.mark();
             let d = self.scratch(m * e * 4)?;

@@ -1,0 +1,186 @@
+// Routed-expert products of prefill chunks on the tensor cores (spec/model.md §2.5): every
+// expert of a layer in one launch per matrix, straight from the quantised weights.
+//
+// The rows routed to each expert are laid out as consecutive "slots" (host grouping); a block
+// owns MQ_ROWS weight rows of one expert and up to MQ_TOK of its slots (a "tile", from the
+// host's list). Weights are dequantised into shared memory as small integers — exact in f16:
+// Q8_0 quants, IQ2_XXS signed grid values, the 2- and 4-bit K-quant levels — with the block's
+// float scale (and K-quant minimum) kept beside them per 16 columns. Activations come as f16
+// pairs (hi + lo ≈ x to about 2^-22, from to_f16), so each 16-column step is two mma products,
+// W·x_hi + W·x_lo, whose f32 sum is folded into the f32 accumulator with the 16 columns' scale:
+//   y += scale·Σ q·x − min·Σ x.
+// No weight is rounded (unlike an f16 GEMM of dequantised weights), so the result is the
+// f32 product to the activations' ~2^-22, which the default precision needs (see matmul.cu).
+
+#define MQ_ROWS 64   // weight rows per block: 4 warps × 16
+#define MQ_TOK 64    // slots per block: 8 mma tiles of 8
+#define MQ_K 64      // columns per shared-memory step
+#define MQ_LD (MQ_K + 8)  // f16 row pitch: 16 bytes of padding spread the rows over the banks
+
+// Columns c0..c0+31 of global weight row `grow` as exact f16 integers q[0..31], and the two
+// 16-column blocks' (scale, min) such that w = scale·q − min (spec §4 formulas).
+__device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u16* q, float* sc, float* mn) {
+    switch (w.ty) {
+    case TY_Q8_0: {
+        const i8* p = (const i8*)(w.a + grow * w.cols + c0);
+        float d = h2f(ld_u16(w.b + (grow * (w.cols / 32) + c0 / 32) * 2));
+#pragma unroll
+        for (int j = 0; j < 32; j++) q[j] = f2h((float)p[j]);
+        sc[0] = sc[1] = d;
+        mn[0] = mn[1] = 0.0f;
+        return;
+    }
+    case TY_IQ2_XXS: {
+        i64 blk = grow * (w.cols / 256) + (c0 >> 8);
+        const u8* p = w.a + blk * 64 + ((c0 & 255) >> 5) * 8;
+        u32 a0 = ld_u32(p), a1 = ld_u32(p + 4);
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u64 g = iq2xxs_grid[(a0 >> (8 * k)) & 255u];
+            u32 signs = ksigns_iq2xs[(a1 >> (7 * k)) & 127u];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float v = (float)((g >> (8 * j)) & 255ull);
+                q[8 * k + j] = f2h((signs >> j) & 1u ? -v : v);
+            }
+        }
+        sc[0] = sc[1] = db;
+        mn[0] = mn[1] = 0.0f;
+        return;
+    }
+    case TY_Q2_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c0 >> 8);
+        int i = c0 & 255, n = i >> 7, j = (i & 127) >> 5;
+        float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+#pragma unroll
+        for (int l = 0; l < 32; l++) q[l] = f2h((float)((b[16 + 32 * n + l] >> (2 * j)) & 3));
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int s = b[8 * n + 2 * j + h];
+            sc[h] = d * (float)(s & 15);
+            mn[h] = dmin * (float)(s >> 4);
+        }
+        return;
+    }
+    case TY_Q4_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols) + 144 * (c0 >> 8);
+        int i = c0 & 255, chunk = i >> 6, hi = (i & 63) >= 32;
+        int s, m;
+        q4k_scale_min(b + 4, 2 * chunk + hi, &s, &m);
+        float d = h2f(ld_u16(b)), dmin = h2f(ld_u16(b + 2));
+        const u8* p = b + 16 + 32 * chunk;
+#pragma unroll
+        for (int l = 0; l < 32; l++) q[l] = f2h((float)(hi ? (p[l] >> 4) : (p[l] & 15)));
+        sc[0] = sc[1] = d * (float)s;
+        mn[0] = mn[1] = dmin * (float)m;
+        return;
+    }
+    }
+}
+
+// y[(slot0 + s)·y_stride + r0 + r] = Σ_c W[e][r0 + r][c]·x[slot0 + s][c] for the tile
+// (e, slot0, n) = tiles[3·blockIdx.y ..], r < MQ_ROWS (rows past w.rows skipped), s < n;
+// xh / xl the f16 hi / lo planes of the slots' activations, `w.cols` wide. Grid
+// (ceil(w.rows / MQ_ROWS), tiles); 128 threads. w.cols must be a multiple of MQ_K (of 256
+// for the K-quants and IQ2_XXS).
+extern "C" __global__ void mq_experts(DW w, const u16* xh, const u16* xl, const int* tiles,
+                                      float* y, int y_stride) {
+    __align__(16) __shared__ u16 As[MQ_ROWS * MQ_LD];
+    __align__(16) __shared__ u16 Bh[MQ_TOK * MQ_LD];
+    __align__(16) __shared__ u16 Bl[MQ_TOK * MQ_LD];
+    __shared__ float Sc[MQ_ROWS][MQ_K / 16];
+    __shared__ float Mn[MQ_ROWS][MQ_K / 16];
+    __shared__ float Xs[MQ_TOK][MQ_K / 16];
+    int e = tiles[3 * blockIdx.y], slot0 = tiles[3 * blockIdx.y + 1], n = tiles[3 * blockIdx.y + 2];
+    int r0 = blockIdx.x * MQ_ROWS;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int cols = w.cols;
+    bool mins = w.ty == TY_Q2_K || w.ty == TY_Q4_K;
+    float acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    // Thread `tid` stages row / slot tid / 2, columns 32·(tid % 2) .. + 31 of each step.
+    int own = tid >> 1, half = tid & 1;
+    for (int k0 = 0; k0 < cols; k0 += MQ_K) {
+        u16* aq = As + own * MQ_LD + 32 * half;
+        if (r0 + own < w.rows) {
+            mq_deq32(w, (i64)e * w.rows + r0 + own, k0 + 32 * half, aq, &Sc[own][2 * half],
+                     &Mn[own][2 * half]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 32; j++) aq[j] = 0;
+            Sc[own][2 * half] = Sc[own][2 * half + 1] = 0.0f;
+            Mn[own][2 * half] = Mn[own][2 * half + 1] = 0.0f;
+        }
+        uint4* bh = (uint4*)(Bh + own * MQ_LD + 32 * half);
+        uint4* bl = (uint4*)(Bl + own * MQ_LD + 32 * half);
+        if (own < n) {
+            const uint4* sh = (const uint4*)(xh + (i64)(slot0 + own) * cols + k0 + 32 * half);
+            const uint4* sl = (const uint4*)(xl + (i64)(slot0 + own) * cols + k0 + 32 * half);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                bh[j] = sh[j];
+                bl[j] = sl[j];
+            }
+        } else {
+            uint4 z;
+            z.x = z.y = z.z = z.w = 0u;
+#pragma unroll
+            for (int j = 0; j < 4; j++) bh[j] = bl[j] = z;
+        }
+        __syncthreads();
+        if (mins) {
+            // Σx of each slot's 16-column blocks, for the K-quant minimum.
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const u16* ph = Bh + own * MQ_LD + 32 * half + 16 * h;
+                const u16* pl = Bl + own * MQ_LD + 32 * half + 16 * h;
+                float s = 0.0f;
+                for (int j = 0; j < 16; j++) s += h2f(ph[j]) + h2f(pl[j]);
+                Xs[own][2 * half + h] = s;
+            }
+            __syncthreads();
+        }
+#pragma unroll
+        for (int kb = 0; kb < MQ_K / 16; kb++) {
+            const u16* ar = As + (warp * 16 + g) * MQ_LD + kb * 16 + 2 * t;
+            u32 a[4] = {*(const u32*)ar, *(const u32*)(ar + 8 * MQ_LD), *(const u32*)(ar + 8),
+                        *(const u32*)(ar + 8 * MQ_LD + 8)};
+            float s_lo = Sc[warp * 16 + g][kb], s_hi = Sc[warp * 16 + g + 8][kb];
+            float m_lo = Mn[warp * 16 + g][kb], m_hi = Mn[warp * 16 + g + 8][kb];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                const u16* bhr = Bh + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
+                const u16* blr = Bl + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
+                float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mma_16816(p, a, *(const u32*)bhr, *(const u32*)(bhr + 8));
+                mma_16816(p, a, *(const u32*)blr, *(const u32*)(blr + 8));
+                acc[nt][0] += p[0] * s_lo;
+                acc[nt][1] += p[1] * s_lo;
+                acc[nt][2] += p[2] * s_hi;
+                acc[nt][3] += p[3] * s_hi;
+                if (mins) {
+                    float x0 = Xs[nt * 8 + 2 * t][kb], x1 = Xs[nt * 8 + 2 * t + 1][kb];
+                    acc[nt][0] -= m_lo * x0;
+                    acc[nt][1] -= m_lo * x1;
+                    acc[nt][2] -= m_hi * x0;
+                    acc[nt][3] -= m_hi * x1;
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = r0 + warp * 16 + g + (i >= 2 ? 8 : 0);
+            int s = nt * 8 + 2 * t + (i & 1);
+            if (s < n && r < w.rows) y[(i64)(slot0 + s) * y_stride + r] = acc[nt][i];
+        }
+    }
+}
