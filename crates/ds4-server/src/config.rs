@@ -115,6 +115,10 @@ pub struct Args {
     #[cfg(feature = "test-hooks")]
     #[arg(long = "test-hooks")]
     pub test_hooks: bool,
+    /// Test only: force the output of requests by the rules of FILE (implies --test-hooks).
+    #[cfg(feature = "test-hooks")]
+    #[arg(long = "test-script", value_name = "FILE")]
+    pub test_script: Option<PathBuf>,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -268,7 +272,7 @@ impl ServerConfig {
             cors: args.cors,
             keepalive_ms: args.keepalive_ms,
             #[cfg(feature = "test-hooks")]
-            test_hooks: args.test_hooks,
+            test_hooks: args.test_hooks || args.test_script.is_some(),
             #[cfg(not(feature = "test-hooks"))]
             test_hooks: false,
             limits: RequestLimits::from_args(args),

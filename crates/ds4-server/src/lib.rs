@@ -19,9 +19,11 @@ pub mod openai_chat;
 pub mod openai_completions;
 pub mod request;
 pub mod responses;
+pub mod responses_tools;
 pub mod scheduler;
 pub mod serve;
 pub mod sse;
+pub mod test_script;
 pub mod tool_memory;
 pub mod trace;
 pub mod validate;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `--trace` file.
     pub trace: Option<Arc<trace::Trace>>,
+    /// `--test-script` rules (test-hooks builds): forced outputs chosen by the prompt.
+    pub test_script: Option<Arc<test_script::TestScript>>,
     /// Body bytes admitted at once (`--body-budget-mb`).
     pub admission: Arc<admission::Budget>,
     /// Large prompts tokenized at once (one per core, at most 4).
@@ -115,8 +119,15 @@ impl AppState {
             metrics,
             trace,
             tool_memory,
+            test_script: None,
             ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
+    }
+
+    /// Forces the output of requests by `script` (honoured only when `config.test_hooks`).
+    pub fn with_test_script(mut self, script: test_script::TestScript) -> Self {
+        self.test_script = Some(Arc::new(script));
+        self
     }
 
     /// The next per-process response number (`chatcmpl-N`, `cmpl-N`).
@@ -185,6 +196,7 @@ pub(crate) fn protocol_of(path: &str) -> Protocol {
 /// Preflight, shutdown refusal, API key, CORS and request/error counting for every route.
 async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    let method = req.method().clone();
     let protocol = protocol_of(&path);
     let mut resp = if req.method() == Method::OPTIONS {
         StatusCode::NO_CONTENT.into_response()
@@ -211,6 +223,9 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
     };
     if resp.status().is_client_error() || resp.status().is_server_error() {
         app.metrics.record_error();
+    }
+    if let Some(t) = &app.trace {
+        t.status(method.as_str(), &path, resp.status().as_u16());
     }
     if app.config.cors {
         let h = resp.headers_mut();
@@ -362,6 +377,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("--host {host}: expected an IPv4 address or `localhost`"))?;
     let state = AppState::new(engine, ServerConfig::from_args(&args), trace);
+    #[cfg(feature = "test-hooks")]
+    let state = match &args.test_script {
+        Some(p) => state.with_test_script(test_script::TestScript::load(p)?),
+        None => state,
+    };
     // Installed before "listening" is printed, so a SIGTERM right after it is already ours.
     let mut signals = ShutdownSignals::install().context("installing the signal handlers")?;
     let listener = tokio::net::TcpListener::bind((addr, args.port))

@@ -13,8 +13,10 @@ use ds4_cli::chat_cli::{ChatOptions, Think};
 
 /// DeepSeek V4 Flash on the command line.
 #[derive(Parser, Debug)]
-#[command(name = "ds4", version, about)]
+#[command(name = "ds4", version, about, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Model GGUF file.
     #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
     model: PathBuf,
@@ -86,6 +88,39 @@ pub struct Args {
     precise: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Smoke-test a running ds4-server (every protocol, streaming and not, tool calls, auth,
+    /// context size, too-long prompts) and print a pass/fail table; exit 1 on any failure.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// Server URL.
+    #[arg(default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// API key the server was started with.
+    #[arg(long = "api-key", env = "DS4_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds each request may take.
+    #[arg(long = "timeout", default_value_t = 600)]
+    timeout: u64,
+}
+
+fn run_check(args: &CheckArgs) -> anyhow::Result<bool> {
+    let opts = ds4_cli::check::CheckOptions {
+        url: args.url.clone(),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        timeout: std::time::Duration::from_secs(args.timeout),
+    };
+    let report = ds4_cli::check::check(&opts)?;
+    Ok(ds4_cli::check::print_table(
+        &report,
+        &mut std::io::stdout().lock(),
+    )?)
+}
+
 impl Args {
     fn precision(&self) -> Precision {
         if self.precise {
@@ -134,6 +169,12 @@ impl Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Check(c)) = &args.command {
+        if !run_check(c)? {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     if let Some(req) = &args.render_chat {
         let prompt = ds4_cli::diag::render_chat(req, args.ctx)?;
         let mut out = std::io::stdout().lock();
