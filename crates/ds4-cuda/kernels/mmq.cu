@@ -17,34 +17,49 @@
 #define MQ_K 64      // columns per shared-memory step
 #define MQ_LD (MQ_K + 8)  // f16 row pitch: 16 bytes of padding spread the rows over the banks
 
-// Columns c0..c0+31 of global weight row `grow` as exact f16 integers q[0..31], and the two
-// 16-column blocks' (scale, min) such that w = scale·q − min (spec §4 formulas).
-__device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u16* q, float* sc, float* mn) {
+// Two f16 integers in one register (the lower column in the lower half).
+__device__ __forceinline__ u32 mq_pk(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+
+// Columns c0..c0+31 of global weight row `grow` as exact f16 integers, packed in pairs into
+// q[0..15], and the two 16-column blocks' (scale, min) such that w = scale·q − min (spec §4
+// formulas). The quants are read with vector loads.
+__device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u32* q, float* sc, float* mn) {
     switch (w.ty) {
     case TY_Q8_0: {
-        const i8* p = (const i8*)(w.a + grow * w.cols + c0);
+        const uint4* p = (const uint4*)(w.a + grow * w.cols + c0);
         float d = h2f(ld_u16(w.b + (grow * (w.cols / 32) + c0 / 32) * 2));
 #pragma unroll
-        for (int j = 0; j < 32; j++) q[j] = f2h((float)p[j]);
+        for (int h = 0; h < 2; h++) {
+            uint4 v = p[h];
+            u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                q[8 * h + 2 * k] = mq_pk((float)(i8)(u[k] & 255u), (float)(i8)((u[k] >> 8) & 255u));
+                q[8 * h + 2 * k + 1] = mq_pk((float)(i8)((u[k] >> 16) & 255u), (float)(i8)(u[k] >> 24));
+            }
+        }
         sc[0] = sc[1] = d;
         mn[0] = mn[1] = 0.0f;
         return;
     }
     case TY_IQ2_XXS: {
         i64 blk = grow * (w.cols / 256) + (c0 >> 8);
-        const u8* p = w.a + blk * 64 + ((c0 & 255) >> 5) * 8;
-        u32 a0 = ld_u32(p), a1 = ld_u32(p + 4);
+        uint2 v = *(const uint2*)(w.a + blk * 64 + ((c0 & 255) >> 5) * 8);
+        u32 a0 = v.x, a1 = v.y;
         float d = h2f(ld_u16(w.b + blk * 2));
         float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             u64 g = iq2xxs_grid[(a0 >> (8 * k)) & 255u];
             u32 signs = ksigns_iq2xs[(a1 >> (7 * k)) & 127u];
+            float f[8];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                float v = (float)((g >> (8 * j)) & 255ull);
-                q[8 * k + j] = f2h((signs >> j) & 1u ? -v : v);
+                float m = (float)((g >> (8 * j)) & 255ull);
+                f[j] = (signs >> j) & 1u ? -m : m;
             }
+#pragma unroll
+            for (int j = 0; j < 4; j++) q[4 * k + j] = mq_pk(f[2 * j], f[2 * j + 1]);
         }
         sc[0] = sc[1] = db;
         mn[0] = mn[1] = 0.0f;
@@ -54,8 +69,14 @@ __device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u16* q, 
         const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c0 >> 8);
         int i = c0 & 255, n = i >> 7, j = (i & 127) >> 5;
         float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+        // Q2_K blocks are 84 bytes: the quants are only 4-byte aligned.
+        const u32* q32 = (const u32*)(b + 16 + 32 * n);
 #pragma unroll
-        for (int l = 0; l < 32; l++) q[l] = f2h((float)((b[16 + 32 * n + l] >> (2 * j)) & 3));
+        for (int k = 0; k < 8; k++) {
+            u32 u = q32[k] >> (2 * j);
+            q[2 * k] = mq_pk((float)(u & 3u), (float)((u >> 8) & 3u));
+            q[2 * k + 1] = mq_pk((float)((u >> 16) & 3u), (float)((u >> 24) & 3u));
+        }
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             int s = b[8 * n + 2 * j + h];
@@ -70,14 +91,26 @@ __device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u16* q, 
         int s, m;
         q4k_scale_min(b + 4, 2 * chunk + hi, &s, &m);
         float d = h2f(ld_u16(b)), dmin = h2f(ld_u16(b + 2));
-        const u8* p = b + 16 + 32 * chunk;
+        const uint4* p = (const uint4*)(b + 16 + 32 * chunk);
+        int sh = hi ? 4 : 0;
 #pragma unroll
-        for (int l = 0; l < 32; l++) q[l] = f2h((float)(hi ? (p[l] >> 4) : (p[l] & 15)));
+        for (int h = 0; h < 2; h++) {
+            uint4 v = p[h];
+            u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                u32 x = (u[k] >> sh) & 0x0f0f0f0fu;
+                q[8 * h + 2 * k] = mq_pk((float)(x & 255u), (float)((x >> 8) & 255u));
+                q[8 * h + 2 * k + 1] = mq_pk((float)((x >> 16) & 255u), (float)(x >> 24));
+            }
+        }
         sc[0] = sc[1] = d * (float)s;
         mn[0] = mn[1] = dmin * (float)m;
         return;
     }
     }
+#pragma unroll
+    for (int k = 0; k < 16; k++) q[k] = 0;
 }
 
 // y[(slot0 + s)·y_stride + r0 + r] = Σ_c W[e][r0 + r][c]·x[slot0 + s][c] for the tile
@@ -98,6 +131,7 @@ extern "C" __global__ void mq_experts(DW w, const u16* xh, const u16* xl, const 
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     int cols = w.cols;
     bool mins = w.ty == TY_Q2_K || w.ty == TY_Q4_K;
+    bool fold16 = w.ty == TY_Q2_K;
     float acc[8][4];
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
@@ -106,15 +140,25 @@ extern "C" __global__ void mq_experts(DW w, const u16* xh, const u16* xl, const 
     // Thread `tid` stages row / slot tid / 2, columns 32·(tid % 2) .. + 31 of each step.
     int own = tid >> 1, half = tid & 1;
     for (int k0 = 0; k0 < cols; k0 += MQ_K) {
-        u16* aq = As + own * MQ_LD + 32 * half;
+        u32 qv[16];
         if (r0 + own < w.rows) {
-            mq_deq32(w, (i64)e * w.rows + r0 + own, k0 + 32 * half, aq, &Sc[own][2 * half],
+            mq_deq32(w, (i64)e * w.rows + r0 + own, k0 + 32 * half, qv, &Sc[own][2 * half],
                      &Mn[own][2 * half]);
         } else {
 #pragma unroll
-            for (int j = 0; j < 32; j++) aq[j] = 0;
+            for (int j = 0; j < 16; j++) qv[j] = 0;
             Sc[own][2 * half] = Sc[own][2 * half + 1] = 0.0f;
             Mn[own][2 * half] = Mn[own][2 * half + 1] = 0.0f;
+        }
+        uint4* aq = (uint4*)(As + own * MQ_LD + 32 * half);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint4 v;
+            v.x = qv[4 * j];
+            v.y = qv[4 * j + 1];
+            v.z = qv[4 * j + 2];
+            v.w = qv[4 * j + 3];
+            aq[j] = v;
         }
         uint4* bh = (uint4*)(Bh + own * MQ_LD + 32 * half);
         uint4* bl = (uint4*)(Bl + own * MQ_LD + 32 * half);
@@ -145,30 +189,55 @@ extern "C" __global__ void mq_experts(DW w, const u16* xh, const u16* xl, const 
             }
             __syncthreads();
         }
+        // Blocks of `fold` columns share one scale: 16 for Q2_K, else 32 (two mma steps per
+        // fold of the partial products into acc).
 #pragma unroll
-        for (int kb = 0; kb < MQ_K / 16; kb++) {
-            const u16* ar = As + (warp * 16 + g) * MQ_LD + kb * 16 + 2 * t;
-            u32 a[4] = {*(const u32*)ar, *(const u32*)(ar + 8 * MQ_LD), *(const u32*)(ar + 8),
-                        *(const u32*)(ar + 8 * MQ_LD + 8)};
-            float s_lo = Sc[warp * 16 + g][kb], s_hi = Sc[warp * 16 + g + 8][kb];
-            float m_lo = Mn[warp * 16 + g][kb], m_hi = Mn[warp * 16 + g + 8][kb];
+        for (int kp = 0; kp < MQ_K / 32; kp++) {
+            u32 a[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const u16* ar = As + (warp * 16 + g) * MQ_LD + (2 * kp + h) * 16 + 2 * t;
+                a[h][0] = *(const u32*)ar;
+                a[h][1] = *(const u32*)(ar + 8 * MQ_LD);
+                a[h][2] = *(const u32*)(ar + 8);
+                a[h][3] = *(const u32*)(ar + 8 * MQ_LD + 8);
+            }
+            int rl = warp * 16 + g, rh = rl + 8;
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
-                const u16* bhr = Bh + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
-                const u16* blr = Bl + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
-                float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                mma_16816(p, a, *(const u32*)bhr, *(const u32*)(bhr + 8));
-                mma_16816(p, a, *(const u32*)blr, *(const u32*)(blr + 8));
-                acc[nt][0] += p[0] * s_lo;
-                acc[nt][1] += p[1] * s_lo;
-                acc[nt][2] += p[2] * s_hi;
-                acc[nt][3] += p[3] * s_hi;
-                if (mins) {
-                    float x0 = Xs[nt * 8 + 2 * t][kb], x1 = Xs[nt * 8 + 2 * t + 1][kb];
-                    acc[nt][0] -= m_lo * x0;
-                    acc[nt][1] -= m_lo * x1;
-                    acc[nt][2] -= m_hi * x0;
-                    acc[nt][3] -= m_hi * x1;
+                int s0 = nt * 8 + 2 * t;
+                float p[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int kb = 2 * kp + h;
+                    const u16* bhr = Bh + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
+                    const u16* blr = Bl + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
+                    float* ph = fold16 ? p[h] : p[0];
+                    mma_16816(ph, a[h], *(const u32*)bhr, *(const u32*)(bhr + 8));
+                    mma_16816(ph, a[h], *(const u32*)blr, *(const u32*)(blr + 8));
+                }
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    if (h == 1 && !fold16) break;
+                    int kb = 2 * kp + h;
+                    float s_lo = Sc[rl][kb], s_hi = Sc[rh][kb];
+                    acc[nt][0] += p[h][0] * s_lo;
+                    acc[nt][1] += p[h][1] * s_lo;
+                    acc[nt][2] += p[h][2] * s_hi;
+                    acc[nt][3] += p[h][3] * s_hi;
+                    if (mins) {
+                        // A 32-column fold takes both 16-column sums of x.
+                        float x0 = Xs[s0][kb], x1 = Xs[s0 + 1][kb];
+                        if (!fold16) {
+                            x0 += Xs[s0][kb + 1];
+                            x1 += Xs[s0 + 1][kb + 1];
+                        }
+                        float m_lo = Mn[rl][kb], m_hi = Mn[rh][kb];
+                        acc[nt][0] -= m_lo * x0;
+                        acc[nt][1] -= m_lo * x1;
+                        acc[nt][2] -= m_hi * x0;
+                        acc[nt][3] -= m_hi * x1;
+                    }
                 }
             }
         }

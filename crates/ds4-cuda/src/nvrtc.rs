@@ -75,6 +75,7 @@ pub const KERNELS: &[&str] = &[
     "swiglu_rows",
     "gather_rows",
     "scatter_add",
+    "sum_slots",
     "fill",
     "repack_q8_0",
     "repack_iq2_xxs",

@@ -278,22 +278,28 @@ impl CudaBackend {
         // Group rows by expert on the host (the ids come back once per layer).
         let host_ids = self.op_read_i32(ids)?;
         let host_w = self.op_read(wts, 0..n)?;
-        let mut by_expert: Vec<Vec<(i32, f32)>> = vec![Vec::new(); gate.n_mats];
+        // (token, weight, route entry t·k + j) per expert.
+        let mut by_expert: Vec<Vec<(i32, f32, usize)>> = vec![Vec::new(); gate.n_mats];
         for (i, (&ex, &w)) in host_ids.iter().zip(&host_w).enumerate() {
             let ex = usize::try_from(ex)
                 .ok()
                 .filter(|&ex| ex < gate.n_mats)
                 .ok_or_else(|| err(format!("expert id {ex} out of range")))?;
-            by_expert[ex].push(((i / k) as i32, w));
+            by_expert[ex].push(((i / k) as i32, w, i));
         }
+        // Slots: the route entries grouped by expert; slot_of[t·k + j] is entry (t, j)'s slot.
         let mut idx = Vec::with_capacity(n * k);
         let mut wv = Vec::with_capacity(n * k);
+        let mut slot_of = vec![0i32; n * k];
         let mut spans = Vec::new();
         for (ex, list) in by_expert.iter().enumerate() {
             if !list.is_empty() {
                 spans.push((ex, idx.len(), list.len()));
-                idx.extend(list.iter().map(|p| p.0));
-                wv.extend(list.iter().map(|p| p.1));
+                for &(t, w, i) in list {
+                    slot_of[i] = idx.len() as i32;
+                    idx.push(t);
+                    wv.push(w);
+                }
             }
         }
         let mark = self.arena.mark();
@@ -302,14 +308,6 @@ impl CudaBackend {
         let wb: Vec<u8> = wv.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.dev.htod(idx_d, &ib).map_err(be_err)?;
         self.dev.htod(w_d, &wb).map_err(be_err)?;
-        let (total, zero) = ((n * e) as i64, 0f32);
-        self.launch(
-            "fill",
-            (blocks(n * e), 1, 1),
-            256,
-            0,
-            &mut kargs![&op, &total, &zero],
-        )?;
         if num.fast && self.opts_tensor_core_experts() && mq_fits(gate) && mq_fits(down) {
             // Every expert of the layer in one tensor-core launch per matrix (kernels/mmq.cu).
             let tiles: Vec<i32> = spans
@@ -338,17 +336,28 @@ impl CudaBackend {
             let m16 = self.to_f16(mid, ff, 0, 0, slots, ff)?;
             let d = self.scratch(slots * e * 4)?;
             self.mq_experts(dw, m16, slots, tiles_d, n_tiles, d, e)?;
-            let (mm, c) = (slots as i32, e as i32);
+            let slot_d = self.scratch(slot_of.len() * 4)?;
+            let sb: Vec<u8> = slot_of.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.dev.htod(slot_d, &sb).map_err(be_err)?;
+            let (nn, kk, c) = (n as i32, k as i32, e as i32);
             self.launch(
-                "scatter_add",
-                (blocks(slots * e), 1, 1),
+                "sum_slots",
+                (blocks(n * e), 1, 1),
                 256,
                 0,
-                &mut kargs![&d, &idx_d, &mm, &c, &op],
+                &mut kargs![&d, &slot_d, &nn, &kk, &c, &op],
             )?;
             self.arena.release(mark);
             return Ok(());
         }
+        let (total, zero) = ((n * e) as i64, 0f32);
+        self.launch(
+            "fill",
+            (blocks(n * e), 1, 1),
+            256,
+            0,
+            &mut kargs![&op, &total, &zero],
+        )?;
         for (ex, off, m) in spans {
             let m2 = self.arena.mark();
             let d = self.scratch(m * e * 4)?;
