@@ -7,7 +7,9 @@
 // Attention is split in two launches. `attn_partial` (grid rows × head groups × splits, 8
 // warps, one head per warp) walks a slice of the row's visible rows — its raw window, oldest
 // first, then its compressed rows (all visible ones, or the indexer's selection) — in tiles
-// staged in shared memory, keeping a running softmax (max, sum, weighted values) per head.
+// staged in shared memory, keeping a running softmax (max, sum, weighted values) per head that
+// is rescaled once per tile: a tile's 16 scores are reduced together (a reduce-scatter across
+// the warp), so a row costs its two 512-wide dot products and little else.
 // `attn_combine` merges the slices with the head's sink logit in the denominator (spec
 // pitfall 9) and writes the normalised output. Positions come from `pos` in device memory, so
 // one recorded decode step serves every position.
@@ -34,6 +36,19 @@ __device__ __forceinline__ const float* att_row(int i, int p, int lo, const floa
     int c = sel_t ? sel_t[j] : j;
     if (c < 0 || c >= nvis) return 0;
     return comp + (i64)c * hd;
+}
+
+// One step of the tile's reduce-scatter: lanes with bit `o` set keep values HALF..2·HALF−1 (in
+// d[0..HALF)), the others 0..HALF−1, each adding its partner's copy (ATT_TILE must be 16).
+template <int HALF>
+__device__ __forceinline__ void att_reduce_step(float* d, int lane, int o) {
+    bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < HALF; i++) {
+        float send = upper ? d[i] : d[i + HALF];
+        float keep = upper ? d[i + HALF] : d[i];
+        d[i] = keep + __shfl_xor_sync(FULL_MASK, send, o);
+    }
 }
 
 // part[((t·nh + h)·splits + s)·(hd + 2)] = (acc[hd], m, l) of head h over slice s of row t's
@@ -73,20 +88,43 @@ extern "C" __global__ void attn_partial(const float* q, int nh, int hd, const fl
         }
         __syncthreads();
         if (h < nh) {
-            for (int r = 0; r < nt; r++) {
-                if (!valid[r]) continue;
-                const float* row = tile + r * hd;
-                float d = 0.0f;
+            // Scores of the tile's rows: each lane's partial dots, then a reduce-scatter
+            // butterfly (16 shuffles for 16 rows) after which lanes 2r and 2r + 1 hold row r's.
+            float d[ATT_TILE];
 #pragma unroll
-                for (int j = 0; j < ATT_HD_MAX / 32; j++)
-                    if (j < nj) d += qv[j] * row[lane + 32 * j];
-                float sc = warp_sum(d) * scale;
-                float mn = fmaxf(m, sc);
-                float corr = expf(m - mn), pr = expf(sc - mn);
-                l = l * corr + pr;
+            for (int r = 0; r < ATT_TILE; r++) {
+                float a = 0.0f;
+                if (r < nt) {
+                    const float* row = tile + r * hd;
 #pragma unroll
-                for (int j = 0; j < ATT_HD_MAX / 32; j++)
-                    if (j < nj) acc[j] = acc[j] * corr + pr * row[lane + 32 * j];
+                    for (int j = 0; j < ATT_HD_MAX / 32; j++)
+                        if (j < nj) a += qv[j] * row[lane + 32 * j];
+                }
+                d[r] = a;
+            }
+            att_reduce_step<8>(d, lane, 16);
+            att_reduce_step<4>(d, lane, 8);
+            att_reduce_step<2>(d, lane, 4);
+            att_reduce_step<1>(d, lane, 2);
+            d[0] += __shfl_xor_sync(FULL_MASK, d[0], 1);
+            int my = (lane >> 1) & (ATT_TILE - 1);
+            bool ok = my < nt && valid[my];
+            float sc = ok ? d[0] * scale : -DS4_INF;
+            float mn = fmaxf(m, warp_max(sc));
+            if (mn > -DS4_INF) {
+                // One rescale per tile; probabilities of the tile's rows broadcast from lane 2r.
+                float corr = expf(m - mn);
+                float pr = ok ? expf(sc - mn) : 0.0f;
+                l = l * corr + warp_sum((lane & 1) ? 0.0f : pr);
+#pragma unroll
+                for (int j = 0; j < ATT_HD_MAX / 32; j++) acc[j] *= corr;
+                for (int r = 0; r < nt; r++) {
+                    float pj = __shfl_sync(FULL_MASK, pr, 2 * r);
+                    const float* row = tile + r * hd;
+#pragma unroll
+                    for (int j = 0; j < ATT_HD_MAX / 32; j++)
+                        if (j < nj) acc[j] += pj * row[lane + 32 * j];
+                }
                 m = mn;
             }
         }
