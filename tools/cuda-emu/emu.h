@@ -133,6 +133,19 @@ template <class T> static inline T __shfl_sync(unsigned, T v, int src_lane, int 
     return r;
 }
 
+// Every lane's 64-bit value in one exchange (all[32], by lane): the emulated tensor-core
+// product (common.cuh's mma_16816) gathers its operand fragments with three of these instead
+// of 32 shuffles.
+static inline void emu_warp_all(uint64_t v, uint64_t* all) {
+    EmuFiber* f = emu_cur;
+    int warp = f->lin >> 5;
+    unsigned g = f->wgen & 1u;
+    emu_slots[warp][g][f->lin & 31] = v;
+    emu_yield(EMU_WARP_WAIT);
+    f->wgen++;
+    memcpy(all, emu_slots[warp][g], 32 * sizeof(uint64_t));
+}
+
 static inline void* emu_dyn_smem() { return emu_dyn; }
 
 static void emu_init_fiber(int lin) {

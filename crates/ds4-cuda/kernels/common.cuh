@@ -121,27 +121,27 @@ __device__ __forceinline__ void warp_sum2(float* a, float* b) {
 // a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][8+2t..], a[3] = A[g+8][8+2t..];
 // b0 = B[2t..2t+1][g], b1 = B[8+2t..][g]; c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..]
 // (the lower half of each 32-bit register holds the lower index). The emulator gathers the
-// operands by shuffles and sums the 16 products in k order.
+// operands in three warp exchanges and sums the 16 products in k order.
 __device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
 #ifdef DS4_EMU
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    uint64_t a01[32], a23[32], bb[32];
+    emu_warp_all((u64)a[0] | ((u64)a[1] << 32), a01);
+    emu_warp_all((u64)a[2] | ((u64)a[3] << 32), a23);
+    emu_warp_all((u64)b0 | ((u64)b1 << 32), bb);
     float A0[16], A1[16], B0[16], B1[16];
     for (int q = 0; q < 4; q++) {
-        u32 r[4], s[4];
-        for (int j = 0; j < 4; j++) r[j] = __shfl_sync(FULL_MASK, a[j], g * 4 + q);
-        s[0] = __shfl_sync(FULL_MASK, b0, (2 * t) * 4 + q);
-        s[1] = __shfl_sync(FULL_MASK, b1, (2 * t) * 4 + q);
-        s[2] = __shfl_sync(FULL_MASK, b0, (2 * t + 1) * 4 + q);
-        s[3] = __shfl_sync(FULL_MASK, b1, (2 * t + 1) * 4 + q);
+        u64 x = a01[g * 4 + q], y = a23[g * 4 + q];
+        u64 c0 = bb[(2 * t) * 4 + q], c1 = bb[(2 * t + 1) * 4 + q];
         for (int h = 0; h < 2; h++) {
-            A0[2 * q + h] = h2f((u16)(r[0] >> (16 * h)));
-            A1[2 * q + h] = h2f((u16)(r[1] >> (16 * h)));
-            A0[8 + 2 * q + h] = h2f((u16)(r[2] >> (16 * h)));
-            A1[8 + 2 * q + h] = h2f((u16)(r[3] >> (16 * h)));
-            B0[2 * q + h] = h2f((u16)(s[0] >> (16 * h)));
-            B0[8 + 2 * q + h] = h2f((u16)(s[1] >> (16 * h)));
-            B1[2 * q + h] = h2f((u16)(s[2] >> (16 * h)));
-            B1[8 + 2 * q + h] = h2f((u16)(s[3] >> (16 * h)));
+            A0[2 * q + h] = h2f((u16)(x >> (16 * h)));
+            A1[2 * q + h] = h2f((u16)(x >> (32 + 16 * h)));
+            A0[8 + 2 * q + h] = h2f((u16)(y >> (16 * h)));
+            A1[8 + 2 * q + h] = h2f((u16)(y >> (32 + 16 * h)));
+            B0[2 * q + h] = h2f((u16)(c0 >> (16 * h)));
+            B0[8 + 2 * q + h] = h2f((u16)(c0 >> (32 + 16 * h)));
+            B1[2 * q + h] = h2f((u16)(c1 >> (16 * h)));
+            B1[8 + 2 * q + h] = h2f((u16)(c1 >> (32 + 16 * h)));
         }
     }
     for (int k = 0; k < 16; k++) {
