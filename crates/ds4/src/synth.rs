@@ -39,6 +39,7 @@ pub fn full_size(recipe: ExpertRecipe, layers: usize, seed: u64) -> TinySpec {
         experts_used: 6,
         ff: 2048,
         recipe,
+        dense: None,
         tokenizer: None,
     }
 }

@@ -150,6 +150,13 @@ impl GgmlType {
         (n_elems / be).checked_mul(self.block_bytes() as u64)
     }
 
+    /// The type named `name` as ggml prints it (`Q4_K`), case-insensitive.
+    pub fn from_name(name: &str) -> Option<Self> {
+        GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
     /// The name ggml and gguf-py print for this type.
     pub fn name(self) -> &'static str {
         match self {
