@@ -13,6 +13,7 @@ pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod model;
+pub mod pin;
 pub mod quant;
 pub mod sample;
 pub mod session;

@@ -18,6 +18,10 @@ pub struct Args {
     /// Model GGUF file.
     #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
     model: PathBuf,
+    /// Refuse the model unless it has this SHA-256 (hex; a split GGUF: one per shard,
+    /// comma-separated). Remembered in `<file>.sha256` by size and mtime.
+    #[arg(long = "model-sha256", value_delimiter = ',', value_name = "HEX")]
+    model_sha256: Vec<String>,
     /// Prompt text (one shot). Without it the REPL starts.
     #[arg(short = 'p', long = "prompt")]
     prompt: Option<String>,
@@ -176,7 +180,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             &mut std::io::stdout().lock(),
         )?);
     }
-    let model = Arc::new(ds4_cli::load_model(&args.model)?);
+    let model = Arc::new(ds4_cli::load_model_pinned(&args.model, &args.model_sha256)?);
     let backend = ds4_cli::make_backend(&model, args.cpu, args.cuda, args.ctx)?;
     let mut engine = ds4::engine::Engine::with_backend(model, backend, args.precision(), args.ctx)?;
     match prompt {
