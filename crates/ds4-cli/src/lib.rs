@@ -1,6 +1,7 @@
 //! Shared pieces of the command-line tools: argument normalisation, thread setup, model
 //! loading with a readable error, the `.npy` writer used by `--dump-logits`, and the `ds4`
-//! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1).
+//! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1) and
+//! `ds4 download` (`download`).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -11,6 +12,7 @@ use anyhow::Context;
 
 pub mod chat_cli;
 pub mod diag;
+pub mod download;
 pub mod npy;
 pub mod repl;
 

@@ -189,8 +189,61 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// `ds4 download`: fetch a published ds4 GGUF with resume, size and SHA-256 check.
+#[derive(Parser, Debug)]
+#[command(name = "ds4 download", about)]
+struct DownloadArgs {
+    /// What to fetch: q2 (about 81 GB), q4 (about 153 GB) or mtp (about 3.5 GB).
+    #[arg(value_parser = ["q2", "q4", "mtp"])]
+    target: String,
+    /// Directory for the file (default: env DS4_GGUF_DIR, else ./gguf).
+    #[arg(long = "dir", env = "DS4_GGUF_DIR", default_value = "gguf")]
+    dir: PathBuf,
+    /// Hugging Face token (default: env HF_TOKEN).
+    #[arg(long = "token", env = "HF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Expected SHA-256 (hex), instead of the one the server announces.
+    #[arg(long = "sha256", value_name = "HEX")]
+    sha256: Option<String>,
+    /// Where the files are (`URL/FILE` is fetched).
+    #[arg(long = "base-url", default_value = ds4_cli::download::BASE_URL)]
+    base_url: String,
+    /// No progress bars.
+    #[arg(long = "quiet")]
+    quiet: bool,
+}
+
+fn download(a: DownloadArgs) -> anyhow::Result<()> {
+    let opts = ds4_cli::download::Options {
+        dir: a.dir,
+        base_url: a.base_url,
+        token: a.token.filter(|t| !t.trim().is_empty()),
+        sha256: a.sha256,
+        progress: !a.quiet,
+    };
+    let path = ds4_cli::download::download(&a.target, &opts)?;
+    if a.target != "mtp" {
+        println!("{}", path.display());
+        eprintln!("run it with: ds4 -m {}", path.display());
+    } else {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
 fn main() {
-    let args = Args::parse_from(ds4_cli::normalize_args(std::env::args()));
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("download") {
+        let a = DownloadArgs::parse_from(
+            std::iter::once("ds4 download".to_string()).chain(argv.into_iter().skip(2)),
+        );
+        if let Err(e) = download(a) {
+            eprintln!("ds4: error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let args = Args::parse_from(ds4_cli::normalize_args(argv));
     if let Err(e) = run(args) {
         eprintln!("ds4: error: {e:#}");
         std::process::exit(1);
