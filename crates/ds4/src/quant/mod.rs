@@ -20,7 +20,7 @@ mod grids;
 mod iq2_tables;
 mod matmul;
 mod quantize;
-mod random;
+pub(crate) mod random;
 mod simd;
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub fn random_blocks(
 
 /// Sets the scale fields of one random block of `ty` so that its values are about `scale`
 /// (the expected magnitude of the rest of the block's formula is in each comment).
-fn set_block_scales(ty: GgmlType, b: &mut [u8], scale: f32, rng: &mut impl Rng) {
+pub(crate) fn set_block_scales(ty: GgmlType, b: &mut [u8], scale: f32, rng: &mut impl Rng) {
     use std::mem::offset_of;
     let mut put = |off: usize, s: f32| b[off..off + 2].copy_from_slice(&f16_scale(rng, s));
     match ty {
