@@ -13,7 +13,12 @@ use ds4_cli::chat_cli::{ChatOptions, Think};
 
 /// DeepSeek V4 Flash on the command line.
 #[derive(Parser, Debug)]
-#[command(name = "ds4", version, about)]
+#[command(
+    name = "ds4",
+    version,
+    about,
+    after_help = "Download a model: ds4 download q2|q4|mtp [--dir D] (see ds4 download --help)"
+)]
 pub struct Args {
     /// Model GGUF file.
     #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
