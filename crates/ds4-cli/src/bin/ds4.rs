@@ -196,7 +196,10 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// `ds4 download`: fetch a published ds4 GGUF with resume, size and SHA-256 check.
 #[derive(Parser, Debug)]
-#[command(name = "ds4 download", about)]
+#[command(
+    name = "ds4 download",
+    about = "Fetch a published ds4 GGUF with resume, then check its size and SHA-256"
+)]
 struct DownloadArgs {
     /// What to fetch: q2 (about 81 GB), q4 (about 153 GB) or mtp (about 3.5 GB).
     #[arg(value_parser = ["q2", "q4", "mtp"])]
