@@ -65,7 +65,7 @@ def test_chat_tool_call_non_stream_and_stream(oai):
 
 def test_responses_non_stream_and_stream(oai):
     r = oai.responses.create(model="deepseek-chat", input="Hello", max_output_tokens=4)
-    assert r.status == "incomplete" and r.incomplete_details.reason == "max_tokens"
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
     assert r.usage.output_tokens == 4
     events = list(oai.responses.create(model="deepseek-chat", input="Hello", max_output_tokens=4, stream=True))
     assert [e.sequence_number for e in events] == list(range(len(events)))

@@ -71,17 +71,20 @@ curl -sN localhost:8123/v1/chat/completions -H 'content-type: application/json' 
     -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"stream":true}' > "$OUT/server-stream.txt"
 kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
 DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+# The same prefill with the routed experts on the per-expert split-f16 GEMMs (A/B of mq_experts).
+DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/nomq.csv" > "$OUT/nomq.log" 2>&1
 # Hardware counters of the decode kernels, on a 4-layer file of the same shapes (ncu's kernel
 # replay backs up device memory, too slow with the whole model loaded).
 "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2l4.gguf > /dev/null 2>&1
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-DS4_CUDA_GRAPHS=0 timeout 200 "$NCU" --clock-control none -k regex:"^(gu_iq2_xxs|dn_q2_k|mv_f16|mv_q8_0|hc_pre_finish|rms_norm)$" -c 12 \
+DS4_CUDA_GRAPHS=0 timeout 120 "$NCU" --clock-control none -k regex:"^(mq_experts|gu_iq2_xxs|dn_q2_k|mv_f16|mv_q8_0|hc_pre_finish|rms_norm)$" -c 10 \
     --section SpeedOfLight --section WarpStateStats --section Occupancy \
     "$BIN/ds4-bench" -m /mnt/m/q2l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 2 > "$OUT/ncu.txt" 2>&1
 echo "== tests"; grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30
-echo "== profile"; grep -A32 "per decode step" "$OUT/profile.txt" | head -34
+echo "== profile"; grep -A32 "per decode step" "$OUT/profile.txt" | head -34; grep -A14 "per prefill chunk" "$OUT/profile.txt"
 echo "== ncu"; grep -E "^  [a-z_0-9]+\(|^    Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Registers Per Thread|Block Size|Grid Size" "$OUT/ncu.txt" | head -100
 echo "== synth"; cat "$OUT/synth.txt"
 echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
 echo "== ds4"; cat "$OUT/ds4.csv"; tail -3 "$OUT/ds4.log"
+echo "== ours, DS4_CUDA_MQ=0"; cat "$OUT/nomq.csv"
 echo "== server"; grep -c '^data: {' "$OUT/server-stream.txt"; tail -2 "$OUT/server-stream.txt"; grep -i "cuda" "$OUT/server.log" | head -2

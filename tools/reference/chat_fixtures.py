@@ -61,6 +61,12 @@ def map_request(req, ctx):
                                     else json.dumps(tc["function"]["arguments"])}}
                 for tc in m["tool_calls"]]
         messages.append(out)
+    first_turn = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    for m in messages[first_turn:]:
+        if m["role"] == "system":  # a system message inside the conversation is user text
+            m["role"] = "user"
+    if messages and first_turn == len(messages):  # system only: an empty user turn
+        messages.append({"role": "user", "content": ""})
     tools = req.get("tools") or []
     if tools and req.get("tool_choice") != "none":
         system = next((m for m in messages if m["role"] == "system"), None)
@@ -237,12 +243,40 @@ def official_prompts():
             yield name[:-4], {"messages": [{"role": "user", "content": f.read()}], "thinking": False}
 
 
+def agent_cases():
+    """Message shapes real coding agents send (no randomness, so the random cases keep their
+    seed): Claude Code's environment as a trailing system message, a system message after an
+    assistant turn, and a conversation of system text only."""
+    tool = {"type": "function", "function": {"name": "Bash", "description": "Run a command",
+            "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}
+    env = "# Environment\nYou have been invoked in the following environment:\n - cwd: /tmp"
+    call = {"id": "toolu_1", "type": "function",
+            "function": {"name": "Bash", "arguments": "{\"command\": \"ls\"}"}}
+    return [
+        ("agent_system_after_user", {"messages": [
+            {"role": "system", "content": "You are an agent."},
+            {"role": "user", "content": "Say hello"}, {"role": "system", "content": env}],
+            "tools": [tool]}, 100000),
+        ("agent_system_after_user_then_tool_turn", {"messages": [
+            {"role": "system", "content": "You are an agent."},
+            {"role": "user", "content": "List files"}, {"role": "system", "content": env},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "a.txt"}],
+            "tools": [tool], "thinking": {"type": "disabled"}}, 100000),
+        ("agent_system_after_assistant", {"messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "system", "content": "Be brief."}], "thinking": False}, 32768),
+        ("agent_system_only", {"messages": [{"role": "system", "content": "Say hi."}]}, 32768),
+    ]
+
+
 def render_cases():
     cases = []
     for name, req in official_prompts():
         cases.append((f"official_prompt_{name}", req, 32768))
     for i in range(205):
         cases.append((f"random_{i:03}", conversation(i), R.choice([32768, 393216, 1048576])))
+    cases.extend(agent_cases())
     out = []
     for name, req, ctx in cases:
         messages, mode, effort = map_request(json.loads(json.dumps(req)), ctx)

@@ -1,7 +1,8 @@
 //! Shared pieces of the command-line tools: argument normalisation, thread setup, model
-//! loading with a readable error, the `.npy` writer used by `--dump-logits`, and the `ds4`
-//! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1) and
-//! `ds4 download` (`download`).
+//! loading with a readable error, the `.npy` writer used by `--dump-logits`, the `ds4`
+//! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1),
+//! `ds4-gguf kv-inspect` (`kv_inspect`), `check`, the `ds4 check` smoke test of a running
+//! server, and `ds4 download` (`download`).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -11,8 +12,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub mod chat_cli;
+pub mod check;
 pub mod diag;
 pub mod download;
+pub mod kv_inspect;
 pub mod npy;
 pub mod repl;
 

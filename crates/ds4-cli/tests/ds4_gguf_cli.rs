@@ -77,3 +77,89 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/x.gguf"));
 }
+
+#[test]
+fn kv_inspect_reports_valid_and_invalid_cache_files() {
+    use ds4::kvstore::{model_stamp, DirOptions, KeyKind, KvDir, SaveReason, StoreRequest};
+    let model_path = tmp("kv-model.gguf");
+    assert!(Command::new(env!("CARGO_BIN_EXE_ds4-gguf"))
+        .args(["tiny", "--layers", "3", "--out"])
+        .arg(&model_path)
+        .status()
+        .expect("run")
+        .success());
+    let m = ds4::model::Model::open(&model_path).expect("model");
+    let be = ds4::backend::CpuBackend::new(m.file.clone());
+    let mut s = m.new_session(&be, 256).expect("session");
+    m.forward_last(
+        &be,
+        &mut s,
+        &[5, 6, 7, 8, 9],
+        ds4::model::Precision::Default,
+    )
+    .expect("prefill");
+    let snap = s.snapshot(&be).expect("snapshot");
+    let dir = tmp("kv-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = DirOptions {
+        budget_bytes: 1 << 30,
+        min_tokens: 1,
+        reject_different_quant: false,
+        max_tool_entries: 4,
+    };
+    let stamp = model_stamp(&m, ds4::model::Precision::Default);
+    let (mut kv, _) = KvDir::open(&dir, stamp, &m.config, 256, opts).expect("open");
+    for text in ["first prompt", "second prompt"] {
+        kv.store(&StoreRequest {
+            text,
+            key_kind: KeyKind::Tokens,
+            reason: SaveReason::Shutdown,
+            snapshot: &snap,
+            tools: &[],
+        })
+        .expect("store");
+    }
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_ds4-gguf"))
+            .arg("kv-inspect")
+            .args(args)
+            .arg(&dir)
+            .output()
+            .expect("run kv-inspect");
+        (
+            o.status.success(),
+            String::from_utf8(o.stdout).expect("utf-8"),
+        )
+    };
+    let (ok, text) = run(&["-m", model_path.to_str().unwrap(), "--show-text"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches(": valid, ").count(), 2, "{text}");
+    assert!(
+        text.contains("reason shutdown") && text.contains("tokens 5"),
+        "{text}"
+    );
+    assert!(text.contains("loads with the given model: yes"), "{text}");
+    assert!(text.contains("\"first prompt\""), "{text}");
+    assert!(text.contains("2 file(s), 0 invalid"), "{text}");
+    // Damage one file's payload: reported invalid, exit status 1, nothing else changes.
+    let victim = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut b = std::fs::read(&victim).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 1;
+    std::fs::write(&victim, &b).unwrap();
+    let (ok, text) = run(&[]);
+    assert!(!ok);
+    assert!(
+        text.contains("INVALID (payload: checksum mismatch"),
+        "{text}"
+    );
+    assert!(text.contains("2 file(s), 1 invalid"), "{text}");
+    assert!(
+        !text.contains("prompt\""),
+        "key text is private by default: {text}"
+    );
+}

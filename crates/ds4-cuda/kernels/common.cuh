@@ -81,6 +81,10 @@ __device__ __forceinline__ float warp_max(float v) {
 __device__ __forceinline__ int warp_sum_i(int v) {
     return emu_warp_reduce(v, [](int a, int b) { return a + b; });
 }
+__device__ __forceinline__ void warp_sum2(float* a, float* b) {
+    *a = warp_sum(*a);
+    *b = warp_sum(*b);
+}
 #else
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -105,7 +109,62 @@ __device__ __forceinline__ int warp_sum_i(int v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
 }
+
+// Two warp sums with their shuffles interleaved (the same order per value as warp_sum).
+__device__ __forceinline__ void warp_sum2(float* a, float* b) {
+    float x = *a, y = *b;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        x += __shfl_xor_sync(FULL_MASK, x, o);
+        y += __shfl_xor_sync(FULL_MASK, y, o);
+    }
+    *a = x;
+    *b = y;
+}
 #endif
+
+// c += A·B on the tensor cores for one warp: A 16×16 f16 (row-major), B 16×8 f16 (column-major),
+// c 16×8 f32 — PTX `mma.m16n8k16.row.col.f32.f16.f16.f32`. With g = lane / 4, t = lane % 4:
+// a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][8+2t..], a[3] = A[g+8][8+2t..];
+// b0 = B[2t..2t+1][g], b1 = B[8+2t..][g]; c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..]
+// (the lower half of each 32-bit register holds the lower index). The emulator gathers the
+// operands by shuffles and sums the 16 products in k order.
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+#ifdef DS4_EMU
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float A0[16], A1[16], B0[16], B1[16];
+    for (int q = 0; q < 4; q++) {
+        u32 r[4], s[4];
+        for (int j = 0; j < 4; j++) r[j] = __shfl_sync(FULL_MASK, a[j], g * 4 + q);
+        s[0] = __shfl_sync(FULL_MASK, b0, (2 * t) * 4 + q);
+        s[1] = __shfl_sync(FULL_MASK, b1, (2 * t) * 4 + q);
+        s[2] = __shfl_sync(FULL_MASK, b0, (2 * t + 1) * 4 + q);
+        s[3] = __shfl_sync(FULL_MASK, b1, (2 * t + 1) * 4 + q);
+        for (int h = 0; h < 2; h++) {
+            A0[2 * q + h] = h2f((u16)(r[0] >> (16 * h)));
+            A1[2 * q + h] = h2f((u16)(r[1] >> (16 * h)));
+            A0[8 + 2 * q + h] = h2f((u16)(r[2] >> (16 * h)));
+            A1[8 + 2 * q + h] = h2f((u16)(r[3] >> (16 * h)));
+            B0[2 * q + h] = h2f((u16)(s[0] >> (16 * h)));
+            B0[8 + 2 * q + h] = h2f((u16)(s[1] >> (16 * h)));
+            B1[2 * q + h] = h2f((u16)(s[2] >> (16 * h)));
+            B1[8 + 2 * q + h] = h2f((u16)(s[3] >> (16 * h)));
+        }
+    }
+    for (int k = 0; k < 16; k++) {
+        c[0] += A0[k] * B0[k];
+        c[1] += A0[k] * B1[k];
+        c[2] += A1[k] * B0[k];
+        c[3] += A1[k] * B1[k];
+    }
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
 
 // Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the total.
 // `sh` holds 32 doubles of shared memory. Two barriers, so it may be called repeatedly.

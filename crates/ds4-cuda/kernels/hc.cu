@@ -70,7 +70,9 @@ __device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int wid
 
 // From the mix slices (hc_mix, S of them): out[t] = Σ_h (σ(z_h)+eps)·x_hc[t][h], and mixout[t]
 // = post gates 2σ(z_{hc+h}) followed by the Sinkhorn-normalised combine matrix. `rms_eps` is
-// the flat norm's epsilon, `eps` the HC one. Grid (rows).
+// the flat norm's epsilon, `eps` the HC one. Grid (rows, Y): each of a row's Y blocks
+// computes the (tiny) gates itself and forms its share of the output columns, so a single
+// decode row is spread over the device instead of one block; block y = 0 writes mixout.
 //
 // The first warp runs Sinkhorn with lane l < hc² holding C[l / hc][l % hc]: each row or column
 // sum gathers its hc values by shuffles and adds them in index order, as the CPU does.
@@ -115,10 +117,11 @@ extern "C" __global__ void hc_pre_finish(const float* part, int S, float rms_eps
         if (on) pc[hc + lane] = c;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < hc + hc * hc; i += blockDim.x)
-        mixout[(i64)t * (hc + hc * hc) + i] = pc[i];
+    if (blockIdx.y == 0)
+        for (int i = threadIdx.x; i < hc + hc * hc; i += blockDim.x)
+            mixout[(i64)t * (hc + hc * hc) + i] = pc[i];
     const float* x = x_hc + (i64)t * hc * e;
-    for (int d = threadIdx.x; d < e; d += blockDim.x) {
+    for (int d = blockIdx.y * blockDim.x + threadIdx.x; d < e; d += gridDim.y * blockDim.x) {
         float a = 0.0f;
         for (int h = 0; h < hc; h++) a += pre[h] * x[(i64)h * e + d];
         out[(i64)t * e + d] = a;

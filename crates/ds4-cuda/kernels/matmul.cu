@@ -209,7 +209,9 @@ __device__ __forceinline__ float fold3(int s1, int s2, int s3) {
     return (float)s1 + (float)s2 * (1.0f / Q8_STAGE) + (float)s3 * (1.0f / (Q8_STAGE * Q8_STAGE));
 }
 
-// ---- per-type row dots (one warp; the result is returned to every lane) ------------------
+// ---- per-type row dots (one warp; each lane returns its partial sum, which the caller
+// reduces with warp_sum — once per row, after all of a row's dots, so that the loads of
+// several dots can be in flight together) -------------------------------------------------
 
 __device__ __forceinline__ int ld_i32s(const i8* p) { return *(const int*)p; }
 
@@ -240,7 +242,7 @@ __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, c
         int b = ci >> 1;
         acc += fold3(st[0], st[1], st[2]) * (h2f(ld_u16(ds + 2 * b)) * xd[b]);
     }
-    return warp_sum(acc);
+    return acc;
 }
 
 __device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -260,7 +262,7 @@ __device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, co
             acc += h2f((u16)(u[k] >> 16)) * xs[2 * k + 1];
         }
     }
-    return warp_sum(acc);
+    return acc;
 }
 
 __device__ __forceinline__ float dot_f32(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -269,7 +271,7 @@ __device__ __forceinline__ float dot_f32(const DW& w, i64 grow, const i8* xq, co
     const float* row = (const float*)(w.a + grow * w.cols * 4);
     float acc = 0.0f;
     for (int c = lane + l0; c < w.cols; c += ls) acc += row[c] * xf[c];
-    return warp_sum(acc);
+    return acc;
 }
 
 // Signed int8×4 of grid bytes `g` (each < 128) with sign bits `s` (bit j set: byte j
@@ -318,7 +320,7 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
         }
         acc += fold3(st[0], st[1], st[2]) * (db * xd[si]);
     }
-    return warp_sum(acc);
+    return acc;
 }
 
 __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -373,7 +375,7 @@ __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, c
             acc += part * xd[(base + 32 * j) >> 5];
         }
     }
-    return warp_sum(acc);
+    return acc;
 }
 
 __device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -423,7 +425,7 @@ __device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, c
         acc += (d * fold3(ql[0], ql[1], ql[2]) - dmin * fold3(ml[0], ml[1], ml[2])) * dx0;
         acc += (d * fold3(qh[0], qh[1], qh[2]) - dmin * fold3(mh[0], mh[1], mh[2])) * dx1;
     }
-    return warp_sum(acc);
+    return acc;
 }
 
 // Elements c..c+7 of global row `grow` (defined with the f16 conversion below).
@@ -513,6 +515,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
                     xd ? xd + (i64)g * (cols / 32) : 0, x ? x + (i64)g * cols : 0, tab,       \
                     32 * sl, 32 * kspl);                                                      \
         }                                                                                     \
+        v = warp_sum(v);                                                                      \
         if (lane == 0) part[warp] = v;                                                       \
         __syncthreads();                                                                      \
         if (lane == 0 && sl == 0 && r < w.rows) {                                            \
@@ -537,8 +540,9 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
             int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
             if (r >= gate.rows) break;                                                        \
             i64 grow = (i64)e * gate.rows + r;                                                \
-            float gv = DOT(gate, grow, xq, xd, x, tab, 0, 32);                                       \
-            float uv = DOT(up, grow, xq, xd, x, tab, 0, 32);                                         \
+            float gv = DOT(gate, grow, xq, xd, x, tab, 0, 32);                               \
+            float uv = DOT(up, grow, xq, xd, x, tab, 0, 32);                                 \
+            warp_sum2(&gv, &uv);                                                              \
             if (lane == 0) {                                                                  \
                 float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);     \
                 mid[(i64)s * gate.rows + r] = m * wt;                                         \
@@ -563,6 +567,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
                 acc += DOT(down, grow, mq ? mq + (i64)s * 3 * cols : 0,                       \
                            md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab, 0, 32);     \
             }                                                                                 \
+            acc = warp_sum(acc);                                                              \
             if (lane == 0) y[r] = acc;                                                        \
         }                                                                                     \
     }

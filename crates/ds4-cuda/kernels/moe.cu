@@ -115,6 +115,20 @@ extern "C" __global__ void scatter_add(const float* src, const int* idx, int m, 
     }
 }
 
+// dst[t] = Σ_{j<k} src[slot[t·k + j]] for t < n rows of `cols`, j in routing order: the
+// expert outputs of all slots summed per token in a fixed order (no atomics, so a prefill
+// gives the same bits every time).
+extern "C" __global__ void sum_slots(const float* src, const int* slot, int n, int k, int cols,
+                                     float* dst) {
+    i64 total = (i64)n * cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        int t = (int)(i / cols), c = (int)(i - (i64)t * cols);
+        float a = 0.0f;
+        for (int j = 0; j < k; j++) a += src[(i64)slot[(i64)t * k + j] * cols + c];
+        dst[i] = a;
+    }
+}
+
 // Sets n floats to v (zero-filling outputs that are accumulated into).
 extern "C" __global__ void fill(float* x, i64 n, float v) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)

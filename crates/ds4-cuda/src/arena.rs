@@ -95,7 +95,9 @@ pub(crate) fn arena_bytes(cfg: &Config, rows: usize, ctx: usize) -> usize {
     let attn = rows * nh * 16 * (hd + 2) * 4;
     let idx = rows * idx_cap * 4;
     let gemm = 2 * rows * max_cols * 2 + (64 << 20);
-    let expert = rows * (4 * e + 4 * ff * 3 + 4 * ff + 4 * e + 16) + (64 << 20);
+    // Routed experts of a chunk: every (row, expert) slot at once for the tensor-core kernel
+    // (f16 pairs of x, gate/up/mid, f16 pairs of mid, the down output, ids and weights).
+    let expert = rows * k.max(1) * (8 * e + 16 * ff + 16) + (64 << 20);
     let mix = rows * (2 + hc) * hc * 4;
     let temps = [attn, idx, gemm, expert, mix]
         .into_iter()

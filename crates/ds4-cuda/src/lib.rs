@@ -122,6 +122,9 @@ pub struct CudaOptions {
     pub graphs: bool,
     /// Show a progress bar while uploading (when stderr is a terminal).
     pub progress: bool,
+    /// Routed experts of prefill chunks on the tensor cores (kernels/mmq.cu) where their
+    /// types allow; else the split-f16 cuBLAS GEMMs per expert (`DS4_CUDA_MQ=0`).
+    pub tensor_core_experts: bool,
 }
 
 impl Default for CudaOptions {
@@ -131,6 +134,7 @@ impl Default for CudaOptions {
             ctx: 32768,
             graphs: std::env::var("DS4_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             progress: true,
+            tensor_core_experts: std::env::var("DS4_CUDA_MQ").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -309,6 +313,10 @@ impl CudaBackend {
 
     pub(crate) fn opts_graphs(&self) -> bool {
         self.opts.graphs
+    }
+
+    pub(crate) fn opts_tensor_core_experts(&self) -> bool {
+        self.opts.tensor_core_experts
     }
 
     /// The device's name.

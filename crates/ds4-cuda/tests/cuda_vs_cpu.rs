@@ -25,8 +25,19 @@ const Q8_NORM_2: f32 = 4e-5;
 const F16_NORM: f32 = 2e-5;
 /// Whole model, precise, against transformers (issue #2's gate).
 const PRECISE_MAX_REL: f32 = 1e-4;
-/// Default precision: argmax agreement with the CPU's default precision.
+/// Default precision: argmax agreement with the CPU's default precision, where a position
+/// counts as agreeing when CUDA picks the CPU's argmax or a token whose CPU logit is within
+/// [`TIE`] of it.
 const DEFAULT_MIN_AGREEMENT: f64 = 0.99;
+/// Strict argmax agreement (no ties allowed) — a floor that catches a degraded fast path (one
+/// f16 GEMM instead of the split one gave 0.95).
+const DEFAULT_MIN_STRICT: f64 = 0.98;
+/// A tie: within this fraction of the position's largest |logit|. On the random-weight
+/// fixtures the default precision's FP8/FP4 storage roundings turn any change of summation
+/// order into a ~1e-2 norm difference of the logits (CUDA with exact f32 matmuls disagrees with
+/// the CPU at the very same positions as the fast kernels do), so CPU top-two logits closer
+/// than ~1e-3 are decided by that noise, not by the kernels.
+const TIE: f32 = 1e-3;
 
 fn gpu(m: &Model) -> Option<CudaBackend> {
     if !ds4_cuda::driver_present() {
@@ -459,7 +470,14 @@ fn hc_and_moe_ops_match_cpu() {
         let c = CpuBackend::new(m.file.clone());
         let cfg = &m.config;
         let (e, hc) = (cfg.n_embd, cfg.n_hc);
-        for n in [1usize, 9, 40] {
+        // 300 rows: more than one tensor-core tile (64 slots) for some experts (the real
+        // layout's types only: the emulator is slow and tiling does not depend on the type).
+        let sizes: &[usize] = if recipe == ExpertRecipe::Q2 {
+            &[1, 9, 40, 300]
+        } else {
+            &[1, 9, 40]
+        };
+        for &n in sizes {
             g.begin().unwrap();
             let tokens: Vec<u32> = (0..n)
                 .map(|i| (i * 37 + 3) as u32 % cfg.n_vocab as u32)
@@ -869,17 +887,36 @@ fn cuda_forward_matches_transformers_and_cpu() {
                 .fold((0, f32::MIN), |a, (i, &x)| if x > a.1 { (i, x) } else { a })
                 .0
         };
-        let agree = cpu
-            .chunks(vocab)
-            .zip(gd.chunks(vocab))
-            .filter(|(a, b)| argmax(a) == argmax(b))
-            .count() as f64
-            / tokens.len() as f64;
+        let (mut strict, mut tied) = (0usize, 0usize);
+        for (p, (a, b)) in cpu.chunks(vocab).zip(gd.chunks(vocab)).enumerate() {
+            let (want, got) = (argmax(a), argmax(b));
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let margin = (a[want] - a[got]) / scale;
+            if want == got {
+                strict += 1;
+            } else if margin <= TIE {
+                tied += 1;
+                eprintln!("{name}: position {p}: CUDA picks the CPU's near-tie {got} (CPU margin {margin:.1e} of the largest logit)");
+            } else {
+                eprintln!(
+                    "{name}: position {p}: CUDA picks {got}, the CPU {want} (margin {margin:.1e})"
+                );
+            }
+        }
+        let n = tokens.len() as f64;
+        let (agree, agree_ties) = (strict as f64 / n, (strict + tied) as f64 / n);
         let nr = norm_rel(&gd, &cpu);
         eprintln!(
-            "{name}: CUDA default vs CPU default: argmax agreement {agree:.4}, norm rel {nr:.3e}"
+            "{name}: CUDA default vs CPU default: argmax agreement {agree:.4} ({agree_ties:.4} counting near-ties), norm rel {nr:.3e}"
         );
-        assert!(agree >= DEFAULT_MIN_AGREEMENT, "{name}: agreement {agree}");
+        assert!(
+            agree >= DEFAULT_MIN_STRICT,
+            "{name}: strict agreement {agree}"
+        );
+        assert!(
+            agree_ties >= DEFAULT_MIN_AGREEMENT,
+            "{name}: agreement {agree_ties} counting near-ties"
+        );
     }
 }
 

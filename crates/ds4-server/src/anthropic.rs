@@ -1,9 +1,16 @@
 //! Anthropic Messages (spec/serving.md §4.5, §4.8, §4.9): `POST /v1/messages` and
 //! `POST /v1/messages/count_tokens`. The request is mapped onto the OpenAI chat shape that
 //! `ds4::chat::render_chat_request` renders (system parts joined with `\n`, `x-anthropic-*`
-//! parts dropped, `tool_result` blocks → tool messages, `tool_use` → tool calls, `thinking`
-//! blocks → reasoning). Errors use the Anthropic shape; `usage.input_tokens` is the real count
-//! of uncached prompt tokens (ds4 reports 0; we do not copy that).
+//! parts dropped, `role: "system"` messages kept at their place, `tool_result` blocks → tool
+//! messages, `tool_use` → tool calls, `thinking` blocks → reasoning). Errors use the Anthropic
+//! shape; `usage.input_tokens` is the real count of uncached prompt tokens (ds4 reports 0; we do
+//! not copy that).
+//!
+//! As the Anthropic API does: thinking is off unless `thinking` asks for it (`enabled` or
+//! `adaptive`; the `deepseek-reasoner` alias also turns it on), `output_config.effort` only sets
+//! its level. Tools with `defer_loading: true` stay out of the prompt until a `tool_reference`
+//! block in a `tool_result` names them (Claude Code's tool search); the reference renders as the
+//! tool's schema in a `<functions>` block, the form Claude Code's `ToolSearch` tool promises.
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -40,6 +47,52 @@ fn usage_json(u: &Usage) -> Value {
     json!({"input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens),
         "output_tokens": u.completion_tokens, "cache_read_input_tokens": u.cached_tokens,
         "cache_creation_input_tokens": 0})
+}
+
+/// Function schemas (`function` objects) of every request tool, deferred ones included.
+type Schemas = std::collections::HashMap<String, Value>;
+
+/// The text of a `tool_result`'s content: text blocks, and each run of `tool_reference` blocks
+/// as a `<functions>` block of the referenced schemas; parts joined with `\n\n` (as the
+/// official encoder joins tool-result parts). Media blocks are dropped.
+fn tool_result_text(value: &Value, field: &str, schemas: &Schemas) -> Result<String, ApiError> {
+    let Value::Array(blocks) = value else {
+        return text_of(value, field);
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut refs: Vec<String> = Vec::new();
+    let flush = |refs: &mut Vec<String>, parts: &mut Vec<String>| {
+        if !refs.is_empty() {
+            parts.push(format!("<functions>\n{}\n</functions>", refs.join("\n")));
+            refs.clear();
+        }
+    };
+    for b in blocks {
+        let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
+        if ty == "tool_reference" {
+            let name = b.get("tool_name").and_then(Value::as_str).unwrap_or("");
+            refs.push(match schemas.get(name) {
+                Some(f) => format!(
+                    "<function>{}</function>",
+                    ds4::chat::json::to_python_json(f)
+                ),
+                None => format!("<function>{{\"name\": {}}}</function>", json!(name)),
+            });
+            continue;
+        }
+        flush(&mut refs, &mut parts);
+        match b {
+            Value::String(s) => parts.push(s.clone()),
+            _ if request::is_media_part(ty) => request::note_degraded(request::Degraded::Media, ty),
+            _ => {
+                if let Some(t) = b.get("text").and_then(Value::as_str) {
+                    parts.push(t.to_string());
+                }
+            }
+        }
+    }
+    flush(&mut refs, &mut parts);
+    Ok(parts.join("\n\n"))
 }
 
 fn text_of(value: &Value, field: &str) -> Result<String, ApiError> {
@@ -95,26 +148,40 @@ fn system_text(value: &Value) -> Result<String, ApiError> {
 }
 
 /// One Anthropic message → OpenAI chat messages.
-fn map_message(msg: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
+fn map_message(
+    msg: &Value,
+    path: &str,
+    out: &mut Vec<Value>,
+    schemas: &Schemas,
+) -> Result<(), ApiError> {
     let obj = msg.as_object().ok_or_else(|| {
         ApiError::invalid(format!("field `{path}` must be an object")).param(path)
     })?;
     let role = match obj.get("role") {
-        Some(Value::String(r)) if r == "user" || r == "assistant" => r.as_str(),
+        Some(Value::String(r)) if matches!(r.as_str(), "user" | "assistant" | "system") => {
+            r.as_str()
+        }
         Some(Value::String(r)) => {
             return Err(ApiError::invalid(format!(
-                "field `{path}.role`: unknown role `{r}` (expected `user` or `assistant`)"
+                "field `{path}.role`: unknown role `{r}` (expected `user`, `assistant` or `system`)"
             ))
             .param(format!("{path}.role")))
         }
         _ => {
             return Err(ApiError::invalid(format!(
-                "field `{path}.role` must be `user` or `assistant`"
+                "field `{path}.role` must be `user`, `assistant` or `system`"
             ))
             .param(format!("{path}.role")))
         }
     };
     let content = obj.get("content").unwrap_or(&Value::Null);
+    if role == "system" {
+        // A system message in the conversation (the API's `role: "system"`, which Claude Code
+        // uses for its environment section): its text, at its place.
+        let text = text_of(content, &format!("{path}.content"))?;
+        out.push(json!({"role": "system", "content": text}));
+        return Ok(());
+    }
     let blocks = match content {
         Value::Array(blocks) => blocks,
         other => {
@@ -175,13 +242,16 @@ fn map_message(msg: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), ApiE
                         ApiError::invalid(format!("field `{bpath}.tool_use_id` must be a string"))
                             .param(format!("{bpath}.tool_use_id"))
                     })?;
-                let result = text_of(
+                let result = tool_result_text(
                     b.get("content").unwrap_or(&Value::Null),
                     &format!("{bpath}.content"),
+                    schemas,
                 )?;
                 out.push(json!({"role": "tool", "tool_call_id": id, "content": result}));
             }
-            Some("image") | Some("document") => {}
+            Some(ty @ ("image" | "document")) => {
+                request::note_degraded(request::Degraded::Media, ty)
+            }
             Some(other) => {
                 return Err(ApiError::invalid(format!(
                     "field `{bpath}.type`: unsupported block type `{other}`"
@@ -219,6 +289,7 @@ fn map_message(msg: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), ApiE
 
 /// The OpenAI chat body an Anthropic request renders as.
 pub fn to_chat_body(obj: &Map<String, Value>) -> Result<Value, ApiError> {
+    let (tools, schemas) = map_tools(obj)?;
     let mut messages = Vec::new();
     let system = system_text(obj.get("system").unwrap_or(&Value::Null))?;
     if !system.is_empty() {
@@ -227,7 +298,7 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<Value, ApiError> {
     match obj.get("messages") {
         Some(Value::Array(items)) => {
             for (i, m) in items.iter().enumerate() {
-                map_message(m, &format!("messages[{i}]"), &mut messages)?;
+                map_message(m, &format!("messages[{i}]"), &mut messages, &schemas)?;
             }
         }
         Some(_) => {
@@ -240,24 +311,8 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<Value, ApiError> {
         body.insert("model".into(), m.clone());
     }
     body.insert("messages".into(), Value::Array(messages));
-    match obj.get("tools") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(tools)) => {
-            let mut mapped = Vec::new();
-            for (i, t) in tools.iter().enumerate() {
-                let name = t.get("name").and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::invalid(format!("field `tools[{i}].name` must be a string"))
-                        .param(format!("tools[{i}].name"))
-                })?;
-                mapped.push(request::function_tool(
-                    name,
-                    t.get("description"),
-                    t.get("input_schema"),
-                ));
-            }
-            body.insert("tools".into(), Value::Array(mapped));
-        }
-        Some(_) => return Err(ApiError::invalid("field `tools` must be an array").param("tools")),
+    if let Some(tools) = tools {
+        body.insert("tools".into(), Value::Array(tools));
     }
     if obj
         .get("tool_choice")
@@ -281,7 +336,52 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<Value, ApiError> {
             _ => {}
         }
     }
+    // No `thinking` means no thinking on this API (the ds4 `think`/`reasoning_effort` fields and
+    // the `deepseek-reasoner` alias still decide when present).
+    let explicit = ["thinking", "think", "reasoning_effort"]
+        .iter()
+        .any(|k| obj.get(*k).is_some_and(|v| !v.is_null()));
+    if !explicit && obj.get("model").and_then(Value::as_str) != Some("deepseek-reasoner") {
+        body.insert("thinking".into(), json!(false));
+    }
     Ok(Value::Object(body))
+}
+
+/// The request's tools: the schemas to render (`None` without `tools`), and every tool's
+/// `function` object by name (deferred ones too, for `tool_reference`).
+fn map_tools(obj: &Map<String, Value>) -> Result<(Option<Vec<Value>>, Schemas), ApiError> {
+    let mut schemas = Schemas::new();
+    let tools = match obj.get("tools") {
+        None | Some(Value::Null) => return Ok((None, schemas)),
+        Some(Value::Array(tools)) => tools,
+        Some(_) => return Err(ApiError::invalid("field `tools` must be an array").param("tools")),
+    };
+    let mut mapped = Vec::new();
+    let mut hosted = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        // Server tools (`web_search_20250305`, `code_execution_…`) name a versioned type and
+        // carry no schema: nothing here can run them.
+        match t.get("type").and_then(Value::as_str) {
+            Some(ty) if ty != "custom" && t.get("input_schema").is_none() => {
+                hosted.push(ty.to_string());
+                continue;
+            }
+            _ => {}
+        }
+        let name = t.get("name").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::invalid(format!("field `tools[{i}].name` must be a string"))
+                .param(format!("tools[{i}].name"))
+        })?;
+        let tool = request::function_tool(name, t.get("description"), t.get("input_schema"));
+        schemas.insert(name.to_string(), tool["function"].clone());
+        if t.get("defer_loading") != Some(&Value::Bool(true)) {
+            mapped.push(tool);
+        }
+    }
+    if !hosted.is_empty() {
+        request::note_degraded(request::Degraded::HostedTools, &hosted.join(", "));
+    }
+    Ok((Some(mapped), schemas))
 }
 
 /// `POST /v1/messages`.
@@ -303,10 +403,8 @@ pub async fn count_tokens(
         let chat = to_chat_body(&obj)?;
         let rendered = ds4::chat::render_chat_request(&chat, app.config.ctx_tokens)?;
         let ctx = app.config.ctx_tokens;
-        let (_, tokens) = request::tokenize_bounded(&app, rendered.prompt, ctx).await?;
-        let n = tokens
-            .map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx, "messages"))?
-            .len();
+        let (_, tokens) = request::tokenize_bounded(&app, rendered.prompt, ctx, "messages").await?;
+        let n = tokens.len();
         Ok::<_, ApiError>(Json(json!({"input_tokens": n})).into_response())
     }
     .await;

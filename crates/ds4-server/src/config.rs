@@ -1,6 +1,5 @@
-//! Command-line flags of `ds4-server` (spec/serving.md §6.2) and the settings they resolve to.
-//! The `--kv-*` disk-cache flags are accepted and validated, but the disk cache itself is not
-//! implemented yet (spec §5.3–§5.6): only the in-memory live session is reused.
+//! Command-line flags of `ds4-server` (spec/serving.md §6.2) and the settings they resolve to,
+//! the `--kv-*` disk cache (§5.5) and the tool memory (§5.7) included.
 
 use std::path::PathBuf;
 
@@ -85,34 +84,45 @@ pub struct Args {
     /// waits for room (bodies under 64 KiB never wait).
     #[arg(long = "body-budget-mb", default_value_t = 256, value_parser = positive)]
     pub body_budget_mb: usize,
-    /// Disk KV cache directory (accepted; disk cache not implemented yet).
-    #[arg(long = "kv-disk-dir")]
+    /// Disk KV cache directory (created if missing; off when not given, spec §5.5).
+    #[arg(long = "kv-disk-dir", value_name = "DIR")]
     pub kv_disk_dir: Option<PathBuf>,
-    /// Disk KV cache budget in MiB (accepted; not implemented yet).
-    #[arg(long = "kv-disk-space-mb", value_parser = positive)]
-    pub kv_disk_space_mb: Option<usize>,
-    /// Smallest prompt worth a disk checkpoint (accepted; not implemented yet).
-    #[arg(long = "kv-cache-min-tokens")]
-    pub kv_cache_min_tokens: Option<usize>,
-    /// Largest cold prompt saved (accepted; not implemented yet).
-    #[arg(long = "kv-cache-cold-max-tokens")]
-    pub kv_cache_cold_max_tokens: Option<usize>,
-    /// Continued-save interval (accepted; not implemented yet).
-    #[arg(long = "kv-cache-continued-interval-tokens")]
-    pub kv_cache_continued_interval_tokens: Option<usize>,
-    /// Boundary trim (accepted; not implemented yet).
-    #[arg(long = "kv-cache-boundary-trim-tokens")]
-    pub kv_cache_boundary_trim_tokens: Option<usize>,
-    /// Boundary alignment (accepted; not implemented yet).
-    #[arg(long = "kv-cache-boundary-align-tokens")]
-    pub kv_cache_boundary_align_tokens: Option<usize>,
-    /// Refuse checkpoints written with another expert quant (accepted; not implemented yet).
+    /// Disk KV cache budget in MiB: the directory's cache files never exceed it.
+    #[arg(long = "kv-disk-space-mb", default_value_t = 4096, value_parser = positive)]
+    pub kv_disk_space_mb: usize,
+    /// No checkpoint of fewer tokens is stored or loaded.
+    #[arg(long = "kv-cache-min-tokens", default_value_t = 512)]
+    pub kv_cache_min_tokens: usize,
+    /// Largest cold prompt whose stable prefix is saved (0: no cold saves; else ≥ min tokens).
+    /// Disk hits longer than this are replaced by the live session's next checkpoint.
+    #[arg(long = "kv-cache-cold-max-tokens", default_value_t = 30000)]
+    pub kv_cache_cold_max_tokens: usize,
+    /// Save the live session every this many tokens, rounded up to the alignment (0: never).
+    #[arg(long = "kv-cache-continued-interval-tokens", default_value_t = 10000)]
+    pub kv_cache_continued_interval_tokens: usize,
+    /// Tokens a cold save leaves off the end of the prompt when it has no chat anchor.
+    #[arg(long = "kv-cache-boundary-trim-tokens", default_value_t = 32)]
+    pub kv_cache_boundary_trim_tokens: usize,
+    /// Cold cuts and continued saves fall on multiples of this (0: no alignment).
+    #[arg(long = "kv-cache-boundary-align-tokens", default_value_t = 2048)]
+    pub kv_cache_boundary_align_tokens: usize,
+    /// Refuse checkpoints written with other routed-expert quants (default: reuse them).
     #[arg(long = "kv-cache-reject-different-quant")]
     pub kv_cache_reject_different_quant: bool,
+    /// Tool-call ids remembered with the exact DSML they were sampled as (spec §5.7).
+    #[arg(long = "tool-memory-max-ids", default_value_t = 100_000, value_parser = positive)]
+    pub tool_memory_max_ids: usize,
+    /// Render earlier tool calls canonically, never as the sampled bytes.
+    #[arg(long = "disable-exact-dsml-tool-replay")]
+    pub disable_exact_dsml_tool_replay: bool,
     /// Test only: honour the `ds4_test_output` request field that forces the sampled tokens.
     #[cfg(feature = "test-hooks")]
     #[arg(long = "test-hooks")]
     pub test_hooks: bool,
+    /// Test only: force the output of requests by the rules of FILE (implies --test-hooks).
+    #[cfg(feature = "test-hooks")]
+    #[arg(long = "test-script", value_name = "FILE")]
+    pub test_script: Option<PathBuf>,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -144,11 +154,26 @@ pub enum ArgsError {
         /// "empty", "only whitespace", …
         problem: &'static str,
     },
+    /// `--kv-cache-cold-max-tokens` below `--kv-cache-min-tokens` (spec §5.5).
+    #[error(
+        "--kv-cache-cold-max-tokens {cold} is below --kv-cache-min-tokens {min}: pass 0 to \
+         disable cold saves, or a value of at least {min}"
+    )]
+    ColdBelowMin {
+        /// The cold maximum.
+        cold: usize,
+        /// The minimum.
+        min: usize,
+    },
 }
 
 impl Args {
     /// Checks what clap cannot: the API key (spec §4.1 has none; ours must be usable).
     pub fn validate(&self) -> Result<(), ArgsError> {
+        let (cold, min) = (self.kv_cache_cold_max_tokens, self.kv_cache_min_tokens);
+        if cold != 0 && cold < min {
+            return Err(ArgsError::ColdBelowMin { cold, min });
+        }
         let Some(key) = self.api_key.as_deref() else {
             return Ok(());
         };
@@ -217,6 +242,27 @@ pub struct ServerConfig {
     pub test_hooks: bool,
     /// Body size, budget and deadline.
     pub limits: RequestLimits,
+    /// The disk KV cache, if `--kv-disk-dir` is given.
+    pub kv_cache: Option<crate::kvcache::KvCacheConfig>,
+    /// Tool-call ids remembered for exact DSML replay (0: replay off).
+    pub tool_memory_max_ids: usize,
+}
+
+impl Default for ServerConfig {
+    /// A 32768-token server without authentication, CORS or disk cache.
+    fn default() -> Self {
+        ServerConfig {
+            ctx_tokens: 32768,
+            default_max_tokens: 393216,
+            api_key: None,
+            cors: false,
+            keepalive_ms: 5000,
+            test_hooks: false,
+            limits: RequestLimits::default(),
+            kv_cache: None,
+            tool_memory_max_ids: 100_000,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -230,10 +276,61 @@ impl ServerConfig {
             cors: args.cors,
             keepalive_ms: args.keepalive_ms,
             #[cfg(feature = "test-hooks")]
-            test_hooks: args.test_hooks,
+            test_hooks: args.test_hooks || args.test_script.is_some(),
             #[cfg(not(feature = "test-hooks"))]
             test_hooks: false,
             limits: RequestLimits::from_args(args),
+            kv_cache: crate::kvcache::KvCacheConfig::from_args(args),
+            tool_memory_max_ids: if args.disable_exact_dsml_tool_replay {
+                0
+            } else {
+                args.tool_memory_max_ids
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["ds4-server"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("flags parse")
+    }
+
+    #[test]
+    fn disk_cache_flags_default_to_ds4s_values() {
+        let a = args(&["--kv-disk-dir", "/tmp/kv"]);
+        let c = ServerConfig::from_args(&a)
+            .kv_cache
+            .expect("on with a directory");
+        assert_eq!(
+            c,
+            crate::kvcache::KvCacheConfig::new(PathBuf::from("/tmp/kv"))
+        );
+        assert!(ServerConfig::from_args(&args(&[])).kv_cache.is_none());
+        assert_eq!(ServerConfig::from_args(&a).tool_memory_max_ids, 100_000);
+        let off = args(&["--disable-exact-dsml-tool-replay"]);
+        assert_eq!(ServerConfig::from_args(&off).tool_memory_max_ids, 0);
+    }
+
+    #[test]
+    fn cold_max_must_be_zero_or_at_least_min() {
+        assert!(args(&["--kv-cache-cold-max-tokens", "100"])
+            .validate()
+            .is_err());
+        assert!(args(&["--kv-cache-cold-max-tokens", "0"])
+            .validate()
+            .is_ok());
+        let ok = [
+            "--kv-cache-cold-max-tokens",
+            "100",
+            "--kv-cache-min-tokens",
+            "50",
+        ];
+        assert!(args(&ok).validate().is_ok());
+        assert!(Args::try_parse_from(["ds4-server", "--kv-disk-space-mb", "0"]).is_err());
     }
 }

@@ -63,6 +63,11 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Extra fields of the error object (`n_prompt_tokens`, `n_ctx`).
     pub extra: Box<Map<String, Value>>,
+    /// For a prompt that does not fit: `(prompt tokens, context tokens)`; the message then
+    /// takes each protocol's own wording (see [`ApiError::context_exceeded`]).
+    pub overflow: Option<(usize, usize)>,
+    /// The overflow's prompt count is a lower bound (tokenizing stopped once it could not fit).
+    pub overflow_lower_bound: bool,
     /// Shape to render.
     pub protocol: Protocol,
 }
@@ -82,6 +87,8 @@ impl ApiError {
             param: None,
             code: None,
             extra: Box::default(),
+            overflow: None,
+            overflow_lower_bound: false,
             protocol: Protocol::Chat,
         }
     }
@@ -95,29 +102,63 @@ impl ApiError {
     /// Sets the protocol whose shape the error takes.
     pub fn with_protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = protocol;
+        if let Some(m) = self.overflow_message() {
+            self.message = m;
+        }
         self
     }
 
-    /// The prompt does not fit the context (spec §4.6).
+    /// The prompt does not fit the context (spec §4.6): 400 with code `context_length_exceeded`,
+    /// `n_prompt_tokens` and `n_ctx`, and the message each API uses, because agents match it to
+    /// decide to compact: Anthropic `prompt is too long: N tokens > M maximum` (Claude Code
+    /// matches that exact form; M is the largest prompt that still leaves room for one output
+    /// token), OpenAI chat and completions `This model's maximum context length is …`, Responses
+    /// `Your input exceeds the context window of this model …`.
     pub fn context_exceeded(prompt: usize, ctx: usize, param: &str) -> Self {
-        let mut e = Self::invalid(format!(
-            "Prompt has {prompt} tokens, but the configured context size is {ctx} tokens"
-        ))
-        .param(param);
+        let mut e = Self::invalid(String::new()).param(param);
         e.code = Some("context_length_exceeded");
         e.extra.insert("n_prompt_tokens".into(), json!(prompt));
         e.extra.insert("n_ctx".into(), json!(ctx));
+        e.overflow = Some((prompt, ctx));
+        e.message = e.overflow_message().unwrap_or_default();
         e
     }
 
     /// The prompt does not fit, and counting stopped at `at_least` tokens (spec §4.6's error
-    /// with a lower bound: the tokenizer gives up as soon as the prompt cannot fit).
+    /// with a lower bound: the tokenizer gives up as soon as the prompt cannot fit). The OpenAI
+    /// wordings say "at least"; Anthropic's keeps its exact form, which Claude Code parses.
     pub fn context_exceeded_at_least(at_least: usize, ctx: usize, param: &str) -> Self {
         let mut e = Self::context_exceeded(at_least, ctx, param);
-        e.message = format!(
-            "Prompt has at least {at_least} tokens, but the configured context size is {ctx} tokens"
-        );
+        e.overflow_lower_bound = true;
+        e.message = e.overflow_message().unwrap_or_default();
         e
+    }
+
+    fn overflow_message(&self) -> Option<String> {
+        let (n, ctx) = self.overflow?;
+        let n_text = if self.overflow_lower_bound {
+            format!("at least {n}")
+        } else {
+            n.to_string()
+        };
+        Some(match self.protocol {
+            Protocol::Anthropic => format!(
+                "prompt is too long: {n} tokens > {} maximum",
+                ctx.saturating_sub(1)
+            ),
+            Protocol::Chat => format!(
+                "This model's maximum context length is {ctx} tokens. However, your messages \
+                 resulted in {n_text} tokens. Please reduce the length of the messages."
+            ),
+            Protocol::Completions => format!(
+                "This model's maximum context length is {ctx} tokens. However, your prompt \
+                 resulted in {n_text} tokens. Please reduce the length of the prompt."
+            ),
+            Protocol::Responses => format!(
+                "Your input exceeds the context window of this model ({n_text} tokens; the \
+                 context is {ctx} tokens). Please adjust your input and try again."
+            ),
+        })
     }
 
     /// HTTP status.

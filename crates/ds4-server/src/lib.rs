@@ -2,7 +2,8 @@
 //! over one DeepSeek V4 Flash engine (spec/serving.md §4, §5.1–§5.2, §6.2).
 //!
 //! Layout: `config` (flags), `error` (one error type, one shape per protocol), `request`
-//! (shared parsing and limits), `scheduler` (the engine thread), `sse` (framing, keepalive,
+//! (shared parsing and limits), `scheduler` (the engine thread), `kvcache` (the disk KV cache,
+//! §5.3–§5.6), `tool_memory` (exact DSML replay, §5.7), `sse` (framing, keepalive,
 //! cancellation), one file per protocol (`openai_chat`, `openai_completions`, `responses`,
 //! `anthropic`), `metrics`, `trace`. Handlers are thin: parse → render → tokenize →
 //! [`scheduler::Scheduler::submit`] → protocol encoder; they never wait on the model.
@@ -12,14 +13,18 @@ pub mod admission;
 pub mod anthropic;
 pub mod config;
 pub mod error;
+pub mod kvcache;
 pub mod metrics;
 pub mod openai_chat;
 pub mod openai_completions;
 pub mod request;
 pub mod responses;
+pub mod responses_tools;
 pub mod scheduler;
 pub mod serve;
 pub mod sse;
+pub mod test_script;
+pub mod tool_memory;
 pub mod trace;
 pub mod validate;
 
@@ -56,10 +61,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `--trace` file.
     pub trace: Option<Arc<trace::Trace>>,
+    /// `--test-script` rules (test-hooks builds): forced outputs chosen by the prompt.
+    pub test_script: Option<Arc<test_script::TestScript>>,
     /// Body bytes admitted at once (`--body-budget-mb`).
     pub admission: Arc<admission::Budget>,
     /// Large prompts tokenized at once (one per core, at most 4).
     pub tokenize_slots: Arc<tokio::sync::Semaphore>,
+    /// Exact DSML replay (spec §5.7; None with `--disable-exact-dsml-tool-replay`).
+    pub tool_memory: Option<Arc<tool_memory::ToolMemory>>,
     ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -87,7 +96,18 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let tokenizer = Arc::new(engine.tokenizer.clone());
         let trace = trace.map(Arc::new);
-        let scheduler = Scheduler::start(engine, metrics.clone(), trace.clone());
+        let tool_memory = (config.tool_memory_max_ids > 0)
+            .then(|| Arc::new(tool_memory::ToolMemory::new(config.tool_memory_max_ids)));
+        let disk = config.kv_cache.clone().and_then(|c| {
+            kvcache::DiskCache::open(c, &engine, metrics.clone(), tool_memory.clone())
+        });
+        let scheduler = Scheduler::start(
+            engine,
+            metrics.clone(),
+            trace.clone(),
+            disk,
+            tool_memory.clone(),
+        );
         AppState {
             admission: Arc::new(admission::Budget::new(config.limits.body_budget_bytes)),
             tokenize_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -98,8 +118,16 @@ impl AppState {
             scheduler,
             metrics,
             trace,
+            tool_memory,
+            test_script: None,
             ids: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
+    }
+
+    /// Forces the output of requests by `script` (honoured only when `config.test_hooks`).
+    pub fn with_test_script(mut self, script: test_script::TestScript) -> Self {
+        self.test_script = Some(Arc::new(script));
+        self
     }
 
     /// The next per-process response number (`chatcmpl-N`, `cmpl-N`).
@@ -168,6 +196,7 @@ pub(crate) fn protocol_of(path: &str) -> Protocol {
 /// Preflight, shutdown refusal, API key, CORS and request/error counting for every route.
 async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    let method = req.method().clone();
     let protocol = protocol_of(&path);
     let mut resp = if req.method() == Method::OPTIONS {
         StatusCode::NO_CONTENT.into_response()
@@ -194,6 +223,9 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
     };
     if resp.status().is_client_error() || resp.status().is_server_error() {
         app.metrics.record_error();
+    }
+    if let Some(t) = &app.trace {
+        t.status(method.as_str(), &path, resp.status().as_u16());
     }
     if app.config.cors {
         let h = resp.headers_mut();
@@ -306,9 +338,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(n) = args.threads {
         ds4::backend::cpu::set_threads(n).context("setting the thread count")?;
     }
-    if args.kv_disk_dir.is_some() {
-        tracing::warn!("--kv-disk-dir: the disk KV cache is not implemented yet; only the live session is reused");
-    }
     let file = ds4::gguf::GgufFile::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
     if !args.model_sha256.is_empty() {
@@ -364,6 +393,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("--host {host}: expected an IPv4 address or `localhost`"))?;
     let state = AppState::new(engine, ServerConfig::from_args(&args), trace);
+    #[cfg(feature = "test-hooks")]
+    let state = match &args.test_script {
+        Some(p) => state.with_test_script(test_script::TestScript::load(p)?),
+        None => state,
+    };
     // Installed before "listening" is printed, so a SIGTERM right after it is already ours.
     let mut signals = ShutdownSignals::install().context("installing the signal handlers")?;
     let listener = tokio::net::TcpListener::bind((addr, args.port))
@@ -373,6 +407,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(addr = %local, ctx = args.ctx, "listening");
     eprintln!("ds4-server: listening on http://{local}");
     let scheduler = state.scheduler.clone();
+    let finisher = state.scheduler.clone();
     let limits = serve::ConnLimits::from_args(&args);
     if let Some(w) = serve::descriptor_warning(limits.max_connections) {
         tracing::warn!("{w}");
@@ -396,6 +431,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if cut > 0 {
         eprintln!("ds4-server: shutdown deadline passed; closed {cut} open connection(s)");
     }
+    // The shutdown checkpoint of the live session (spec §4.2), with --kv-disk-dir.
+    finisher.finish().await;
     Ok(())
 }
 

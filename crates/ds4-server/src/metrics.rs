@@ -1,5 +1,6 @@
 //! `GET /metrics` in Prometheus text format: requests, tokens in and out, prefill and decode
-//! throughput, queue depth and cache hits. Plain atomics; no content.
+//! throughput, queue depth, cache hits and the disk KV cache (hits, misses, writes, bytes,
+//! evictions). Plain atomics; no content.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,14 @@ pub struct Metrics {
     completion_tokens: AtomicU64,
     cache_hits: AtomicU64,
     generations: AtomicU64,
+    kv_hits: AtomicU64,
+    kv_misses: AtomicU64,
+    kv_writes: AtomicU64,
+    kv_write_bytes: AtomicU64,
+    kv_read_bytes: AtomicU64,
+    kv_evictions: AtomicU64,
+    kv_errors: AtomicU64,
+    kv_disk_bytes: AtomicU64,
     /// (prefill tokens, prefill secs, decode tokens, decode secs) totals.
     timing: Mutex<(f64, f64, f64, f64)>,
 }
@@ -62,6 +71,38 @@ impl Metrics {
         }
     }
 
+    /// A checkpoint loaded from disk (`bytes` read).
+    pub fn record_kv_hit(&self, bytes: u64) {
+        self.kv_hits.fetch_add(1, Ordering::Relaxed);
+        self.kv_read_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A disk lookup that found nothing.
+    pub fn record_kv_miss(&self) {
+        self.kv_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A checkpoint written (`bytes`).
+    pub fn record_kv_write(&self, bytes: u64) {
+        self.kv_writes.fetch_add(1, Ordering::Relaxed);
+        self.kv_write_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A checkpoint that could not be written.
+    pub fn record_kv_error(&self) {
+        self.kv_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` files evicted under the budget.
+    pub fn record_kv_evictions(&self, n: u64) {
+        self.kv_evictions.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes the cache directory holds now.
+    pub fn set_kv_disk_bytes(&self, bytes: u64) {
+        self.kv_disk_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// The Prometheus exposition text; `queue_depth` is read from the scheduler.
     pub fn render(&self, queue_depth: usize) -> String {
         let mut s = String::new();
@@ -96,7 +137,7 @@ impl Metrics {
             (
                 "ds4_cached_tokens_total",
                 "counter",
-                "Prompt tokens reused from the live session.",
+                "Prompt tokens reused from the live session or a disk checkpoint.",
                 self.cached_tokens.load(Ordering::Relaxed),
             ),
             (
@@ -108,8 +149,56 @@ impl Metrics {
             (
                 "ds4_cache_hits_total",
                 "counter",
-                "Generations that reused a live prefix.",
+                "Generations that reused a live or disk prefix.",
                 self.cache_hits.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_hits_total",
+                "counter",
+                "Requests that loaded a disk KV checkpoint.",
+                self.kv_hits.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_misses_total",
+                "counter",
+                "Disk KV lookups that found no checkpoint.",
+                self.kv_misses.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_writes_total",
+                "counter",
+                "Disk KV checkpoints written.",
+                self.kv_writes.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_write_bytes_total",
+                "counter",
+                "Bytes of disk KV checkpoints written.",
+                self.kv_write_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_read_bytes_total",
+                "counter",
+                "Bytes of disk KV checkpoints loaded.",
+                self.kv_read_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_evictions_total",
+                "counter",
+                "Disk KV checkpoints deleted to stay under --kv-disk-space-mb.",
+                self.kv_evictions.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_errors_total",
+                "counter",
+                "Disk KV checkpoints that could not be written.",
+                self.kv_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "ds4_kv_disk_bytes",
+                "gauge",
+                "Bytes the disk KV cache directory holds.",
+                self.kv_disk_bytes.load(Ordering::Relaxed),
             ),
             (
                 "ds4_queue_depth",

@@ -1,7 +1,11 @@
 //! OpenAI Chat Completions (spec/serving.md §4.5, §4.8, §4.9): `POST /v1/chat/completions`.
 //! The request is rendered by `ds4::chat::render_chat_request`; the reply is a
 //! `chat.completion` object or `chat.completion.chunk` SSE events (reasoning as
-//! `reasoning_content`, tool calls streamed as they are recognized).
+//! `reasoning_content`, each tool call in one chunk as soon as its invoke closes). A call is
+//! never streamed piecemeal: OpenAI-compatible clients (the AI SDK under opencode) execute
+//! whatever partial call is open when a stream ends, so a length cut inside a call must leave
+//! nothing of it behind; while a call is held, each of its argument pieces sends an SSE comment
+//! so the connection stays visibly alive.
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -80,6 +84,7 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     let stream = request::opt_bool(&obj, "stream")?.unwrap_or(false);
     let include_usage = request::include_usage(&obj);
     let forced = request::forced_output(&obj, app.config.test_hooks)?;
+    note_media(&obj);
     let value = Value::Object(obj);
     let rx =
         request::submit_chat(&app, &value, ctx, knobs, true, "messages", "call_", forced).await?;
@@ -91,6 +96,7 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
             model,
             created,
             include_usage,
+            held: None,
         };
         return Ok(sse::response(rx, enc, app.keepalive()));
     }
@@ -118,11 +124,32 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     .into_response())
 }
 
+/// Image, audio and file parts of chat messages are dropped by the mapping; say so (once).
+fn note_media(obj: &Map<String, Value>) {
+    let parts = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten();
+    for p in parts {
+        if let Some(ty) = p.get("type").and_then(Value::as_str) {
+            if request::is_media_part(ty) {
+                request::note_degraded(request::Degraded::Media, ty);
+                return;
+            }
+        }
+    }
+}
+
 struct ChatStream {
     id: String,
     model: String,
     created: u64,
     include_usage: bool,
+    /// The call being generated: `(index, id, name, arguments so far)`.
+    held: Option<(usize, String, String, String)>,
 }
 
 impl ChatStream {
@@ -146,16 +173,24 @@ impl StreamEncoder for ChatStream {
                     vec![self.chunk(json!({"reasoning_content": s}), None)]
                 }
                 OutputEvent::ContentDelta(s) => vec![self.chunk(json!({"content": s}), None)],
-                OutputEvent::ToolCallStart { index, id, name } => vec![self.chunk(
-                    json!({"tool_calls": [{"index": index, "id": id, "type": "function",
-                        "function": {"name": name, "arguments": ""}}]}),
-                    None,
-                )],
-                OutputEvent::ToolCallArgumentsDelta { index, delta } => vec![self.chunk(
-                    json!({"tool_calls": [{"index": index, "function": {"arguments": delta}}]}),
-                    None,
-                )],
-                OutputEvent::ToolCallEnd { .. } => Vec::new(),
+                OutputEvent::ToolCallStart { index, id, name } => {
+                    self.held = Some((index, id, name, String::new()));
+                    vec![": tool call\n\n".into()]
+                }
+                OutputEvent::ToolCallArgumentsDelta { delta, .. } => {
+                    if let Some((_, _, _, args)) = &mut self.held {
+                        args.push_str(&delta);
+                    }
+                    vec![": tool call\n\n".into()]
+                }
+                OutputEvent::ToolCallEnd { .. } => match self.held.take() {
+                    Some((index, id, name, args)) => vec![self.chunk(
+                        json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                            "function": {"name": name, "arguments": args}}]}),
+                        None,
+                    )],
+                    None => Vec::new(),
+                },
             },
             GenerationEvent::Done(f) => {
                 let mut frames = vec![self.chunk(json!({}), Some(finish_name(&f.parsed.finish)))];

@@ -210,6 +210,44 @@ pub fn stops(obj: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiErro
     }
 }
 
+/// Something the model cannot do, degraded the same way on every protocol (docs/api.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Degraded {
+    /// Image, audio and file parts are dropped: the model reads text only.
+    Media,
+    /// Hosted tools (web search, file search, a server-side tool search, …) are not offered
+    /// to the model: nothing here can run them.
+    HostedTools,
+}
+
+/// Logs a degradation once per process and kind (`detail` names what the first request held).
+pub fn note_degraded(kind: Degraded, detail: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MEDIA: AtomicBool = AtomicBool::new(false);
+    static HOSTED: AtomicBool = AtomicBool::new(false);
+    let (flag, what) = match kind {
+        Degraded::Media => (
+            &MEDIA,
+            "image, audio and file content is dropped: DeepSeek V4 Flash reads text only",
+        ),
+        Degraded::HostedTools => (
+            &HOSTED,
+            "hosted tools are not offered to the model: this server cannot run them",
+        ),
+    };
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::warn!(detail, "{what} (logged once)");
+    }
+}
+
+/// True for content parts that carry media rather than text, in any protocol's spelling.
+pub fn is_media_part(ty: &str) -> bool {
+    matches!(
+        ty,
+        "image" | "image_url" | "input_image" | "input_audio" | "input_file" | "file" | "document"
+    )
+}
+
 /// What every protocol hands over after rendering.
 struct Rendered {
     /// Prompt text.
@@ -268,7 +306,20 @@ pub async fn submit_chat(
     call_id_prefix: &'static str,
     forced_output: Option<String>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::scheduler::GenerationEvent>, ApiError> {
-    let r = ds4::chat::render_chat_request(chat, ctx_tokens)?;
+    let r = match &app.tool_memory {
+        Some(tm) => ds4::chat::render_chat_request_with(chat, ctx_tokens, &|ids| tm.lookup(ids))?,
+        None => ds4::chat::render_chat_request(chat, ctx_tokens)?,
+    };
+    let mut knobs = knobs;
+    let forced_output = match (&app.test_script, forced_output) {
+        (Some(script), None) if app.config.test_hooks => script.output_for(&r.prompt).map(|f| {
+            if let Some(cap) = f.max_tokens {
+                knobs.max_tokens = knobs.max_tokens.min(cap);
+            }
+            f.output
+        }),
+        (_, forced) => forced,
+    };
     let rendered = Rendered {
         prompt: r.prompt,
         thinking_mode: r.thinking_mode,
@@ -297,12 +348,9 @@ async fn build_generation(
     call_id_prefix: &'static str,
     forced_output: Option<String>,
 ) -> Result<GenerationRequest, ApiError> {
-    // Tokenizing a long prompt is CPU work: keep it off the async workers. It stops as soon as
-    // the prompt cannot fit, so a huge prompt costs what a full context costs, not more.
-    let prompt = rendered.prompt;
-    let (prompt, tokens) = tokenize_bounded(app, prompt, ctx_tokens).await?;
-    let tokens =
-        tokens.map_err(|e| ApiError::context_exceeded_at_least(e.at_least, ctx_tokens, param))?;
+    // Tokenizing a long prompt is CPU work: keep it off the async workers. It stops at twice
+    // the context, so a huge prompt costs what two full contexts cost, not more.
+    let (prompt, tokens) = tokenize_bounded(app, rendered.prompt, ctx_tokens, param).await?;
     Ok(GenerationRequest {
         prompt_text: prompt,
         prompt_tokens: tokens,
@@ -323,12 +371,20 @@ pub const LARGE_PROMPT_BYTES: usize = 64 * 1024;
 /// Tokens of `prompt` if it fits a context of `ctx_tokens` (fewer than `ctx_tokens` tokens),
 /// on a blocking thread; the text comes back for the caller to keep. A large prompt waits for
 /// a tokenizer slot first, so however many arrive at once, only a few cost CPU and memory
-/// together (each bounded by the context, see `Tokenizer::encode_bounded`).
+/// together (each bounded by twice the context, see `Tokenizer::encode_bounded`).
+///
+/// A prompt that does not fit is the 400 of [`ApiError::context_exceeded`] (`param` names the
+/// field). It is counted exactly up to twice the context, and beyond that reported as "at
+/// least" that many: Claude Code reads N of `prompt is too long: N tokens > M maximum` to
+/// decide how much of the conversation to drop, so N − M must be the real overshoot whenever
+/// that is below a whole context (a bare lower bound just over M would make it drop almost
+/// nothing and fail again).
 pub async fn tokenize_bounded(
     app: &crate::AppState,
     prompt: String,
     ctx_tokens: usize,
-) -> Result<(String, Result<Vec<u32>, ds4::tokenizer::TooManyTokens>), ApiError> {
+    param: &str,
+) -> Result<(String, Vec<u32>), ApiError> {
     let slot = if prompt.len() >= LARGE_PROMPT_BYTES {
         Some(
             app.tokenize_slots
@@ -341,8 +397,9 @@ pub async fn tokenize_bounded(
         None
     };
     let tokenizer = app.tokenizer.clone();
-    tokio::task::spawn_blocking(move || {
-        let tokens = tokenizer.encode_bounded(&prompt, true, ctx_tokens.saturating_sub(1));
+    let count_limit = ctx_tokens.saturating_mul(2).max(1);
+    let (prompt, tokens) = tokio::task::spawn_blocking(move || {
+        let tokens = tokenizer.encode_bounded(&prompt, true, count_limit);
         drop(slot);
         (prompt, tokens)
     })
@@ -352,7 +409,14 @@ pub async fn tokenize_bounded(
             crate::error::ApiErrorKind::Internal,
             format!("tokenizer task failed: {e}"),
         )
-    })
+    })?;
+    match tokens {
+        Ok(tokens) if tokens.len() < ctx_tokens => Ok((prompt, tokens)),
+        Ok(tokens) => Err(ApiError::context_exceeded(tokens.len(), ctx_tokens, param)),
+        Err(e) => Err(ApiError::context_exceeded_at_least(
+            e.at_least, ctx_tokens, param,
+        )),
+    }
 }
 
 /// The test hook field (honoured only when the server runs with `--test-hooks`).

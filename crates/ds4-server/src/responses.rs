@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Protocol};
 use crate::request::{self, Knobs};
+use crate::responses_tools::{self, Tools};
 use crate::scheduler::{random_hex, GenerationEvent, Usage};
 use crate::sse::{self, StreamEncoder};
 use crate::AppState;
@@ -37,6 +38,9 @@ fn block_text(content: &Value, path: &str) -> Result<String, ApiError> {
                         "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text",
                         Some(Value::String(s)),
                     ) => out.push_str(s),
+                    (ty, _) if request::is_media_part(ty) => {
+                        request::note_degraded(request::Degraded::Media, ty)
+                    }
                     _ => {
                         return Err(bad(
                             format!("{path}[{i}]"),
@@ -66,8 +70,38 @@ fn output_text(output: &Value) -> String {
     }
 }
 
-/// Input items → chat messages (spec §4.5).
-fn map_input(input: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
+/// Item statuses the API returns (`in_progress`, `completed`, `incomplete`); clients replay
+/// them as they got them (Codex keeps the items of a turn cut short), so all three are accepted.
+const ITEM_STATUSES: [&str; 3] = ["in_progress", "completed", "incomplete"];
+
+/// Appends a tool call to the assistant message `out` ends with, or to a new one.
+fn push_call(
+    out: &mut Vec<Value>,
+    call: Value,
+    last_is_assistant: &mut bool,
+    pending_reasoning: &mut Option<String>,
+) {
+    match out.last_mut() {
+        Some(m) if *last_is_assistant => {
+            if let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                calls.push(call);
+            } else {
+                m["tool_calls"] = json!([call]);
+            }
+        }
+        _ => {
+            let mut m = json!({"role": "assistant", "content": "", "tool_calls": [call]});
+            if let Some(r) = pending_reasoning.take() {
+                m["reasoning_content"] = json!(r);
+            }
+            out.push(m);
+            *last_is_assistant = true;
+        }
+    }
+}
+
+/// Input items → chat messages (spec §4.5); `tool_search_output` items load tools into `tools`.
+fn map_input(input: &Value, out: &mut Vec<Value>, tools: &mut Tools) -> Result<(), ApiError> {
     let items = match input {
         Value::String(s) => {
             out.push(json!({"role": "user", "content": s}));
@@ -83,12 +117,14 @@ fn map_input(input: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
         let obj = item
             .as_object()
             .ok_or_else(|| bad(path.as_str(), "must be an object"))?;
-        if let Some(status) = obj.get("status").and_then(Value::as_str) {
-            if status != "completed" {
+        match obj.get("status") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(st)) if ITEM_STATUSES.contains(&st.as_str()) => {}
+            Some(other) => {
                 return Err(bad(
                     format!("{path}.status"),
-                    format!("items with status `{status}` are not supported"),
-                ));
+                    format!("must be one of `in_progress`, `completed`, `incomplete`, not {other}"),
+                ))
             }
         }
         let ty = obj.get("type").and_then(Value::as_str).unwrap_or("message");
@@ -114,40 +150,39 @@ fn map_input(input: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
                 out.push(m);
                 last_is_assistant = role == "assistant";
             }
-            "function_call" | "custom_tool_call" => {
-                let name = obj
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(format!("{path}.name"), "must be a string"))?;
+            "function_call" | "custom_tool_call" | "tool_search_call" => {
+                let name = if ty == "tool_search_call" {
+                    "tool_search".to_string()
+                } else {
+                    let name = obj
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| bad(format!("{path}.name"), "must be a string"))?;
+                    responses_tools::prompt_name(name, obj.get("namespace").and_then(Value::as_str))
+                };
                 let id = obj
                     .get("call_id")
                     .or_else(|| obj.get("id"))
                     .cloned()
                     .unwrap_or(Value::Null);
-                let arguments = if ty == "function_call" {
-                    obj.get("arguments").cloned().unwrap_or_else(|| json!("{}"))
-                } else {
-                    json!({"input": obj.get("input").cloned().unwrap_or(Value::Null)})
+                let arguments = match ty {
+                    "function_call" => obj.get("arguments").cloned().unwrap_or_else(|| json!("{}")),
+                    "custom_tool_call" => {
+                        json!({"input": obj.get("input").cloned().unwrap_or(Value::Null)})
+                    }
+                    _ => match obj.get("arguments") {
+                        Some(a @ Value::Object(_)) => a.clone(),
+                        _ => json!({}),
+                    },
                 };
                 let call = json!({"id": id, "function": {"name": name, "arguments": arguments}});
-                match out.last_mut() {
-                    Some(m) if last_is_assistant => {
-                        if let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                            calls.push(call);
-                        } else {
-                            m["tool_calls"] = json!([call]);
-                        }
-                    }
-                    _ => {
-                        let mut m =
-                            json!({"role": "assistant", "content": "", "tool_calls": [call]});
-                        if let Some(r) = pending_reasoning.take() {
-                            m["reasoning_content"] = json!(r);
-                        }
-                        out.push(m);
-                        last_is_assistant = true;
-                    }
-                }
+                push_call(out, call, &mut last_is_assistant, &mut pending_reasoning);
+            }
+            "tool_search_output" => {
+                let id = obj.get("call_id").and_then(Value::as_str).unwrap_or("");
+                let text = tools.load(obj.get("tools").unwrap_or(&Value::Null), &path)?;
+                out.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
+                last_is_assistant = false;
             }
             "function_call_output" | "custom_tool_call_output" => {
                 let id = obj
@@ -185,8 +220,18 @@ fn map_input(input: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The chat body a Responses request renders as, and whether reasoning is reported.
-pub fn to_chat_body(obj: &Map<String, Value>) -> Result<(Value, bool), ApiError> {
+/// A Responses request in the terms the template renders.
+pub struct ChatRequest {
+    /// The OpenAI chat body.
+    pub body: Value,
+    /// Whether reasoning is reported (`reasoning.summary` opt-in).
+    pub summary: bool,
+    /// The tools, for mapping calls back to items.
+    pub tools: Tools,
+}
+
+/// The chat body a Responses request renders as, whether reasoning is reported, and its tools.
+pub fn to_chat_body(obj: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
     for key in ["previous_response_id", "conversation"] {
         if obj.get(key).is_some_and(|v| !v.is_null()) {
             return Err(bad(key, "is not supported; replay full input instead"));
@@ -196,10 +241,12 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<(Value, bool), ApiError>
     if let Some(instr) = request::opt_str(obj, "instructions")? {
         messages.push(json!({"role": "system", "content": instr}));
     }
+    let mut tools = Tools::from_request(obj.get("tools"))?;
     map_input(
         obj.get("input")
             .ok_or_else(|| ApiError::invalid("missing field `input`").param("input"))?,
         &mut messages,
+        &mut tools,
     )?;
     let mut body = Map::new();
     if let Some(m) = obj.get("model") {
@@ -217,27 +264,8 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<(Value, bool), ApiError>
         }
         Some(_) => return Err(bad("tool_choice", "forced tool_choice not supported")),
     }
-    match obj.get("tools") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(tools)) => {
-            let mut mapped = Vec::new();
-            for (i, t) in tools.iter().enumerate() {
-                if t.get("type").and_then(Value::as_str) != Some("function") {
-                    continue; // hosted tools have no schema to render
-                }
-                let name = t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(format!("tools[{i}].name"), "must be a string"))?;
-                mapped.push(request::function_tool(
-                    name,
-                    t.get("description"),
-                    t.get("parameters"),
-                ));
-            }
-            body.insert("tools".into(), Value::Array(mapped));
-        }
-        Some(_) => return Err(bad("tools", "must be an array")),
+    if !tools.rendered.is_empty() {
+        body.insert("tools".into(), Value::Array(tools.rendered.clone()));
     }
     let mut summary = false;
     match obj.get("reasoning") {
@@ -255,7 +283,11 @@ pub fn to_chat_body(obj: &Map<String, Value>) -> Result<(Value, bool), ApiError>
         }
         Some(_) => return Err(bad("reasoning", "must be an object")),
     }
-    Ok((Value::Object(body), summary))
+    Ok(ChatRequest {
+        body: Value::Object(body),
+        summary,
+        tools,
+    })
 }
 
 /// `POST /v1/responses`.
@@ -288,20 +320,23 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     };
     let stream = request::opt_bool(&obj, "stream")?.unwrap_or(false);
     let forced = request::forced_output(&obj, app.config.test_hooks)?;
-    let (chat, summary) = to_chat_body(&obj)?;
-    let rx = request::submit_chat(&app, &chat, ctx, knobs, true, "input", "call_", forced).await?;
-    let ids = Ids {
-        resp: format!("resp_{}", random_hex(24)),
-        rs: format!("rs_{}", random_hex(24)),
-        msg: format!("msg_{}", random_hex(24)),
+    let chat = to_chat_body(&obj)?;
+    let rx =
+        request::submit_chat(&app, &chat.body, ctx, knobs, true, "input", "call_", forced).await?;
+    let reply = Reply {
+        ids: Ids {
+            resp: format!("resp_{}", random_hex(24)),
+            rs: format!("rs_{}", random_hex(24)),
+            msg: format!("msg_{}", random_hex(24)),
+        },
+        model,
+        created: request::unix_now(),
+        summary: chat.summary,
+        tools: chat.tools,
     };
-    let created = request::unix_now();
     if stream {
         let enc = ResponsesStream {
-            ids,
-            model,
-            created,
-            summary,
+            reply,
             seq: 0,
             next_index: 0,
             rs_index: None,
@@ -313,15 +348,21 @@ async fn serve(app: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     }
     let done = sse::collect(rx).await?;
     let out = response_object(
-        &ids,
-        &model,
-        created,
-        summary,
+        &reply,
         &done.finished.parsed,
         &done.finished.usage,
         &mut Vec::new(),
     );
     Ok(Json(out).into_response())
+}
+
+/// What every output of one response shares.
+struct Reply {
+    ids: Ids,
+    model: String,
+    created: u64,
+    summary: bool,
+    tools: Tools,
 }
 
 fn status_of(finish: &FinishReason) -> (&'static str, &'static str) {
@@ -348,33 +389,39 @@ fn message_item(ids: &Ids, status: &str, text: &str) -> Value {
         "content": [{"type": "output_text", "text": text, "annotations": []}]})
 }
 
-/// The whole response object; `calls` receives the function-call items (for streaming).
+/// The whole response object; `calls` receives the tool-call items (for streaming). A length
+/// stop is `incomplete` with `incomplete_details.reason` `max_output_tokens`, as the API says;
+/// only calls whose invoke closed are items (a call cut off by the limit is dropped).
 fn response_object(
-    ids: &Ids,
-    model: &str,
-    created: u64,
-    summary: bool,
+    reply: &Reply,
     parsed: &ParsedOutput,
     usage: &Usage,
     calls: &mut Vec<Value>,
 ) -> Value {
+    let ids = &reply.ids;
     let (status, item_status) = status_of(&parsed.finish);
     let mut output = Vec::new();
-    if summary && !parsed.reasoning.is_empty() {
+    if reply.summary && !parsed.reasoning.is_empty() {
         output.push(reasoning_item(ids, item_status, &parsed.reasoning));
     }
     if !parsed.content.is_empty() || parsed.tool_calls.is_empty() {
         output.push(message_item(ids, item_status, &parsed.content));
     }
     for c in &parsed.tool_calls {
-        let item = json!({"id": format!("fc_{}", random_hex(24)), "type": "function_call", "status": item_status,
-            "name": c.name, "call_id": c.id, "arguments": c.arguments});
+        let prefix = match reply.tools.lookup(&c.name).kind {
+            responses_tools::Kind::Function => "fc",
+            responses_tools::Kind::Custom => "ctc",
+            responses_tools::Kind::ToolSearch => "tsc",
+        };
+        let id = format!("{prefix}_{}", random_hex(24));
+        let item = reply.tools.item(c, &id, "completed");
         calls.push(item.clone());
         output.push(item);
     }
-    let mut obj = json!({"id": ids.resp, "object": "response", "created_at": created, "status": status, "model": model});
+    let mut obj = json!({"id": ids.resp, "object": "response", "created_at": reply.created,
+        "status": status, "model": reply.model});
     if let FinishReason::Length = parsed.finish {
-        obj["incomplete_details"] = json!({"reason": "max_tokens"});
+        obj["incomplete_details"] = json!({"reason": "max_output_tokens"});
     }
     if let FinishReason::Error(e) = &parsed.finish {
         obj["error"] = json!({"code": "server_error", "message": e.to_string()});
@@ -385,10 +432,7 @@ fn response_object(
 }
 
 struct ResponsesStream {
-    ids: Ids,
-    model: String,
-    created: u64,
-    summary: bool,
+    reply: Reply,
     seq: u64,
     next_index: usize,
     rs_index: Option<usize>,
@@ -413,7 +457,7 @@ impl ResponsesStream {
         let (status, item_status) = status_of(&parsed.finish);
         if let Some(i) = self.rs_index {
             let text = self.reasoning.clone();
-            let rs = self.ids.rs.clone();
+            let rs = self.reply.ids.rs.clone();
             let done_status = if self.msg_index.is_some() || !parsed.tool_calls.is_empty() {
                 "completed"
             } else {
@@ -424,7 +468,7 @@ impl ResponsesStream {
                 json!({"item_id": rs, "output_index": i, "summary_index": 0, "text": text}),
             ));
             out.push(self.ev("response.reasoning_summary_part.done", json!({"item_id": rs, "output_index": i, "summary_index": 0, "part": {"type": "summary_text", "text": text}})));
-            let item = reasoning_item(&self.ids, done_status, &text);
+            let item = reasoning_item(&self.reply.ids, done_status, &text);
             out.push(self.ev(
                 "response.output_item.done",
                 json!({"output_index": i, "item": item}),
@@ -435,48 +479,22 @@ impl ResponsesStream {
         }
         if let Some(i) = self.msg_index {
             let text = self.text.clone();
-            let msg = self.ids.msg.clone();
+            let msg = self.reply.ids.msg.clone();
             out.push(self.ev(
                 "response.output_text.done",
                 json!({"item_id": msg, "output_index": i, "content_index": 0, "text": text}),
             ));
             out.push(self.ev("response.content_part.done", json!({"item_id": msg, "output_index": i, "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": []}})));
-            let item = message_item(&self.ids, item_status, &text);
+            let item = message_item(&self.reply.ids, item_status, &text);
             out.push(self.ev(
                 "response.output_item.done",
                 json!({"output_index": i, "item": item}),
             ));
         }
         let mut calls = Vec::new();
-        let mut resp = response_object(
-            &self.ids,
-            &self.model,
-            self.created,
-            self.summary,
-            parsed,
-            usage,
-            &mut calls,
-        );
+        let mut resp = response_object(&self.reply, parsed, usage, &mut calls);
         for call in calls {
-            let i = self.next_index;
-            self.next_index += 1;
-            let id = call["id"].clone();
-            let mut added = call.clone();
-            added["status"] = json!("in_progress");
-            added["arguments"] = json!("");
-            out.push(self.ev(
-                "response.output_item.added",
-                json!({"output_index": i, "item": added}),
-            ));
-            out.push(self.ev(
-                "response.function_call_arguments.delta",
-                json!({"item_id": id, "output_index": i, "delta": call["arguments"]}),
-            ));
-            out.push(self.ev("response.function_call_arguments.done", json!({"item_id": id, "output_index": i, "name": call["name"], "arguments": call["arguments"]})));
-            out.push(self.ev(
-                "response.output_item.done",
-                json!({"output_index": i, "item": call}),
-            ));
+            self.call_events(call, out);
         }
         // The streamed text is what the client saw; keep the final object consistent with it.
         if let Some(arr) = resp["output"].as_array_mut() {
@@ -491,6 +509,58 @@ impl ResponsesStream {
         out.push(self.ev(terminal, json!({"response": resp})));
     }
 
+    /// The events of one finished tool-call item: added, its input (in one delta), done. A
+    /// `custom_tool_call` streams `input`, a `tool_search_call` has no input events.
+    fn call_events(&mut self, call: Value, out: &mut Vec<String>) {
+        let i = self.next_index;
+        self.next_index += 1;
+        let id = call["id"].clone();
+        let mut added = call.clone();
+        added["status"] = json!("in_progress");
+        match call["type"].as_str() {
+            Some("function_call") => {
+                added["arguments"] = json!("");
+                out.push(self.ev(
+                    "response.output_item.added",
+                    json!({"output_index": i, "item": added}),
+                ));
+                out.push(self.ev(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": i, "delta": call["arguments"]}),
+                ));
+                let mut done = json!({"item_id": id, "output_index": i, "name": call["name"],
+                    "arguments": call["arguments"]});
+                if let Some(ns) = call.get("namespace") {
+                    done["namespace"] = ns.clone();
+                }
+                out.push(self.ev("response.function_call_arguments.done", done));
+            }
+            Some("custom_tool_call") => {
+                added["input"] = json!("");
+                out.push(self.ev(
+                    "response.output_item.added",
+                    json!({"output_index": i, "item": added}),
+                ));
+                out.push(self.ev(
+                    "response.custom_tool_call_input.delta",
+                    json!({"item_id": id, "output_index": i, "delta": call["input"]}),
+                ));
+                out.push(self.ev(
+                    "response.custom_tool_call_input.done",
+                    json!({"item_id": id, "output_index": i, "input": call["input"]}),
+                ));
+            }
+            _ => out.push(self.ev(
+                "response.output_item.added",
+                json!({"output_index": i, "item": added}),
+            )),
+        }
+        out.push(self.ev(
+            "response.output_item.done",
+            json!({"output_index": i, "item": call}),
+        ));
+    }
+
     fn open_message(&mut self, out: &mut Vec<String>) -> usize {
         if let Some(i) = self.msg_index {
             return i;
@@ -498,12 +568,12 @@ impl ResponsesStream {
         let i = self.next_index;
         self.next_index += 1;
         self.msg_index = Some(i);
-        let item = json!({"id": self.ids.msg, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
+        let item = json!({"id": self.reply.ids.msg, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
         out.push(self.ev(
             "response.output_item.added",
             json!({"output_index": i, "item": item}),
         ));
-        let msg = self.ids.msg.clone();
+        let msg = self.reply.ids.msg.clone();
         out.push(self.ev("response.content_part.added", json!({"item_id": msg, "output_index": i, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
         i
     }
@@ -514,8 +584,8 @@ impl StreamEncoder for ResponsesStream {
         let mut out = Vec::new();
         match event {
             GenerationEvent::Started { .. } => {
-                let resp = json!({"id": self.ids.resp, "object": "response", "created_at": self.created,
-                    "status": "in_progress", "model": self.model, "output": []});
+                let resp = json!({"id": self.reply.ids.resp, "object": "response", "created_at": self.reply.created,
+                    "status": "in_progress", "model": self.reply.model, "output": []});
                 out.push(self.ev("response.created", json!({"response": resp.clone()})));
                 out.push(self.ev("response.in_progress", json!({"response": resp})));
             }
@@ -525,24 +595,24 @@ impl StreamEncoder for ResponsesStream {
             | GenerationEvent::Output(OutputEvent::ToolCallEnd { .. }) => {}
             GenerationEvent::Output(OutputEvent::ReasoningDelta(s)) => {
                 self.reasoning.push_str(&s);
-                if self.summary {
+                if self.reply.summary {
                     let i = match self.rs_index {
                         Some(i) => i,
                         None => {
                             let i = self.next_index;
                             self.next_index += 1;
                             self.rs_index = Some(i);
-                            let item = json!({"id": self.ids.rs, "type": "reasoning", "status": "in_progress", "summary": []});
+                            let item = json!({"id": self.reply.ids.rs, "type": "reasoning", "status": "in_progress", "summary": []});
                             out.push(self.ev(
                                 "response.output_item.added",
                                 json!({"output_index": i, "item": item}),
                             ));
-                            let rs = self.ids.rs.clone();
+                            let rs = self.reply.ids.rs.clone();
                             out.push(self.ev("response.reasoning_summary_part.added", json!({"item_id": rs, "output_index": i, "summary_index": 0, "part": {"type": "summary_text", "text": ""}})));
                             i
                         }
                     };
-                    let rs = self.ids.rs.clone();
+                    let rs = self.reply.ids.rs.clone();
                     out.push(self.ev(
                         "response.reasoning_summary_text.delta",
                         json!({"item_id": rs, "output_index": i, "summary_index": 0, "delta": s}),
@@ -552,7 +622,7 @@ impl StreamEncoder for ResponsesStream {
             GenerationEvent::Output(OutputEvent::ContentDelta(s)) => {
                 let i = self.open_message(&mut out);
                 self.text.push_str(&s);
-                let msg = self.ids.msg.clone();
+                let msg = self.reply.ids.msg.clone();
                 out.push(self.ev(
                     "response.output_text.delta",
                     json!({"item_id": msg, "output_index": i, "content_index": 0, "delta": s}),

@@ -4,22 +4,33 @@
 //! is gone (client disconnected) stops within one token; queued ones are skipped.
 //!
 //! Prefix reuse: the worker picks the prompt it evaluates by the first match of §5.2's
-//! memory-token rule (the live tokens are a prefix of the new tokens) and memory-text rule (the
-//! decoded live tokens are a byte prefix of the rendered text: live tokens + fresh tokenization
-//! of the remainder); the engine then prefills only the suffix.
+//! memory-token rule (the live tokens are a prefix of the new tokens), thinking-visible and
+//! memory-text rules (the decoded live tokens are a byte prefix of the rendered text: live
+//! tokens + fresh tokenization of the remainder), then, with `--kv-disk-dir`, the disk-text
+//! rule (§5.3: the longest checkpoint whose key text is a prefix); the engine then prefills
+//! only the suffix. Disk checkpoints (§5.5) are written at the cold cut, every continued
+//! interval, before a miss evicts the live session, and at shutdown ([`Scheduler::finish`]);
+//! `kvcache` decides the positions and does the I/O. After a tool-call turn the sampled DSML
+//! is remembered for exact replay (§5.7, `tool_memory`).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use ds4::chat::{FinishReason, OutputEvent, OutputParser, ParsedOutput, StopCause, ThinkingMode};
-use ds4::engine::{Control, Engine, FinishCause};
+use ds4::chat::{
+    DsmlState, FinishReason, OutputEvent, OutputParser, ParsedOutput, StopCause, ThinkingMode,
+};
+use ds4::engine::{Control, Engine, FinishCause, Hooks};
+use ds4::kvstore::{KeyKind, SaveReason};
 use ds4::sample::{SamplerParams, StopMatcher, StopStep};
 use tokio::sync::mpsc::{
     unbounded_channel, UnboundedReceiver, UnboundedSender, WeakUnboundedSender,
 };
 
 use crate::error::{ApiError, ApiErrorKind};
+use crate::kvcache::DiskCache;
 use crate::metrics::Metrics;
+use crate::tool_memory::{sampled_block, ToolMemory};
 use crate::trace::Trace;
 
 /// Everything the worker needs to run one request; built by the protocol layer (no model).
@@ -50,7 +61,7 @@ pub struct GenerationRequest {
 pub struct Usage {
     /// Effective prompt length.
     pub prompt_tokens: usize,
-    /// Prompt tokens reused from the live session.
+    /// Prompt tokens reused from the live session or a disk checkpoint.
     pub cached_tokens: usize,
     /// Sampled tokens.
     pub completion_tokens: usize,
@@ -104,10 +115,18 @@ struct Job {
     tx: UnboundedSender<GenerationEvent>,
 }
 
+/// What the worker thread is asked to do, in order.
+enum Work {
+    /// Serve a request.
+    Generate(Job),
+    /// Store the live session (reason shutdown), then answer.
+    Finish(mpsc::Sender<()>),
+}
+
 /// Handle to the worker thread; cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Work>,
     depth: Arc<AtomicUsize>,
     shutting_down: Arc<AtomicBool>,
     shutdown_tx: Arc<tokio::sync::watch::Sender<bool>>,
@@ -118,9 +137,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the worker thread that owns `engine`.
-    pub fn start(engine: Engine, metrics: Arc<Metrics>, trace: Option<Arc<Trace>>) -> Self {
-        let (queue, rx) = mpsc::channel::<Job>();
+    /// Starts the worker thread that owns `engine`, with the disk cache `disk` and the tool
+    /// memory `tools` (exact DSML replay) when they are on.
+    pub fn start(
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        trace: Option<Arc<Trace>>,
+        disk: Option<DiskCache>,
+        tools: Option<Arc<ToolMemory>>,
+    ) -> Self {
+        let (queue, rx) = mpsc::channel::<Work>();
         let depth = Arc::new(AtomicUsize::new(0));
         let shutting_down = Arc::new(AtomicBool::new(false));
         let busy = Arc::new(AtomicBool::new(false));
@@ -133,6 +159,8 @@ impl Scheduler {
             trace,
             next_job: 0,
             visible: None,
+            disk,
+            tools,
         };
         std::thread::Builder::new()
             .name("ds4-engine".into())
@@ -162,7 +190,7 @@ impl Scheduler {
             open.push(tx.downgrade());
         }
         self.depth.fetch_add(1, Ordering::SeqCst);
-        if self.queue.send(Job { req, tx }).is_err() {
+        if self.queue.send(Work::Generate(Job { req, tx })).is_err() {
             self.depth.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::new(
                 ApiErrorKind::Internal,
@@ -206,6 +234,16 @@ impl Scheduler {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+
+    /// The last step of a clean exit (after [`Scheduler::shutdown`] and the connections have
+    /// closed): once the queue ahead of it is answered, the engine thread stores the live
+    /// session as a `shutdown` checkpoint (with `--kv-disk-dir`); resolves when it is on disk.
+    pub async fn finish(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.queue.send(Work::Finish(tx)).is_ok() {
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+        }
+    }
 }
 
 struct Worker {
@@ -219,6 +257,10 @@ struct Worker {
     /// §5.2 thinking-visible: the text a client replays for the live session of a toolless
     /// thinking turn (its reasoning dropped, as the template renders earlier turns).
     visible: Option<String>,
+    /// The disk KV cache (`--kv-disk-dir`).
+    disk: Option<DiskCache>,
+    /// Exact DSML replay memory (off with `--disable-exact-dsml-tool-replay`).
+    tools: Option<Arc<ToolMemory>>,
 }
 
 /// Random lowercase hex of `n` digits.
@@ -231,8 +273,16 @@ pub fn random_hex(n: usize) -> String {
 }
 
 impl Worker {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
+    fn run(mut self, rx: mpsc::Receiver<Work>) {
+        while let Ok(work) = rx.recv() {
+            let job = match work {
+                Work::Generate(job) => job,
+                Work::Finish(done) => {
+                    self.store_live(SaveReason::Shutdown);
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             self.busy.store(true, Ordering::SeqCst);
             if self.shutting_down.load(Ordering::SeqCst) {
                 let _ = job.tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
@@ -245,16 +295,43 @@ impl Worker {
         }
     }
 
-    /// §5.2 rules memory-token, thinking-visible, then memory-text; anything else evaluates
-    /// the request's tokens.
-    fn select_prompt(&self, req: &GenerationRequest) -> (Vec<u32>, &'static str) {
+    /// §5.2 rules memory-token, thinking-visible, then memory-text; on a miss the live
+    /// session is checkpointed (evict) and the disk cache tried (disk-text); anything else
+    /// evaluates the request's tokens.
+    fn select_prompt(&mut self, req: &GenerationRequest) -> (Vec<u32>, &'static str) {
+        if let Some(hit) = self.memory_prompt(req) {
+            return hit;
+        }
+        let live = self.engine.session_tokens().len();
+        if live > 0 {
+            tracing::info!(
+                live_tokens = live,
+                "live session does not match the request; starting over"
+            );
+            self.store_live(SaveReason::Evict);
+        }
+        if let Some(prompt) = self.disk_prompt(req) {
+            return (prompt, "disk-text");
+        }
+        // The next evaluation starts from nothing: the live session no longer descends from a
+        // loaded checkpoint.
+        if let Some(d) = self.disk.as_mut() {
+            d.superseded = None;
+            d.last_store = 0;
+        }
+        let kind = if live == 0 { "cold" } else { "miss" };
+        (req.prompt_tokens.clone(), kind)
+    }
+
+    /// The in-memory rules of §5.2.
+    fn memory_prompt(&self, req: &GenerationRequest) -> Option<(Vec<u32>, &'static str)> {
         let live = self.engine.session_tokens();
         let tokens = &req.prompt_tokens;
         if live.is_empty() {
-            return (tokens.clone(), "cold");
+            return None;
         }
         if live.len() <= tokens.len() && tokens[..live.len()] == live[..] {
-            return (tokens.clone(), "memory-token");
+            return Some((tokens.clone(), "memory-token"));
         }
         if let Some(rest) = self
             .visible
@@ -264,7 +341,7 @@ impl Worker {
             if !rest.is_empty() {
                 let mut prompt = live.to_vec();
                 prompt.extend(self.engine.tokenizer.encode(rest, true));
-                return (prompt, "thinking-visible");
+                return Some((prompt, "thinking-visible"));
             }
         }
         let live_text = self.engine.tokenizer.decode(live);
@@ -272,10 +349,57 @@ impl Worker {
             if !rest.is_empty() {
                 let mut prompt = live.to_vec();
                 prompt.extend(self.engine.tokenizer.encode(rest, true));
-                return (prompt, "memory-text");
+                return Some((prompt, "memory-text"));
             }
         }
-        (tokens.clone(), "miss")
+        None
+    }
+
+    /// §5.3 disk-text: loads the longest checkpoint whose key is a prefix of the rendered
+    /// text into the live session; the prompt is its exact tokens plus the fresh tokenization
+    /// of the rest of the text.
+    fn disk_prompt(&mut self, req: &GenerationRequest) -> Option<Vec<u32>> {
+        let disk = self.disk.as_mut()?;
+        let hit = disk.lookup(&req.prompt_text)?;
+        let rest = req.prompt_text.get(hit.text_bytes..)?;
+        let mut prompt = hit.snapshot.tokens.clone();
+        prompt.extend(self.engine.tokenizer.encode(rest, true));
+        if prompt.len() >= self.engine.ctx() {
+            return None;
+        }
+        if let Err(e) = self.engine.restore(&hit.snapshot) {
+            tracing::warn!("kv cache {}: restoring failed: {e}", hit.name);
+            return None;
+        }
+        let tokens = hit.snapshot.tokens.len();
+        disk.last_store = tokens;
+        disk.superseded = (tokens > disk.config().cold_max_tokens).then(|| hit.name.clone());
+        tracing::info!(
+            file = hit.name.as_str(),
+            cached_tokens = tokens,
+            prompt_tokens = prompt.len(),
+            reason = hit.header.reason.name(),
+            "kv cache hit"
+        );
+        Some(prompt)
+    }
+
+    /// Stores the live session (evict, shutdown) keyed by its visible transcript when one is
+    /// bound to it (§5.5), else by its decoded tokens.
+    fn store_live(&mut self, reason: SaveReason) {
+        let Some(disk) = self.disk.as_mut() else {
+            return;
+        };
+        let visible = self
+            .visible
+            .as_deref()
+            .map(|v| (v, KeyKind::ThinkingVisible));
+        if self.engine.session_tokens().len() > disk.last_store
+            || disk.superseded.is_some()
+            || reason == SaveReason::Shutdown
+        {
+            disk.store(&self.engine, visible, reason, None);
+        }
     }
 
     fn serve(&mut self, job: Job) {
@@ -335,9 +459,43 @@ impl Worker {
         let trace = self.trace.clone();
         let job_id = self.next_job;
         let stop_prefill = || cancel_requested(&tx, &shutting_down);
+        let mut emitted = String::new();
+        let in_dsml = Cell::new(false);
+        let cold = match (&self.disk, cached_guess) {
+            (Some(d), 0) => {
+                let tok = &self.engine.tokenizer;
+                d.config().cold_cut(&prompt, tok.user(), tok.assistant())
+            }
+            _ => None,
+        };
+        let breaks = self
+            .disk
+            .as_ref()
+            .map(|d| d.breaks(cached_guess, prompt.len(), cold))
+            .unwrap_or_default();
+        let prompt_len = prompt.len();
+        let prompt_text = req.prompt_text.as_str();
+        let disk = &mut self.disk;
+        // §5.5 cold and continued checkpoints, at prefill chunk ends and before each decoded
+        // token; never inside a DSML tool call.
+        let mut at_frontier = |engine: &Engine| {
+            let Some(d) = disk.as_mut() else { return };
+            let pos = engine.session_tokens().len();
+            if cold == Some(pos) && pos > d.last_store {
+                d.store(engine, None, SaveReason::Cold, Some(prompt_text));
+            } else if d.continued_due(pos) && !in_dsml.get() {
+                let within = (pos <= prompt_len).then_some(prompt_text);
+                d.store(engine, None, SaveReason::Continued, within);
+            }
+        };
+        let mut hooks = Hooks {
+            cancel: &stop_prefill,
+            breaks,
+            at_frontier: Some(&mut at_frontier),
+        };
         let result =
             self.engine
-                .generate_cancellable(&prompt, max_tokens, params, &stop_prefill, |piece| {
+                .generate_hooked(&prompt, max_tokens, params, &mut hooks, |piece| {
                     if cancel_requested(&tx, &shutting_down) {
                         cancelled = true;
                         stopped_by_shutdown = !tx.is_closed();
@@ -359,11 +517,13 @@ impl Worker {
                     };
                     if !emit.is_empty() {
                         saw_think_end |= emit.contains(ds4::chat::render::THINK_END);
+                        emitted.push_str(&emit);
                         let _ = tx.send(GenerationEvent::Text(emit.clone()));
                         for ev in parser.feed(&emit) {
                             let _ = tx.send(GenerationEvent::Output(ev));
                         }
                     }
+                    in_dsml.set(parser.dsml_state() != DsmlState::Outside);
                     if stop_hit || parser.is_done() {
                         Control::Stop
                     } else if parser.in_dsml_structure() {
@@ -384,14 +544,14 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(error = %e, "generation failed");
-                self.engine.reset();
+                self.reset_live();
                 let _ = tx.send(GenerationEvent::Failed(format!("generation failed: {e}")));
                 return;
             }
         };
         if stopped_by_shutdown {
             // The stream ends with the protocol's error event (or a 503), not a finish.
-            self.engine.reset();
+            self.reset_live();
             tracing::info!(job = job_id, "generation stopped by shutdown");
             let _ = tx.send(GenerationEvent::Failed(SHUTTING_DOWN.into()));
             return;
@@ -399,6 +559,7 @@ impl Worker {
         if !stop_hit {
             let tail = stop.finish();
             if !tail.is_empty() {
+                emitted.push_str(&tail);
                 let _ = tx.send(GenerationEvent::Text(tail.clone()));
                 for ev in parser.feed(&tail) {
                     let _ = tx.send(GenerationEvent::Output(ev));
@@ -417,9 +578,12 @@ impl Worker {
         };
         if stop_hit || cancelled {
             // §3.4: a stop sequence invalidates the live session; a cancelled one is partial.
-            self.engine.reset();
+            self.reset_live();
         }
         let (events, parsed) = parser.finish(cause);
+        if parsed.finish == FinishReason::ToolCalls {
+            self.remember_tool_calls(&req, &emitted, &parsed);
+        }
         let toolless_thinking = req.thinking_mode == ThinkingMode::Thinking && !req.tools_active;
         if toolless_thinking && !stop_hit && !cancelled && saw_think_end {
             if let Some(base) = req.prompt_text.strip_suffix(ds4::chat::render::THINK_START) {
@@ -464,6 +628,31 @@ impl Worker {
             parsed,
             stop_sequence,
         }));
+    }
+
+    /// Drops the live session (and with it the disk cache's view of it).
+    fn reset_live(&mut self) {
+        self.engine.reset();
+        if let Some(d) = self.disk.as_mut() {
+            d.last_store = 0;
+            d.superseded = None;
+        }
+    }
+
+    /// §5.7: maps the turn's call ids to the exact text sampled for their block.
+    fn remember_tool_calls(&self, req: &GenerationRequest, emitted: &str, parsed: &ParsedOutput) {
+        let Some(tools) = &self.tools else { return };
+        let visible = match req.thinking_mode {
+            ThinkingMode::Thinking => emitted
+                .split_once(ds4::chat::render::THINK_END)
+                .map_or("", |(_, v)| v),
+            ThinkingMode::Chat => emitted,
+        };
+        let ids: Vec<String> = parsed.tool_calls.iter().map(|c| c.id.clone()).collect();
+        match sampled_block(visible, &parsed.content) {
+            Some(block) => tools.remember(&ids, block),
+            None => tracing::debug!("tool calls: sampled DSML not found; replay will be canonical"),
+        }
     }
 
     #[cfg(feature = "test-hooks")]

@@ -32,6 +32,11 @@ impl Trace {
         self.line(serde_json::json!({"event": "body", "path": path, "body": String::from_utf8_lossy(body)}));
     }
 
+    /// The status a request was answered with (for a stream: when its headers went out).
+    pub fn status(&self, method: &str, path: &str, status: u16) {
+        self.line(serde_json::json!({"event": "status", "method": method, "path": path, "status": status}));
+    }
+
     /// The prompt and the cache decision.
     pub fn request(&self, job: u64, prompt: &str, decision: &str, cached: usize, tokens: usize) {
         self.line(

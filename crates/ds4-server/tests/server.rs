@@ -203,10 +203,10 @@ async fn bad_requests_get_4xx_that_say_what_was_wrong() {
         ("/v1/chat/completions", br#"{"messages": "hi"}"#.to_vec(), 400, "must be an array"),
         ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#.to_vec(), 400, "temperature"),
         ("/v1/chat/completions", br#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]}]}"#.to_vec(), 400, "arguments"),
-        ("/v1/chat/completions", format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "word ".repeat(200)).into_bytes(), 400, "context size"),
-        ("/v1/messages", br#"{"max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}"#.to_vec(), 400, "unknown role"),
+        ("/v1/chat/completions", format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "word ".repeat(200)).into_bytes(), 400, "maximum context length is 64 tokens"),
+        ("/v1/messages", br#"{"max_tokens": 1, "messages": [{"role": "robot", "content": "x"}]}"#.to_vec(), 400, "unknown role"),
         ("/v1/responses", br#"{"input": "x", "previous_response_id": "resp_1"}"#.to_vec(), 400, "replay full input"),
-        ("/v1/responses", br#"{"input": [{"type": "message", "role": "user", "content": [{"type": "input_image"}]}]}"#.to_vec(), 400, "not supported"),
+        ("/v1/responses", br#"{"input": [{"type": "message", "role": "user", "content": [{"type": "audio_clip"}]}]}"#.to_vec(), 400, "not supported"),
         ("/v1/completions", br#"{"max_tokens": 3}"#.to_vec(), 400, "prompt"),
     ];
     for (path, body, want, needle) in cases {

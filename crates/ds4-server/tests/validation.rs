@@ -390,10 +390,13 @@ async fn a_prompt_over_the_context_is_refused_with_a_lower_bound_and_the_context
     assert_eq!(err["code"], "context_length_exceeded");
     assert_eq!(err["n_ctx"], 64);
     assert!(err["n_prompt_tokens"].as_u64().unwrap() >= 64, "{reply}");
-    assert!(err["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("Prompt has at least"));
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("However, your messages resulted in at least "),
+        "{reply}"
+    );
     let body = json!({"messages": [{"role": "user", "content": "word ".repeat(100)}]});
     let (status, reply) = s.post(COUNT, &body).await;
     assert_eq!(status, 400, "{reply}");

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::backend::{Backend, CpuBackend};
 use crate::model::{Model, ModelError, Precision};
 use crate::sample::{Sampler, SamplerParams};
-use crate::session::Session;
+use crate::session::{Session, Snapshot};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Why a request could not run.
@@ -88,6 +88,29 @@ pub struct GenStats {
     pub decode_secs: f64,
 }
 
+/// What a generation lets its caller do besides reading pieces.
+pub struct Hooks<'a> {
+    /// Checked before each prefill chunk; true stops with [`EngineError::Cancelled`].
+    pub cancel: &'a dyn Fn() -> bool,
+    /// Positions where a prefill chunk must end (so that a checkpoint can be taken there), in
+    /// any order; chunks also end every [`crate::model::PREFILL_CHUNK`] tokens.
+    pub breaks: Vec<usize>,
+    /// Called with the engine in a consistent state (its session holds whole evaluated tokens
+    /// and their logits): after every prefill chunk, and after each sampled token is handed
+    /// to `on_piece` but before it is evaluated.
+    pub at_frontier: Option<&'a mut dyn FnMut(&Engine)>,
+}
+
+impl Default for Hooks<'_> {
+    fn default() -> Self {
+        Hooks {
+            cancel: &|| false,
+            breaks: Vec::new(),
+            at_frontier: None,
+        }
+    }
+}
+
 /// A loaded model with its tokenizer and one live session.
 pub struct Engine {
     /// The model.
@@ -119,7 +142,14 @@ impl Engine {
         ctx: usize,
     ) -> Result<Self, EngineError> {
         let tokenizer = Tokenizer::from_metadata(|k| model.file.get(k))?;
-        let session = model.new_session(backend.as_ref(), ctx)?;
+        let mut session = model.new_session(backend.as_ref(), ctx)?;
+        // A file can pass every structural check and still compute NaN (hostile or broken
+        // weights): refuse it here, naming the layer, rather than serve repeated BOS tokens.
+        model.check_first_token(backend.as_ref(), &mut session, tokenizer.bos())?;
+        session.tokens.clear();
+        backend
+            .reset_state(&model.config, &mut session.state)
+            .map_err(ModelError::from)?;
         Ok(Engine {
             model,
             tokenizer,
@@ -142,6 +172,11 @@ impl Engine {
     /// The backend's name (`cpu`, `cuda`).
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// The numerics the engine runs with.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Context size in tokens.
@@ -208,6 +243,22 @@ impl Engine {
         prompt: &[u32],
         cancel: &dyn Fn() -> bool,
     ) -> Result<(usize, Vec<f32>), EngineError> {
+        self.sync_hooked(
+            prompt,
+            &mut Hooks {
+                cancel,
+                ..Hooks::default()
+            },
+        )
+    }
+
+    /// As [`Engine::sync`] with `hooks`: chunks also end at each of `hooks.breaks`, and
+    /// `hooks.at_frontier` sees the engine after every chunk.
+    fn sync_hooked(
+        &mut self,
+        prompt: &[u32],
+        hooks: &mut Hooks<'_>,
+    ) -> Result<(usize, Vec<f32>), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -221,13 +272,50 @@ impl Engine {
             return Ok((cached, self.session.logits.clone()));
         }
         let mut logits = Vec::new();
-        for chunk in prompt[cached..].chunks(crate::model::PREFILL_CHUNK) {
-            if cancel() {
+        let mut at = cached;
+        while at < prompt.len() {
+            let mut end = (at + crate::model::PREFILL_CHUNK).min(prompt.len());
+            if let Some(&b) = hooks.breaks.iter().filter(|&&b| b > at && b < end).min() {
+                end = b;
+            }
+            if (hooks.cancel)() {
                 return Err(EngineError::Cancelled);
             }
-            logits = self.eval(chunk)?;
+            logits = self.eval(&prompt[at..end])?;
+            at = end;
+            if let Some(f) = hooks.at_frontier.as_mut() {
+                f(self);
+            }
         }
         Ok((cached, logits))
+    }
+
+    /// A copy of the live session's complete state (tokens, last logits, KV), for the disk
+    /// cache.
+    pub fn snapshot(&self) -> Result<Snapshot, EngineError> {
+        Ok(self
+            .session
+            .snapshot(self.backend.as_ref())
+            .map_err(ModelError::from)?)
+    }
+
+    /// Makes the live session continue exactly from `snap` (as if its tokens had just been
+    /// evaluated). On failure the session is emptied.
+    pub fn restore(&mut self, snap: &Snapshot) -> Result<(), EngineError> {
+        if snap.tokens.len() >= self.ctx {
+            return Err(EngineError::ContextExceeded {
+                prompt: snap.tokens.len(),
+                max_tokens: 0,
+                ctx: self.ctx,
+            });
+        }
+        let r = self
+            .session
+            .restore(self.backend.as_ref(), &self.model.config, snap);
+        if r.is_err() {
+            self.reset();
+        }
+        Ok(r.map_err(ModelError::from)?)
     }
 
     /// Evaluates `prompt`, then samples up to `max_tokens` tokens, calling `on_piece` after each.
@@ -251,6 +339,23 @@ impl Engine {
         max_tokens: usize,
         params: SamplerParams,
         cancel: &dyn Fn() -> bool,
+        on_piece: impl FnMut(&Piece) -> Control,
+    ) -> Result<GenStats, EngineError> {
+        let mut hooks = Hooks {
+            cancel,
+            ..Hooks::default()
+        };
+        self.generate_hooked(prompt, max_tokens, params, &mut hooks, on_piece)
+    }
+
+    /// As [`Engine::generate`] with `hooks` (cancellation, prefill chunk breaks and a look at
+    /// every frontier, for disk checkpoints).
+    pub fn generate_hooked(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        params: SamplerParams,
+        hooks: &mut Hooks<'_>,
         mut on_piece: impl FnMut(&Piece) -> Control,
     ) -> Result<GenStats, EngineError> {
         if prompt.len() + max_tokens > self.ctx {
@@ -261,7 +366,7 @@ impl Engine {
             });
         }
         let t0 = Instant::now();
-        let (cached, mut logits) = self.sync_cancellable(prompt, cancel)?;
+        let (cached, mut logits) = self.sync_hooked(prompt, hooks)?;
         let prefill_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut sampler = Sampler::new(params);
@@ -290,6 +395,9 @@ impl Engine {
                 self.tokenizer.token_bytes(id).unwrap_or_default(),
             );
             let ctl = on_piece(&Piece { id, text });
+            if let Some(f) = hooks.at_frontier.as_mut() {
+                f(self);
+            }
             logits = self.eval(&[id])?;
             match ctl {
                 Control::Stop => {

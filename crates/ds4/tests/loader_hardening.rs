@@ -406,3 +406,88 @@ fn metadata_float_mutations_are_refused_or_run_with_finite_logits() {
         }
     }
 }
+
+/// The file `bytes` with every element of tensor `name` replaced by a NaN (F32 data as f32
+/// NaNs; for F16 and the quantised types every 16-bit field, so each block's f16 scales too,
+/// holds the f16 NaN 0x7e00).
+fn poison(bytes: &[u8], name: &str) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    let f = GgufFile::from_bytes(b.clone()).expect("valid file");
+    let t = f.tensors().iter().find(|t| t.name == name).expect("tensor");
+    let (at, len) = (t.offset as usize, t.n_bytes as usize);
+    let data = &mut b[at..at + len];
+    match t.ty {
+        GgmlType::F32 => data
+            .chunks_exact_mut(4)
+            .for_each(|c| c.copy_from_slice(&f32::NAN.to_le_bytes())),
+        _ => data
+            .chunks_exact_mut(2)
+            .for_each(|c| c.copy_from_slice(&[0x00, 0x7e])),
+    }
+    b
+}
+
+#[test]
+fn a_model_with_non_finite_weights_is_refused_naming_the_first_broken_stage() {
+    // Structurally valid files whose numbers are NaN: the loader cannot see it, the first-token
+    // check must, and it must name where the NaN first appears.
+    for (tensor, stage) in [
+        ("token_embd.weight", "the token embedding"),
+        ("blk.1.ffn_down_shexp.weight", "layer 1's FFN output"),
+        ("blk.2.attn_output_b.weight", "layer 2's attention output"),
+        ("output.weight", "the output head"),
+    ] {
+        let m = load(poison(tiny_bytes(), tensor)).expect("structure is valid");
+        let be = ds4::backend::CpuBackend::new(m.file.clone());
+        let mut s = m.new_session(&be, 64).expect("session");
+        let err = m
+            .check_first_token(&be, &mut s, 1)
+            .expect_err("NaN weights accepted");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ModelError::NonFinite { .. }) && msg.contains(stage),
+            "{tensor}: {msg}"
+        );
+    }
+    let m = load(tiny_bytes().to_vec()).unwrap();
+    let be = ds4::backend::CpuBackend::new(m.file.clone());
+    let mut s = m.new_session(&be, 64).expect("session");
+    m.check_first_token(&be, &mut s, 1)
+        .expect("finite model accepted");
+}
+
+#[test]
+fn the_engine_refuses_a_model_whose_first_logits_are_not_finite() {
+    let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tokenizer/tokenizer.json");
+    let Ok(json) = std::fs::read_to_string(&tok) else {
+        eprintln!(
+            "skipping: {} is missing (tools/fetch-tokenizer.sh)",
+            tok.display()
+        );
+        return;
+    };
+    let mut b = Vec::new();
+    generate(&TinySpec {
+        layers: 2,
+        tokenizer: Some(ds4::tokenizer::gguf_metadata_from_tokenizer_json(&json).unwrap()),
+        ..TinySpec::default()
+    })
+    .unwrap()
+    .write_to(&mut b)
+    .unwrap();
+    let engine = |bytes: Vec<u8>| {
+        ds4::engine::Engine::new(Arc::new(load(bytes).unwrap()), Precision::Default, 64)
+    };
+    let err = engine(poison(&b, "blk.1.attn_q_a.weight"))
+        .err()
+        .expect("NaN weights accepted");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("layer 1's attention output") && msg.contains("not finite"),
+        "{msg}"
+    );
+    // The good file starts, and its session holds nothing of the check.
+    let e = engine(b).expect("finite model accepted");
+    assert!(e.session_tokens().is_empty());
+}

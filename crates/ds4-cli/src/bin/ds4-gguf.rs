@@ -1,5 +1,5 @@
 //! `ds4-gguf`: GGUF tooling. `tiny` writes a generated model with the real layout; `inspect`
-//! lists a file's keys and tensors.
+//! lists a file's keys and tensors; `kv-inspect` checks disk KV cache files.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -108,6 +108,18 @@ enum Cmd {
         /// The GGUF file.
         file: PathBuf,
     },
+    /// Check disk KV cache files (`ds4-server --kv-disk-dir`): header, tokens, model layout,
+    /// size, hits and validity of each. Exits 1 if any file is invalid.
+    KvInspect {
+        /// A `.kv` file or a cache directory.
+        path: PathBuf,
+        /// Also say whether a server of this model would load each file.
+        #[arg(short = 'm', long = "model")]
+        model: Option<PathBuf>,
+        /// Print the first 80 characters of each key text (prompt content).
+        #[arg(long)]
+        show_text: bool,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -181,6 +193,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let f = ds4::gguf::GgufFile::open(&file)
                 .with_context(|| format!("opening {}", file.display()))?;
             ds4_cli::inspect(&f, &mut std::io::stdout().lock())
+        }
+        Cmd::KvInspect {
+            path,
+            model,
+            show_text,
+        } => {
+            let opts = ds4_cli::kv_inspect::KvInspect {
+                path,
+                model,
+                show_text,
+            };
+            let bad = ds4_cli::kv_inspect::kv_inspect(&opts, &mut std::io::stdout().lock())?;
+            if bad > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

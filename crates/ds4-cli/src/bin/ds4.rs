@@ -13,13 +13,10 @@ use ds4_cli::chat_cli::{ChatOptions, Think};
 
 /// DeepSeek V4 Flash on the command line.
 #[derive(Parser, Debug)]
-#[command(
-    name = "ds4",
-    version,
-    about,
-    after_help = "Download a model: ds4 download q2|q4|mtp [--dir D] (see ds4 download --help)"
-)]
+#[command(name = "ds4", version, about, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Model GGUF file.
     #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
     model: PathBuf,
@@ -95,6 +92,42 @@ pub struct Args {
     precise: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Smoke-test a running ds4-server (every protocol, streaming and not, tool calls, auth,
+    /// context size, too-long prompts) and print a pass/fail table; exit 1 on any failure.
+    Check(CheckArgs),
+    /// Download a published ds4 GGUF (q2, q4 or mtp) with resume, then check its size and
+    /// SHA-256 (docs/models.md).
+    Download(DownloadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// Server URL.
+    #[arg(default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// API key the server was started with.
+    #[arg(long = "api-key", env = "DS4_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds each request may take.
+    #[arg(long = "timeout", default_value_t = 600)]
+    timeout: u64,
+}
+
+fn run_check(args: &CheckArgs) -> anyhow::Result<bool> {
+    let opts = ds4_cli::check::CheckOptions {
+        url: args.url.clone(),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        timeout: std::time::Duration::from_secs(args.timeout),
+    };
+    let report = ds4_cli::check::check(&opts)?;
+    Ok(ds4_cli::check::print_table(
+        &report,
+        &mut std::io::stdout().lock(),
+    )?)
+}
+
 impl Args {
     fn precision(&self) -> Precision {
         if self.precise {
@@ -143,6 +176,15 @@ impl Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Check(c)) = &args.command {
+        if !run_check(c)? {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    if let Some(Command::Download(d)) = &args.command {
+        return download(d);
+    }
     if let Some(req) = &args.render_chat {
         let prompt = ds4_cli::diag::render_chat(req, args.ctx)?;
         let mut out = std::io::stdout().lock();
@@ -195,11 +237,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// `ds4 download`: fetch a published ds4 GGUF with resume, size and SHA-256 check.
-#[derive(Parser, Debug)]
-#[command(
-    name = "ds4 download",
-    about = "Fetch a published ds4 GGUF with resume, then check its size and SHA-256"
-)]
+#[derive(clap::Args, Debug)]
 struct DownloadArgs {
     /// What to fetch: q2 (about 81 GB), q4 (about 153 GB) or mtp (about 3.5 GB).
     #[arg(value_parser = ["q2", "q4", "mtp"])]
@@ -221,37 +259,24 @@ struct DownloadArgs {
     quiet: bool,
 }
 
-fn download(a: DownloadArgs) -> anyhow::Result<()> {
+fn download(a: &DownloadArgs) -> anyhow::Result<()> {
     let opts = ds4_cli::download::Options {
-        dir: a.dir,
-        base_url: a.base_url,
-        token: a.token.filter(|t| !t.trim().is_empty()),
-        sha256: a.sha256,
+        dir: a.dir.clone(),
+        base_url: a.base_url.clone(),
+        token: a.token.clone().filter(|t| !t.trim().is_empty()),
+        sha256: a.sha256.clone(),
         progress: !a.quiet,
     };
     let path = ds4_cli::download::download(&a.target, &opts)?;
+    println!("{}", path.display());
     if a.target != "mtp" {
-        println!("{}", path.display());
         eprintln!("run it with: ds4 -m {}", path.display());
-    } else {
-        println!("{}", path.display());
     }
     Ok(())
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("download") {
-        let a = DownloadArgs::parse_from(
-            std::iter::once("ds4 download".to_string()).chain(argv.into_iter().skip(2)),
-        );
-        if let Err(e) = download(a) {
-            eprintln!("ds4: error: {e:#}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    let args = Args::parse_from(ds4_cli::normalize_args(argv));
+    let args = Args::parse_from(ds4_cli::normalize_args(std::env::args()));
     if let Err(e) = run(args) {
         eprintln!("ds4: error: {e:#}");
         std::process::exit(1);

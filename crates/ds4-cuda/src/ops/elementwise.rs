@@ -47,10 +47,13 @@ impl CudaBackend {
         };
         let (xp, g) = (dp(x)?, group as i32);
         let n = (x.rows * x.cols / group) as u32;
+        // A block per group; about four values per thread, so that a lone decode row of 4096
+        // is not sixteen dependent steps of one small block.
+        let threads = (group / 4).next_multiple_of(32).clamp(32, 1024) as u32;
         self.launch(
             "rms_norm",
             (n, 1, 1),
-            256,
+            threads,
             0,
             &mut kargs![&xp, &wp, &g, &eps],
         )

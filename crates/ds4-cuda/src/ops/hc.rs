@@ -96,9 +96,12 @@ impl CudaBackend {
             cfg.sinkhorn_iters as i32,
             cfg.hc_eps,
         );
+        // Few rows: spread each row's output columns over blocks (the gates are recomputed
+        // per block, a few hundred cycles); many rows fill the device by themselves.
+        let col_blocks = if n < 64 { e.div_ceil(256) } else { 1 };
         self.launch(
             "hc_pre_finish",
-            (n as u32, 1, 1),
+            (n as u32, col_blocks as u32, 1),
             256,
             0,
             &mut kargs![&part, &s_i, &reps, &s3, &base, &xp, &h, &ee, &it, &eps, &op, &mo],

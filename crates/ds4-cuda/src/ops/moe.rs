@@ -15,6 +15,20 @@ use crate::{be_err, CudaBackend};
 
 /// Floor of the selected scores' sum (spec §2.5 step 4), as the CPU uses.
 const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
+/// Weight rows and slots of one block of the tensor-core expert kernel (MQ_ROWS, MQ_TOK).
+const MQ_ROWS: usize = 64;
+const MQ_TOK: usize = 64;
+
+/// Whether kernels/mmq.cu reads expert matrix `w`: its type, and columns in whole steps (64)
+/// and, for the super-block types, whole blocks of 256.
+fn mq_fits(w: &TensorRef) -> bool {
+    use ds4::gguf::GgmlType as T;
+    match w.ty {
+        T::Q8_0 => w.cols.is_multiple_of(64),
+        T::Q2_K | T::Q4_K | T::IQ2_XXS => w.cols.is_multiple_of(256),
+        _ => false,
+    }
+}
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
@@ -180,6 +194,36 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// `y[s][r] = W[e_s]·x16[s]` for the slots of every tile (expert, first slot, count) of
+    /// `tiles_d`, r < w.rows, rows of y `y_stride` apart: kernels/mmq.cu on the f16 pairs
+    /// `x16` of `slots` activation rows ([`CudaBackend::to_f16`]).
+    #[allow(clippy::too_many_arguments)]
+    fn mq_experts(
+        &self,
+        w: crate::upload::Dw,
+        x16: u64,
+        slots: usize,
+        tiles_d: u64,
+        n_tiles: usize,
+        y: u64,
+        y_stride: usize,
+    ) -> BResult<()> {
+        let xl = x16 + (slots * w.cols as usize * 2) as u64;
+        let ys = y_stride as i32;
+        let grid = (
+            (w.rows as usize).div_ceil(MQ_ROWS) as u32,
+            n_tiles as u32,
+            1,
+        );
+        self.launch(
+            "mq_experts",
+            grid,
+            128,
+            0,
+            &mut kargs![&w, &x16, &xl, &tiles_d, &y, &ys],
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn op_moe_experts(
         &self,
@@ -234,22 +278,28 @@ impl CudaBackend {
         // Group rows by expert on the host (the ids come back once per layer).
         let host_ids = self.op_read_i32(ids)?;
         let host_w = self.op_read(wts, 0..n)?;
-        let mut by_expert: Vec<Vec<(i32, f32)>> = vec![Vec::new(); gate.n_mats];
+        // (token, weight, route entry t·k + j) per expert.
+        let mut by_expert: Vec<Vec<(i32, f32, usize)>> = vec![Vec::new(); gate.n_mats];
         for (i, (&ex, &w)) in host_ids.iter().zip(&host_w).enumerate() {
             let ex = usize::try_from(ex)
                 .ok()
                 .filter(|&ex| ex < gate.n_mats)
                 .ok_or_else(|| err(format!("expert id {ex} out of range")))?;
-            by_expert[ex].push(((i / k) as i32, w));
+            by_expert[ex].push(((i / k) as i32, w, i));
         }
+        // Slots: the route entries grouped by expert; slot_of[t·k + j] is entry (t, j)'s slot.
         let mut idx = Vec::with_capacity(n * k);
         let mut wv = Vec::with_capacity(n * k);
+        let mut slot_of = vec![0i32; n * k];
         let mut spans = Vec::new();
         for (ex, list) in by_expert.iter().enumerate() {
             if !list.is_empty() {
                 spans.push((ex, idx.len(), list.len()));
-                idx.extend(list.iter().map(|p| p.0));
-                wv.extend(list.iter().map(|p| p.1));
+                for &(t, w, i) in list {
+                    slot_of[i] = idx.len() as i32;
+                    idx.push(t);
+                    wv.push(w);
+                }
             }
         }
         let mark = self.arena.mark();
@@ -258,6 +308,48 @@ impl CudaBackend {
         let wb: Vec<u8> = wv.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.dev.htod(idx_d, &ib).map_err(be_err)?;
         self.dev.htod(w_d, &wb).map_err(be_err)?;
+        if num.fast && self.opts_tensor_core_experts() && mq_fits(gate) && mq_fits(down) {
+            // Every expert of the layer in one tensor-core launch per matrix (kernels/mmq.cu).
+            let tiles: Vec<i32> = spans
+                .iter()
+                .flat_map(|&(ex, off, m)| {
+                    (0..m).step_by(MQ_TOK).flat_map(move |t0| {
+                        [ex as i32, (off + t0) as i32, MQ_TOK.min(m - t0) as i32]
+                    })
+                })
+                .collect();
+            let n_tiles = tiles.len() / 3;
+            let tiles_d = self.scratch(tiles.len() * 4)?;
+            let tb: Vec<u8> = tiles.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.dev.htod(tiles_d, &tb).map_err(be_err)?;
+            let slots = idx.len();
+            let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
+            let x16 = self.to_f16(xp, e, 0, idx_d, slots, e)?;
+            let (g, u, mid) = (
+                self.scratch(slots * ff * 4)?,
+                self.scratch(slots * ff * 4)?,
+                self.scratch(slots * ff * 4)?,
+            );
+            self.mq_experts(gw, x16, slots, tiles_d, n_tiles, g, ff)?;
+            self.mq_experts(uw, x16, slots, tiles_d, n_tiles, u, ff)?;
+            self.swiglu_rows(g, u, slots, ff, clamp, w_d, mid)?;
+            let m16 = self.to_f16(mid, ff, 0, 0, slots, ff)?;
+            let d = self.scratch(slots * e * 4)?;
+            self.mq_experts(dw, m16, slots, tiles_d, n_tiles, d, e)?;
+            let slot_d = self.scratch(slot_of.len() * 4)?;
+            let sb: Vec<u8> = slot_of.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.dev.htod(slot_d, &sb).map_err(be_err)?;
+            let (nn, kk, c) = (n as i32, k as i32, e as i32);
+            self.launch(
+                "sum_slots",
+                (blocks(n * e), 1, 1),
+                256,
+                0,
+                &mut kargs![&d, &slot_d, &nn, &kk, &c, &op],
+            )?;
+            self.arena.release(mark);
+            return Ok(());
+        }
         let (total, zero) = ((n * e) as i64, 0f32);
         self.launch(
             "fill",

@@ -51,6 +51,10 @@ pub struct Opts {
     pub cors: bool,
     pub limits: RequestLimits,
     pub conn: ConnLimits,
+    /// The disk KV cache (`--kv-disk-dir` and friends).
+    pub kv_cache: Option<ds4_server::kvcache::KvCacheConfig>,
+    /// `--tool-memory-max-ids` (0: `--disable-exact-dsml-tool-replay`).
+    pub tool_memory_max_ids: usize,
 }
 
 impl Default for Opts {
@@ -63,6 +67,8 @@ impl Default for Opts {
             cors: false,
             limits: RequestLimits::default(),
             conn: ConnLimits::default(),
+            kv_cache: None,
+            tool_memory_max_ids: 100_000,
         }
     }
 }
@@ -82,6 +88,8 @@ pub fn state(opts: &Opts) -> AppState {
         keepalive_ms: opts.keepalive_ms,
         test_hooks: opts.test_hooks,
         limits: opts.limits.clone(),
+        kv_cache: opts.kv_cache.clone(),
+        tool_memory_max_ids: opts.tool_memory_max_ids,
     };
     AppState::new(engine, config, None)
 }
@@ -132,6 +140,13 @@ impl Server {
             Some(h) => h.await.expect("serve task"),
             None => 0,
         }
+    }
+
+    /// [`Server::shutdown`], then the shutdown checkpoint the binary writes before it exits.
+    pub async fn shutdown_and_checkpoint(&mut self) -> usize {
+        let cut = self.shutdown().await;
+        self.state.scheduler.finish().await;
+        cut
     }
 
     /// POST JSON, returns (status, parsed body or Value::String(raw)).

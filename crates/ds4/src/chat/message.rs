@@ -62,6 +62,10 @@ pub struct Message {
     pub tool_call_id: Option<String>,
     /// Tool schemas (the OpenAI `function` objects), attached to a system message.
     pub tools: Vec<Value>,
+    /// For an assistant turn with tool calls: the exact text the model sampled after the
+    /// content through `</｜DSML｜tool_calls>`, rendered instead of the canonical DSML (exact
+    /// tool replay, spec/serving.md §5.7). None renders the calls canonically.
+    pub raw_dsml: Option<String>,
 }
 
 impl Message {
@@ -74,6 +78,7 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             tools: Vec::new(),
+            raw_dsml: None,
         }
     }
 }

@@ -21,4 +21,7 @@ pub use output::{
     StopCause,
 };
 pub use render::encode_messages;
-pub use request::{map_chat_request, render_chat_request, ChatError, RenderedChat, ThinkLevel};
+pub use request::{
+    map_chat_request, render_chat_request, render_chat_request_with, ChatError, RenderedChat,
+    ThinkLevel,
+};

@@ -13,7 +13,11 @@
 //! * after `</｜DSML｜tool_calls>` the turn is over: later text is ignored, finish `tool_calls`.
 //!
 //! Markup never reaches content: a malformed block or one still open at the end finishes with
-//! `FinishReason::Error`. Input pieces are `&str` (UTF-8 reassembly is the tokenizer's job).
+//! `FinishReason::Error`, except a length cut, which is `FinishReason::Length` with only the
+//! invokes that closed in `tool_calls` (the open one is dropped; its `ToolCallStart` and argument
+//! deltas were events, so a streaming encoder that must not show a partial call holds a call's
+//! events until its `ToolCallEnd`). Input pieces are `&str` (UTF-8 reassembly is the
+//! tokenizer's job).
 
 use super::dsml::{
     decode_arguments, DsmlParam, DSML_TOKEN, INVOKE_END, INVOKE_START, PARAMETER_END,
@@ -382,13 +386,15 @@ impl OutputParser {
                 self.emit_content(&mut events, &pending);
                 Self::plain_finish(cause)
             }
-            State::BeforeInvoke | State::InInvoke | State::Body { .. } => {
-                FinishReason::Error(if cause == StopCause::Error {
-                    FinishError::Generation
-                } else {
-                    FinishError::UnterminatedToolCall
-                })
-            }
+            // Out of tokens inside a block: the protocol's length stop. The call still open is
+            // dropped (`calls` holds only invokes that closed), never reported as complete.
+            State::BeforeInvoke | State::InInvoke | State::Body { .. } => match cause {
+                StopCause::Length => FinishReason::Length,
+                StopCause::Error => FinishReason::Error(FinishError::Generation),
+                StopCause::Eos | StopCause::StopSequence => {
+                    FinishReason::Error(FinishError::UnterminatedToolCall)
+                }
+            },
             State::Done => FinishReason::ToolCalls,
             State::Failed(e) => FinishReason::Error(e),
         };
@@ -863,6 +869,38 @@ mod tests {
             assert_eq!(
                 out.finish,
                 FinishReason::Error(FinishError::UnterminatedToolCall)
+            );
+        }
+    }
+
+    #[test]
+    fn length_cut_inside_a_block_is_a_length_stop_with_only_closed_calls() {
+        let two = format!(
+            "{}{}",
+            &CALL[..CALL.find("</｜DSML｜tool_calls>").unwrap_or(0)],
+            "<｜DSML｜invoke name=\"now\">\n<｜DSML｜parameter name=\"tz\" string=\"true\">UT"
+        );
+        let first_end = CALL.find("</｜DSML｜invoke>").unwrap_or(0) + "</｜DSML｜invoke>".len();
+        let open = CALL.find("<｜DSML｜invoke").unwrap_or(0);
+        let cuts = [
+            (open, 0),
+            (open + "<｜DSML｜inv".len(), 0),
+            (first_end - 3, 0),
+            (first_end, 1),
+            (two.len(), 2),
+        ];
+        for (end, closed) in cuts {
+            let mut p = parser(ThinkingMode::Chat);
+            p.feed("Hi");
+            p.feed(&two[..end]);
+            let (_, out) = p.finish(StopCause::Length);
+            assert_eq!(out.finish, FinishReason::Length, "cut at {end}");
+            assert_eq!(out.content, "Hi", "cut at {end}");
+            assert_eq!(
+                out.tool_calls.len(),
+                closed,
+                "cut at {end}: {:?}",
+                out.tool_calls
             );
         }
     }

@@ -211,7 +211,10 @@ fn render_assistant(out: &mut String, idx: usize, msg: &Message, ctx: &Ctx) {
         }
     }
     out.push_str(&msg.content);
-    out.push_str(&render_tool_calls(&msg.tool_calls));
+    match &msg.raw_dsml {
+        Some(raw) if !msg.tool_calls.is_empty() => out.push_str(raw),
+        _ => out.push_str(&render_tool_calls(&msg.tool_calls)),
+    }
     out.push_str(EOS);
 }
 

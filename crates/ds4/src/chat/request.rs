@@ -2,7 +2,10 @@
 //! §4.5). The mapping is deliberately small, so it can be mirrored line by line by
 //! `tools/reference/chat_fixtures.py`:
 //!
-//! * `messages` keep their order. Roles: system, developer, user, assistant, tool. `content`
+//! * `messages` keep their order. Roles: system, developer, user, assistant, tool; a system
+//!   message after the first non-system one is a user message (it joins the user turn at its
+//!   place, which keeps the generation prefix; the template has no mid-conversation system
+//!   slot), and a conversation of system messages only gets an empty user turn. `content`
 //!   is a string, null (→ "") or an array whose string parts and `text` fields are
 //!   concatenated with no separator (other parts, e.g. images, are dropped).
 //!   `reasoning_content` likewise. Assistant `tool_calls` are `[{id?, function: {name,
@@ -115,6 +118,30 @@ pub fn render_chat_request(body: &Value, ctx_tokens: usize) -> Result<RenderedCh
     })
 }
 
+/// As [`render_chat_request`], with exact tool replay (spec/serving.md §5.7): an assistant
+/// message whose tool calls all carry ids for which `replay` knows one sampled DSML text gets
+/// that text instead of the canonical rendering. `replay` gets the ids in call order.
+pub fn render_chat_request_with(
+    body: &Value,
+    ctx_tokens: usize,
+    replay: &dyn Fn(&[&str]) -> Option<String>,
+) -> Result<RenderedChat, ChatError> {
+    let mut input = map_chat_request(body, ctx_tokens)?;
+    for m in &mut input.messages {
+        if m.role != Role::Assistant || m.tool_calls.is_empty() {
+            continue;
+        }
+        let ids: Option<Vec<&str>> = m.tool_calls.iter().map(|c| c.id.as_deref()).collect();
+        m.raw_dsml = ids.and_then(|ids| replay(&ids));
+    }
+    Ok(RenderedChat {
+        prompt: encode_messages(&input.messages, input.thinking_mode, input.reasoning_effort),
+        thinking_mode: input.thinking_mode,
+        think: input.think,
+        tools_active: input.tools_active,
+    })
+}
+
 /// Maps an OpenAI chat-completions body to the encoder's input (see module docs).
 pub fn map_chat_request(body: &Value, ctx_tokens: usize) -> Result<EncoderInput, ChatError> {
     let body = body.as_object().ok_or(ChatError::NotAnObject)?;
@@ -132,6 +159,21 @@ pub fn map_chat_request(body: &Value, ctx_tokens: usize) -> Result<EncoderInput,
         .enumerate()
         .map(|(i, m)| map_message(m, &format!("messages[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
+    // A system message inside the conversation (Claude Code sends its environment that way)
+    // has no place of its own in the template: it becomes user text at its position, so the
+    // turn it joins still gets the `<｜Assistant｜>` prefix.
+    match messages.iter().position(|m| m.role != Role::System) {
+        Some(first_turn) => {
+            for m in &mut messages[first_turn..] {
+                if m.role == Role::System {
+                    m.role = Role::User;
+                }
+            }
+        }
+        // Only system text: an empty user turn carries the generation prefix.
+        None if !messages.is_empty() => messages.push(Message::new(Role::User, "")),
+        None => {}
+    }
 
     let tools = map_tools(body)?;
     let tools_active = !tools.is_empty();
@@ -591,11 +633,19 @@ mod tests {
     #[test]
     fn tools_go_to_the_first_system_message_or_a_new_empty_one() {
         let tool = json!({"type": "function", "function": {"name": "f", "parameters": {}}});
-        let body = json!({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}],
+        let body = json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}],
                           "tools": [tool.clone()]});
         let input = map_chat_request(&body, 32768).expect("maps");
         assert_eq!(input.messages.len(), 2);
-        assert_eq!(input.messages[1].tools, vec![tool["function"].clone()]);
+        assert_eq!(input.messages[0].tools, vec![tool["function"].clone()]);
+        // A system message after the conversation started is user text; the tools get a system
+        // message of their own at the head.
+        let late = json!({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}],
+                          "tools": [tool.clone()]});
+        let input = map_chat_request(&late, 32768).expect("maps");
+        let roles: Vec<Role> = input.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::System, Role::User, Role::User]);
+        assert_eq!(input.messages[0].tools, vec![tool["function"].clone()]);
         let no_system = json!({"messages": [{"role": "user", "content": "a"}], "tools": [tool]});
         let input = map_chat_request(&no_system, 32768).expect("maps");
         assert_eq!(input.messages[0], {

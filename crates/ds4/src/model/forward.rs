@@ -92,7 +92,16 @@ fn forward_chunk(
     let state = &mut sess.state;
     let id = state.id;
     be.step(key, id, &mut || {
-        layers(model, be, state, &rows, num, key, &mut logits)
+        layers(
+            model,
+            be,
+            state,
+            &rows,
+            num,
+            key,
+            &mut logits,
+            &mut |_, _| Ok(()),
+        )
     })?;
     let host = be.read(&logits, 0..n_out)?;
     sess.tokens.extend_from_slice(tokens);
@@ -100,7 +109,79 @@ fn forward_chunk(
     Ok(host)
 }
 
-/// Spec §2.1 for one chunk: embedding, the layers, the head.
+/// A point of the forward pass whose output [`first_token_check`] inspects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The token embedding (§2.2).
+    Embedding,
+    /// Layer `il`'s attention sublayer output (§2.4).
+    Attention(usize),
+    /// Layer `il`'s FFN sublayer output (§2.5).
+    Ffn(usize),
+    /// The output head's logits (§2.6).
+    Logits,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Embedding => write!(f, "the token embedding"),
+            Stage::Attention(il) => write!(f, "layer {il}'s attention output"),
+            Stage::Ffn(il) => write!(f, "layer {il}'s FFN output"),
+            Stage::Logits => write!(f, "the output head"),
+        }
+    }
+}
+
+/// Called with each [`Stage`]'s output tensor; a no-op in normal runs.
+type Inspect<'a> = dyn FnMut(Stage, &Tensor) -> BResult<()> + 'a;
+
+/// Evaluates `token` alone in `sess` (precise numerics, no recording) and returns the first
+/// stage whose output holds a NaN or an infinity, or `None` when the logits are finite: the
+/// load-time check that a model computes something (issue: broken files that load but return
+/// NaN logits). The session advances by one token; callers reset it.
+pub fn first_token_check(
+    model: &Model,
+    be: &dyn Backend,
+    sess: &mut Session,
+    token: u32,
+    num: Numerics,
+) -> Result<Option<Stage>, ModelError> {
+    let cfg = &model.config;
+    if token as usize >= cfg.n_vocab {
+        return Err(ModelError::TokenOutOfRange {
+            token,
+            vocab: cfg.n_vocab,
+        });
+    }
+    be.begin()?;
+    let rows = be.rows(&[token], sess.pos())?;
+    let mut logits = be.alloc(1, cfg.n_vocab, DType::F32)?;
+    let key = step_key(model, &rows, 1, num);
+    let mut bad = None;
+    let mut inspect = |stage: Stage, t: &Tensor| -> BResult<()> {
+        if bad.is_none() && be.read(t, 0..t.rows)?.iter().any(|v| !v.is_finite()) {
+            bad = Some(stage);
+        }
+        Ok(())
+    };
+    layers(
+        model,
+        be,
+        &mut sess.state,
+        &rows,
+        num,
+        key,
+        &mut logits,
+        &mut inspect,
+    )?;
+    sess.tokens.push(token);
+    Ok(bad)
+}
+
+/// Spec §2.1 for one chunk: embedding, the layers, the head. `inspect` sees each [`Stage`]'s
+/// output.
+#[allow(clippy::too_many_arguments)]
 fn layers(
     model: &Model,
     be: &dyn Backend,
@@ -109,18 +190,22 @@ fn layers(
     num: Numerics,
     key: StepKey,
     logits: &mut Tensor,
+    inspect: &mut Inspect<'_>,
 ) -> BResult<()> {
     let (cfg, w) = (&model.config, &model.weights);
     let n = rows.n();
     let mut s = Scratch::new(be, cfg, n, logits.rows)?;
     be.embed(&w.token_embd, rows, cfg.n_hc, &mut s.x_hc)?; // §2.2
+    inspect(Stage::Embedding, &s.x_hc)?;
     for (il, lw) in w.layers.iter().enumerate() {
         be.hc_pre(&s.x_hc, &lw.hc_attn, cfg, &mut s.h, &mut s.mix, num)?; // §2.3
         attention(be, &mut s, lw, st, il, rows, cfg, num, key.indexer)?; // §2.4
+        inspect(Stage::Attention(il), &s.y)?;
         be.hc_post(&s.y, &s.x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?;
         std::mem::swap(&mut s.x_hc, &mut s.x_hc_next);
         be.hc_pre(&s.x_hc, &lw.hc_ffn, cfg, &mut s.h, &mut s.mix, num)?;
         moe(be, &mut s, lw, rows, il, cfg, num)?; // §2.5
+        inspect(Stage::Ffn(il), &s.y)?;
         be.hc_post(&s.y, &s.x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?;
         std::mem::swap(&mut s.x_hc, &mut s.x_hc_next);
     }
@@ -139,5 +224,6 @@ fn layers(
         num,
     )?;
     be.rms_norm(&mut s.z, Some(&w.output_norm), cfg.n_embd, cfg.rms_eps)?;
-    be.matmul(&w.output, &s.z, logits, num)
+    be.matmul(&w.output, &s.z, logits, num)?;
+    inspect(Stage::Logits, logits)
 }

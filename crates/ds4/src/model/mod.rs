@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{Config, ConfigError};
-pub use forward::{Logits, PREFILL_CHUNK};
+pub use forward::{Logits, Stage, PREFILL_CHUNK};
 pub use weights::{Weights, WeightsError, DENSE_TYPES, EXPERT_TYPES};
 
 use crate::backend::Backend;
@@ -85,6 +85,12 @@ pub enum ModelError {
         needed: usize,
         /// Its capacity.
         ctx: usize,
+    },
+    /// The model computes NaN or infinity for its first token (a broken or hostile file).
+    #[error("the model is unusable: {stage} of the first token is not finite")]
+    NonFinite {
+        /// The first stage whose output is not finite.
+        stage: Stage,
     },
     /// A token id outside the vocabulary.
     #[error("token id {token} is outside the vocabulary (size {vocab})")]
@@ -157,6 +163,21 @@ impl Model {
         prec: Precision,
     ) -> Result<Vec<f32>, ModelError> {
         forward::forward(self, be, sess, tokens, prec.numerics(), Logits::Last)
+    }
+
+    /// Evaluates `token` in `sess` in precise numerics and refuses the model when some layer's
+    /// output is not finite, naming the first such stage. `sess` advances by one token.
+    pub fn check_first_token(
+        &self,
+        be: &dyn Backend,
+        sess: &mut Session,
+        token: u32,
+    ) -> Result<(), ModelError> {
+        let num = Precision::Precise.numerics();
+        match forward::first_token_check(self, be, sess, token, num)? {
+            Some(stage) => Err(ModelError::NonFinite { stage }),
+            None => Ok(()),
+        }
     }
 
     /// As [`Model::forward`] with an explicit set of simulations.

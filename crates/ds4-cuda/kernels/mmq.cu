@@ -1,0 +1,255 @@
+// Routed-expert products of prefill chunks on the tensor cores (spec/model.md §2.5): every
+// expert of a layer in one launch per matrix, straight from the quantised weights.
+//
+// The rows routed to each expert are laid out as consecutive "slots" (host grouping); a block
+// owns MQ_ROWS weight rows of one expert and up to MQ_TOK of its slots (a "tile", from the
+// host's list). Weights are dequantised into shared memory as small integers — exact in f16:
+// Q8_0 quants, IQ2_XXS signed grid values, the 2- and 4-bit K-quant levels — with the block's
+// float scale (and K-quant minimum) kept beside them per 16 columns. Activations come as f16
+// pairs (hi + lo ≈ x to about 2^-22, from to_f16), so each 16-column step is two mma products,
+// W·x_hi + W·x_lo, whose f32 sum is folded into the f32 accumulator with the 16 columns' scale:
+//   y += scale·Σ q·x − min·Σ x.
+// No weight is rounded (unlike an f16 GEMM of dequantised weights), so the result is the
+// f32 product to the activations' ~2^-22, which the default precision needs (see matmul.cu).
+
+#define MQ_ROWS 64   // weight rows per block: 4 warps × 16
+#define MQ_TOK 64    // slots per block: 8 mma tiles of 8
+#define MQ_K 64      // columns per shared-memory step
+#define MQ_LD (MQ_K + 8)  // f16 row pitch: 16 bytes of padding spread the rows over the banks
+
+// Two f16 integers in one register (the lower column in the lower half).
+__device__ __forceinline__ u32 mq_pk(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+
+// Columns c0..c0+31 of global weight row `grow` as exact f16 integers, packed in pairs into
+// q[0..15], and the two 16-column blocks' (scale, min) such that w = scale·q − min (spec §4
+// formulas). The quants are read with vector loads.
+__device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u32* q, float* sc, float* mn) {
+    switch (w.ty) {
+    case TY_Q8_0: {
+        const uint4* p = (const uint4*)(w.a + grow * w.cols + c0);
+        float d = h2f(ld_u16(w.b + (grow * (w.cols / 32) + c0 / 32) * 2));
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint4 v = p[h];
+            u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                q[8 * h + 2 * k] = mq_pk((float)(i8)(u[k] & 255u), (float)(i8)((u[k] >> 8) & 255u));
+                q[8 * h + 2 * k + 1] = mq_pk((float)(i8)((u[k] >> 16) & 255u), (float)(i8)(u[k] >> 24));
+            }
+        }
+        sc[0] = sc[1] = d;
+        mn[0] = mn[1] = 0.0f;
+        return;
+    }
+    case TY_IQ2_XXS: {
+        i64 blk = grow * (w.cols / 256) + (c0 >> 8);
+        uint2 v = *(const uint2*)(w.a + blk * 64 + ((c0 & 255) >> 5) * 8);
+        u32 a0 = v.x, a1 = v.y;
+        float d = h2f(ld_u16(w.b + blk * 2));
+        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u64 g = iq2xxs_grid[(a0 >> (8 * k)) & 255u];
+            u32 signs = ksigns_iq2xs[(a1 >> (7 * k)) & 127u];
+            float f[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float m = (float)((g >> (8 * j)) & 255ull);
+                f[j] = (signs >> j) & 1u ? -m : m;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) q[4 * k + j] = mq_pk(f[2 * j], f[2 * j + 1]);
+        }
+        sc[0] = sc[1] = db;
+        mn[0] = mn[1] = 0.0f;
+        return;
+    }
+    case TY_Q2_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c0 >> 8);
+        int i = c0 & 255, n = i >> 7, j = (i & 127) >> 5;
+        float d = h2f(ld_u16(b + 80)), dmin = h2f(ld_u16(b + 82));
+        // Q2_K blocks are 84 bytes: the quants are only 4-byte aligned.
+        const u32* q32 = (const u32*)(b + 16 + 32 * n);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            u32 u = q32[k] >> (2 * j);
+            q[2 * k] = mq_pk((float)(u & 3u), (float)((u >> 8) & 3u));
+            q[2 * k + 1] = mq_pk((float)((u >> 16) & 3u), (float)((u >> 24) & 3u));
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int s = b[8 * n + 2 * j + h];
+            sc[h] = d * (float)(s & 15);
+            mn[h] = dmin * (float)(s >> 4);
+        }
+        return;
+    }
+    case TY_Q4_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols) + 144 * (c0 >> 8);
+        int i = c0 & 255, chunk = i >> 6, hi = (i & 63) >= 32;
+        int s, m;
+        q4k_scale_min(b + 4, 2 * chunk + hi, &s, &m);
+        float d = h2f(ld_u16(b)), dmin = h2f(ld_u16(b + 2));
+        const uint4* p = (const uint4*)(b + 16 + 32 * chunk);
+        int sh = hi ? 4 : 0;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint4 v = p[h];
+            u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                u32 x = (u[k] >> sh) & 0x0f0f0f0fu;
+                q[8 * h + 2 * k] = mq_pk((float)(x & 255u), (float)((x >> 8) & 255u));
+                q[8 * h + 2 * k + 1] = mq_pk((float)((x >> 16) & 255u), (float)(x >> 24));
+            }
+        }
+        sc[0] = sc[1] = d * (float)s;
+        mn[0] = mn[1] = dmin * (float)m;
+        return;
+    }
+    }
+#pragma unroll
+    for (int k = 0; k < 16; k++) q[k] = 0;
+}
+
+// y[(slot0 + s)·y_stride + r0 + r] = Σ_c W[e][r0 + r][c]·x[slot0 + s][c] for the tile
+// (e, slot0, n) = tiles[3·blockIdx.y ..], r < MQ_ROWS (rows past w.rows skipped), s < n;
+// xh / xl the f16 hi / lo planes of the slots' activations, `w.cols` wide. Grid
+// (ceil(w.rows / MQ_ROWS), tiles); 128 threads. w.cols must be a multiple of MQ_K (of 256
+// for the K-quants and IQ2_XXS).
+extern "C" __global__ void mq_experts(DW w, const u16* xh, const u16* xl, const int* tiles,
+                                      float* y, int y_stride) {
+    __align__(16) __shared__ u16 As[MQ_ROWS * MQ_LD];
+    __align__(16) __shared__ u16 Bh[MQ_TOK * MQ_LD];
+    __align__(16) __shared__ u16 Bl[MQ_TOK * MQ_LD];
+    __shared__ float Sc[MQ_ROWS][MQ_K / 16];
+    __shared__ float Mn[MQ_ROWS][MQ_K / 16];
+    __shared__ float Xs[MQ_TOK][MQ_K / 16];
+    int e = tiles[3 * blockIdx.y], slot0 = tiles[3 * blockIdx.y + 1], n = tiles[3 * blockIdx.y + 2];
+    int r0 = blockIdx.x * MQ_ROWS;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int cols = w.cols;
+    bool mins = w.ty == TY_Q2_K || w.ty == TY_Q4_K;
+    bool fold16 = w.ty == TY_Q2_K;
+    float acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    // Thread `tid` stages row / slot tid / 2, columns 32·(tid % 2) .. + 31 of each step.
+    int own = tid >> 1, half = tid & 1;
+    for (int k0 = 0; k0 < cols; k0 += MQ_K) {
+        u32 qv[16];
+        if (r0 + own < w.rows) {
+            mq_deq32(w, (i64)e * w.rows + r0 + own, k0 + 32 * half, qv, &Sc[own][2 * half],
+                     &Mn[own][2 * half]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j++) qv[j] = 0;
+            Sc[own][2 * half] = Sc[own][2 * half + 1] = 0.0f;
+            Mn[own][2 * half] = Mn[own][2 * half + 1] = 0.0f;
+        }
+        uint4* aq = (uint4*)(As + own * MQ_LD + 32 * half);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint4 v;
+            v.x = qv[4 * j];
+            v.y = qv[4 * j + 1];
+            v.z = qv[4 * j + 2];
+            v.w = qv[4 * j + 3];
+            aq[j] = v;
+        }
+        uint4* bh = (uint4*)(Bh + own * MQ_LD + 32 * half);
+        uint4* bl = (uint4*)(Bl + own * MQ_LD + 32 * half);
+        if (own < n) {
+            const uint4* sh = (const uint4*)(xh + (i64)(slot0 + own) * cols + k0 + 32 * half);
+            const uint4* sl = (const uint4*)(xl + (i64)(slot0 + own) * cols + k0 + 32 * half);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                bh[j] = sh[j];
+                bl[j] = sl[j];
+            }
+        } else {
+            uint4 z;
+            z.x = z.y = z.z = z.w = 0u;
+#pragma unroll
+            for (int j = 0; j < 4; j++) bh[j] = bl[j] = z;
+        }
+        __syncthreads();
+        if (mins) {
+            // Σx of each slot's 16-column blocks, for the K-quant minimum.
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const u16* ph = Bh + own * MQ_LD + 32 * half + 16 * h;
+                const u16* pl = Bl + own * MQ_LD + 32 * half + 16 * h;
+                float s = 0.0f;
+                for (int j = 0; j < 16; j++) s += h2f(ph[j]) + h2f(pl[j]);
+                Xs[own][2 * half + h] = s;
+            }
+            __syncthreads();
+        }
+        // Blocks of `fold` columns share one scale: 16 for Q2_K, else 32 (two mma steps per
+        // fold of the partial products into acc).
+#pragma unroll
+        for (int kp = 0; kp < MQ_K / 32; kp++) {
+            u32 a[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const u16* ar = As + (warp * 16 + g) * MQ_LD + (2 * kp + h) * 16 + 2 * t;
+                a[h][0] = *(const u32*)ar;
+                a[h][1] = *(const u32*)(ar + 8 * MQ_LD);
+                a[h][2] = *(const u32*)(ar + 8);
+                a[h][3] = *(const u32*)(ar + 8 * MQ_LD + 8);
+            }
+            int rl = warp * 16 + g, rh = rl + 8;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                int s0 = nt * 8 + 2 * t;
+                float p[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int kb = 2 * kp + h;
+                    const u16* bhr = Bh + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
+                    const u16* blr = Bl + (nt * 8 + g) * MQ_LD + kb * 16 + 2 * t;
+                    float* ph = fold16 ? p[h] : p[0];
+                    mma_16816(ph, a[h], *(const u32*)bhr, *(const u32*)(bhr + 8));
+                    mma_16816(ph, a[h], *(const u32*)blr, *(const u32*)(blr + 8));
+                }
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    if (h == 1 && !fold16) break;
+                    int kb = 2 * kp + h;
+                    float s_lo = Sc[rl][kb], s_hi = Sc[rh][kb];
+                    acc[nt][0] += p[h][0] * s_lo;
+                    acc[nt][1] += p[h][1] * s_lo;
+                    acc[nt][2] += p[h][2] * s_hi;
+                    acc[nt][3] += p[h][3] * s_hi;
+                    if (mins) {
+                        // A 32-column fold takes both 16-column sums of x.
+                        float x0 = Xs[s0][kb], x1 = Xs[s0 + 1][kb];
+                        if (!fold16) {
+                            x0 += Xs[s0][kb + 1];
+                            x1 += Xs[s0 + 1][kb + 1];
+                        }
+                        float m_lo = Mn[rl][kb], m_hi = Mn[rh][kb];
+                        acc[nt][0] -= m_lo * x0;
+                        acc[nt][1] -= m_lo * x1;
+                        acc[nt][2] -= m_hi * x0;
+                        acc[nt][3] -= m_hi * x1;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = r0 + warp * 16 + g + (i >= 2 ? 8 : 0);
+            int s = nt * 8 + 2 * t + (i & 1);
+            if (s < n && r < w.rows) y[(i64)(slot0 + s) * y_stride + r] = acc[nt][i];
+        }
+    }
+}
