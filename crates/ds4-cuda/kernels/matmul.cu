@@ -432,7 +432,8 @@ __device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, c
 __device__ void deq8(const DW& w, i64 grow, int c, float* o);
 
 // Any type without an integer kernel (BF16, Q3_K, Q5_K, Q6_K, IQ2_XS, IQ3_XXS, MXFP4): each
-// lane dequantises 8 weights at a time (deq8) and dots them with the f32 activation.
+// lane dequantises 8 weights at a time (deq8) and dots them with the f32 activation; like the
+// other dots it returns the lane's partial sum.
 __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, const float* xd,
                                          const float* xf, const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
@@ -445,7 +446,7 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
         acc += v[0] * x0.x + v[1] * x0.y + v[2] * x0.z + v[3] * x0.w;
         acc += v[4] * x1.x + v[5] * x1.y + v[6] * x1.z + v[7] * x1.w;
     }
-    return warp_sum(acc);
+    return acc;  // the lane's partial sum; the kernel reduces once per row
 }
 
 // ---- fast matrix-vector kernels -----------------------------------------------------------
