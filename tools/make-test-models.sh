@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the tiny test models tests/fixtures/model/{f16,q2,q4}/model.gguf (git-ignored,
-# 72 MB together) and checks each against its committed model.gguf.sha256.
+# Regenerates the tiny test models tests/fixtures/model/{f16,q2,q4,f16dense,mxfp4}/model.gguf
+# (git-ignored, about 120 MB together) and checks each against its committed model.gguf.sha256.
 #
 # Idempotent: a recipe whose model.gguf already has the committed sha256 is skipped. Otherwise a
 # venv .venv-fixtures/ (repo root, git-ignored) is created once with exact pins of gguf-py and
@@ -16,7 +16,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FIXTURES="$ROOT/tests/fixtures/model"
 VENV="$ROOT/.venv-fixtures"
-RECIPES=(f16 q2 q4)
+RECIPES=(f16 q2 q4 f16dense mxfp4)
 # gguf==0.19.0 requires numpy, pyyaml, requests, tqdm; requests pulls in the last four.
 PINS=(
     gguf==0.19.0

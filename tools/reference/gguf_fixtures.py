@@ -9,7 +9,8 @@ Pinned: gguf==0.19.0, numpy==2.4.6 (run with /work/venv-ref/bin/python). Seed: 0
         # description as JSON; with --expect, compare it with what ds4-rs says it wrote
 
 Generate mode writes, for each variant (`basic`: default alignment, `aligned64`:
-general.alignment = 64), a GGUF with gguf.GGUFWriter holding keys of every GGUF value type
+general.alignment = 64, `split`: the basic file as gguf-py's split writer shards it, two tensors
+a shard, `split-0000i-of-00003.gguf` with split.no / split.count / split.tensors.count), a GGUF with gguf.GGUFWriter holding keys of every GGUF value type
 (scalars, arrays of strings/ints/floats/bools, a typed U32 array, a nested array) and tensors
 F32, F16, Q8_0 (quantized by gguf.quants), I32 and a raw uint8 Q2_K block, then reads it back
 with gguf.GGUFReader and stores what the reader reports in `<variant>.json`. The Rust test
@@ -39,9 +40,10 @@ from gguf import GGUFValueType as V
 OUT_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "gguf"
 
 
-def write_fixture(path: Path, alignment: int | None) -> None:
+def write_fixture(path: Path, alignment: int | None, split_max_tensors: int = 0) -> None:
     rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(path), arch="deepseek4")  # adds general.architecture
+    # adds general.architecture; with split_max_tensors, writes PATH-0000i-of-0000n.gguf shards
+    w = gguf.GGUFWriter(str(path), arch="deepseek4", split_max_tensors=split_max_tensors)
     if alignment is not None:
         w.add_custom_alignment(alignment)  # general.alignment as UINT32
     w.add_name("tiny interop fixture")
@@ -142,6 +144,14 @@ def main() -> int:
         print(f"{args.check}: {'MISMATCH in ' + ', '.join(bad) if bad else 'gguf-py agrees'}")
         return 1 if bad else 0
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    write_fixture(OUT_DIR / "split.gguf", None, split_max_tensors=2)
+    shards = sorted(OUT_DIR.glob("split-*-of-*.gguf"))
+    desc = {"generator": "tools/reference/gguf_fixtures.py (gguf==0.19.0, numpy==2.4.6, seed 0)",
+            "shards": [dict(describe(p), file=p.name) for p in shards]}
+    with open(OUT_DIR / "split.json", "w", encoding="utf-8") as f:
+        json.dump(desc, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"{len(shards)} shards: {', '.join(p.name for p in shards)}")
     for name, alignment in [("basic", None), ("aligned64", 64)]:
         path = OUT_DIR / f"{name}.gguf"
         write_fixture(path, alignment)

@@ -10,7 +10,8 @@ GGUF files only (no torch/transformers needed: gguf==0.19.0 and numpy==2.4.6 suf
 what tools/make-test-models.sh runs on CI, the bytes equal those of the full run):
     python tools/reference/model_fixtures.py --gguf-only --out tests/fixtures/model
 
-What it does, per recipe (f16 / q2 / q4, which differ only in the routed-expert tensors):
+What it does, per recipe (f16 / q2 / q4 differ only in the routed-expert tensors; f16dense and
+mxfp4 also store every dense matrix as F16 / BF16, as llama.cpp's converter writes them):
  1. draws random weights with a fixed seed, encodes them with gguf-py (F16/Q8_0 through
     gguf.quants.quantize; Q2_K/Q4_K/IQ2_XXS as random bytes with sane f16 scale fields, because
     gguf-py can only dequantize those) and writes model.gguf with the tensor names, ggml dims,
@@ -81,10 +82,16 @@ SWIGLU_CLAMP = 10.0
 CONTEXT_LENGTH = 1048576
 
 RECIPES = {
-    # recipe: (gate/up type, down type)
-    "f16": (QT.F16, QT.F16),
-    "q2": (QT.IQ2_XXS, QT.Q2_K),
-    "q4": (QT.Q4_K, QT.Q4_K),
+    # recipe: (gate/up type, down type, dense type or None for the published recipe: Q8_0
+    # projections, shared experts and head, F16 elsewhere). New recipes go at the end: the
+    # expert RNG stream is picked by position.
+    "f16": (QT.F16, QT.F16, None),
+    "q2": (QT.IQ2_XXS, QT.Q2_K, None),
+    "q4": (QT.Q4_K, QT.Q4_K, None),
+    # llama.cpp-converter style: every dense matrix F16, i-quant / K-quant experts.
+    "f16dense": (QT.IQ3_XXS, QT.Q6_K, QT.F16),
+    # DeepSeek's FP4 checkpoint converted: MXFP4 routed experts, BF16 dense matrices.
+    "mxfp4": (QT.MXFP4, QT.MXFP4, QT.BF16),
 }
 
 
@@ -102,6 +109,8 @@ def encode(rng_values: np.ndarray, qtype: QT) -> tuple[np.ndarray, QT | None]:
         return gguf.quants.quantize(x, QT.F16), None
     if qtype == QT.Q8_0:
         return gguf.quants.quantize(x, QT.Q8_0), QT.Q8_0
+    if qtype == QT.BF16:
+        return gguf.quants.quantize(x, QT.BF16), QT.BF16
     raise ValueError(qtype)
 
 
@@ -111,7 +120,21 @@ _KQUANT_FIELDS = {
     QT.Q4_K: (0, 2, 7.5),  # x = d*sc*q - dmin*m, E[q] = 7.5 (4-bit)
     QT.Q2_K: (80, 82, 1.5),  # x = d*sc*q - dmin*m, E[q] = 1.5 (2-bit), sc and m both 4-bit
     QT.IQ2_XXS: (0, None, 0.0),  # x = d*(0.5+s)/4*grid*sign, signs centre it
+    QT.IQ3_XXS: (0, None, 0.0),  # x = d*(0.5+s)/2*grid*sign, signs centre it
+    QT.Q6_K: (208, None, 0.0),  # x = d*sc*(q-32), signed 8-bit sc centres it
 }
+
+
+def random_mxfp4(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """Random MXFP4 blocks (E8M0 exponent byte + 16 bytes of E2M1 codes) with values of ~std."""
+    *lead, cols = shape
+    n_blocks = cols // 32
+    blocks = rng.integers(0, 256, size=(*lead, n_blocks, 17), dtype=np.uint8)
+    blocks[..., 0] = 128  # scale 2^(e-128) = 1: the codes' own spread
+    unit = gguf.quants.dequantize(blocks.reshape(*lead, n_blocks * 17), QT.MXFP4)
+    e = 128 + np.round(np.log2(std / float(unit.std()))) + rng.integers(-1, 2, size=blocks.shape[:-1])
+    blocks[..., 0] = e.astype(np.uint8)
+    return blocks.reshape(*lead, n_blocks * 17)
 
 
 def _set_f16(blocks: np.ndarray, offset: int, values: np.ndarray) -> None:
@@ -151,7 +174,15 @@ def make_tensors(recipe: str) -> list[tuple[str, np.ndarray, QT | None, tuple[in
     rng_exp = np.random.default_rng(SEED + 100 + list(RECIPES).index(recipe))
     out: list[tuple[str, np.ndarray, QT | None, tuple[int, ...], QT]] = []
 
+    dense = RECIPES[recipe][2]
+
     def add(name: str, values: np.ndarray, qtype: QT) -> None:
+        # The recipe's dense type replaces every F16/Q8_0 matrix (and `ape` when it can hold
+        # a vector: the loader takes vectors as F32/F16/BF16 only).
+        is_ape = name.endswith("_ape.weight")
+        if dense is not None and qtype in (QT.F16, QT.Q8_0) and "_exps." not in name:
+            if not is_ape or dense in (QT.F32, QT.F16, QT.BF16):
+                qtype = dense
         data, raw = encode(values, qtype)
         out.append((name, data, raw, tuple(reversed(values.shape)), qtype))
 
@@ -166,7 +197,7 @@ def make_tensors(recipe: str) -> list[tuple[str, np.ndarray, QT | None, tuple[in
     add("output_norm.weight", normal(rng, (EMBD,), 0.1, 1.0), QT.F32)
     add("output.weight", normal(rng, (VOCAB, EMBD), 1.5 / math.sqrt(EMBD)), QT.Q8_0)
 
-    gate_t, down_t = RECIPES[recipe]
+    gate_t, down_t, _dense = RECIPES[recipe]
     for il in range(N_LAYER):
         p = f"blk.{il}."
         ratio = COMPRESS_RATIOS[il]
@@ -218,6 +249,8 @@ def make_tensors(recipe: str) -> list[tuple[str, np.ndarray, QT | None, tuple[in
         ):
             if qtype == QT.F16:
                 add(p + name, normal(rng_exp, shape, exp_std), QT.F16)
+            elif qtype == QT.MXFP4:
+                add_raw(p + name, random_mxfp4(rng_exp, shape, exp_std), qtype, shape)
             else:
                 add_raw(p + name, random_kquant(rng_exp, shape, qtype, exp_std), qtype, shape)
         add(p + "ffn_gate_shexp.weight", normal(rng, (FF_EXP, EMBD), 1.0 / math.sqrt(EMBD)), QT.Q8_0)

@@ -10,8 +10,10 @@ For every case this writes to tests/fixtures/quant/:
   <name>.deq.bin  gguf.quants.dequantize(bytes) as little-endian float32
   <name>.src.bin  (quantize cases only) the float32 input given to gguf.quants.quantize,
                   whose output is <name>.q.bin; ds4's quantize must reproduce it bit for bit
-and manifest.json listing the cases. K-quant and IQ2_XXS blocks are random bytes with the
-f16 scale fields set to sane values (gguf-py has no quantizer for them).
+and manifest.json listing the cases. K-quant, i-quant and MXFP4 blocks are random bytes with
+the f16 scale fields (MXFP4: every E8M0 exponent) set to sane values (gguf-py has no quantizer
+for most of them); the *_all_grid cases use every entry of an i-quant grid and sign table.
+New cases are appended at the end so that the earlier ones keep their bytes.
 """
 
 import json
@@ -148,6 +150,67 @@ for k in range(64):
     raw[b, off:off + 4] = a0
     raw[b, off + 4:off + 8] = np.array([a1], dtype="<u4").view(np.uint8)
 write_case("iq2_xxs_all_grid", T.IQ2_XXS, raw, 8 * 256)
+
+# ---- Q3_K: { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d }, 110 bytes.
+raw = rng.integers(0, 256, (nb, 110), dtype=np.uint8)
+raw[:, 108:110] = f16_scale((nb, 1), 1e-3, 1e-1)
+raw[2, 108:110] = 0  # d = 0
+write_case("q3_k_random", T.Q3_K, raw, nb * 256)
+
+# ---- Q5_K: { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] }, 176 bytes.
+raw = rng.integers(0, 256, (nb, 176), dtype=np.uint8)
+raw[:, 0:2] = f16_scale((nb, 1), 1e-4, 1e-2)
+raw[:, 2:4] = f16_scale((nb, 1), 1e-4, 1e-2)
+write_case("q5_k_random", T.Q5_K, raw, nb * 256)
+
+# ---- Q6_K: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }, 210 bytes.
+raw = rng.integers(0, 256, (nb, 210), dtype=np.uint8)
+raw[:, 208:210] = f16_scale((nb, 1), 1e-4, 1e-2)
+write_case("q6_k_random", T.Q6_K, raw, nb * 256)
+
+# ---- IQ2_XS: { f16 d; u16 qs[32]; u8 scales[8] }, 74 bytes.
+raw = rng.integers(0, 256, (nb, 74), dtype=np.uint8)
+raw[:, 0:2] = f16_scale((nb, 1), 1e-4, 1e-2)
+write_case("iq2_xs_random", T.IQ2_XS, raw, nb * 256)
+
+# IQ2_XS covering the whole grid and sign table: group g (of 512) uses grid index g, sign index
+# g mod 128; the 4-bit scales count up.
+raw = np.zeros((16, 74), dtype=np.uint8)
+raw[:, 0:2] = f16_scale((16, 1), 1e-3, 1e-2)
+for g in range(512):
+    b, k = divmod(g, 32)
+    v = g | ((g % 128) << 9)
+    raw[b, 2 + 2 * k:4 + 2 * k] = np.array([v], dtype="<u2").view(np.uint8)
+for b in range(16):
+    for i in range(8):
+        raw[b, 66 + i] = ((2 * (8 * b + i)) % 16) | (((2 * (8 * b + i) + 1) % 16) << 4)
+write_case("iq2_xs_all_grid", T.IQ2_XS, raw, 16 * 256)
+
+# ---- IQ3_XXS: { f16 d; u8 qs[64]; u32 scales_signs[8] }, 98 bytes.
+raw = rng.integers(0, 256, (nb, 98), dtype=np.uint8)
+raw[:, 0:2] = f16_scale((nb, 1), 1e-4, 1e-2)
+write_case("iq3_xxs_random", T.IQ3_XXS, raw, nb * 256)
+
+# IQ3_XXS covering the whole grid and sign table: block b uses grid indices 64b..64b+63;
+# sub-block word w (of 32) has sign indices 4w..4w+3 and scale w mod 16.
+raw = np.zeros((4, 98), dtype=np.uint8)
+raw[:, 0:2] = f16_scale((4, 1), 1e-3, 1e-2)
+for b in range(4):
+    raw[b, 2:66] = np.arange(64 * b, 64 * b + 64, dtype=np.uint8)
+    for ib in range(8):
+        w = 8 * b + ib
+        a = 0
+        for k in range(4):
+            a |= ((4 * w + k) % 128) << (7 * k)
+        a |= (w % 16) << 28
+        raw[b, 66 + 4 * ib:70 + 4 * ib] = np.array([a], dtype="<u4").view(np.uint8)
+write_case("iq3_xxs_all_grid", T.IQ3_XXS, raw, 4 * 256)
+
+# ---- MXFP4: { u8 e (E8M0); u8 qs[16] }, 17 bytes. Every exponent 0..255 once (subnormal
+# scales at 0 and 1, infinities at the top), random codes.
+raw = rng.integers(0, 256, (256, 17), dtype=np.uint8)
+raw[:, 0] = np.arange(256, dtype=np.uint8)
+write_case("mxfp4_all_exponents", T.MXFP4, raw, 256 * 32)
 
 manifest = {
     "generator": "tools/reference/quant_fixtures.py",

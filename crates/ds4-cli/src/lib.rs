@@ -1,8 +1,8 @@
 //! Shared pieces of the command-line tools: argument normalisation, thread setup, model
 //! loading with a readable error, the `.npy` writer used by `--dump-logits`, the `ds4`
 //! modes (`chat_cli` one-shot turns, `repl`, `diag` diagnostics; spec/serving.md §6.1),
-//! `ds4-gguf kv-inspect` (`kv_inspect`), and `check`, the `ds4 check` smoke test of a running
-//! server.
+//! `ds4-gguf kv-inspect` (`kv_inspect`), `check`, the `ds4 check` smoke test of a running
+//! server, and `ds4 download` (`download`).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -14,6 +14,7 @@ use anyhow::Context;
 pub mod chat_cli;
 pub mod check;
 pub mod diag;
+pub mod download;
 pub mod kv_inspect;
 pub mod npy;
 pub mod repl;
@@ -42,8 +43,39 @@ fn rayon_pool(threads: usize) -> anyhow::Result<()> {
 
 /// Opens and validates a model file, with the path in the error.
 pub fn load_model(path: &Path) -> anyhow::Result<ds4::model::Model> {
+    load_model_pinned(path, &[])
+}
+
+/// [`load_model`], refusing the file unless each of its files (one, or every shard of a split
+/// GGUF) has the SHA-256 in `pins` (`--model-sha256`; empty: no check). Hashing shows a
+/// progress bar on stderr; a hash remembered in `<file>.sha256` (same size and mtime) is reused.
+pub fn load_model_pinned(path: &Path, pins: &[String]) -> anyhow::Result<ds4::model::Model> {
     let file =
         ds4::gguf::GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    if !pins.is_empty() {
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "hashing {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template"),
+        );
+        ds4::pin::verify_all(
+            file.paths(),
+            pins,
+            &mut |p, done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            },
+            &mut |w| eprintln!("warning: {w}"),
+        )?;
+        bar.finish_and_clear();
+    }
     ds4::model::Model::from_file(Arc::new(file))
         .with_context(|| format!("loading model {}", path.display()))
 }

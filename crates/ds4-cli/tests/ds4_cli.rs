@@ -332,3 +332,54 @@ fn cli_transcript_keeps_the_reply_and_closes_it_with_eos() {
     let official = tok.encode(&encode_messages(&msgs, ThinkingMode::Chat, None), true);
     assert_eq!(next, official);
 }
+
+#[test]
+fn model_sha256_refuses_a_wrong_file_and_remembers_a_right_one() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ds4-cli-pin");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("pin dir");
+    let model = dir.join("pinned.gguf");
+    std::fs::copy(tiny_model(), &model).expect("copy model");
+    let m = model.to_str().expect("utf-8 path");
+    let right = ds4::pin::sha256_file(&model, &mut |_, _| {}).expect("hash");
+    let wrong = "0".repeat(64);
+    let gen = |pin: &str| ds4(&["-m", m, "--model-sha256", pin, "-p", "hi", "-n", "1"]);
+    let out = gen(&wrong);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("has SHA-256 {right}")) && err.contains("refusing to load"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("ds4: prefill"),
+        "generated despite the pin: {err}"
+    );
+    // The hash computed for the refusal is remembered next to the file.
+    let record = ds4::pin::record_path(&model);
+    assert_eq!(
+        ds4::pin::remembered(&model).as_deref(),
+        Some(right.as_str())
+    );
+    let out = gen(&right.to_uppercase());
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    // A remembered hash is trusted only for the same size and mtime: a changed file is rehashed.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&model)
+        .expect("open model")
+        .write_all(b"x")
+        .expect("append");
+    assert_eq!(ds4::pin::remembered(&model), None);
+    let out = gen(&right);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("refusing to load"));
+    assert!(record.exists());
+    let out = ds4(&["-m", m, "--model-sha256", "xyz", "-p", "hi"]);
+    assert!(
+        stderr_of(&out).contains("is not a SHA-256"),
+        "{}",
+        stderr_of(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,8 +21,15 @@ typedef long long i64;
 #define TY_F16 1
 #define TY_Q8_0 8
 #define TY_Q2_K 10
+#define TY_Q3_K 11
 #define TY_Q4_K 12
+#define TY_Q5_K 13
+#define TY_Q6_K 14
 #define TY_IQ2_XXS 16
+#define TY_IQ2_XS 17
+#define TY_IQ3_XXS 18
+#define TY_BF16 30
+#define TY_MXFP4 39
 
 #ifdef DS4_EMU
 #define DYN_SHARED(T, name) T* name = (T*)emu_dyn_smem()
@@ -206,7 +213,8 @@ __device__ __forceinline__ float siluf_ref(float z) { return z * sigmoidf_ref(z)
 
 // A weight matrix (or stack of matrices) in device memory. `a` holds the data; Q8_0 and
 // IQ2_XXS are repacked at upload into two planes (weights/ data `a`, f16 scales `b`) so that
-// rows are 16-byte aligned; other types keep their GGUF blocks in `a`. `rows` rows of `cols`
+// rows are 16-byte aligned; other types keep their GGUF blocks in `a` (blocks of 74, 98, 110
+// or 17 bytes are only 2- or 1-byte aligned: their kernels load bytes). `rows` rows of `cols`
 // per matrix; row r of matrix m is global row m·rows + r.
 struct DW {
     const u8* a;
@@ -225,6 +233,13 @@ __device__ __forceinline__ i64 plane_row_bytes(int ty, int cols) {
     case TY_Q2_K: return (i64)(cols / 256) * 84;
     case TY_Q4_K: return (i64)(cols / 256) * 144;
     case TY_IQ2_XXS: return (i64)(cols / 256) * 64;  // grid/sign words; scales in b
+    case TY_BF16: return 2ll * cols;
+    case TY_Q3_K: return (i64)(cols / 256) * 110;
+    case TY_Q5_K: return (i64)(cols / 256) * 176;
+    case TY_Q6_K: return (i64)(cols / 256) * 210;
+    case TY_IQ2_XS: return (i64)(cols / 256) * 74;
+    case TY_IQ3_XXS: return (i64)(cols / 256) * 98;
+    case TY_MXFP4: return (i64)(cols / 32) * 17;
     }
     return 0;
 }

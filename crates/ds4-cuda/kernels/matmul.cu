@@ -13,9 +13,13 @@
 //   hi + lo ≈ x to about 2^-22) for the split cuBLAS GEMMs of prefill chunks.
 //
 // Weight layouts (struct DW in common.cuh): Q8_0 and IQ2_XXS are repacked into a quant plane
-// and an f16 scale plane at upload; Q2_K, Q4_K, F16 and F32 keep their GGUF blocks. The IQ2_XXS
-// tables `iq2xxs_grid` / `ksigns_iq2xs` are prepended by the host from ds4::quant (ggml's
-// tables, verified against gguf-py).
+// and an f16 scale plane at upload; every other type keeps its GGUF blocks. The lookup tables
+// `iq2xxs_grid`, `ksigns_iq2xs`, `iq2xs_grid`, `iq3xxs_grid` and `kvalues_mxfp4` are prepended
+// by the host from ds4::quant (ggml's tables, verified against gguf-py).
+//
+// BF16, Q3_K, Q5_K, Q6_K, IQ2_XS, IQ3_XXS and MXFP4 have no integer kernel: their fast
+// matrix-vector kernels (`mv_deq`, `gu_deq`, `dn_deq`) dequantise 8 weights at a time (deq8,
+// the CPU's formulas) and dot them with the f32 activation.
 
 #define MM_TOK 8
 #define MM_THREADS 256
@@ -29,6 +33,24 @@ __device__ __forceinline__ void q4k_scale_min(const u8* s, int pair, int* sc, in
         *m = (s[pair + 4] >> 4) | ((s[pair] >> 6) << 4);
     }
 }
+
+
+// ---- per-element helpers of the block types without a repacked plane ------------------------
+
+// 2^(e − 128) (ggml's GGML_E8M0_TO_FP32_HALF): the MXFP4 scale over the doubled E2M1 values.
+__device__ __forceinline__ float e8m0_half(u32 e) {
+    u32 bits = e < 2 ? (0x00200000u << e) : ((e - 1) << 23);
+    return __int_as_float((int)bits);
+}
+
+// Q3_K scale of sub-block `is` (0..16), unbiased (−32..31); `s` is the block's 12 scale bytes.
+__device__ __forceinline__ int q3k_scale(const u8* s, int is) {
+    int lo = (s[is & 7] >> (4 * (is >> 3))) & 15;
+    int hi = (s[8 + (is & 3)] >> (2 * (is >> 2))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+__device__ __forceinline__ float bf2f(u16 h) { return __int_as_float((int)((u32)h << 16)); }
 
 // Element c of global row `grow` of w (spec §4 formulas, in the CPU reference's order).
 __device__ float deq(const DW& w, i64 grow, int c) {
@@ -79,6 +101,63 @@ __device__ float deq(const DW& w, i64 grow, int c) {
         float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
         float v = db * g;
         return (signs >> j) & 1u ? -v : v;
+    }
+    case TY_BF16: return bf2f(ld_u16(w.a + (grow * w.cols + c) * 2));
+    case TY_Q3_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q3_K, w.cols) + 110 * (c >> 8);
+        int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
+        int is = 8 * n + 2 * j + (l >= 16 ? 1 : 0);
+        int q = (b[32 + 32 * n + l] >> (2 * j)) & 3;
+        int h = (b[l] >> (4 * n + j)) & 1;
+        float dl = h2f(ld_u16(b + 108)) * (float)q3k_scale(b + 96, is);
+        return dl * (float)(q - (h ? 0 : 4));
+    }
+    case TY_Q5_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q5_K, w.cols) + 176 * (c >> 8);
+        int i = c & 255, j = i >> 5, l = i & 31;
+        int sc, m;
+        q4k_scale_min(b + 4, j, &sc, &m);
+        int q = ((b[48 + 32 * (j >> 1) + l] >> (4 * (j & 1))) & 15) | (((b[16 + l] >> j) & 1) << 4);
+        float dl = h2f(ld_u16(b)) * (float)sc, ml = h2f(ld_u16(b + 2)) * (float)m;
+        return dl * (float)q - ml;
+    }
+    case TY_Q6_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q6_K, w.cols) + 210 * (c >> 8);
+        int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
+        int is = 8 * n + 2 * j + (l >= 16 ? 1 : 0);
+        int lo = (b[64 * n + 32 * (j & 1) + l] >> (4 * (j >> 1))) & 15;
+        int hi = (b[128 + 32 * n + l] >> (2 * j)) & 3;
+        float dl = h2f(ld_u16(b + 208)) * (float)(i8)b[192 + is];
+        return dl * (float)((lo | (hi << 4)) - 32);
+    }
+    case TY_IQ2_XS: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_IQ2_XS, w.cols) + 74 * (c >> 8);
+        int i = c & 255, g = i >> 3, j = i & 7, h = i >> 4;
+        u32 v = ld_u16(b + 2 + 2 * g);
+        float gv = (float)((iq2xs_grid[v & 511u] >> (8 * j)) & 255ull);
+        u32 signs = ksigns_iq2xs[v >> 9];
+        int s = (b[66 + (h >> 1)] >> (4 * (h & 1))) & 15;
+        float db = h2f(ld_u16(b)) * (0.5f + (float)s) * 0.25f;
+        float r = db * gv;
+        return (signs >> j) & 1u ? -r : r;
+    }
+    case TY_IQ3_XXS: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_IQ3_XXS, w.cols) + 98 * (c >> 8);
+        int i = c & 255, ib = i >> 5, k = (i & 31) >> 3, j = i & 7;
+        u32 a = ld_u32(b + 66 + 4 * ib);
+        u32 gi = b[2 + 8 * ib + 2 * k + (j >> 2)];
+        float gv = (float)((iq3xxs_grid[gi] >> (8 * (j & 3))) & 255u);
+        u32 signs = ksigns_iq2xs[(a >> (7 * k)) & 127u];
+        float db = h2f(ld_u16(b)) * (0.5f + (float)(a >> 28)) * 0.5f;
+        float r = db * gv;
+        return (signs >> j) & 1u ? -r : r;
+    }
+    case TY_MXFP4: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_MXFP4, w.cols) + 17 * (c >> 5);
+        int i = c & 31;
+        int q = b[1 + (i & 15)];
+        int code = i < 16 ? (q & 15) : (q >> 4);
+        return e8m0_half(b[0]) * (float)kvalues_mxfp4[code];
     }
     }
     return 0.0f;
@@ -349,6 +428,27 @@ __device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, c
     return acc;
 }
 
+// Elements c..c+7 of global row `grow` (defined with the f16 conversion below).
+__device__ void deq8(const DW& w, i64 grow, int c, float* o);
+
+// Any type without an integer kernel (BF16, Q3_K, Q5_K, Q6_K, IQ2_XS, IQ3_XXS, MXFP4): each
+// lane dequantises 8 weights at a time (deq8) and dots them with the f32 activation; like the
+// other dots it returns the lane's partial sum.
+__device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, const float* xd,
+                                         const float* xf, const IqTab* tab, int l0, int ls) {
+    int lane = threadIdx.x & 31;
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int ci = lane + l0; ci < w.cols / 8; ci += ls) {
+        float v[8];
+        deq8(w, grow, ci * 8, v);
+        float4 x0 = *(const float4*)(xf + ci * 8), x1 = *(const float4*)(xf + ci * 8 + 4);
+        acc += v[0] * x0.x + v[1] * x0.y + v[2] * x0.z + v[3] * x0.w;
+        acc += v[4] * x1.x + v[5] * x1.y + v[6] * x1.z + v[7] * x1.w;
+    }
+    return acc;  // the lane's partial sum; the kernel reduces once per row
+}
+
 // ---- fast matrix-vector kernels -----------------------------------------------------------
 //
 // The activation is prepared once per launch group by `quant_q8` (three int8 planes per row and
@@ -479,6 +579,7 @@ MV_KERNEL(mv_q4_k, dot_q4_k, NO_TABLES)
 MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
 MV_KERNEL(mv_f16, dot_f16, NO_TABLES)
 MV_KERNEL(mv_f32, dot_f32, NO_TABLES)
+MV_KERNEL(mv_deq, dot_deq, NO_TABLES)
 
 GU_KERNEL(gu_q8_0, dot_q8_0, NO_TABLES)
 GU_KERNEL(gu_q2_k, dot_q2_k, NO_TABLES)
@@ -486,6 +587,7 @@ GU_KERNEL(gu_q4_k, dot_q4_k, NO_TABLES)
 GU_KERNEL(gu_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
 GU_KERNEL(gu_f16, dot_f16, NO_TABLES)
 GU_KERNEL(gu_f32, dot_f32, NO_TABLES)
+GU_KERNEL(gu_deq, dot_deq, NO_TABLES)
 
 DN_KERNEL(dn_q8_0, dot_q8_0, NO_TABLES)
 DN_KERNEL(dn_q2_k, dot_q2_k, NO_TABLES)
@@ -493,6 +595,7 @@ DN_KERNEL(dn_q4_k, dot_q4_k, NO_TABLES)
 DN_KERNEL(dn_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
 DN_KERNEL(dn_f16, dot_f16, NO_TABLES)
 DN_KERNEL(dn_f32, dot_f32, NO_TABLES)
+DN_KERNEL(dn_deq, dot_deq, NO_TABLES)
 
 // ---- f16 conversion for the prefill GEMMs -------------------------------------------------
 
@@ -553,6 +656,90 @@ __device__ void deq8(const DW& w, i64 grow, int c, float* o) {
             float v = db * (float)((g >> (8 * j)) & 255ull);
             o[j] = (signs >> j) & 1u ? -v : v;
         }
+        return;
+    }
+    case TY_BF16: {
+        const u8* p = w.a + (grow * w.cols + c) * 2;
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = bf2f(ld_u16(p + 2 * j));
+        return;
+    }
+    case TY_Q3_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q3_K, w.cols) + 110 * (c >> 8);
+        int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
+        float dl = h2f(ld_u16(b + 108)) * (float)q3k_scale(b + 96, 8 * n + 2 * j + (l >= 16 ? 1 : 0));
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int q = (b[32 + 32 * n + l + k] >> (2 * j)) & 3;
+            int h = (b[l + k] >> (4 * n + j)) & 1;
+            o[k] = dl * (float)(q - (h ? 0 : 4));
+        }
+        return;
+    }
+    case TY_Q5_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q5_K, w.cols) + 176 * (c >> 8);
+        int i = c & 255, j = i >> 5, l = i & 31;
+        int sc, m;
+        q4k_scale_min(b + 4, j, &sc, &m);
+        float dl = h2f(ld_u16(b)) * (float)sc, ml = h2f(ld_u16(b + 2)) * (float)m;
+        const u8* qs = b + 48 + 32 * (j >> 1) + l;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int q = ((qs[k] >> (4 * (j & 1))) & 15) | (((b[16 + l + k] >> j) & 1) << 4);
+            o[k] = dl * (float)q - ml;
+        }
+        return;
+    }
+    case TY_Q6_K: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_Q6_K, w.cols) + 210 * (c >> 8);
+        int i = c & 255, n = i >> 7, j = (i & 127) >> 5, l = i & 31;
+        float dl = h2f(ld_u16(b + 208)) * (float)(i8)b[192 + 8 * n + 2 * j + (l >= 16 ? 1 : 0)];
+        const u8* ql = b + 64 * n + 32 * (j & 1) + l;
+        const u8* qh = b + 128 + 32 * n + l;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int q = ((ql[k] >> (4 * (j >> 1))) & 15) | (((qh[k] >> (2 * j)) & 3) << 4);
+            o[k] = dl * (float)(q - 32);
+        }
+        return;
+    }
+    case TY_IQ2_XS: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_IQ2_XS, w.cols) + 74 * (c >> 8);
+        int i = c & 255, g = i >> 3, h = i >> 4;
+        u32 v = ld_u16(b + 2 + 2 * g);
+        u64 grid = iq2xs_grid[v & 511u];
+        u32 signs = ksigns_iq2xs[v >> 9];
+        int s = (b[66 + (h >> 1)] >> (4 * (h & 1))) & 15;
+        float db = h2f(ld_u16(b)) * (0.5f + (float)s) * 0.25f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float r = db * (float)((grid >> (8 * j)) & 255ull);
+            o[j] = (signs >> j) & 1u ? -r : r;
+        }
+        return;
+    }
+    case TY_IQ3_XXS: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_IQ3_XXS, w.cols) + 98 * (c >> 8);
+        int i = c & 255, ib = i >> 5, k = (i & 31) >> 3;
+        u32 a = ld_u32(b + 66 + 4 * ib);
+        u32 g0 = iq3xxs_grid[b[2 + 8 * ib + 2 * k]], g1 = iq3xxs_grid[b[3 + 8 * ib + 2 * k]];
+        u32 signs = ksigns_iq2xs[(a >> (7 * k)) & 127u];
+        float db = h2f(ld_u16(b)) * (0.5f + (float)(a >> 28)) * 0.5f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            u32 g = j < 4 ? g0 : g1;
+            float r = db * (float)((g >> (8 * (j & 3))) & 255u);
+            o[j] = (signs >> j) & 1u ? -r : r;
+        }
+        return;
+    }
+    case TY_MXFP4: {
+        const u8* b = w.a + grow * plane_row_bytes(TY_MXFP4, w.cols) + 17 * (c >> 5);
+        int i = c & 31, shift = i < 16 ? 0 : 4;
+        float d = e8m0_half(b[0]);
+        const u8* q = b + 1 + (i & 15);
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = d * (float)kvalues_mxfp4[(q[j] >> shift) & 15];
         return;
     }
     }

@@ -1,6 +1,6 @@
 //! The kernel source and its compilation: the `.cu` files of `kernels/` are embedded in the
-//! binary, concatenated after the IQ2_XXS tables (from `ds4::quant`, verified against gguf-py)
-//! and compiled by NVRTC for the running GPU's architecture into a CUBIN, which is cached on
+//! binary, concatenated after the i-quant and MXFP4 tables (from `ds4::quant`, verified against
+//! gguf-py) and compiled by NVRTC for the running GPU's architecture into a CUBIN, which is cached on
 //! disk (`$DS4_KERNEL_CACHE`, else `~/.cache/ds4-rs/kernels`) keyed by a hash of source,
 //! options and NVRTC version, so later starts skip the compile.
 #![allow(unsafe_code)]
@@ -37,18 +37,21 @@ pub const KERNELS: &[&str] = &[
     "mv_iq2_xxs",
     "mv_f16",
     "mv_f32",
+    "mv_deq",
     "gu_q8_0",
     "gu_q2_k",
     "gu_q4_k",
     "gu_iq2_xxs",
     "gu_f16",
     "gu_f32",
+    "gu_deq",
     "dn_q8_0",
     "dn_q2_k",
     "dn_q4_k",
     "dn_iq2_xxs",
     "dn_f16",
     "dn_f32",
+    "dn_deq",
     "deq_f16",
     "to_f16",
     "mq_experts",
@@ -107,9 +110,37 @@ pub fn source() -> String {
                 grid.join(","),
                 signs.join(",")
             ));
+            s.push_str(&tables_of_the_other_types());
         }
     }
     s
+}
+
+/// The IQ2_XS, IQ3_XXS and MXFP4 tables (`ds4::quant`, ggml's, verified against gguf-py).
+fn tables_of_the_other_types() -> String {
+    let join = |v: Vec<String>| v.join(",");
+    format!(
+        "__device__ u64 iq2xs_grid[512] = {{{}}};\n__device__ u32 iq3xxs_grid[256] = {{{}}};\n\
+         __device__ i8 kvalues_mxfp4[16] = {{{}}};\n",
+        join(
+            ds4::quant::IQ2XS_GRID
+                .iter()
+                .map(|v| format!("0x{v:016x}ull"))
+                .collect()
+        ),
+        join(
+            ds4::quant::IQ3XXS_GRID
+                .iter()
+                .map(|v| format!("0x{v:08x}u"))
+                .collect()
+        ),
+        join(
+            ds4::quant::KVALUES_MXFP4
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
+        ),
+    )
 }
 
 fn nvrtc_check(call: &'static str, r: sys::nvrtcResult) -> Result<(), CudaError> {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use ds4::backend::{Backend, CompStream, CpuBackend, DType, Tensor};
-use ds4::gguf::GgufFile;
+use ds4::gguf::{GgmlType, GgufFile};
 use ds4::model::rope::Rope;
 use ds4::model::{Model, Numerics, Precision};
 use ds4::tiny::{generate, ExpertRecipe, TinySpec};
@@ -211,6 +211,159 @@ fn every_matmul_matches_cpu() {
                 assert!(
                     err <= tol,
                     "{recipe:?} grouped n={n} fast={}: {err:e}",
+                    num.fast
+                );
+            }
+        }
+    }
+}
+
+/// A 3-layer model whose dense matrices are all `dense` (or the published recipe) and whose
+/// routed experts are `experts`; rows are widened so every matrix is whole K-quant blocks.
+fn tiny_types(dense: Option<GgmlType>, experts: GgmlType) -> Model {
+    let mut b = Vec::new();
+    generate(&TinySpec {
+        recipe: ExpertRecipe::Types {
+            gate_up: experts,
+            down: experts,
+        },
+        dense,
+        layers: 3,
+        q_lora: 256,
+        o_lora: 128,
+        seed: 6,
+        ..TinySpec::default()
+    })
+    .expect("generate")
+    .write_to(&mut b)
+    .expect("write");
+    Model::from_file(Arc::new(GgufFile::from_bytes(b).expect("parse"))).expect("bind")
+}
+
+/// The types added for issue 11 (and BF16, which had no CUDA kernel): dense matrices of each,
+/// precise and fast, one row and a prefill chunk, the embedding, and routed experts of each.
+#[test]
+fn matmuls_and_experts_of_every_new_type_match_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let new_types = [
+        GgmlType::BF16,
+        GgmlType::Q3_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ3_XXS,
+        GgmlType::MXFP4,
+    ];
+    for ty in new_types {
+        let dense = ds4::model::DENSE_TYPES.contains(&ty).then_some(ty);
+        let m = tiny_types(dense, ty);
+        let Some(g) = gpu(&m) else { return };
+        let c = CpuBackend::new(m.file.clone());
+        let cfg = &m.config;
+        let l = &m.weights.layers[2];
+        let mut mats = vec![&l.ffn_gate_exps, &l.ffn_down_exps];
+        if dense.is_some() {
+            let cw = l.attn_compressor.as_ref().expect("ratio-4 layer");
+            mats.extend([
+                &l.attn_q_b,
+                &l.attn_output_b,
+                &l.ffn_gate_inp,
+                &l.hc_attn.func,
+                &cw.kv,
+                &m.weights.output,
+            ]);
+        }
+        for n in [1usize, 5] {
+            for w in &mats {
+                g.begin().unwrap();
+                let x = rand_vec(&mut rng, n * w.cols, 1.0);
+                let mut yc = c.alloc(n, w.rows, DType::F32).unwrap();
+                c.matmul(w, &put(&c, n, w.cols, &x), &mut yc, precise())
+                    .unwrap();
+                let want = get(&c, &yc);
+                for num in [precise(), fast()] {
+                    let mut yg = g.alloc(n, w.rows, DType::F32).unwrap();
+                    g.matmul(w, &put(&g, n, w.cols, &x), &mut yg, num).unwrap();
+                    let got = get(&g, &yg);
+                    let (err, tol) = if num.fast {
+                        (norm_rel(&got, &want), F16_NORM)
+                    } else {
+                        (max_rel(&got, &want), PRECISE_OP)
+                    };
+                    assert!(
+                        err <= tol,
+                        "{ty} {} n={n} fast={}: error {err:e} > {tol:e}",
+                        w.name,
+                        num.fast
+                    );
+                }
+            }
+        }
+        if dense.is_some() {
+            let tokens: Vec<u32> = (0..7).map(|i| i * 61 % cfg.n_vocab as u32).collect();
+            let (rc, rg) = (c.rows(&tokens, 0).unwrap(), g.rows(&tokens, 0).unwrap());
+            let width = cfg.n_hc * cfg.n_embd;
+            let mut ec = c.alloc(tokens.len(), width, DType::F32).unwrap();
+            let mut eg = g.alloc(tokens.len(), width, DType::F32).unwrap();
+            c.embed(&m.weights.token_embd, &rc, cfg.n_hc, &mut ec)
+                .unwrap();
+            g.embed(&m.weights.token_embd, &rg, cfg.n_hc, &mut eg)
+                .unwrap();
+            let e = max_rel(&get(&g, &eg), &get(&c, &ec));
+            assert!(e <= PRECISE_OP, "{ty} embed: {e:e}");
+        }
+        // Routed experts: one row (gu/dn kernels) and a chunk (GEMMs), against the CPU.
+        for n in [1usize, 9] {
+            g.begin().unwrap();
+            let k = cfg.n_expert_used;
+            let ids: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5 + i / k) % cfg.n_expert) as f32)
+                .collect();
+            let wts = rand_vec(&mut rng, n * k, 1.0);
+            let u = rand_vec(&mut rng, n * cfg.n_embd, 1.0);
+            let mk_ids = |be: &dyn Backend| {
+                let mut t = be.alloc(n, k, DType::I32).unwrap();
+                be.write(&mut t, &ids).unwrap();
+                t
+            };
+            let (ic, ig) = (mk_ids(&c), mk_ids(&g));
+            let mut yc = c.alloc(n, cfg.n_embd, DType::F32).unwrap();
+            c.moe_experts(
+                &l.ffn_gate_exps,
+                &l.ffn_up_exps,
+                &l.ffn_down_exps,
+                &put(&c, n, cfg.n_embd, &u),
+                &ic,
+                &put(&c, n, k, &wts),
+                10.0,
+                &mut yc,
+                precise(),
+            )
+            .unwrap();
+            let want = get(&c, &yc);
+            for num in [precise(), fast()] {
+                let mut yg = g.alloc(n, cfg.n_embd, DType::F32).unwrap();
+                g.moe_experts(
+                    &l.ffn_gate_exps,
+                    &l.ffn_up_exps,
+                    &l.ffn_down_exps,
+                    &put(&g, n, cfg.n_embd, &u),
+                    &ig,
+                    &put(&g, n, k, &wts),
+                    10.0,
+                    &mut yg,
+                    num,
+                )
+                .unwrap();
+                let got = get(&g, &yg);
+                let (err, tol) = if num.fast {
+                    (norm_rel(&got, &want), F16_NORM)
+                } else {
+                    (max_rel(&got, &want), PRECISE_OP * 5.0)
+                };
+                assert!(
+                    err <= tol,
+                    "{ty} experts n={n} fast={}: {err:e} > {tol:e}",
                     num.fast
                 );
             }

@@ -16,6 +16,10 @@ pub struct Args {
     /// Model GGUF file.
     #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
     pub model: PathBuf,
+    /// Refuse to serve unless the model file has this SHA-256 (hex; a split GGUF: one per
+    /// shard, comma-separated). The hash is remembered in `<file>.sha256` by size and mtime.
+    #[arg(long = "model-sha256", value_delimiter = ',', value_name = "HEX")]
+    pub model_sha256: Vec<String>,
     /// Context allocated at startup, in tokens.
     #[arg(short = 'c', long = "ctx", default_value_t = 32768, value_parser = positive)]
     pub ctx: usize,

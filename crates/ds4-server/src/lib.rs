@@ -340,6 +340,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let file = ds4::gguf::GgufFile::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
+    if !args.model_sha256.is_empty() {
+        let mut last = 0u64;
+        ds4::pin::verify_all(
+            file.paths(),
+            &args.model_sha256,
+            &mut |p, done, total| {
+                let pct = done * 10 / total.max(1);
+                if pct != last || done == total {
+                    last = pct;
+                    tracing::info!(file = %p.display(), done, total, "hashing the model");
+                }
+            },
+            &mut |w| tracing::warn!("{w}"),
+        )?;
+        tracing::info!("model SHA-256 matches the pin");
+    }
     let model = ds4::model::Model::from_file(Arc::new(file))
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let precision = if args.precise {

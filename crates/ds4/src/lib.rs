@@ -14,6 +14,7 @@ pub mod engine;
 pub mod gguf;
 pub mod kvstore;
 pub mod model;
+pub mod pin;
 pub mod quant;
 pub mod sample;
 pub mod session;

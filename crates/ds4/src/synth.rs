@@ -39,6 +39,7 @@ pub fn full_size(recipe: ExpertRecipe, layers: usize, seed: u64) -> TinySpec {
         experts_used: 6,
         ff: 2048,
         recipe,
+        dense: None,
         tokenizer: None,
     }
 }
@@ -116,7 +117,17 @@ fn fill_blocks(ty: GgmlType, std: f32, rng: &mut Mix, out: &mut [u8]) {
             out.chunks_exact_mut(66)
                 .for_each(|b| b[0..2].copy_from_slice(&rng.scale(std / 40.0)));
         }
-        _ => out.fill(0),
+        GgmlType::BF16 => out.chunks_exact_mut(2).for_each(|c| {
+            c.copy_from_slice(&crate::quant::f32_to_bf16(rng.normalish() * std).to_le_bytes());
+        }),
+        GgmlType::I32 | GgmlType::Q8_K => out.fill(0),
+        // The other block types: random bytes, scale fields as `quant::random_blocks` sets them.
+        ty => {
+            rng.fill(out);
+            let mut r = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(rng.next());
+            out.chunks_exact_mut(ty.block_bytes())
+                .for_each(|b| crate::quant::random::set_block_scales(ty, b, std, &mut r));
+        }
     }
 }
 

@@ -19,18 +19,52 @@ pub enum ExpertRecipe {
     Q4,
     /// F16 experts (test models only).
     F16,
+    /// Any expert types: `gate_up` for gate and up, `down` for down (e.g. MXFP4 for all three,
+    /// as DeepSeek's own checkpoint stores them).
+    Types {
+        /// Type of `ffn_gate_exps` and `ffn_up_exps`.
+        gate_up: GgmlType,
+        /// Type of `ffn_down_exps`.
+        down: GgmlType,
+    },
+}
+
+impl ExpertRecipe {
+    /// (gate/up type, down type).
+    pub fn types(self) -> (GgmlType, GgmlType) {
+        match self {
+            ExpertRecipe::Q2 => (GgmlType::IQ2_XXS, GgmlType::Q2_K),
+            ExpertRecipe::Q4 => (GgmlType::Q4_K, GgmlType::Q4_K),
+            ExpertRecipe::F16 => (GgmlType::F16, GgmlType::F16),
+            ExpertRecipe::Types { gate_up, down } => (gate_up, down),
+        }
+    }
 }
 
 impl std::str::FromStr for ExpertRecipe {
     type Err = String;
+    /// `q2`, `q4`, `f16`, one ggml type name for all three (`mxfp4`), or `GATE_UP/DOWN`
+    /// (`iq2_xs/q3_k`).
     fn from_str(s: &str) -> Result<Self, String> {
+        let ty = |n: &str| {
+            GgmlType::from_name(n).ok_or_else(|| {
+                format!(
+                    "unknown expert recipe `{s}` (expected q2, q4, f16, a type name such as \
+                     mxfp4, or GATE_UP/DOWN such as iq2_xs/q3_k)"
+                )
+            })
+        };
         match s {
             "q2" => Ok(ExpertRecipe::Q2),
             "q4" => Ok(ExpertRecipe::Q4),
             "f16" => Ok(ExpertRecipe::F16),
-            other => Err(format!(
-                "unknown expert recipe `{other}` (expected q2, q4 or f16)"
-            )),
+            other => {
+                let (a, b) = other.split_once('/').unwrap_or((other, other));
+                Ok(ExpertRecipe::Types {
+                    gate_up: ty(a)?,
+                    down: ty(b)?,
+                })
+            }
         }
     }
 }
@@ -70,6 +104,10 @@ pub struct TinySpec {
     pub ff: usize,
     /// Expert quantisation.
     pub recipe: ExpertRecipe,
+    /// One type for every dense weight matrix (projections, shared experts, output head,
+    /// embedding, HC, router, compressor and indexer), as llama.cpp's converter writes F16 or
+    /// BF16 files; `None` is the published recipe (Q8_0 projections, F16 elsewhere).
+    pub dense: Option<GgmlType>,
     /// Tokenizer metadata to embed (e.g. the real V4 vocabulary).
     pub tokenizer: Option<Vec<(String, Value)>>,
 }
@@ -93,6 +131,7 @@ impl Default for TinySpec {
             experts_used: 4,
             ff: 256,
             recipe: ExpertRecipe::Q2,
+            dense: None,
             tokenizer: None,
         }
     }
@@ -141,13 +180,11 @@ impl Gen {
     ) -> Result<(), TinyError> {
         let n: usize = dims.iter().product();
         let data = match ty {
-            GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::IQ2_XXS => {
-                quant::random_blocks(ty, n, std, &mut self.rng)?
-            }
-            _ => {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 => {
                 let v = self.normal(n, std);
                 quant::quantize(ty, &v)?
             }
+            _ => quant::random_blocks(ty, n, std, &mut self.rng)?,
         };
         let d: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         self.w.add_tensor(name, &d, ty, data)?;
@@ -297,13 +334,13 @@ pub(crate) struct Planned {
 /// The tensors of a generated model in file order (spec §3.3), with how to fill each.
 pub(crate) fn plan(s: &TinySpec, vocab: usize) -> Vec<Planned> {
     let (e, hc) = (s.hidden, 4usize);
-    let (f16, q8, f32t) = (GgmlType::F16, GgmlType::Q8_0, GgmlType::F32);
+    let (f16, q8, f32t) = (
+        s.dense.unwrap_or(GgmlType::F16),
+        s.dense.unwrap_or(GgmlType::Q8_0),
+        GgmlType::F32,
+    );
     let isq = |n: usize| 1.0 / (n as f32).sqrt();
-    let (gate_ty, down_ty) = match s.recipe {
-        ExpertRecipe::Q2 => (GgmlType::IQ2_XXS, GgmlType::Q2_K),
-        ExpertRecipe::Q4 => (GgmlType::Q4_K, GgmlType::Q4_K),
-        ExpertRecipe::F16 => (f16, f16),
-    };
+    let (gate_ty, down_ty) = s.recipe.types();
     let wt = |name: String, dims: &[usize], ty: GgmlType, std: f32| Planned {
         name,
         dims: dims.to_vec(),
@@ -371,7 +408,11 @@ pub(crate) fn plan(s: &TinySpec, vocab: usize) -> Vec<Planned> {
             for &(p, which) in streams {
                 let d = if which == 0 { s.head_dim } else { IDX_HEAD_DIM };
                 let width = if r == 4 { 2 * d } else { d };
-                out.push(wt(b(&format!("{p}_ape.weight")), &[width, r], f16, 0.5));
+                let ape_ty = match s.dense {
+                    Some(t @ (GgmlType::F32 | GgmlType::BF16)) => t,
+                    _ => GgmlType::F16,
+                };
+                out.push(wt(b(&format!("{p}_ape.weight")), &[width, r], ape_ty, 0.5));
                 out.push(wt(b(&format!("{p}_kv.weight")), &[e, width], f16, isq(e)));
                 out.push(wt(b(&format!("{p}_gate.weight")), &[e, width], f16, isq(e)));
                 out.push(norm(b(&format!("{p}_norm.weight")), d, 0.1, true));
@@ -466,11 +507,9 @@ pub fn generate(spec: &TinySpec) -> Result<GgufWriter, TinyError> {
     if dims.contains(&0) {
         return Err(TinyError::Dims("every dimension must be positive".into()));
     }
-    let kq = s.recipe != ExpertRecipe::F16;
-    if !s.hidden.is_multiple_of(256)
-        || (kq && !s.ff.is_multiple_of(256))
-        || !s.ff.is_multiple_of(32)
-    {
+    let (gate_ty, down_ty) = s.recipe.types();
+    let block = gate_ty.block_elems().max(down_ty.block_elems());
+    if !s.hidden.is_multiple_of(256) || !s.ff.is_multiple_of(block) || !s.ff.is_multiple_of(32) {
         return Err(TinyError::Dims(
             "hidden and ff must be multiples of 256 (k-quant blocks)".into(),
         ));

@@ -74,7 +74,8 @@ fn rejects_missing_tensor_by_name() {
 }
 
 #[test]
-fn rejects_tensor_with_wrong_type() {
+fn accepts_f16_attention_projection() {
+    // llama.cpp's converter writes F16 projections; issue 11's example of a refused file.
     let b = rewrite(tiny_bytes(), keep_key, |n, d, t, b| {
         if n == "blk.0.attn_q_a.weight" {
             let n_el: u64 = d.iter().product();
@@ -83,12 +84,30 @@ fn rejects_tensor_with_wrong_type() {
             Some((d.to_vec(), t, b.to_vec()))
         }
     });
+    let m = load(b).expect("F16 attn_q_a loads");
+    assert_eq!(m.weights.layers[0].attn_q_a.ty, GgmlType::F16);
+}
+
+#[test]
+fn rejects_tensor_with_wrong_type() {
+    let b = rewrite(tiny_bytes(), keep_key, |n, d, t, b| {
+        if n == "blk.0.attn_q_a.weight" {
+            let n_el: u64 = d.iter().product();
+            Some((d.to_vec(), GgmlType::I32, vec![0u8; n_el as usize * 4]))
+        } else {
+            Some((d.to_vec(), t, b.to_vec()))
+        }
+    });
     let err = load(b).expect_err("wrong type");
     assert!(
-        matches!(&err, ModelError::Weights(WeightsError::Type { name, found: GgmlType::F16, .. }) if name == "blk.0.attn_q_a.weight"),
+        matches!(&err, ModelError::Weights(WeightsError::Type { name, found: GgmlType::I32, .. }) if name == "blk.0.attn_q_a.weight"),
         "{err}"
     );
-    assert!(err.to_string().contains("expected type Q8_0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected type F32 or F16 or BF16 or Q8_0 or Q2_K or Q3_K or Q4_K"),
+        "{err}"
+    );
 }
 
 #[test]

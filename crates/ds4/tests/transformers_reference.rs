@@ -1,7 +1,9 @@
 //! The forward pass against HF transformers' DeepseekV4ForCausalLM (spec/references.md).
 //! Fixtures: `tools/reference/model_fixtures.py` wrote each tiny model with gguf-py and the
 //! logits transformers computed from gguf-py's dequantisation of the same tensors: plain for
-//! `precise`, with hooks adding the FP8/FP4/f16 storage roundings for `default`.
+//! `precise`, with hooks adding the FP8/FP4/f16 storage roundings for `default`. Recipes: f16,
+//! q2, q4 (the published dense types), f16dense (every dense matrix F16, IQ3_XXS/Q6_K experts)
+//! and mxfp4 (BF16 dense matrices, MXFP4 experts).
 
 mod common;
 
@@ -155,6 +157,26 @@ fn default_q2_recipe_matches_hooked_transformers() {
 #[test]
 fn default_q4_recipe_matches_hooked_transformers() {
     check_default("q4");
+}
+
+#[test]
+fn precise_f16_dense_iq3_xxs_q6_k_experts_match_transformers() {
+    check_precise("f16dense");
+}
+
+#[test]
+fn precise_bf16_dense_mxfp4_experts_match_transformers() {
+    check_precise("mxfp4");
+}
+
+#[test]
+fn default_f16_dense_iq3_xxs_q6_k_experts_match_hooked_transformers() {
+    check_default("f16dense");
+}
+
+#[test]
+fn default_bf16_dense_mxfp4_experts_match_hooked_transformers() {
+    check_default("mxfp4");
 }
 
 #[test]

@@ -19,6 +19,10 @@ struct Args {
     /// Model GGUF file.
     #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
     model: PathBuf,
+    /// Refuse the model unless it has this SHA-256 (hex; a split GGUF: one per shard,
+    /// comma-separated). Remembered in `<file>.sha256` by size and mtime.
+    #[arg(long = "model-sha256", value_delimiter = ',', value_name = "HEX")]
+    model_sha256: Vec<String>,
     /// Prompt text, tokenized as plain BPE without BOS.
     #[arg(long = "prompt-file")]
     prompt_file: Option<PathBuf>,
@@ -136,7 +140,7 @@ fn argmax_excluding(logits: &[f32], skip: Option<u32>) -> u32 {
 fn run(a: Args) -> anyhow::Result<()> {
     ds4_cli::init_threads(a.threads)?;
     let t_load = Instant::now();
-    let model = std::sync::Arc::new(ds4_cli::load_model(&a.model)?);
+    let model = std::sync::Arc::new(ds4_cli::load_model_pinned(&a.model, &a.model_sha256)?);
     let prec = if a.precise {
         Precision::Precise
     } else {

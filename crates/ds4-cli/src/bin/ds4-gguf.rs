@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ds4::gguf::GgmlType;
 use ds4::tiny::{ExpertRecipe, TinySpec};
 
 #[derive(Parser)]
@@ -63,9 +64,14 @@ struct TinyArgs {
     /// Experts per token.
     #[arg(long, default_value_t = 4)]
     experts_used: usize,
-    /// Routed expert quantisation: q2, q4 or f16.
+    /// Routed expert quantisation: q2, q4, f16, one type for all three (mxfp4) or
+    /// GATE_UP/DOWN (iq2_xs/q3_k).
     #[arg(long, default_value = "q2")]
     experts: ExpertRecipe,
+    /// One type for every dense weight matrix (f16, bf16, q8_0, q6_k, …); default: the
+    /// published recipe (Q8_0 projections, F16 elsewhere).
+    #[arg(long, value_parser = parse_type)]
+    dense: Option<GgmlType>,
     /// Vocabulary size when no tokenizer is given.
     #[arg(long, default_value_t = 512)]
     vocab: usize,
@@ -139,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 experts: t.n_experts,
                 experts_used: t.experts_used,
                 recipe: t.experts,
+                dense: t.dense,
                 vocab: t.vocab,
                 tokenizer,
             };
@@ -207,6 +214,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// GGUF tokenizer metadata from a tokenizer.json.
+fn parse_type(s: &str) -> Result<GgmlType, String> {
+    GgmlType::from_name(s)
+        .ok_or_else(|| format!("unknown tensor type `{s}` (e.g. f16, bf16, q8_0)"))
+}
+
 fn read_tokenizer(p: &std::path::Path) -> anyhow::Result<Vec<(String, ds4::gguf::Value)>> {
     let json = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
     ds4::tokenizer::gguf_metadata_from_tokenizer_json(&json)

@@ -20,6 +20,10 @@ pub struct Args {
     /// Model GGUF file.
     #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
     model: PathBuf,
+    /// Refuse the model unless it has this SHA-256 (hex; a split GGUF: one per shard,
+    /// comma-separated). Remembered in `<file>.sha256` by size and mtime.
+    #[arg(long = "model-sha256", value_delimiter = ',', value_name = "HEX")]
+    model_sha256: Vec<String>,
     /// Prompt text (one shot). Without it the REPL starts.
     #[arg(short = 'p', long = "prompt")]
     prompt: Option<String>,
@@ -93,6 +97,9 @@ enum Command {
     /// Smoke-test a running ds4-server (every protocol, streaming and not, tool calls, auth,
     /// context size, too-long prompts) and print a pass/fail table; exit 1 on any failure.
     Check(CheckArgs),
+    /// Download a published ds4 GGUF (q2, q4 or mtp) with resume, then check its size and
+    /// SHA-256 (docs/models.md).
+    Download(DownloadArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -175,6 +182,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(Command::Download(d)) = &args.command {
+        return download(d);
+    }
     if let Some(req) = &args.render_chat {
         let prompt = ds4_cli::diag::render_chat(req, args.ctx)?;
         let mut out = std::io::stdout().lock();
@@ -217,13 +227,52 @@ fn run(args: Args) -> anyhow::Result<()> {
             &mut std::io::stdout().lock(),
         )?);
     }
-    let model = Arc::new(ds4_cli::load_model(&args.model)?);
+    let model = Arc::new(ds4_cli::load_model_pinned(&args.model, &args.model_sha256)?);
     let backend = ds4_cli::make_backend(&model, args.cpu, args.cuda, args.ctx)?;
     let mut engine = ds4::engine::Engine::with_backend(model, backend, args.precision(), args.ctx)?;
     match prompt {
         Some(text) => ds4_cli::chat_cli::one_shot(&mut engine, &args.chat_options(), &text),
         None => ds4_cli::repl::run_repl(engine, args.chat_options()),
     }
+}
+
+/// `ds4 download`: fetch a published ds4 GGUF with resume, size and SHA-256 check.
+#[derive(clap::Args, Debug)]
+struct DownloadArgs {
+    /// What to fetch: q2 (about 81 GB), q4 (about 153 GB) or mtp (about 3.5 GB).
+    #[arg(value_parser = ["q2", "q4", "mtp"])]
+    target: String,
+    /// Directory for the file (default: env DS4_GGUF_DIR, else ./gguf).
+    #[arg(long = "dir", env = "DS4_GGUF_DIR", default_value = "gguf")]
+    dir: PathBuf,
+    /// Hugging Face token (default: env HF_TOKEN).
+    #[arg(long = "token", env = "HF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Expected SHA-256 (hex), instead of the one the server announces.
+    #[arg(long = "sha256", value_name = "HEX")]
+    sha256: Option<String>,
+    /// Where the files are (`URL/FILE` is fetched).
+    #[arg(long = "base-url", default_value = ds4_cli::download::BASE_URL)]
+    base_url: String,
+    /// No progress bars.
+    #[arg(long = "quiet")]
+    quiet: bool,
+}
+
+fn download(a: &DownloadArgs) -> anyhow::Result<()> {
+    let opts = ds4_cli::download::Options {
+        dir: a.dir.clone(),
+        base_url: a.base_url.clone(),
+        token: a.token.clone().filter(|t| !t.trim().is_empty()),
+        sha256: a.sha256.clone(),
+        progress: !a.quiet,
+    };
+    let path = ds4_cli::download::download(&a.target, &opts)?;
+    println!("{}", path.display());
+    if a.target != "mtp" {
+        eprintln!("run it with: ds4 -m {}", path.display());
+    }
+    Ok(())
 }
 
 fn main() {

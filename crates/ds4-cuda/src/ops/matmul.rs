@@ -39,13 +39,23 @@ pub(crate) fn kname(fam: &str, ty: GgmlType) -> BResult<&'static str> {
         ("dn", T::IQ2_XXS) => "dn_iq2_xxs",
         ("dn", T::F16) => "dn_f16",
         ("dn", T::F32) => "dn_f32",
+        (fam, T::BF16 | T::Q3_K | T::Q5_K | T::Q6_K | T::IQ2_XS | T::IQ3_XXS | T::MXFP4) => {
+            match fam {
+                "mv" => "mv_deq",
+                "gu" => "gu_deq",
+                _ => "dn_deq",
+            }
+        }
         _ => return Err(err(format!("type {ty} has no CUDA kernel"))),
     })
 }
 
 /// Whether the fast kernels of type `ty` take 8-bit activation planes (else f32).
 pub(crate) fn takes_q8(ty: GgmlType) -> bool {
-    !matches!(ty, GgmlType::F16 | GgmlType::F32)
+    matches!(
+        ty,
+        GgmlType::Q8_0 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::IQ2_XXS
+    )
 }
 
 /// Rows per warp of the matrix-vector kernels (the block's rows, 8·rpw, must divide

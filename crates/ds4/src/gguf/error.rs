@@ -232,4 +232,49 @@ pub enum Error {
         /// Bytes supplied.
         found: u64,
     },
+    /// The first shard of a split GGUF is not named as llama.cpp's gguf-split names shards,
+    /// so the other shards cannot be found.
+    #[error(
+        "split GGUF {}: a file with split.count = {count} must be named \
+         PREFIX-00001-of-{count:05}.gguf (gguf-split naming) so its shards can be found",
+        path.display()
+    )]
+    SplitName {
+        /// The file opened.
+        path: PathBuf,
+        /// Its `split.count`.
+        count: u64,
+    },
+    /// A shard other than the first was opened.
+    #[error(
+        "{} is shard {} of {count} of a split GGUF: open the first shard (…-00001-of-{count:05}.gguf)",
+        path.display(),
+        no + 1
+    )]
+    NotFirstShard {
+        /// The file opened.
+        path: PathBuf,
+        /// Its `split.no` (0-based).
+        no: u64,
+        /// Its `split.count`.
+        count: u64,
+    },
+    /// A shard of a split GGUF does not exist.
+    #[error("split GGUF: shard {index} of {count} is missing: {}", path.display())]
+    MissingShard {
+        /// The shard's expected path.
+        path: PathBuf,
+        /// Its 1-based number.
+        index: u64,
+        /// Shards in all.
+        count: u64,
+    },
+    /// A shard whose split keys or tensors do not fit the first shard's.
+    #[error("split GGUF shard {}: {problem}", path.display())]
+    ShardMismatch {
+        /// The shard.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
 }

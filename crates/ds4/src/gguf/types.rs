@@ -2,7 +2,8 @@
 //! Shared by the reader, the writer and the quant kernels.
 
 /// A ggml tensor type, numbered as in `ggml.h` (and gguf-py's `GGMLQuantizationType`).
-/// Only the types this model's files use are named; others are rejected by the reader.
+/// Only the types that published DeepSeek V4 Flash GGUFs use are named; others are rejected by
+/// the reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
 pub enum GgmlType {
@@ -14,16 +15,49 @@ pub enum GgmlType {
     Q8_0,
     /// 256-element k-quant, 2 bits (84 bytes), spec §4.3.
     Q2_K,
+    /// 256-element k-quant, 3 bits (110 bytes), ggml `block_q3_K`.
+    Q3_K,
     /// 256-element k-quant, 4 bits (144 bytes), spec §4.4.
     Q4_K,
+    /// 256-element k-quant, 5 bits (176 bytes), ggml `block_q5_K`.
+    Q5_K,
+    /// 256-element k-quant, 6 bits (210 bytes), ggml `block_q6_K`.
+    Q6_K,
     /// 256-element activation format (292 bytes), spec §4.6; never stored in model files.
     Q8_K,
     /// 256-element i-quant, 2.06 bits (66 bytes), spec §4.5.
     IQ2_XXS,
+    /// 256-element i-quant, 2.31 bits (74 bytes), ggml `block_iq2_xs`.
+    IQ2_XS,
+    /// 256-element i-quant, 3.06 bits (98 bytes), ggml `block_iq3_xxs`.
+    IQ3_XXS,
     /// Plain i32.
     I32,
     /// bfloat16.
     BF16,
+    /// 32-element OCP microscaling FP4: E8M0 scale + 32 × E2M1 (17 bytes), ggml `block_mxfp4`.
+    MXFP4,
+}
+
+impl GgmlType {
+    /// Every type this crate knows, in ggml id order.
+    pub const ALL: [GgmlType; 15] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ3_XXS,
+        GgmlType::I32,
+        GgmlType::BF16,
+        GgmlType::MXFP4,
+    ];
 }
 
 impl GgmlType {
@@ -34,11 +68,17 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q8_0 => 8,
             GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
             GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
+            GgmlType::Q6_K => 14,
             GgmlType::Q8_K => 15,
             GgmlType::IQ2_XXS => 16,
+            GgmlType::IQ2_XS => 17,
+            GgmlType::IQ3_XXS => 18,
             GgmlType::I32 => 26,
             GgmlType::BF16 => 30,
+            GgmlType::MXFP4 => 39,
         }
     }
 
@@ -49,11 +89,17 @@ impl GgmlType {
             1 => GgmlType::F16,
             8 => GgmlType::Q8_0,
             10 => GgmlType::Q2_K,
+            11 => GgmlType::Q3_K,
             12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
+            14 => GgmlType::Q6_K,
             15 => GgmlType::Q8_K,
             16 => GgmlType::IQ2_XXS,
+            17 => GgmlType::IQ2_XS,
+            18 => GgmlType::IQ3_XXS,
             26 => GgmlType::I32,
             30 => GgmlType::BF16,
+            39 => GgmlType::MXFP4,
             _ => return None,
         })
     }
@@ -62,8 +108,16 @@ impl GgmlType {
     pub fn block_elems(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::I32 | GgmlType::BF16 => 1,
-            GgmlType::Q8_0 => 32,
-            GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q8_K | GgmlType::IQ2_XXS => 256,
+            GgmlType::Q8_0 | GgmlType::MXFP4 => 32,
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::Q8_K
+            | GgmlType::IQ2_XXS
+            | GgmlType::IQ2_XS
+            | GgmlType::IQ3_XXS => 256,
         }
     }
 
@@ -74,9 +128,15 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => 2,
             GgmlType::Q8_0 => 34,
             GgmlType::Q2_K => 84,
+            GgmlType::Q3_K => 110,
             GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
+            GgmlType::Q6_K => 210,
             GgmlType::Q8_K => 292,
             GgmlType::IQ2_XXS => 66,
+            GgmlType::IQ2_XS => 74,
+            GgmlType::IQ3_XXS => 98,
+            GgmlType::MXFP4 => 17,
         }
     }
 
@@ -90,6 +150,13 @@ impl GgmlType {
         (n_elems / be).checked_mul(self.block_bytes() as u64)
     }
 
+    /// The type named `name` as ggml prints it (`Q4_K`), case-insensitive.
+    pub fn from_name(name: &str) -> Option<Self> {
+        GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
     /// The name ggml and gguf-py print for this type.
     pub fn name(self) -> &'static str {
         match self {
@@ -97,11 +164,17 @@ impl GgmlType {
             GgmlType::F16 => "F16",
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::Q2_K => "Q2_K",
+            GgmlType::Q3_K => "Q3_K",
             GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
             GgmlType::Q8_K => "Q8_K",
             GgmlType::IQ2_XXS => "IQ2_XXS",
+            GgmlType::IQ2_XS => "IQ2_XS",
+            GgmlType::IQ3_XXS => "IQ3_XXS",
             GgmlType::I32 => "I32",
             GgmlType::BF16 => "BF16",
+            GgmlType::MXFP4 => "MXFP4",
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use config::{Config, ConfigError};
 pub use forward::{Logits, Stage, PREFILL_CHUNK};
-pub use weights::{Weights, WeightsError};
+pub use weights::{Weights, WeightsError, DENSE_TYPES, EXPERT_TYPES};
 
 use crate::backend::Backend;
 use crate::gguf::GgufFile;

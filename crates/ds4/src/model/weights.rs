@@ -2,6 +2,10 @@
 //! names without `blk.N.` and `.weight`. Views hold byte ranges into the mapped file, not copies,
 //! so a backend can read them in place or upload them once. Binding validates every tensor's
 //! presence, type and shape, and names the tensor on any mismatch.
+//!
+//! Types are checked per tensor class, not per recipe (docs/models.md has the table): a weight
+//! matrix may be any type that stores a matrix of its width ([`DENSE_TYPES`]), routed experts
+//! also the i-quants and MXFP4 ([`EXPERT_TYPES`]), small vectors F32/F16/BF16, `tid2eid` I32.
 
 use std::ops::Range;
 
@@ -47,6 +51,18 @@ pub enum WeightsError {
         gate: GgmlType,
         /// Up type.
         up: GgmlType,
+    },
+    /// A matrix whose rows are not a whole number of its type's blocks.
+    #[error("tensor `{name}`: rows of {cols} elements are not whole {ty} blocks of {block_elems}")]
+    RowBlocks {
+        /// GGUF tensor name.
+        name: String,
+        /// The file's type.
+        ty: GgmlType,
+        /// Elements per row.
+        cols: usize,
+        /// Elements per block of `ty`.
+        block_elems: usize,
     },
     /// A tensor's values are out of range (e.g. an expert id in `tid2eid`).
     #[error("tensor `{name}`: {problem}")]
@@ -209,7 +225,7 @@ pub struct LayerWeights {
 /// All tensors of the model.
 #[derive(Debug, Clone)]
 pub struct Weights {
-    /// `token_embd`: n_vocab rows of E (F16).
+    /// `token_embd`: n_vocab rows of E.
     pub token_embd: TensorRef,
     /// Per-layer tensors.
     pub layers: Vec<LayerWeights>,
@@ -225,13 +241,41 @@ pub struct Weights {
     pub output: TensorRef,
 }
 
-const EXPERT_TYPES: &[GgmlType] = &[
-    GgmlType::IQ2_XXS,
-    GgmlType::Q2_K,
-    GgmlType::Q4_K,
-    GgmlType::F16,
+/// Types a dense weight matrix may have (projections, shared experts, output head, embedding,
+/// HC, router, compressor and indexer matrices): the float types, Q8_0 and the K-quants, as
+/// llama.cpp's converter and quantizer write them.
+pub const DENSE_TYPES: &[GgmlType] = &[
     GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
 ];
+
+/// Types routed experts may have: [`DENSE_TYPES`] plus the i-quants of the published mixes and
+/// MXFP4 (DeepSeek's checkpoint stores the routed experts as FP4).
+pub const EXPERT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ3_XXS,
+    GgmlType::MXFP4,
+];
+
+/// Types of the small vectors (norms, biases, HC scale and base, `ape`), widened to f32.
+const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
 struct Binder<'a> {
     file: &'a GgufFile,
@@ -269,6 +313,14 @@ impl Binder<'_> {
                 found: info.dims.clone(),
             });
         }
+        if !dims[0].is_multiple_of(info.ty.block_elems()) {
+            return Err(WeightsError::RowBlocks {
+                name: name.into(),
+                ty: info.ty,
+                cols: dims[0],
+                block_elems: info.ty.block_elems(),
+            });
+        }
         let start = info.offset as usize;
         Ok(TensorRef {
             name: name.into(),
@@ -280,19 +332,14 @@ impl Binder<'_> {
         })
     }
 
-    fn mat(
-        &self,
-        name: &str,
-        ty: GgmlType,
-        cols: usize,
-        rows: usize,
-    ) -> Result<TensorRef, WeightsError> {
-        self.tensor(name, &[ty], &[cols, rows])
+    /// A dense weight matrix of `rows` rows of `cols` ([`DENSE_TYPES`]).
+    fn mat(&self, name: &str, cols: usize, rows: usize) -> Result<TensorRef, WeightsError> {
+        self.tensor(name, DENSE_TYPES, &[cols, rows])
     }
 
-    /// A small F32 (or F16) tensor widened into an owned vector.
+    /// A small F32/F16/BF16 tensor widened into an owned vector.
     fn vec(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, WeightsError> {
-        let r = self.tensor(name, &[GgmlType::F32, GgmlType::F16], dims)?;
+        let r = self.tensor(name, VECTOR_TYPES, dims)?;
         let n: usize = dims.iter().product();
         let mut out = vec![0f32; n];
         crate::quant::dequantize(r.ty, &self.file.bytes()[r.range.clone()], &mut out)
@@ -303,11 +350,7 @@ impl Binder<'_> {
     fn hc(&self, p: &str, c: &Config) -> Result<HcWeights, WeightsError> {
         let mix = (2 + c.n_hc) * c.n_hc;
         Ok(HcWeights {
-            func: self.tensor(
-                &format!("{p}_fn.weight"),
-                &[GgmlType::F16, GgmlType::F32],
-                &[c.n_hc * c.n_embd, mix],
-            )?,
+            func: self.mat(&format!("{p}_fn.weight"), c.n_hc * c.n_embd, mix)?,
             scale: self.vec(&format!("{p}_scale.weight"), &[3])?,
             base: self.vec(&format!("{p}_base.weight"), &[mix])?,
         })
@@ -322,8 +365,8 @@ impl Binder<'_> {
     ) -> Result<CompressorWeights, WeightsError> {
         let w = if ratio == 4 { 2 * d } else { d };
         Ok(CompressorWeights {
-            kv: self.mat(&format!("{p}_kv.weight"), GgmlType::F16, c.n_embd, w)?,
-            gate: self.mat(&format!("{p}_gate.weight"), GgmlType::F16, c.n_embd, w)?,
+            kv: self.mat(&format!("{p}_kv.weight"), c.n_embd, w)?,
+            gate: self.mat(&format!("{p}_gate.weight"), c.n_embd, w)?,
             ape: self.vec(&format!("{p}_ape.weight"), &[w, ratio])?,
             norm: self.vec(&format!("{p}_norm.weight"), &[d])?,
         })
@@ -331,7 +374,7 @@ impl Binder<'_> {
 
     fn layer(&self, il: usize, c: &Config) -> Result<LayerWeights, WeightsError> {
         let b = |n: &str| format!("blk.{il}.{n}");
-        let (e, q8) = (c.n_embd, GgmlType::Q8_0);
+        let e = c.n_embd;
         let ratio = c.ratio(il);
         let attn_compressor = match ratio {
             0 => None,
@@ -341,11 +384,10 @@ impl Binder<'_> {
             4 => Some(IndexerWeights {
                 attn_q_b: self.mat(
                     &b("indexer.attn_q_b.weight"),
-                    GgmlType::F16,
                     c.q_lora,
                     c.idx_heads * c.idx_head_dim,
                 )?,
-                proj: self.mat(&b("indexer.proj.weight"), GgmlType::F16, e, c.idx_heads)?,
+                proj: self.mat(&b("indexer.proj.weight"), e, c.idx_heads)?,
                 compressor: self.compressor(&b("indexer_compressor"), c, c.idx_head_dim, 4)?,
             }),
             _ => None,
@@ -380,27 +422,22 @@ impl Binder<'_> {
             hc_attn: self.hc(&b("hc_attn"), c)?,
             hc_ffn: self.hc(&b("hc_ffn"), c)?,
             attn_norm: self.vec(&b("attn_norm.weight"), &[e])?,
-            attn_q_a: self.mat(&b("attn_q_a.weight"), q8, e, c.q_lora)?,
+            attn_q_a: self.mat(&b("attn_q_a.weight"), e, c.q_lora)?,
             attn_q_a_norm: self.vec(&b("attn_q_a_norm.weight"), &[c.q_lora])?,
-            attn_q_b: self.mat(&b("attn_q_b.weight"), q8, c.q_lora, c.n_head * c.head_dim)?,
-            attn_kv: self.mat(&b("attn_kv.weight"), q8, e, c.head_dim)?,
+            attn_q_b: self.mat(&b("attn_q_b.weight"), c.q_lora, c.n_head * c.head_dim)?,
+            attn_kv: self.mat(&b("attn_kv.weight"), e, c.head_dim)?,
             attn_kv_a_norm: self.vec(&b("attn_kv_a_norm.weight"), &[c.head_dim])?,
             attn_sinks: self.vec(&b("attn_sinks.weight"), &[c.n_head])?,
             attn_output_a: self.mat(
                 &b("attn_output_a.weight"),
-                q8,
                 c.heads_per_group() * c.head_dim,
                 c.o_groups * c.o_lora,
             )?,
-            attn_output_b: self.mat(&b("attn_output_b.weight"), q8, c.o_groups * c.o_lora, e)?,
+            attn_output_b: self.mat(&b("attn_output_b.weight"), c.o_groups * c.o_lora, e)?,
             attn_compressor,
             indexer,
             ffn_norm: self.vec(&b("ffn_norm.weight"), &[e])?,
-            ffn_gate_inp: self.tensor(
-                &b("ffn_gate_inp.weight"),
-                &[GgmlType::F16, GgmlType::F32],
-                &[e, c.n_expert],
-            )?,
+            ffn_gate_inp: self.mat(&b("ffn_gate_inp.weight"), e, c.n_expert)?,
             exp_probs_b,
             ffn_gate_tid2eid,
             ffn_gate_exps: gate,
@@ -410,9 +447,9 @@ impl Binder<'_> {
                 EXPERT_TYPES,
                 &[c.ff_exp, e, c.n_expert],
             )?,
-            ffn_gate_shexp: self.mat(&b("ffn_gate_shexp.weight"), q8, e, c.ff_exp)?,
-            ffn_up_shexp: self.mat(&b("ffn_up_shexp.weight"), q8, e, c.ff_exp)?,
-            ffn_down_shexp: self.mat(&b("ffn_down_shexp.weight"), q8, c.ff_exp, e)?,
+            ffn_gate_shexp: self.mat(&b("ffn_gate_shexp.weight"), e, c.ff_exp)?,
+            ffn_up_shexp: self.mat(&b("ffn_up_shexp.weight"), e, c.ff_exp)?,
+            ffn_down_shexp: self.mat(&b("ffn_down_shexp.weight"), c.ff_exp, e)?,
         })
     }
 
@@ -444,21 +481,13 @@ impl Weights {
             .map(|il| bd.layer(il, cfg))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Weights {
-            token_embd: bd.tensor(
-                "token_embd.weight",
-                &[GgmlType::F16, GgmlType::F32],
-                &[e, cfg.n_vocab],
-            )?,
+            token_embd: bd.mat("token_embd.weight", e, cfg.n_vocab)?,
             layers,
-            output_hc_fn: bd.tensor(
-                "output_hc_fn.weight",
-                &[GgmlType::F16, GgmlType::F32],
-                &[cfg.n_hc * e, cfg.n_hc],
-            )?,
+            output_hc_fn: bd.mat("output_hc_fn.weight", cfg.n_hc * e, cfg.n_hc)?,
             output_hc_scale: bd.vec("output_hc_scale.weight", &[1])?,
             output_hc_base: bd.vec("output_hc_base.weight", &[cfg.n_hc])?,
             output_norm: bd.vec("output_norm.weight", &[e])?,
-            output: bd.mat("output.weight", GgmlType::Q8_0, e, cfg.n_vocab)?,
+            output: bd.mat("output.weight", e, cfg.n_vocab)?,
         })
     }
 }

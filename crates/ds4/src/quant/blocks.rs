@@ -114,15 +114,7 @@ impl BlockQ4K {
     /// The 6-bit (scale, min) pair `j` (0..8), spec §4.4 `get_scale_min_k4`.
     #[inline]
     pub fn scale_min(&self, j: usize) -> (u8, u8) {
-        let q = &self.scales;
-        if j < 4 {
-            (q[j] & 63, q[j + 4] & 63)
-        } else {
-            (
-                (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4),
-                (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-            )
-        }
+        scale_min_k4(&self.scales, j)
     }
 }
 
@@ -158,6 +150,259 @@ impl BlockIQ2XXS {
         (
             u32::from_le_bytes([q[o], q[o + 1], q[o + 2], q[o + 3]]),
             u32::from_le_bytes([q[o + 4], q[o + 5], q[o + 6], q[o + 7]]),
+        )
+    }
+}
+
+/// Q3_K: 256 weights = 16 sub-blocks × 16; `x = d·(sc − 32)·(q − 4·!h)` with 6-bit `sc`,
+/// 2-bit `q` and a high bit `h`; 3.4375 bpw (ggml `block_q3_K`).
+///
+/// Element `128n + 32j + l` has `q = (qs[32n + l] >> 2j) & 3`, high bit
+/// `(hmask[l] >> (4n + j)) & 1`, and sub-block `is = 8n + 2j + (l ≥ 16)`; scale `is` is
+/// `(scales[is % 8] >> 4·(is / 8)) & 15 | ((scales[8 + is % 4] >> 2·(is / 4)) & 3) << 4`.
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | `hmask` | u8 × 32 (high bits) |
+/// | 32 | `qs` | u8 × 64 (4 × 2-bit) |
+/// | 96 | `scales` | u8 × 12 (16 packed 6-bit scales) |
+/// | 108 | `d` | f16 |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ3K {
+    /// High bit of each quant (bit `4n + j` of byte `l`).
+    pub hmask: [u8; QK_K / 8],
+    /// Low 2 bits of each quant, four per byte.
+    pub qs: [u8; QK_K / 4],
+    /// Sixteen 6-bit scales, biased by 32.
+    pub scales: [u8; 12],
+    /// f16 super-scale.
+    pub d: [u8; 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+
+impl BlockQ3K {
+    /// `d` as f32.
+    #[inline]
+    pub fn d(&self) -> f32 {
+        f16_to_f32(u16::from_le_bytes(self.d))
+    }
+    /// Scale of sub-block `is` (0..16), unbiased: −32..31.
+    #[inline]
+    pub fn scale(&self, is: usize) -> i8 {
+        let lo = (self.scales[is % 8] >> (4 * (is / 8))) & 15;
+        let hi = (self.scales[8 + is % 4] >> (2 * (is / 4))) & 3;
+        ((lo | (hi << 4)) as i8).wrapping_sub(32)
+    }
+}
+
+/// Q5_K: 256 weights = 8 sub-blocks × 32; `x = d·sc·q − dmin·m` with 6-bit `sc`, `m` (packed
+/// as in Q4_K) and 5-bit `q`; 5.5 bpw (ggml `block_q5_K`).
+///
+/// Sub-block `j` (elements `32j + l`) takes its low 4 bits from `qs[32·(j/2) + l]` (low nibble
+/// for even `j`, high for odd) and its fifth bit from bit `j` of `qh[l]`.
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | `d` | f16 |
+/// | 2 | `dmin` | f16 |
+/// | 4 | `scales` | u8 × 12 (8 packed 6-bit pairs) |
+/// | 16 | `qh` | u8 × 32 (fifth bits) |
+/// | 48 | `qs` | u8 × 128 (2 × 4-bit) |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ5K {
+    /// f16 super-scale for the scales.
+    pub d: [u8; 2],
+    /// f16 super-scale for the mins.
+    pub dmin: [u8; 2],
+    /// Eight 6-bit (scale, min) pairs, packed as in `get_scale_min_k4`.
+    pub scales: [u8; 12],
+    /// Fifth bit of each quant (bit `j` of byte `l`).
+    pub qh: [u8; QK_K / 8],
+    /// Low 4 bits of each quant, two per byte.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+
+impl BlockQ5K {
+    /// `d` as f32.
+    #[inline]
+    pub fn d(&self) -> f32 {
+        f16_to_f32(u16::from_le_bytes(self.d))
+    }
+    /// `dmin` as f32.
+    #[inline]
+    pub fn dmin(&self) -> f32 {
+        f16_to_f32(u16::from_le_bytes(self.dmin))
+    }
+    /// The 6-bit (scale, min) pair `j` (0..8), as [`BlockQ4K::scale_min`].
+    #[inline]
+    pub fn scale_min(&self, j: usize) -> (u8, u8) {
+        scale_min_k4(&self.scales, j)
+    }
+}
+
+/// Q6_K: 256 weights = 16 sub-blocks × 16; `x = d·sc·(q − 32)` with an 8-bit signed `sc` and
+/// 6-bit `q`; 6.5625 bpw (ggml `block_q6_K`).
+///
+/// Element `128n + 32j + l` (j in 0..4) has low bits `(ql[64n + 32·(j % 2) + l] >> 4·(j / 2)) & 15`,
+/// high bits `(qh[32n + l] >> 2j) & 3`, and scale `scales[8n + 2j + (l ≥ 16)]`.
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | `ql` | u8 × 128 (2 × 4-bit) |
+/// | 128 | `qh` | u8 × 64 (4 × 2-bit) |
+/// | 192 | `scales` | i8 × 16 |
+/// | 208 | `d` | f16 |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ6K {
+    /// Low 4 bits of each quant.
+    pub ql: [u8; QK_K / 2],
+    /// High 2 bits of each quant.
+    pub qh: [u8; QK_K / 4],
+    /// Per-16 signed scales.
+    pub scales: [i8; QK_K / 16],
+    /// f16 super-scale.
+    pub d: [u8; 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+
+impl BlockQ6K {
+    /// `d` as f32.
+    #[inline]
+    pub fn d(&self) -> f32 {
+        f16_to_f32(u16::from_le_bytes(self.d))
+    }
+}
+
+/// IQ2_XS: 256 weights = 32 groups of 8; group `g` is the u16 `qs[g]`: bits 0..9 index
+/// `iq2xs_grid` (512 entries), bits 9..16 index `ksigns_iq2xs`; a 4-bit scale `s` per 16
+/// weights (`scales[g / 4]` low nibble for even `g / 2`, high for odd);
+/// `x = d·(0.5 + s)·0.25·grid·sign`; 2.3125 bpw (ggml `block_iq2_xs`).
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | `d` | f16 |
+/// | 2 | `qs` | u16 × 32 |
+/// | 66 | `scales` | u8 × 8 (2 × 4-bit) |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ2XS {
+    /// f16 scale.
+    pub d: [u8; 2],
+    /// Grid and sign indices, little-endian u16.
+    pub qs: [u8; QK_K / 4],
+    /// Per-16 4-bit scales.
+    pub scales: [u8; QK_K / 32],
+}
+const _: () = assert!(std::mem::size_of::<BlockIQ2XS>() == 74);
+
+impl BlockIQ2XS {
+    /// `d` as f32.
+    #[inline]
+    pub fn d(&self) -> f32 {
+        f16_to_f32(u16::from_le_bytes(self.d))
+    }
+    /// Group `g` (0..32) as (grid index, sign index).
+    #[inline]
+    pub fn group(&self, g: usize) -> (usize, usize) {
+        let v = u16::from_le_bytes([self.qs[2 * g], self.qs[2 * g + 1]]);
+        (usize::from(v & 511), usize::from(v >> 9))
+    }
+    /// The 4-bit scale of weights `16h..16h + 16` (h in 0..16).
+    #[inline]
+    pub fn scale(&self, h: usize) -> u8 {
+        (self.scales[h / 2] >> (4 * (h % 2))) & 15
+    }
+}
+
+/// IQ3_XXS: 256 weights = 8 sub-blocks × 32; sub-block `ib` has 8 grid indices
+/// `qs[8ib..8ib + 8]` (each 4 magnitudes of `iq3xxs_grid`) and one u32 `a` at
+/// `64 + 4ib`: bits `7k..7k+6` index `ksigns_iq2xs` for weights `8k..8k+8`, `a >> 28` is the
+/// scale `s`; `x = d·(0.5 + s)·0.5·grid·sign`; 3.0625 bpw (ggml `block_iq3_xxs`).
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | `d` | f16 |
+/// | 2 | `qs` | u8 × 64 (grid indices) |
+/// | 66 | `scales_signs` | u32 × 8 |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockIQ3XXS {
+    /// f16 scale.
+    pub d: [u8; 2],
+    /// Grid indices, then the sign/scale words (little-endian u32).
+    pub qs: [u8; 3 * QK_K / 8],
+}
+const _: () = assert!(std::mem::size_of::<BlockIQ3XXS>() == 98);
+
+impl BlockIQ3XXS {
+    /// `d` as f32.
+    #[inline]
+    pub fn d(&self) -> f32 {
+        f16_to_f32(u16::from_le_bytes(self.d))
+    }
+    /// The sign/scale word of sub-block `ib` (0..8).
+    #[inline]
+    pub fn aux(&self, ib: usize) -> u32 {
+        let o = QK_K / 4 + 4 * ib;
+        let q = &self.qs;
+        u32::from_le_bytes([q[o], q[o + 1], q[o + 2], q[o + 3]])
+    }
+}
+
+/// MXFP4 (OCP microscaling FP4): 32 weights `x = 2^(e − 128)·v` where `v` is twice the E2M1
+/// value of the 4-bit code (`KVALUES_MXFP4`), i.e. `x = (2^(e − 127) / 2)·v`; element `j < 16`
+/// is the low nibble of `qs[j]`, element `16 + j` the high nibble; 4.25 bpw (ggml `block_mxfp4`).
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | `e` | u8 (E8M0 exponent) |
+/// | 1 | `qs` | u8 × 16 (2 × 4-bit) |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockMXFP4 {
+    /// E8M0 shared exponent.
+    pub e: u8,
+    /// E2M1 codes, two per byte.
+    pub qs: [u8; QK_MXFP4 / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockMXFP4>() == 17);
+
+impl BlockMXFP4 {
+    /// Half the E8M0 scale, `2^(e − 128)` as f32 (ggml's `GGML_E8M0_TO_FP32_HALF`; subnormal
+    /// for `e < 2`).
+    #[inline]
+    pub fn d_half(&self) -> f32 {
+        e8m0_to_f32_half(self.e)
+    }
+}
+
+/// `2^(e − 128)` exactly (ggml `ggml_e8m0_to_fp32_half`, gguf-py `e8m0_to_fp32_half`).
+#[inline]
+pub(crate) fn e8m0_to_f32_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        u32::from(e - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+/// Elements per MXFP4 block (`QK_MXFP4`).
+pub const QK_MXFP4: usize = 32;
+
+/// The Q4_K / Q5_K packing of eight 6-bit (scale, min) pairs, spec §4.4 `get_scale_min_k4`.
+#[inline]
+pub(crate) fn scale_min_k4(q: &[u8; 12], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
     }
 }

@@ -32,16 +32,8 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 fn type_named(name: &str) -> GgmlType {
-    let all = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q8_0,
-        GgmlType::Q2_K,
-        GgmlType::Q4_K,
-        GgmlType::IQ2_XXS,
-    ];
-    all.into_iter()
+    GgmlType::ALL
+        .into_iter()
         .find(|t| t.name() == name)
         .unwrap_or_else(|| panic!("type {name}"))
 }
@@ -66,7 +58,11 @@ fn cases() -> Vec<Case> {
 #[test]
 fn manifest_covers_every_stored_type() {
     let cases = cases();
-    for ty in ["F32", "F16", "BF16", "Q8_0", "Q2_K", "Q4_K", "IQ2_XXS"] {
+    for ty in GgmlType::ALL
+        .iter()
+        .filter(|t| !matches!(t, GgmlType::I32 | GgmlType::Q8_K))
+        .map(|t| t.name())
+    {
         assert!(
             cases.iter().any(|c| c.ty.name() == ty),
             "no fixture for {ty}"
@@ -129,4 +125,27 @@ fn fixtures_include_the_edge_cases() {
         q8.quantized.chunks(34).any(|b| b.iter().all(|&v| v == 0)),
         "all-zero Q8_0 block"
     );
+    let mx = cases
+        .iter()
+        .find(|c| c.name == "mxfp4_all_exponents")
+        .expect("mxfp4_all_exponents");
+    assert!(mx.dequantized.iter().any(|v| v.is_infinite()));
+    assert!(mx.dequantized.iter().any(|v| v.is_subnormal()));
+}
+
+#[test]
+fn all_grid_fixtures_reach_every_grid_entry() {
+    use super::blocks::{as_blocks, BlockIQ2XS, BlockIQ3XXS};
+    let cases = cases();
+    let find = |n: &str| cases.iter().find(|c| c.name == n).expect(n);
+    let mut seen = vec![false; 512];
+    for b in as_blocks::<BlockIQ2XS>(&find("iq2_xs_all_grid").quantized) {
+        (0..32).for_each(|g| seen[b.group(g).0] = true);
+    }
+    assert!(seen.iter().all(|&s| s), "IQ2_XS grid entries");
+    let mut seen = vec![false; 256];
+    for b in as_blocks::<BlockIQ3XXS>(&find("iq3_xxs_all_grid").quantized) {
+        b.qs[..64].iter().for_each(|&g| seen[usize::from(g)] = true);
+    }
+    assert!(seen.iter().all(|&s| s), "IQ3_XXS grid entries");
 }

@@ -166,14 +166,20 @@ mod tests {
     /// matmul vs matvec: same products, summation order may differ on the scalar path.
     const MATMUL_REL_TOL: f64 = 1e-5;
 
-    const TYPES: [GgmlType; 8] = [
+    const TYPES: [GgmlType; 14] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
         GgmlType::Q8_0,
         GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
         GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ3_XXS,
+        GgmlType::MXFP4,
         GgmlType::Q8_K,
     ];
 

@@ -10,25 +10,30 @@
 //!
 //! Files: `blocks` (layouts), `float` (f16/bf16), `dequant`, `quantize`, `dot` (scalar
 //! reference kernels), `simd` (AVX2 kernels + the dispatcher), `matmul`, `random`,
-//! `iq2_tables`.
+//! `iq2_tables` and `grids` (lookup tables).
 
 mod blocks;
 mod dequant;
 mod dot;
 mod float;
+mod grids;
 mod iq2_tables;
 mod matmul;
 mod quantize;
-mod random;
+pub(crate) mod random;
 mod simd;
 
 #[cfg(test)]
 mod fixtures;
 
-pub use blocks::{BlockIQ2XXS, BlockQ2K, BlockQ4K, BlockQ8K, BlockQ8_0, QK8_0, QK_K};
+pub use blocks::{
+    BlockIQ2XS, BlockIQ2XXS, BlockIQ3XXS, BlockMXFP4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K,
+    BlockQ6K, BlockQ8K, BlockQ8_0, QK8_0, QK_K, QK_MXFP4,
+};
 pub use dequant::dequantize;
 pub use dot::{vec_dot_iq2_xxs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q4_k_q8_k};
 pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+pub use grids::{IQ2XS_GRID, IQ3XXS_GRID, KVALUES_MXFP4};
 pub use iq2_tables::{IQ2XXS_GRID, KSIGNS_IQ2XS};
 pub use matmul::{matmul, matvec, QMatrix};
 pub use quantize::{quantize, quantize_row_q8_k};

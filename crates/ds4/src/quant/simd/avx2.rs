@@ -13,6 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::super::blocks::{as_blocks, BlockIQ2XXS, BlockQ2K, BlockQ4K, BlockQ8_0, QK8_0, QK_K};
+use super::super::dequant::dequantize_unchecked;
 use super::super::dot::dot_row_ref;
 use super::super::float::{bf16_to_f32, f16_to_f32};
 use super::super::iq2_tables::{IQ2XXS_GRID_F32, KSIGNS_MASK};
@@ -51,6 +52,12 @@ impl Avx2 {
             GgmlType::Q2_K => unsafe { dot_q2_k(as_blocks(row), x) },
             GgmlType::Q4_K => unsafe { dot_q4_k(as_blocks(row), x) },
             GgmlType::IQ2_XXS => unsafe { dot_iq2_xxs(as_blocks(row), x) },
+            GgmlType::Q3_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::IQ2_XS
+            | GgmlType::IQ3_XXS
+            | GgmlType::MXFP4 => unsafe { dot_dequant(ty, row, x) },
             GgmlType::I32 | GgmlType::Q8_K => dot_row_ref(ty, row, x),
         }
     }
@@ -159,6 +166,38 @@ plain_kernel!(
     |p| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))),
     |b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))
 );
+
+/// Any block type · x: 256 weights at a time dequantised by the scalar `dequant.rs` (bit-exact),
+/// then FMA'd 32 at a time into the four accumulators, which persist across chunks, so the
+/// result equals `dot_plain_f32` over the dequantised row. Used for the types without a fused
+/// kernel (Q3_K, Q5_K, Q6_K, IQ2_XS, IQ3_XXS, MXFP4); every block is a multiple of 32 weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_dequant(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    const CHUNK: usize = 256;
+    let chunk_bytes = CHUNK / ty.block_elems() * ty.block_bytes();
+    let mut buf = [0.0f32; CHUNK];
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (wc, xc) in row.chunks(chunk_bytes).zip(x.chunks(CHUNK)) {
+        let n = xc.len() - xc.len() % 32;
+        let w = &mut buf[..xc.len()];
+        dequantize_unchecked(ty, wc, w);
+        let mut i = 0;
+        while i + 32 <= n {
+            unroll4!(|k| {
+                // SAFETY: i + 8k + 8 ≤ n ≤ xc.len() = w.len().
+                let (wv, xv) = unsafe {
+                    (
+                        _mm256_loadu_ps(w.as_ptr().add(i + 8 * k)),
+                        _mm256_loadu_ps(xc.as_ptr().add(i + 8 * k)),
+                    )
+                };
+                acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+            });
+            i += 32;
+        }
+    }
+    finish(acc)
+}
 
 /// Q8_0 · x (spec §4.2): widen 8 i8 to f32, `w = q·d`, FMA.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -305,20 +344,26 @@ mod tests {
 
     fn sizes(ty: GgmlType) -> &'static [usize] {
         match ty {
-            GgmlType::Q8_0 => &[32, 96, 544, 4096],
-            GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::IQ2_XXS => &[256, 768, 4352],
+            GgmlType::Q8_0 | GgmlType::MXFP4 => &[32, 96, 544, 4096],
+            t if t.block_elems() == 256 => &[256, 768, 4352],
             _ => &[1, 7, 8, 31, 32, 33, 100, 4101],
         }
     }
 
-    const TYPES: [GgmlType; 7] = [
+    const TYPES: [GgmlType; 13] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
         GgmlType::Q8_0,
         GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
         GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ3_XXS,
+        GgmlType::MXFP4,
     ];
 
     #[test]
