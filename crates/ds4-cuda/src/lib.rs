@@ -399,6 +399,14 @@ impl CudaBackend {
         self.arena.alloc(bytes).map_err(be_err)
     }
 
+    /// A copy of the host values `v` (4-byte scalars, e.g. i32 or f32) in new arena scratch.
+    pub(crate) fn scratch_from<T: Copy + ToLeBytes4>(&self, v: &[T]) -> Result<u64, BackendError> {
+        let d = self.scratch(v.len() * 4)?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.le_bytes()).collect();
+        self.dev.htod(d, &bytes).map_err(be_err)?;
+        Ok(d)
+    }
+
     fn write_rows(&self, tokens: &[u32], pos0: usize) -> Result<DevRows, CudaError> {
         let n = tokens.len();
         if n > PREFILL_CHUNK {
@@ -520,6 +528,23 @@ fn gpu_count() -> i32 {
 }
 
 mod backend_impl;
+
+/// Host scalars that [`CudaBackend::scratch_from`] copies to the device.
+pub(crate) trait ToLeBytes4 {
+    fn le_bytes(self) -> [u8; 4];
+}
+
+impl ToLeBytes4 for i32 {
+    fn le_bytes(self) -> [u8; 4] {
+        self.to_le_bytes()
+    }
+}
+
+impl ToLeBytes4 for f32 {
+    fn le_bytes(self) -> [u8; 4] {
+        self.to_le_bytes()
+    }
+}
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {

@@ -11,7 +11,7 @@ use ds4::model::Numerics;
 use super::matmul::{kname, rows_per_warp};
 use super::{blocks, dp, drows, err, want};
 use crate::driver::kargs;
-use crate::{be_err, CudaBackend};
+use crate::CudaBackend;
 
 /// Floor of the selected scores' sum (spec §2.5 step 4), as the CPU uses.
 const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
@@ -303,11 +303,7 @@ impl CudaBackend {
             }
         }
         let mark = self.arena.mark();
-        let (idx_d, w_d) = (self.scratch(idx.len() * 4)?, self.scratch(wv.len() * 4)?);
-        let ib: Vec<u8> = idx.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let wb: Vec<u8> = wv.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.dev.htod(idx_d, &ib).map_err(be_err)?;
-        self.dev.htod(w_d, &wb).map_err(be_err)?;
+        let (idx_d, w_d) = (self.scratch_from(&idx)?, self.scratch_from(&wv)?);
         if num.fast && self.opts_tensor_core_experts() && mq_fits(gate) && mq_fits(down) {
             // Every expert of the layer in one tensor-core launch per matrix (kernels/mmq.cu).
             let tiles: Vec<i32> = spans
@@ -319,9 +315,7 @@ impl CudaBackend {
                 })
                 .collect();
             let n_tiles = tiles.len() / 3;
-            let tiles_d = self.scratch(tiles.len() * 4)?;
-            let tb: Vec<u8> = tiles.iter().flat_map(|v| v.to_le_bytes()).collect();
-            self.dev.htod(tiles_d, &tb).map_err(be_err)?;
+            let tiles_d = self.scratch_from(&tiles)?;
             let slots = idx.len();
             let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
             let x16 = self.to_f16(xp, e, 0, idx_d, slots, e)?;
@@ -336,9 +330,7 @@ impl CudaBackend {
             let m16 = self.to_f16(mid, ff, 0, 0, slots, ff)?;
             let d = self.scratch(slots * e * 4)?;
             self.mq_experts(dw, m16, slots, tiles_d, n_tiles, d, e)?;
-            let slot_d = self.scratch(slot_of.len() * 4)?;
-            let sb: Vec<u8> = slot_of.iter().flat_map(|v| v.to_le_bytes()).collect();
-            self.dev.htod(slot_d, &sb).map_err(be_err)?;
+            let slot_d = self.scratch_from(&slot_of)?;
             let (nn, kk, c) = (n as i32, k as i32, e as i32);
             self.launch(
                 "sum_slots",
