@@ -101,49 +101,41 @@ static inline void emu_yield(int state) {
 static inline void __syncthreads() { emu_yield(EMU_BLOCK_WAIT); }
 static inline void __syncwarp(unsigned = 0xffffffffu) { emu_yield(EMU_WARP_WAIT); }
 
-template <class T> static inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int = 32) {
-    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+// One warp exchange: this lane deposits `bits`, parks until the warp has, and gets the
+// deposited row (32 slots, by lane). Shuffles and the mma gather read from it.
+static inline const uint64_t* emu_exchange(uint64_t bits) {
     EmuFiber* f = emu_cur;
-    int lane = f->lin & 31, warp = f->lin >> 5;
+    int warp = f->lin >> 5;
     unsigned g = f->wgen & 1u;
-    uint64_t bits = 0;
-    memcpy(&bits, &v, sizeof(T));
-    emu_slots[warp][g][lane] = bits;
+    emu_slots[warp][g][f->lin & 31] = bits;
     emu_yield(EMU_WARP_WAIT);
     f->wgen++;
-    uint64_t got = emu_slots[warp][g][lane ^ lane_mask];
+    return emu_slots[warp][g];
+}
+
+template <class T> static inline T emu_shfl_from(T v, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    uint64_t got = emu_exchange(bits)[src_lane & 31];
     T r;
     memcpy(&r, &got, sizeof(T));
     return r;
 }
 
+template <class T> static inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int = 32) {
+    return emu_shfl_from(v, (emu_cur->lin & 31) ^ lane_mask);
+}
+
 template <class T> static inline T __shfl_sync(unsigned, T v, int src_lane, int = 32) {
-    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
-    EmuFiber* f = emu_cur;
-    int lane = f->lin & 31, warp = f->lin >> 5;
-    unsigned g = f->wgen & 1u;
-    uint64_t bits = 0;
-    memcpy(&bits, &v, sizeof(T));
-    emu_slots[warp][g][lane] = bits;
-    emu_yield(EMU_WARP_WAIT);
-    f->wgen++;
-    uint64_t got = emu_slots[warp][g][src_lane & 31];
-    T r;
-    memcpy(&r, &got, sizeof(T));
-    return r;
+    return emu_shfl_from(v, src_lane);
 }
 
 // Every lane's 64-bit value in one exchange (all[32], by lane): the emulated tensor-core
 // product (common.cuh's mma_16816) gathers its operand fragments with three of these instead
 // of 32 shuffles.
 static inline void emu_warp_all(uint64_t v, uint64_t* all) {
-    EmuFiber* f = emu_cur;
-    int warp = f->lin >> 5;
-    unsigned g = f->wgen & 1u;
-    emu_slots[warp][g][f->lin & 31] = v;
-    emu_yield(EMU_WARP_WAIT);
-    f->wgen++;
-    memcpy(all, emu_slots[warp][g], 32 * sizeof(uint64_t));
+    memcpy(all, emu_exchange(v), 32 * sizeof(uint64_t));
 }
 
 static inline void* emu_dyn_smem() { return emu_dyn; }
@@ -228,23 +220,17 @@ static void emu_run_block() {
 // each live lane deposits its value, parks once, then folds the values of the lanes released
 // with it, in lane order. The result is the same in every lane.
 template <class T, class F> static inline T emu_warp_reduce(T v, F op) {
-    EmuFiber* f = emu_cur;
-    int lane = f->lin & 31, warp = f->lin >> 5;
-    unsigned g = f->wgen & 1u;
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof(T));
-    emu_slots[warp][g][lane] = bits;
-    emu_yield(EMU_WARP_WAIT);
-    f->wgen++;
+    const uint64_t* row = emu_exchange(bits);
     // The lanes released with this one (a lane may have finished since).
-    uint32_t mask = emu_released[warp];
+    uint32_t mask = emu_released[emu_cur->lin >> 5];
     T acc{};
     bool first = true;
     for (int i = 0; i < 32; i++) {
         if (!((mask >> i) & 1u)) continue;
         T x;
-        uint64_t b = emu_slots[warp][g][i];
-        memcpy(&x, &b, sizeof(T));
+        memcpy(&x, &row[i], sizeof(T));
         acc = first ? x : op(acc, x);
         first = false;
     }
