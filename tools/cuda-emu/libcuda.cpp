@@ -287,6 +287,20 @@ CUresult cuLaunchKernel(void* fp, unsigned gx, unsigned gy, unsigned gz, unsigne
     return submit(std::move(op));
 }
 
+// CUlaunchConfig (cuda.h): the grid, block, dynamic shared memory and stream of a launch, and
+// its attributes. Programmatic stream serialization changes nothing here: launches run one
+// after another, and the kernels' grid_dep_sync() is a no-op under the emulator.
+struct LaunchConfig {
+    unsigned gx, gy, gz, bx, by, bz, smem;
+    void* stream;
+    void* attrs;
+    unsigned num_attrs;
+};
+CUresult cuLaunchKernelEx(const LaunchConfig* c, void* fp, void** params, void** extra) {
+    return cuLaunchKernel(fp, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream,
+                          params, extra);
+}
+
 struct Event {
     std::chrono::steady_clock::time_point t;
 };

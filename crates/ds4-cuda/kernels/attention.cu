@@ -21,6 +21,7 @@
 // ring[pos[t] % ring_rows] = kv[t]. Grid (rows).
 extern "C" __global__ void raw_push(const float* kv, int hd, const int* pos, float* ring,
                                     int ring_rows) {
+    grid_dep_sync();
     int t = blockIdx.x;
     float* dst = ring + (i64)(pos[t] % ring_rows) * hd;
     for (int c = threadIdx.x; c < hd; c += blockDim.x) dst[c] = kv[(i64)t * hd + c];
@@ -57,6 +58,7 @@ extern "C" __global__ void attn_partial(const float* q, int nh, int hd, const fl
                                         int ring_rows, int n_swa, const float* comp, int ratio,
                                         const int* sel, int topk, const int* pos, int splits,
                                         float scale, float* part) {
+    grid_dep_sync();
     __shared__ float tile[ATT_TILE * ATT_HD_MAX];
     __shared__ int valid[ATT_TILE];
     int t = blockIdx.x, s = blockIdx.z;
@@ -144,6 +146,7 @@ extern "C" __global__ void attn_partial(const float* q, int nh, int hd, const fl
 // M = max(sink_h, m_s). Grid (rows, nh).
 extern "C" __global__ void attn_combine(const float* part, const float* sinks, int nh, int hd,
                                         int splits, float* out) {
+    grid_dep_sync();
     int t = blockIdx.x, h = blockIdx.y;
     const float* pp = part + ((i64)t * nh + h) * splits * (hd + 2);
     float sink = sinks[h];

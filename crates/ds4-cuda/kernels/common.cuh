@@ -123,6 +123,19 @@ __device__ __forceinline__ void warp_sum2(float* a, float* b) {
 }
 #endif
 
+// Programmatic dependent launch (Hopper): every kernel is launched allowed to start before the
+// kernel ahead of it in the stream has finished (driver::Device::launch), so its blocks are
+// scheduled while that kernel drains instead of after a full launch gap. The first statement of
+// every kernel is this call: it waits until the previous grid has completed and its writes are
+// visible, then lets the next grid be scheduled (which, in turn, waits here). Because every
+// kernel waits for its predecessor's completion before finishing, completion stays transitive
+// down the stream. Before sm_90 and under the emulator (serial launches) it is a no-op.
+__device__ __forceinline__ void grid_dep_sync() {
+#if !defined(DS4_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // c += A·B on the tensor cores for one warp: A 16×16 f16 (row-major), B 16×8 f16 (column-major),
 // c 16×8 f32 — PTX `mma.m16n8k16.row.col.f32.f16.f16.f32`. With g = lane / 4, t = lane % 4:
 // a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][8+2t..], a[3] = A[g+8][8+2t..];

@@ -62,6 +62,7 @@ extern "C" __global__ void comp_emit(const float* kvp, const float* scp, const f
                                      const int* pos, int n, int ratio, int D, RopeTab tab,
                                      int stream, int sim, int f16, float eps, float* rows_out,
                                      int cap) {
+    grid_dep_sync();
     __shared__ float row[COMP_D_MAX];
     __shared__ float tmp[COMP_D_MAX / 32 + 1];
     __shared__ double shd[32];
@@ -115,6 +116,7 @@ extern "C" __global__ void comp_emit(const float* kvp, const float* scp, const f
 extern "C" __global__ void comp_frontier(const float* kvp, const float* scp, const float* ape,
                                          float* fr_kv, float* fr_sc, const int* pos, int n,
                                          int ratio, int W) {
+    grid_dep_sync();
     int pos0 = pos[0];
     int L = pos0 + n - 1;
     int rows = ratio == 4 ? 4 : ratio;

@@ -12,6 +12,7 @@
 // the i = 0 blocks). The flat RMSNorm's scale is a per-row factor, applied when the slices are
 // summed (hc_mix_value). Grid (rows, n_mix, S).
 extern "C" __global__ void hc_mix(const float* x_hc, int first, DW fn, int S, float* part) {
+    grid_dep_sync();
     __shared__ double shd[32];
     __shared__ float shf[32];
     int t = blockIdx.x, i = blockIdx.y, s = blockIdx.z;
@@ -38,6 +39,7 @@ extern "C" __global__ void hc_mix(const float* x_hc, int first, DW fn, int S, fl
 // Σx² of each row of x (rows `stride` apart, `cols` wide) into out[t·out_stride] (the GEMM
 // path of the HC mix writes the dots beside it). Grid (rows).
 extern "C" __global__ void row_sumsq(const float* x, int stride, int cols, float* out, int out_stride) {
+    grid_dep_sync();
     __shared__ double shd[32];
     double ss = 0.0;
     const float* r = x + (i64)blockIdx.x * stride;
@@ -80,6 +82,7 @@ extern "C" __global__ void hc_pre_finish(const float* part, int S, float rms_eps
                                          const float* scale3, const float* base,
                                          const float* x_hc, int hc, int e, int iters, float eps,
                                          float* out, float* mixout) {
+    grid_dep_sync();
     __shared__ float pre[HC_MAX];
     __shared__ float pc[HC_MAX + HC_MAX * HC_MAX];
     __shared__ float mix[(2 + HC_MAX) * HC_MAX];
@@ -131,6 +134,7 @@ extern "C" __global__ void hc_pre_finish(const float* part, int S, float rms_eps
 // out[t][f][d] = post[f]·y[t][d] + Σ_s comb[f + hc·s]·x_hc[t][s][d]. Grid (rows, ceil(e/256)).
 extern "C" __global__ void hc_post(const float* y, const float* x_hc, const float* mix, int hc,
                                    int e, float* out) {
+    grid_dep_sync();
     int t = blockIdx.x;
     int d = blockIdx.y * blockDim.x + threadIdx.x;
     if (d >= e) return;
@@ -149,6 +153,7 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
 extern "C" __global__ void hc_head_finish(const float* part, int S, float rms_eps,
                                           const float* x_hc, int first, int hc, int e,
                                           float scale, const float* base, float eps, float* z) {
+    grid_dep_sync();
     __shared__ float pre[HC_MAX];
     int t = blockIdx.x;
     hc_mix_value(part, t, S, hc, hc * e, rms_eps, pre);

@@ -14,6 +14,7 @@
 extern "C" __global__ void idx_scores(const float* q, const float* wts, const float* krows,
                                       const int* pos, int ratio, int nh, int dh, float* scores,
                                       int cap) {
+    grid_dep_sync();
     DYN_SHARED(float, sh);
     float* qs = sh;                          // nh × (dh + 1)
     float* ks = sh + nh * (dh + 1);          // IDX_TILE × (dh + 1)
@@ -72,6 +73,7 @@ __device__ int block_scan(int v, int* sh) {
 // sel[t][0..k) = the selected compressed rows of row t. Grid (rows), TOPK_THREADS threads.
 extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos, int ratio,
                                     int k, int* sel) {
+    grid_dep_sync();
     __shared__ int hist[256];
     __shared__ int scan[TOPK_THREADS];
     __shared__ u32 s_prefix;

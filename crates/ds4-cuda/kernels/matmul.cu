@@ -168,6 +168,7 @@ __device__ float deq(const DW& w, i64 grow, int c) {
 // `y_stride` apart; the weight matrix is `mat` of the stack.
 extern "C" __global__ void mm_f32(DW w, int mat, int r0, int rows, const float* x, int x_stride,
                                   int xoff, int n_tok, float* y, int y_stride, int yoff) {
+    grid_dep_sync();
     int r = blockIdx.x;
     int t0 = blockIdx.y * MM_TOK;
     if (r >= rows) return;
@@ -470,6 +471,7 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
 // Three-stage int8 planes of `rows` rows of `cols` (row r at x + r·x_stride): q[r] is three
 // planes of cols bytes, d[r] cols/32 scales. One warp per 32 values.
 extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int rows, i8* q, float* d) {
+    grid_dep_sync();
     int lane = threadIdx.x & 31;
     i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int per_row = cols / 32;
@@ -503,6 +505,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     extern "C" __global__ void NAME(DW w, int mat, const float* x, const i8* xq,              \
                                     const float* xd, int rows_per_group, float* y, int kspl, \
                                     int beta) {                                              \
+        grid_dep_sync();                                                                      \
         TABLES                                                                                \
         __shared__ float part[MV_WARPS];                                                     \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
@@ -532,6 +535,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     extern "C" __global__ void NAME(DW gate, DW up, const float* x, const i8* xq,             \
                                     const float* xd, const int* ids, const float* wts,       \
                                     float clamp, float* mid, int rpw) {                      \
+        grid_dep_sync();                                                                      \
         TABLES                                                                                \
         int s = blockIdx.y;                                                                  \
         int e = ids ? ids[s] : 0;                                                            \
@@ -555,6 +559,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
 #define DN_KERNEL(NAME, DOT, TABLES)                                                          \
     extern "C" __global__ void NAME(DW down, const float* mid, const i8* mq, const float* md, \
                                     const int* ids, int k, float* y, int rpw) {              \
+        grid_dep_sync();                                                                      \
         TABLES                                                                                \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
         int cols = down.cols;                                                                 \
@@ -749,6 +754,7 @@ __device__ void deq8(const DW& w, i64 grow, int c, float* o) {
 
 // A thread owns 8 consecutive elements (one 16-byte store each for hi and lo; cols % 8 == 0).
 extern "C" __global__ void deq_f16(DW w, int mat, int r0, int nrows, u16* out) {
+    grid_dep_sync();
     i64 n = (i64)nrows * w.cols;
     for (i64 i8x = (i64)blockIdx.x * blockDim.x + threadIdx.x; i8x * 8 < n; i8x += (i64)gridDim.x * blockDim.x) {
         i64 i = i8x * 8;
@@ -773,6 +779,7 @@ extern "C" __global__ void deq_f16(DW w, int mat, int r0, int nrows, u16* out) {
 // apart; lo is n·cols elements after hi): activations for a GEMM, optionally gathered.
 extern "C" __global__ void to_f16(const float* x, int x_stride, int xoff, const int* idx, int n,
                                   int cols, u16* out) {
+    grid_dep_sync();
     i64 total = (i64)n * cols;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         int t = (int)(i / cols), c = (int)(i - (i64)t * cols);

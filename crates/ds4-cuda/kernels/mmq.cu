@@ -120,6 +120,7 @@ __device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, u32* q, 
 // for the K-quants and IQ2_XXS).
 extern "C" __global__ void mq_experts(DW w, const u16* xh, const u16* xl, const int* tiles,
                                       float* y, int y_stride) {
+    grid_dep_sync();
     __align__(16) __shared__ u16 As[MQ_ROWS * MQ_LD];
     __align__(16) __shared__ u16 Bh[MQ_TOK * MQ_LD];
     __align__(16) __shared__ u16 Bl[MQ_TOK * MQ_LD];

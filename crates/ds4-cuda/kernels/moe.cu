@@ -19,6 +19,7 @@ __device__ __forceinline__ float softplus_ref(float z) {
 extern "C" __global__ void route(const float* logits, int ne, const float* bias,
                                  const int* tid2eid, const int* tokens, int k, float scale,
                                  float floor_sum, int* ids, float* wts) {
+    grid_dep_sync();
     __shared__ float p[ROUTE_MAX_EXPERTS];
     __shared__ float sel[ROUTE_MAX_EXPERTS];
     __shared__ float wv[32];
@@ -86,6 +87,7 @@ extern "C" __global__ void route(const float* logits, int ne, const float* bias,
 // mid[i][c] = silu(min(g, clamp))·clamp(u, ±clamp)·(wts ? wts[i] : 1) over [m × cols].
 extern "C" __global__ void swiglu_rows(const float* g, const float* u, int m, int cols,
                                        float clamp, const float* wts, float* mid) {
+    grid_dep_sync();
     i64 n = (i64)m * cols;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         int r = (int)(i / cols);
@@ -97,6 +99,7 @@ extern "C" __global__ void swiglu_rows(const float* g, const float* u, int m, in
 // out[i] = x[idx[i]] for i < m rows of `cols`.
 extern "C" __global__ void gather_rows(const float* x, const int* idx, int m, int cols,
                                        float* out) {
+    grid_dep_sync();
     i64 n = (i64)m * cols;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         int r = (int)(i / cols), c = (int)(i - (i64)r * cols);
@@ -108,6 +111,7 @@ extern "C" __global__ void gather_rows(const float* x, const int* idx, int m, in
 // same expert twice for one token, so idx may repeat.
 extern "C" __global__ void scatter_add(const float* src, const int* idx, int m, int cols,
                                        float* dst) {
+    grid_dep_sync();
     i64 n = (i64)m * cols;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         int r = (int)(i / cols), c = (int)(i - (i64)r * cols);
@@ -120,6 +124,7 @@ extern "C" __global__ void scatter_add(const float* src, const int* idx, int m, 
 // gives the same bits every time).
 extern "C" __global__ void sum_slots(const float* src, const int* slot, int n, int k, int cols,
                                      float* dst) {
+    grid_dep_sync();
     i64 total = (i64)n * cols;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         int t = (int)(i / cols), c = (int)(i - (i64)t * cols);
@@ -131,6 +136,7 @@ extern "C" __global__ void sum_slots(const float* src, const int* slot, int n, i
 
 // Sets n floats to v (zero-filling outputs that are accumulated into).
 extern "C" __global__ void fill(float* x, i64 n, float v) {
+    grid_dep_sync();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         x[i] = v;
 }

@@ -10,6 +10,7 @@ struct RopeTab {
 
 // x_hc[t][s·e + c] = f32(table[tokens[t]][c]) for every stream s < n_hc. Grid (rows).
 extern "C" __global__ void embed(DW table, const int* tokens, int n_hc, float* x_hc) {
+    grid_dep_sync();
     int t = blockIdx.x;
     int e = table.cols;
     i64 row = tokens[t];
@@ -22,6 +23,7 @@ extern "C" __global__ void embed(DW table, const int* tokens, int n_hc, float* x
 // RMSNorm in place of each `group`-wide slice (grid: rows·cols/group blocks), weight w (length
 // group) or none: v = (v·scale)·w.
 extern "C" __global__ void rms_norm(float* x, const float* w, int group, float eps) {
+    grid_dep_sync();
     __shared__ double sh[32];
     float* g = x + (i64)blockIdx.x * group;
     double ss = 0.0;
@@ -49,6 +51,7 @@ __device__ __forceinline__ void rope_pair(float* a, float* b, int pos, float f, 
 // Grid (rows, heads); one thread per pair.
 extern "C" __global__ void rope(float* x, int cols, int head_dim, const int* pos, RopeTab tab,
                                 int inverse) {
+    grid_dep_sync();
     int t = blockIdx.x, h = blockIdx.y;
     float* head = x + (i64)t * cols + (i64)h * head_dim;
     float* tail = head + head_dim - 2 * tab.pairs;
@@ -57,11 +60,13 @@ extern "C" __global__ void rope(float* x, int cols, int head_dim, const int* pos
 }
 
 extern "C" __global__ void scale(float* x, i64 n, float s) {
+    grid_dep_sync();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         x[i] *= s;
 }
 
 extern "C" __global__ void add(float* y, const float* x, i64 n) {
+    grid_dep_sync();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         y[i] += x[i];
 }

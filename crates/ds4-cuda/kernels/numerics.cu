@@ -111,6 +111,7 @@ __device__ void row_f16(float* sh, int n) {
 // Attention KV rows in place (spec §7.1, §7.3): FP8 of the first cols − n_rot dims (fp8), then
 // f16 (f16). Grid (rows); cols ≤ ROW_MAX.
 extern "C" __global__ void kv_round(float* x, int cols, int n_rot, int fp8, int f16) {
+    grid_dep_sync();
     __shared__ float sh[ROW_MAX];
     __shared__ float tmp[ROW_MAX / FP8_BLOCK + 1];
     float* row = x + (i64)blockIdx.x * cols;
@@ -123,6 +124,7 @@ extern "C" __global__ void kv_round(float* x, int cols, int n_rot, int fp8, int 
 
 // Indexer QAT of every head_dim-wide head in place (spec §7.2). Grid (rows·heads).
 extern "C" __global__ void indexer_qat(float* x, int head_dim) {
+    grid_dep_sync();
     __shared__ float sh[ROW_MAX];
     __shared__ float tmp[ROW_MAX / FP4_BLOCK + 1];
     float* h = x + (i64)blockIdx.x * head_dim;

@@ -38,6 +38,8 @@ pub(crate) struct Device {
     pub name: String,
     pub cc: (i32, i32),
     pub smem_optin: i32,
+    /// Launch kernels with programmatic stream serialization (see `launch`).
+    pub pdl: bool,
 }
 
 // SAFETY: the context and stream handles are plain driver handles, usable from any thread once
@@ -92,6 +94,7 @@ impl Device {
                 name,
                 cc,
                 smem_optin,
+                pdl: false,
             })
         }
     }
@@ -168,24 +171,33 @@ impl Device {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        // With `pdl`, each kernel may be scheduled while the one before it drains: every kernel
+        // begins with `grid_dep_sync()` (kernels/common.cuh), which waits for its predecessor's
+        // completion before touching memory. Stream capture keeps these as programmatic edges.
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            // SAFETY: an all-zero value is valid for every member of the union.
+            value: unsafe { std::mem::zeroed() },
+        };
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
         // SAFETY: `args` points at values matching the kernel's parameter list (each launcher
         // builds it next to the kernel's signature); every pointer parameter refers to device
-        // memory sized for the grid the launcher computes.
-        let r = unsafe {
-            sys::cuLaunchKernel(
-                f.func,
-                grid.0,
-                grid.1,
-                grid.2,
-                block,
-                1,
-                1,
-                smem,
-                self.stream,
-                args.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        };
+        // memory sized for the grid the launcher computes; `cfg` and `attr` outlive the call.
+        let r =
+            unsafe { sys::cuLaunchKernelEx(&cfg, f.func, args.as_mut_ptr(), std::ptr::null_mut()) };
         check(f.name, r)
     }
 

@@ -125,6 +125,9 @@ pub struct CudaOptions {
     /// Routed experts of prefill chunks on the tensor cores (kernels/mmq.cu) where their
     /// types allow; else the split-f16 cuBLAS GEMMs per expert (`DS4_CUDA_MQ=0`).
     pub tensor_core_experts: bool,
+    /// Programmatic dependent launch on sm_90 and newer: each kernel is scheduled while the
+    /// previous one drains (`DS4_CUDA_PDL=0` turns it off; off while profiling).
+    pub dependent_launch: bool,
 }
 
 impl Default for CudaOptions {
@@ -135,6 +138,7 @@ impl Default for CudaOptions {
             graphs: std::env::var("DS4_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             progress: true,
             tensor_core_experts: std::env::var("DS4_CUDA_MQ").map_or(true, |v| v != "0"),
+            dependent_launch: std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -212,7 +216,12 @@ impl CudaBackend {
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing("NVRTC (libnvrtc)"));
         }
-        let dev = Device::open(opts.ordinal)?;
+        let mut dev = Device::open(opts.ordinal)?;
+        let profile = std::env::var("DS4_CUDA_PROFILE")
+            .is_ok_and(|v| v != "0")
+            .then(profile::Profile::default);
+        // Timing events between launches would serialise them anyway.
+        dev.pdl = opts.dependent_launch && dev.cc.0 >= 9 && profile.is_none();
         let cfg = model.config.clone();
         check_shapes(&cfg)?;
         // Memory check before any large allocation.
@@ -305,9 +314,7 @@ impl CudaBackend {
             opts: opts.clone(),
             next_state: AtomicU64::new(1),
             stats,
-            profile: std::env::var("DS4_CUDA_PROFILE")
-                .is_ok_and(|v| v != "0")
-                .then(profile::Profile::default),
+            profile,
         })
     }
 

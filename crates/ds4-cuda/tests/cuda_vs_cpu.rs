@@ -921,25 +921,26 @@ fn cuda_forward_matches_transformers_and_cpu() {
 }
 
 #[test]
-fn graph_replay_matches_direct_and_snapshots_round_trip() {
+fn graph_replay_and_dependent_launch_match_direct_and_snapshots_round_trip() {
     let m = tiny(ExpertRecipe::Q2, 6);
     if !ds4_cuda::driver_present() {
         eprintln!("skipping: no CUDA driver on this machine");
         return;
     }
-    let mk = |graphs| {
+    let mk = |graphs, dependent_launch| {
         CudaBackend::new(
             &m,
             &CudaOptions {
                 ctx: 4096,
                 graphs,
                 progress: false,
+                dependent_launch,
                 ..Default::default()
             },
         )
         .unwrap()
     };
-    let (with, without) = (mk(true), mk(false));
+    let (with, without) = (mk(true, true), mk(false, true));
     let tokens: Vec<u32> = (0..150u32)
         .map(|i| (i * 7 + 1) % m.config.n_vocab as u32)
         .collect();
@@ -951,6 +952,17 @@ fn graph_replay_matches_direct_and_snapshots_round_trip() {
         "graph replay differs from direct execution: max rel {:e}",
         max_rel(&a, &b)
     );
+    // Programmatic dependent launch off: a kernel that touched memory before its
+    // grid_dep_sync() would race with its predecessor and show here (on a GPU).
+    drop(without);
+    let serial = mk(true, false);
+    let c = run(&m, &serial, &tokens, prec, 100);
+    assert!(
+        a == c,
+        "dependent launch changes the logits: max rel {:e}",
+        max_rel(&a, &c)
+    );
+    drop(serial);
     // Snapshot at 120 tokens, decode 30 more; restore into a fresh session and decode again.
     let mut s = m.new_session(&with, 4096).unwrap();
     m.forward_last(&with, &mut s, &tokens[..120], prec).unwrap();

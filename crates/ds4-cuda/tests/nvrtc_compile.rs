@@ -44,3 +44,33 @@ fn dump_source_when_asked() {
         std::fs::write(p, ds4_cuda::nvrtc::source()).expect("write source");
     }
 }
+
+/// Every kernel is launched with programmatic stream serialization, so each must wait for its
+/// predecessor before it touches memory: its first statement is `grid_dep_sync()`
+/// (kernels/common.cuh). A kernel without it would race with the one before it on the GPU.
+#[test]
+fn every_kernel_begins_with_grid_dep_sync() {
+    let src = ds4_cuda::nvrtc::source();
+    let mut seen = 0;
+    for (at, _) in src.match_indices("extern \"C\" __global__ void ") {
+        let head = &src[at..];
+        let name: String = head["extern \"C\" __global__ void ".len()..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let body = &head[head.find('{').expect("kernel body") + 1..];
+        let first = body
+            .trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+            .split(';')
+            .next()
+            .unwrap_or("");
+        assert_eq!(
+            first.trim(),
+            "grid_dep_sync()",
+            "kernel `{name}` does not begin with grid_dep_sync()"
+        );
+        seen += 1;
+    }
+    // Kernels defined through macros (MV_/GU_/DN_KERNEL) count once per macro here.
+    assert!(seen >= 30, "found only {seen} kernel definitions");
+}

@@ -498,4 +498,3 @@ fn the_engine_refuses_a_model_whose_first_logits_are_not_finite() {
     let e = engine(b).expect("finite model accepted");
     assert!(e.session_tokens().is_empty());
 }
-
