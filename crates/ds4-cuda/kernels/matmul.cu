@@ -468,6 +468,22 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
 
 #define NO_TABLES const IqTab* tab = 0;
 
+// The three stages of one activation value v in a block of 32 whose largest magnitude over 127
+// is `dd` (quant_q8 and the kernels that quantise their own activation share this, so both
+// give the same bits).
+__device__ __forceinline__ void q8_stages(float v, float dd, int* q1, int* q2, int* q3) {
+    *q1 = *q2 = *q3 = 0;
+    if (dd > 0.0f) {
+        *q1 = max(-127, min(127, __float2int_rn(v / dd)));
+        float rr = fmaf(-(float)*q1, dd, v);
+        float d2 = dd / Q8_STAGE;
+        *q2 = max(-127, min(127, __float2int_rn(rr / d2)));
+        rr = fmaf(-(float)*q2, d2, rr);
+        float d3 = d2 / Q8_STAGE;
+        *q3 = max(-127, min(127, __float2int_rn(rr / d3)));
+    }
+}
+
 // Three-stage int8 planes of `rows` rows of `cols` (row r at x + r·x_stride): q[r] is three
 // planes of cols bytes, d[r] cols/32 scales. One warp per 32 values.
 extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int rows, i8* q, float* d) {
@@ -478,23 +494,30 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     if (blk >= (i64)rows * per_row) return;
     int r = (int)(blk / per_row), b = (int)(blk - (i64)r * per_row);
     float v = x[(i64)r * x_stride + b * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float dd = amax / 127.0f;
-    int q1 = 0, q2 = 0, q3 = 0;
-    if (dd > 0.0f) {
-        q1 = max(-127, min(127, __float2int_rn(v / dd)));
-        float rr = fmaf(-(float)q1, dd, v);
-        float d2 = dd / Q8_STAGE;
-        q2 = max(-127, min(127, __float2int_rn(rr / d2)));
-        rr = fmaf(-(float)q2, d2, rr);
-        float d3 = d2 / Q8_STAGE;
-        q3 = max(-127, min(127, __float2int_rn(rr / d3)));
-    }
+    float dd = warp_max(fabsf(v)) / 127.0f;
+    int q1, q2, q3;
+    q8_stages(v, dd, &q1, &q2, &q3);
     i8* qr = q + (i64)r * 3 * cols + b * 32 + lane;
     qr[0] = (i8)q1;
     qr[cols] = (i8)q2;
     qr[2 * cols] = (i8)q3;
     if (lane == 0) d[(i64)r * per_row + b] = dd;
+}
+
+// The same planes of one row x of `cols`, written by the whole block into shared memory (sq:
+// 3·cols bytes, sd: cols/32 floats); the caller synchronises before reading them.
+__device__ __forceinline__ void quant_q8_shared(const float* x, int cols, i8* sq, float* sd) {
+    int lane = threadIdx.x & 31;
+    for (int b = threadIdx.x >> 5; b < cols / 32; b += blockDim.x >> 5) {
+        float v = x[b * 32 + lane];
+        float dd = warp_max(fabsf(v)) / 127.0f;
+        int q1, q2, q3;
+        q8_stages(v, dd, &q1, &q2, &q3);
+        sq[b * 32 + lane] = (i8)q1;
+        sq[cols + b * 32 + lane] = (i8)q2;
+        sq[2 * cols + b * 32 + lane] = (i8)q3;
+        if (lane == 0) sd[b] = dd;
+    }
 }
 
 // y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g is activation row r / rows_per_group
@@ -525,6 +548,39 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
         if (lane == 0 && sl == 0 && r < w.rows) {                                            \
             float a = 0.0f;                                                                   \
             for (int k = 0; k < kspl; k++) a += part[warp + k];                              \
+            y[r] = beta ? y[r] + a : a;                                                       \
+        }                                                                                     \
+    }
+
+// As MV_KERNEL for the weight types with 8-bit activations, with the activation quantised by
+// each block into dynamic shared memory (3·cols + cols/8 bytes) instead of by a quant_q8 launch
+// before it: one launch, and one dependent-launch gap, fewer per product. A block's rows share
+// one group (the launcher keeps MV_WARPS / kspl dividing rows_per_group).
+#define MVQ_KERNEL(NAME, DOT, TABLES)                                                         \
+    extern "C" __global__ void NAME(DW w, int mat, const float* x, int rows_per_group,        \
+                                    float* y, int kspl, int beta) {                           \
+        grid_dep_sync();                                                                      \
+        TABLES                                                                                \
+        DYN_SHARED(u8, smem);                                                                 \
+        __shared__ float part[MV_WARPS];                                                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                 \
+        int cols = w.cols;                                                                    \
+        int rpb = MV_WARPS / kspl;                                                            \
+        int r = blockIdx.x * rpb + warp / kspl, sl = warp % kspl;                             \
+        int g = (blockIdx.x * rpb) / rows_per_group;                                          \
+        i8* sq = (i8*)smem;                                                                   \
+        float* sd = (float*)(smem + 3 * cols);                                                \
+        quant_q8_shared(x + (i64)g * cols, cols, sq, sd);                                     \
+        __syncthreads();                                                                      \
+        float v = 0.0f;                                                                       \
+        if (r < w.rows)                                                                       \
+            v = DOT(w, (i64)mat * w.rows + r, sq, sd, 0, tab, 32 * sl, 32 * kspl);            \
+        v = warp_sum(v);                                                                      \
+        if (lane == 0) part[warp] = v;                                                        \
+        __syncthreads();                                                                      \
+        if (lane == 0 && sl == 0 && r < w.rows) {                                             \
+            float a = 0.0f;                                                                   \
+            for (int k = 0; k < kspl; k++) a += part[warp + k];                               \
             y[r] = beta ? y[r] + a : a;                                                       \
         }                                                                                     \
     }
@@ -585,6 +641,11 @@ MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
 MV_KERNEL(mv_f16, dot_f16, NO_TABLES)
 MV_KERNEL(mv_f32, dot_f32, NO_TABLES)
 MV_KERNEL(mv_deq, dot_deq, NO_TABLES)
+
+MVQ_KERNEL(mvq_q8_0, dot_q8_0, NO_TABLES)
+MVQ_KERNEL(mvq_q2_k, dot_q2_k, NO_TABLES)
+MVQ_KERNEL(mvq_q4_k, dot_q4_k, NO_TABLES)
+MVQ_KERNEL(mvq_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
 
 GU_KERNEL(gu_q8_0, dot_q8_0, NO_TABLES)
 GU_KERNEL(gu_q2_k, dot_q2_k, NO_TABLES)

@@ -128,6 +128,10 @@ pub struct CudaOptions {
     /// Programmatic dependent launch on sm_90 and newer: each kernel is scheduled while the
     /// previous one drains (`DS4_CUDA_PDL=0` turns it off; off while profiling).
     pub dependent_launch: bool,
+    /// Matrix-vector products with 8-bit activations quantise the activation inside their own
+    /// blocks (`mvq_*`) instead of in a quant_q8 launch before them (`DS4_CUDA_MVQ=0`: the
+    /// separate launch).
+    pub fused_q8: bool,
 }
 
 impl Default for CudaOptions {
@@ -139,6 +143,7 @@ impl Default for CudaOptions {
             progress: true,
             tensor_core_experts: std::env::var("DS4_CUDA_MQ").map_or(true, |v| v != "0"),
             dependent_launch: std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
+            fused_q8: std::env::var("DS4_CUDA_MVQ").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -186,6 +191,7 @@ pub struct CudaBackend {
     graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
     no_graph: Mutex<HashSet<(ds4::backend::StepKey, u64)>>,
     opts: CudaOptions,
+    smem_limit: usize,
     next_state: AtomicU64,
     stats: LoadStats,
     pub(crate) profile: Option<profile::Profile>,
@@ -261,6 +267,7 @@ impl CudaBackend {
         let src = nvrtc::source();
         let image = nvrtc::compile(&src, dev.cc)?;
         let smem = (dev.smem_optin - 8 * 1024).max(48 * 1024);
+        let smem_limit = smem as usize;
         let kernels: HashMap<&'static str, Kernel> =
             driver::load_module(&image, nvrtc::KERNELS, nvrtc::DYNAMIC_SMEM, smem)?
                 .into_iter()
@@ -312,6 +319,7 @@ impl CudaBackend {
             graphs: Mutex::new(HashMap::new()),
             no_graph: Mutex::new(HashSet::new()),
             opts: opts.clone(),
+            smem_limit,
             next_state: AtomicU64::new(1),
             stats,
             profile,
@@ -324,6 +332,15 @@ impl CudaBackend {
 
     pub(crate) fn opts_tensor_core_experts(&self) -> bool {
         self.opts.tensor_core_experts
+    }
+
+    pub(crate) fn opts_fused_q8(&self) -> bool {
+        self.opts.fused_q8
+    }
+
+    /// The dynamic shared memory the DYNAMIC_SMEM kernels may use.
+    pub(crate) fn smem_limit(&self) -> usize {
+        self.smem_limit
     }
 
     /// The device's name.
