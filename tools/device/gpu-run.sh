@@ -7,6 +7,10 @@
 #                      2k and 8k, and a per-kernel profile of decode; ds4 is built meanwhile.
 #   gpu-run.sh bench   ds4-bench --cuda and antirez/ds4's ds4-bench on the same synthetic file
 #                      (decode 2k/8k/32k, prefill 2k/8k), then ds4-server serving a stream.
+#   gpu-run.sh quick   for a short lease (about two minutes of commands): the GPU tests, then on
+#                      the synthetic file ds4-bench at 2k/8k and the A/B runs of the launch
+#                      switches at 2k, the decode profile, and ds4 at 2k last if its build is done;
+#                      every step appends to $OUT/summary.txt as it finishes.
 #
 # Writes logs and CSVs under $OUT and prints a short table last.
 set -uo pipefail
@@ -36,6 +40,31 @@ synth() {
     mkdir -p /mnt/m && mount -t tmpfs -o size=100g tmpfs /mnt/m
     "$BIN/ds4-gguf" synth --layout q2 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2.gguf 2>&1 | tail -1 | tee "$OUT/synth.txt"
 }
+
+if [[ "$MODE" == quick ]]; then
+    S="$OUT/summary.txt"
+    timeout 60 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
+    echo "tests exit $?" >> "$OUT/tests.log"
+    grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30 >> "$S"
+    synth; cat "$OUT/synth.txt" >> "$S"
+    B=(-m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --step-mul 4)
+    "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 8192 -n 32 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
+    { echo "== ours (PDL, MVQ)"; cat "$OUT/ours.csv"; grep -E "ds4-bench:" "$OUT/ours.log"; } >> "$S"
+    for v in "DS4_CUDA_PDL=0" "DS4_CUDA_MVQ=0" "DS4_CUDA_DN_SPLIT=1" "DS4_CUDA_PDL=0 DS4_CUDA_MVQ=0 DS4_CUDA_DN_SPLIT=1"; do
+        env $v "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ab.csv" > /dev/null 2>&1
+        { echo "== ours, $v"; tail -n +2 "$OUT/ab.csv"; } >> "$S"
+    done
+    DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+    { echo "== profile"; grep -A24 "per decode step" "$OUT/profile.txt"; } >> "$S"
+    if grep -q "build exit 0" "$OUT/ds4-build.log" 2>/dev/null; then
+        DS4_CUDA_COPY_MODEL=1 /tmp/ds4src/ds4-bench "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ds4.csv" > "$OUT/ds4.log" 2>&1
+        { echo "== ds4"; cat "$OUT/ds4.csv"; } >> "$S"
+    else
+        echo "== ds4 build not done: $(tail -1 "$OUT/ds4-build.log" 2>/dev/null)" >> "$S"
+    fi
+    cat "$S"
+    exit 0
+fi
 
 if [[ "$MODE" == check ]]; then
     timeout 300 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1

@@ -611,26 +611,34 @@ __device__ __forceinline__ void quant_q8_shared(const float* x, int cols, i8* sq
         }                                                                                     \
     }
 
-// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows).
+// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows). `kspl` (1, 2,
+// 4 or 8) warps share a row, warp j of them taking the slots s ≡ j (mod kspl), so that more
+// weight rows are in flight at once; their sums meet in shared memory in warp order.
 #define DN_KERNEL(NAME, DOT, TABLES)                                                          \
     extern "C" __global__ void NAME(DW down, const float* mid, const i8* mq, const float* md, \
-                                    const int* ids, int k, float* y, int rpw) {              \
+                                    const int* ids, int k, float* y, int kspl) {             \
         grid_dep_sync();                                                                      \
         TABLES                                                                                \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        __shared__ float part[MV_WARPS];                                                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                 \
         int cols = down.cols;                                                                 \
-        for (int kk = 0; kk < rpw; kk++) {                                                   \
-            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + kk;                           \
-            if (r >= down.rows) break;                                                        \
-            float acc = 0.0f;                                                                 \
+        int r = blockIdx.x * (MV_WARPS / kspl) + warp / kspl, sl = warp % kspl;               \
+        float acc = 0.0f;                                                                     \
+        if (r < down.rows) {                                                                  \
             _Pragma("unroll 2")                                                               \
-            for (int s = 0; s < k; s++) {                                                     \
+            for (int s = sl; s < k; s += kspl) {                                              \
                 i64 grow = (i64)ids[s] * down.rows + r;                                       \
                 acc += DOT(down, grow, mq ? mq + (i64)s * 3 * cols : 0,                       \
-                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab, 0, 32);     \
+                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab, 0, 32); \
             }                                                                                 \
-            acc = warp_sum(acc);                                                              \
-            if (lane == 0) y[r] = acc;                                                        \
+        }                                                                                     \
+        acc = warp_sum(acc);                                                                  \
+        if (lane == 0) part[warp] = acc;                                                      \
+        __syncthreads();                                                                      \
+        if (lane == 0 && sl == 0 && r < down.rows) {                                          \
+            float a = part[warp];                                                             \
+            for (int j = 1; j < kspl; j++) a += part[warp + j];                               \
+            y[r] = a;                                                                         \
         }                                                                                     \
     }
 

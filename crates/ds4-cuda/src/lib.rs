@@ -132,6 +132,9 @@ pub struct CudaOptions {
     /// blocks (`mvq_*`) instead of in a quant_q8 launch before them (`DS4_CUDA_MVQ=0`: the
     /// separate launch).
     pub fused_q8: bool,
+    /// Warps that share one output row of the routed experts' down product in decode, each
+    /// taking every n-th expert slot (`DS4_CUDA_DN_SPLIT`, default 2; 1 is a warp per row).
+    pub down_split: usize,
 }
 
 impl Default for CudaOptions {
@@ -144,6 +147,10 @@ impl Default for CudaOptions {
             tensor_core_experts: std::env::var("DS4_CUDA_MQ").map_or(true, |v| v != "0"),
             dependent_launch: std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
             fused_q8: std::env::var("DS4_CUDA_MVQ").map_or(true, |v| v != "0"),
+            down_split: std::env::var("DS4_CUDA_DN_SPLIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
         }
     }
 }
@@ -332,6 +339,10 @@ impl CudaBackend {
 
     pub(crate) fn opts_tensor_core_experts(&self) -> bool {
         self.opts.tensor_core_experts
+    }
+
+    pub(crate) fn opts_down_split(&self) -> usize {
+        self.opts.down_split
     }
 
     pub(crate) fn opts_fused_q8(&self) -> bool {

@@ -262,15 +262,19 @@ impl CudaBackend {
                 &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
             )?;
             let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
-            let rpw = rows_per_warp(ff, e);
-            let grid = (e.div_ceil(8 * rpw) as u32, 1, 1);
-            let (k_i, rp) = (k as i32, rpw as i32);
+            let kspl = self
+                .opts_down_split()
+                .clamp(1, 8)
+                .next_power_of_two()
+                .min(k.max(1).next_power_of_two());
+            let grid = (e.div_ceil(8 / kspl) as u32, 1, 1);
+            let (k_i, ks) = (k as i32, kspl as i32);
             self.launch(
                 kname("dn", down.ty)?,
                 grid,
                 256,
                 0,
-                &mut kargs![&dw, &mid, &mq, &md, &ip, &k_i, &op, &rp],
+                &mut kargs![&dw, &mid, &mq, &md, &ip, &k_i, &op, &ks],
             )?;
             self.arena.release(mark);
             return Ok(());
