@@ -469,8 +469,7 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
 #define NO_TABLES const IqTab* tab = 0;
 
 // The three stages of one activation value v in a block of 32 whose largest magnitude over 127
-// is `dd` (quant_q8 and the kernels that quantise their own activation share this, so both
-// give the same bits).
+// is `dd`.
 __device__ __forceinline__ void q8_stages(float v, float dd, int* q1, int* q2, int* q3) {
     *q1 = *q2 = *q3 = 0;
     if (dd > 0.0f) {
@@ -504,22 +503,6 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     if (lane == 0) d[(i64)r * per_row + b] = dd;
 }
 
-// The same planes of one row x of `cols`, written by the whole block into shared memory (sq:
-// 3·cols bytes, sd: cols/32 floats); the caller synchronises before reading them.
-__device__ __forceinline__ void quant_q8_shared(const float* x, int cols, i8* sq, float* sd) {
-    int lane = threadIdx.x & 31;
-    for (int b = threadIdx.x >> 5; b < cols / 32; b += blockDim.x >> 5) {
-        float v = x[b * 32 + lane];
-        float dd = warp_max(fabsf(v)) / 127.0f;
-        int q1, q2, q3;
-        q8_stages(v, dd, &q1, &q2, &q3);
-        sq[b * 32 + lane] = (i8)q1;
-        sq[cols + b * 32 + lane] = (i8)q2;
-        sq[2 * cols + b * 32 + lane] = (i8)q3;
-        if (lane == 0) sd[b] = dd;
-    }
-}
-
 // y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g is activation row r / rows_per_group
 // (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product). `kspl` (1, 2,
 // 4 or 8) warps share a row, each taking every kspl-th chunk of it, so short matrices still
@@ -548,39 +531,6 @@ __device__ __forceinline__ void quant_q8_shared(const float* x, int cols, i8* sq
         if (lane == 0 && sl == 0 && r < w.rows) {                                            \
             float a = 0.0f;                                                                   \
             for (int k = 0; k < kspl; k++) a += part[warp + k];                              \
-            y[r] = beta ? y[r] + a : a;                                                       \
-        }                                                                                     \
-    }
-
-// As MV_KERNEL for the weight types with 8-bit activations, with the activation quantised by
-// each block into dynamic shared memory (3·cols + cols/8 bytes) instead of by a quant_q8 launch
-// before it: one launch, and one dependent-launch gap, fewer per product. A block's rows share
-// one group (the launcher keeps MV_WARPS / kspl dividing rows_per_group).
-#define MVQ_KERNEL(NAME, DOT, TABLES)                                                         \
-    extern "C" __global__ void NAME(DW w, int mat, const float* x, int rows_per_group,        \
-                                    float* y, int kspl, int beta) {                           \
-        grid_dep_sync();                                                                      \
-        TABLES                                                                                \
-        DYN_SHARED(u8, smem);                                                                 \
-        __shared__ float part[MV_WARPS];                                                      \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                 \
-        int cols = w.cols;                                                                    \
-        int rpb = MV_WARPS / kspl;                                                            \
-        int r = blockIdx.x * rpb + warp / kspl, sl = warp % kspl;                             \
-        int g = (blockIdx.x * rpb) / rows_per_group;                                          \
-        i8* sq = (i8*)smem;                                                                   \
-        float* sd = (float*)(smem + 3 * cols);                                                \
-        quant_q8_shared(x + (i64)g * cols, cols, sq, sd);                                     \
-        __syncthreads();                                                                      \
-        float v = 0.0f;                                                                       \
-        if (r < w.rows)                                                                       \
-            v = DOT(w, (i64)mat * w.rows + r, sq, sd, 0, tab, 32 * sl, 32 * kspl);            \
-        v = warp_sum(v);                                                                      \
-        if (lane == 0) part[warp] = v;                                                        \
-        __syncthreads();                                                                      \
-        if (lane == 0 && sl == 0 && r < w.rows) {                                             \
-            float a = 0.0f;                                                                   \
-            for (int k = 0; k < kspl; k++) a += part[warp + k];                               \
             y[r] = beta ? y[r] + a : a;                                                       \
         }                                                                                     \
     }
@@ -649,11 +599,6 @@ MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
 MV_KERNEL(mv_f16, dot_f16, NO_TABLES)
 MV_KERNEL(mv_f32, dot_f32, NO_TABLES)
 MV_KERNEL(mv_deq, dot_deq, NO_TABLES)
-
-MVQ_KERNEL(mvq_q8_0, dot_q8_0, NO_TABLES)
-MVQ_KERNEL(mvq_q2_k, dot_q2_k, NO_TABLES)
-MVQ_KERNEL(mvq_q4_k, dot_q4_k, NO_TABLES)
-MVQ_KERNEL(mvq_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
 
 GU_KERNEL(gu_q8_0, dot_q8_0, NO_TABLES)
 GU_KERNEL(gu_q2_k, dot_q2_k, NO_TABLES)

@@ -128,10 +128,6 @@ pub struct CudaOptions {
     /// Programmatic dependent launch on sm_90 and newer: each kernel is scheduled while the
     /// previous one drains (`DS4_CUDA_PDL=0` turns it off; off while profiling).
     pub dependent_launch: bool,
-    /// Matrix-vector products with 8-bit activations quantise the activation inside their own
-    /// blocks (`mvq_*`) instead of in a quant_q8 launch before them (`DS4_CUDA_MVQ=0`: the
-    /// separate launch).
-    pub fused_q8: bool,
     /// Warps that share one output row of the routed experts' down product in decode, each
     /// taking every n-th expert slot (`DS4_CUDA_DN_SPLIT`, default 2; 1 is a warp per row).
     pub down_split: usize,
@@ -146,7 +142,6 @@ impl Default for CudaOptions {
             progress: true,
             tensor_core_experts: std::env::var("DS4_CUDA_MQ").map_or(true, |v| v != "0"),
             dependent_launch: std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
-            fused_q8: std::env::var("DS4_CUDA_MVQ").map_or(true, |v| v != "0"),
             down_split: std::env::var("DS4_CUDA_DN_SPLIT")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -198,7 +193,6 @@ pub struct CudaBackend {
     graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
     no_graph: Mutex<HashSet<(ds4::backend::StepKey, u64)>>,
     opts: CudaOptions,
-    smem_limit: usize,
     next_state: AtomicU64,
     stats: LoadStats,
     pub(crate) profile: Option<profile::Profile>,
@@ -274,7 +268,6 @@ impl CudaBackend {
         let src = nvrtc::source();
         let image = nvrtc::compile(&src, dev.cc)?;
         let smem = (dev.smem_optin - 8 * 1024).max(48 * 1024);
-        let smem_limit = smem as usize;
         let kernels: HashMap<&'static str, Kernel> =
             driver::load_module(&image, nvrtc::KERNELS, nvrtc::DYNAMIC_SMEM, smem)?
                 .into_iter()
@@ -326,7 +319,6 @@ impl CudaBackend {
             graphs: Mutex::new(HashMap::new()),
             no_graph: Mutex::new(HashSet::new()),
             opts: opts.clone(),
-            smem_limit,
             next_state: AtomicU64::new(1),
             stats,
             profile,
@@ -343,15 +335,6 @@ impl CudaBackend {
 
     pub(crate) fn opts_down_split(&self) -> usize {
         self.opts.down_split
-    }
-
-    pub(crate) fn opts_fused_q8(&self) -> bool {
-        self.opts.fused_q8
-    }
-
-    /// The dynamic shared memory the DYNAMIC_SMEM kernels may use.
-    pub(crate) fn smem_limit(&self) -> usize {
-        self.smem_limit
     }
 
     /// The device's name.

@@ -38,10 +38,6 @@ pub const KERNELS: &[&str] = &[
     "mv_f16",
     "mv_f32",
     "mv_deq",
-    "mvq_q8_0",
-    "mvq_q2_k",
-    "mvq_q4_k",
-    "mvq_iq2_xxs",
     "gu_q8_0",
     "gu_q2_k",
     "gu_q4_k",
@@ -89,13 +85,7 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// Kernels whose dynamic shared memory can exceed the default 48 KiB.
-pub(crate) const DYNAMIC_SMEM: &[&str] = &[
-    "idx_scores",
-    "mvq_q8_0",
-    "mvq_q2_k",
-    "mvq_q4_k",
-    "mvq_iq2_xxs",
-];
+pub(crate) const DYNAMIC_SMEM: &[&str] = &["idx_scores"];
 
 /// The complete NVRTC source.
 pub fn source() -> String {

@@ -27,10 +27,6 @@ pub(crate) fn kname(fam: &str, ty: GgmlType) -> BResult<&'static str> {
         ("mv", T::IQ2_XXS) => "mv_iq2_xxs",
         ("mv", T::F16) => "mv_f16",
         ("mv", T::F32) => "mv_f32",
-        ("mvq", T::Q8_0) => "mvq_q8_0",
-        ("mvq", T::Q2_K) => "mvq_q2_k",
-        ("mvq", T::Q4_K) => "mvq_q4_k",
-        ("mvq", T::IQ2_XXS) => "mvq_iq2_xxs",
         ("gu", T::Q8_0) => "gu_q8_0",
         ("gu", T::Q2_K) => "gu_q2_k",
         ("gu", T::Q4_K) => "gu_q4_k",
@@ -152,6 +148,8 @@ impl CudaBackend {
     ) -> BResult<()> {
         let cols = w.cols as usize;
         let groups = (w.rows as usize).div_ceil(rows_per_group);
+        let mark = self.arena.mark();
+        let (xq, xd) = self.quant_q8(ty, x, cols, cols, groups)?;
         // Warps per row: enough rows × warps to fill the device (short matrices), never more
         // than the row has 32-lane chunks for.
         let rows = w.rows as usize;
@@ -161,25 +159,6 @@ impl CudaBackend {
             .min((cols / 256).max(1).next_power_of_two());
         let grid = rows.div_ceil(MV_WARPS / kspl) as u32;
         let (m, rpg, ks, b) = (mat as i32, rows_per_group as i32, kspl as i32, beta as i32);
-        // The activation quantised inside the product's blocks (one launch) where a block's
-        // rows share a group and its planes fit in shared memory.
-        let smem = 3 * cols + cols / 8;
-        if self.opts_fused_q8()
-            && takes_q8(ty)
-            && cols.is_multiple_of(32)
-            && rows_per_group.is_multiple_of(MV_WARPS / kspl)
-            && smem <= self.smem_limit()
-        {
-            return self.launch(
-                kname("mvq", ty)?,
-                (grid, 1, 1),
-                256,
-                smem as u32,
-                &mut kargs![&w, &m, &x, &rpg, &y, &ks, &b],
-            );
-        }
-        let mark = self.arena.mark();
-        let (xq, xd) = self.quant_q8(ty, x, cols, cols, groups)?;
         self.launch(
             kname("mv", ty)?,
             (grid, 1, 1),
