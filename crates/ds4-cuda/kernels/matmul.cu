@@ -535,6 +535,78 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
         }                                                                                     \
     }
 
+// MV4_ROWS consecutive Q8_0 rows against one activation row: each lane loads its activation
+// chunk (three stages) once for all of them, so the L1 traffic per weight byte falls about
+// fourfold (the one-row kernel reads three activation bytes per weight byte, near the L1's
+// wavefront rate at full memory bandwidth). Each row's lane sum is formed in dot_q8_0's order.
+#define MV4_ROWS 4
+
+__device__ __forceinline__ void dot4_q8_0(const DW& w, i64 grow0, int nr, const i8* xq,
+                                          const float* xd, int l0, int ls, float* acc) {
+    int lane = threadIdx.x & 31;
+    int cols = w.cols;
+    const u8* row = w.a + grow0 * cols;
+    const u8* ds = w.b + grow0 * (cols / 32) * 2;
+#pragma unroll
+    for (int k = 0; k < MV4_ROWS; k++) acc[k] = 0.0f;
+#pragma unroll 2
+    for (int ci = lane + l0; ci < cols / 16; ci += ls) {
+        int4 xv[3];
+#pragma unroll
+        for (int p = 0; p < 3; p++) xv[p] = *(const int4*)(xq + p * cols + ci * 16);
+        int b = ci >> 1;
+        float dx = xd[b];
+#pragma unroll
+        for (int k = 0; k < MV4_ROWS; k++) {
+            if (k < nr) {
+                int4 wv = *(const int4*)(row + (i64)k * cols + ci * 16);
+                int st[3];
+#pragma unroll
+                for (int p = 0; p < 3; p++) {
+                    int s = __dp4a(wv.x, xv[p].x, 0);
+                    s = __dp4a(wv.y, xv[p].y, s);
+                    s = __dp4a(wv.z, xv[p].z, s);
+                    st[p] = __dp4a(wv.w, xv[p].w, s);
+                }
+                float dw = h2f(ld_u16(ds + (i64)k * (cols / 32) * 2 + 2 * b));
+                acc[k] += fold3(st[0], st[1], st[2]) * (dw * dx);
+            }
+        }
+    }
+}
+
+// As MV_KERNEL for Q8_0 with MV4_ROWS rows per warp (`kspl` warps still share each row group);
+// the rows of a warp belong to one group (the launcher keeps rows_per_group a multiple of
+// MV4_ROWS).
+extern "C" __global__ void mv4_q8_0(DW w, int mat, const i8* xq, const float* xd,
+                                    int rows_per_group, float* y, int kspl, int beta) {
+    grid_dep_sync();
+    __shared__ float part[MV_WARPS][MV4_ROWS];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int cols = w.cols;
+    int r0 = (blockIdx.x * (MV_WARPS / kspl) + warp / kspl) * MV4_ROWS, sl = warp % kspl;
+    int nr = min(MV4_ROWS, w.rows - r0);
+    float acc[MV4_ROWS];
+#pragma unroll
+    for (int k = 0; k < MV4_ROWS; k++) acc[k] = 0.0f;
+    if (nr > 0) {
+        int g = r0 / rows_per_group;
+        dot4_q8_0(w, (i64)mat * w.rows + r0, nr, xq + (i64)g * 3 * cols, xd + (i64)g * (cols / 32),
+                  32 * sl, 32 * kspl, acc);
+    }
+#pragma unroll
+    for (int k = 0; k < MV4_ROWS; k++) acc[k] = warp_sum(acc[k]);
+    if (lane == 0)
+        for (int k = 0; k < MV4_ROWS; k++) part[warp][k] = acc[k];
+    __syncthreads();
+    if (lane == 0 && sl == 0)
+        for (int k = 0; k < nr; k++) {
+            float a = 0.0f;
+            for (int j = 0; j < kspl; j++) a += part[warp + j][k];
+            y[r0 + k] = beta ? y[r0 + k] + a : a;
+        }
+}
+
 // mid[s][r] = silu(min(G_e·x, c)) · clamp(U_e·x, −c, c) · wt_s for slot s = blockIdx.y with
 // expert e = ids[s] (ids null: matrix 0, weight 1), r < gate.rows (spec §2.5 steps 5–6).
 #define GU_KERNEL(NAME, DOT, TABLES)                                                          \

@@ -38,6 +38,7 @@ pub const KERNELS: &[&str] = &[
     "mv_f16",
     "mv_f32",
     "mv_deq",
+    "mv4_q8_0",
     "gu_q8_0",
     "gu_q2_k",
     "gu_q4_k",
