@@ -216,10 +216,10 @@ __device__ __forceinline__ float fold3(int s1, int s2, int s3) {
 
 __device__ __forceinline__ int ld_i32s(const i8* p) { return *(const int*)p; }
 
-// The IQ2_XXS tables, copied into shared memory by the kernels that need them.
+// The IQ2_XXS grid, copied into shared memory by the kernels that need it (the sign table is
+// computed: ksigns below).
 struct IqTab {
     u64 grid[256];
-    u8 signs[128];
 };
 
 __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -284,6 +284,11 @@ __device__ __forceinline__ int signed4(u32 g, u32 s) {
     return (int)((g ^ m) + bits);  // two's complement: −g = (g ^ 0xff) + 1 per byte
 }
 
+// ksigns_iq2xs[i] without the table: the 7 stored sign bits and an eighth that makes the count
+// of negative signs even (the table's definition; ksigns_formula_equals_the_table checks it
+// against ds4::quant's copy of ggml's table). A popcount instead of a shared-memory lookup.
+__device__ __forceinline__ u32 ksigns(u32 i) { return i | ((u32)(__popc(i) & 1) << 7); }
+
 __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
                              const float* xf, const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
@@ -302,7 +307,7 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
-            u32 sg = tab->signs[(a1 >> (7 * k)) & 127u];
+            u32 sg = ksigns((a1 >> (7 * k)) & 127u);
             wq[2 * k] = signed4((u32)g, sg);
             wq[2 * k + 1] = signed4((u32)(g >> 32), sg >> 4);
         }
@@ -462,7 +467,6 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
 #define DECLARE_IQ2_TABLES                                                                  \
     __shared__ IqTab sh_tab;                                                                \
     for (int i = threadIdx.x; i < 256; i += blockDim.x) sh_tab.grid[i] = iq2xxs_grid[i];    \
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) sh_tab.signs[i] = ksigns_iq2xs[i];  \
     __syncthreads();                                                                        \
     const IqTab* tab = &sh_tab;
 

@@ -74,3 +74,15 @@ fn every_kernel_begins_with_grid_dep_sync() {
     // Kernels defined through macros (MV_/GU_/DN_KERNEL) count once per macro here.
     assert!(seen >= 30, "found only {seen} kernel definitions");
 }
+
+/// The fast IQ2_XXS dots compute the sign table (`ksigns` in kernels/matmul.cu: the seven
+/// stored bits, and an eighth that makes the number of negative signs even) instead of
+/// reading it; this is that formula against ggml's table as ds4::quant holds it.
+#[test]
+fn ksigns_formula_equals_the_table() {
+    for (i, &t) in ds4::quant::KSIGNS_IQ2XS.iter().enumerate() {
+        let i = i as u32;
+        let f = i | ((i.count_ones() & 1) << 7);
+        assert_eq!(f, u32::from(t), "ksigns_iq2xs[{i}]");
+    }
+}
