@@ -222,28 +222,57 @@ struct IqTab {
     u64 grid[256];
 };
 
+// One 16-weight chunk `ci` of Q8_0 row `grow` against its activation chunk `xv` (three stages)
+// whose block scale is `dx`.
+__device__ __forceinline__ float q8_0_part(const DW& w, i64 grow, int ci, const int4* xv, float dx) {
+    int4 wv = *(const int4*)(w.a + grow * w.cols + ci * 16);
+    int st[3];
+#pragma unroll
+    for (int k = 0; k < 3; k++) {
+        int s = __dp4a(wv.x, xv[k].x, 0);
+        s = __dp4a(wv.y, xv[k].y, s);
+        s = __dp4a(wv.z, xv[k].z, s);
+        st[k] = __dp4a(wv.w, xv[k].w, s);
+    }
+    const u8* ds = w.b + grow * (w.cols / 32) * 2;
+    return fold3(st[0], st[1], st[2]) * (h2f(ld_u16(ds + 2 * (ci >> 1))) * dx);
+}
+
+__device__ __forceinline__ void q8_0_x(const i8* xq, int cols, int ci, int4* xv) {
+#pragma unroll
+    for (int k = 0; k < 3; k++) xv[k] = *(const int4*)(xq + k * cols + ci * 16);
+}
+
 __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
-    const u8* row = w.a + grow * w.cols;
-    const u8* ds = w.b + grow * (w.cols / 32) * 2;
     float acc = 0.0f;
 #pragma unroll 8
     for (int ci = lane + l0; ci < w.cols / 16; ci += ls) {
-        int4 wv = *(const int4*)(row + ci * 16);
-        int st[3];
-#pragma unroll
-        for (int k = 0; k < 3; k++) {
-            int4 xv = *(const int4*)(xq + k * w.cols + ci * 16);
-            int s = __dp4a(wv.x, xv.x, 0);
-            s = __dp4a(wv.y, xv.y, s);
-            s = __dp4a(wv.z, xv.z, s);
-            st[k] = __dp4a(wv.w, xv.w, s);
-        }
-        int b = ci >> 1;
-        acc += fold3(st[0], st[1], st[2]) * (h2f(ld_u16(ds + 2 * b)) * xd[b]);
+        int4 xv[3];
+        q8_0_x(xq, w.cols, ci, xv);
+        acc += q8_0_part(w, grow, ci, xv, xd[ci >> 1]);
     }
     return acc;
+}
+
+// Gate and up rows `grow` of two Q8_0 matrices of one shape against one activation: each
+// activation chunk is loaded once for both (the sums are dot_q8_0's, in its order).
+__device__ __forceinline__ void dot2_q8_0(const DW& g, const DW& u, i64 grow, const i8* xq,
+                                          const float* xd, const float* xf, const IqTab* tab,
+                                          float* gv, float* uv) {
+    int lane = threadIdx.x & 31;
+    float ga = 0.0f, ua = 0.0f;
+#pragma unroll 4
+    for (int ci = lane; ci < g.cols / 16; ci += 32) {
+        int4 xv[3];
+        q8_0_x(xq, g.cols, ci, xv);
+        float dx = xd[ci >> 1];
+        ga += q8_0_part(g, grow, ci, xv, dx);
+        ua += q8_0_part(u, grow, ci, xv, dx);
+    }
+    *gv = ga;
+    *uv = ua;
 }
 
 __device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -289,44 +318,77 @@ __device__ __forceinline__ int signed4(u32 g, u32 s) {
 // against ds4::quant's copy of ggml's table). A popcount instead of a shared-memory lookup.
 __device__ __forceinline__ u32 ksigns(u32 i) { return i | ((u32)(__popc(i) & 1) << 7); }
 
+// One 32-weight sub-block `si` of IQ2_XXS row `grow` against its activation chunk `xv` (two
+// int4 per stage) whose scale is `dx`.
+__device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int si, const int4* xv,
+                                              float dx, const IqTab* tab) {
+    int nb = w.cols / 256;
+    i64 blk = grow * nb + (si >> 3);
+    uint2 v = *(const uint2*)(w.a + blk * 64 + (si & 7) * 8);
+    u32 a0 = v.x, a1 = v.y;
+    float d = h2f(ld_u16(w.b + blk * 2));
+    float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+    int wq[8];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
+        u32 sg = ksigns((a1 >> (7 * k)) & 127u);
+        wq[2 * k] = signed4((u32)g, sg);
+        wq[2 * k + 1] = signed4((u32)(g >> 32), sg >> 4);
+    }
+    int st[3];
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+        int4 xa = xv[2 * p], xb = xv[2 * p + 1];
+        int s = __dp4a(wq[0], xa.x, 0);
+        s = __dp4a(wq[1], xa.y, s);
+        s = __dp4a(wq[2], xa.z, s);
+        s = __dp4a(wq[3], xa.w, s);
+        s = __dp4a(wq[4], xb.x, s);
+        s = __dp4a(wq[5], xb.y, s);
+        s = __dp4a(wq[6], xb.z, s);
+        st[p] = __dp4a(wq[7], xb.w, s);
+    }
+    return fold3(st[0], st[1], st[2]) * (db * dx);
+}
+
+__device__ __forceinline__ void iq2_xxs_x(const i8* xq, int cols, int si, int4* xv) {
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+        xv[2 * p] = *(const int4*)(xq + p * cols + si * 32);
+        xv[2 * p + 1] = *(const int4*)(xq + p * cols + si * 32 + 16);
+    }
+}
+
 __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
                              const float* xf, const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
-    int nb = w.cols / 256;
     float acc = 0.0f;
 #pragma unroll 4
-    for (int si = lane + l0; si < nb * 8; si += ls) {
-        i64 blk = grow * nb + (si >> 3);
-        const u8* q = w.a + blk * 64 + (si & 7) * 8;
-        uint2 v = *(const uint2*)q;
-        u32 a0 = v.x, a1 = v.y;
-        float d = h2f(ld_u16(w.b + blk * 2));
-        float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
-        const i8* xp = xq + si * 32;
-        int wq[8];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
-            u32 sg = ksigns((a1 >> (7 * k)) & 127u);
-            wq[2 * k] = signed4((u32)g, sg);
-            wq[2 * k + 1] = signed4((u32)(g >> 32), sg >> 4);
-        }
-        int st[3];
-#pragma unroll
-        for (int p = 0; p < 3; p++) {
-            int4 xa = *(const int4*)(xp + p * w.cols), xb = *(const int4*)(xp + p * w.cols + 16);
-            int s = __dp4a(wq[0], xa.x, 0);
-            s = __dp4a(wq[1], xa.y, s);
-            s = __dp4a(wq[2], xa.z, s);
-            s = __dp4a(wq[3], xa.w, s);
-            s = __dp4a(wq[4], xb.x, s);
-            s = __dp4a(wq[5], xb.y, s);
-            s = __dp4a(wq[6], xb.z, s);
-            st[p] = __dp4a(wq[7], xb.w, s);
-        }
-        acc += fold3(st[0], st[1], st[2]) * (db * xd[si]);
+    for (int si = lane + l0; si < w.cols / 32; si += ls) {
+        int4 xv[6];
+        iq2_xxs_x(xq, w.cols, si, xv);
+        acc += iq2_xxs_part(w, grow, si, xv, xd[si], tab);
     }
     return acc;
+}
+
+// Gate and up rows of two IQ2_XXS matrices against one activation, each chunk loaded once.
+__device__ __forceinline__ void dot2_iq2_xxs(const DW& g, const DW& u, i64 grow, const i8* xq,
+                                             const float* xd, const float* xf, const IqTab* tab,
+                                             float* gv, float* uv) {
+    int lane = threadIdx.x & 31;
+    float ga = 0.0f, ua = 0.0f;
+#pragma unroll 2
+    for (int si = lane; si < g.cols / 32; si += 32) {
+        int4 xv[6];
+        iq2_xxs_x(xq, g.cols, si, xv);
+        float dx = xd[si];
+        ga += iq2_xxs_part(g, grow, si, xv, dx, tab);
+        ua += iq2_xxs_part(u, grow, si, xv, dx, tab);
+    }
+    *gv = ga;
+    *uv = ua;
 }
 
 __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -548,34 +610,16 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
 __device__ __forceinline__ void dot4_q8_0(const DW& w, i64 grow0, int nr, const i8* xq,
                                           const float* xd, int l0, int ls, float* acc) {
     int lane = threadIdx.x & 31;
-    int cols = w.cols;
-    const u8* row = w.a + grow0 * cols;
-    const u8* ds = w.b + grow0 * (cols / 32) * 2;
 #pragma unroll
     for (int k = 0; k < MV4_ROWS; k++) acc[k] = 0.0f;
 #pragma unroll 2
-    for (int ci = lane + l0; ci < cols / 16; ci += ls) {
+    for (int ci = lane + l0; ci < w.cols / 16; ci += ls) {
         int4 xv[3];
+        q8_0_x(xq, w.cols, ci, xv);
+        float dx = xd[ci >> 1];
 #pragma unroll
-        for (int p = 0; p < 3; p++) xv[p] = *(const int4*)(xq + p * cols + ci * 16);
-        int b = ci >> 1;
-        float dx = xd[b];
-#pragma unroll
-        for (int k = 0; k < MV4_ROWS; k++) {
-            if (k < nr) {
-                int4 wv = *(const int4*)(row + (i64)k * cols + ci * 16);
-                int st[3];
-#pragma unroll
-                for (int p = 0; p < 3; p++) {
-                    int s = __dp4a(wv.x, xv[p].x, 0);
-                    s = __dp4a(wv.y, xv[p].y, s);
-                    s = __dp4a(wv.z, xv[p].z, s);
-                    st[p] = __dp4a(wv.w, xv[p].w, s);
-                }
-                float dw = h2f(ld_u16(ds + (i64)k * (cols / 32) * 2 + 2 * b));
-                acc[k] += fold3(st[0], st[1], st[2]) * (dw * dx);
-            }
-        }
+        for (int k = 0; k < MV4_ROWS; k++)
+            if (k < nr) acc[k] += q8_0_part(w, grow0 + k, ci, xv, dx);
     }
 }
 
@@ -611,9 +655,24 @@ extern "C" __global__ void mv4_q8_0(DW w, int mat, const i8* xq, const float* xd
         }
 }
 
+// Gate and up dots as two calls of one type's row dot, for the types without a fused pair
+// (dot2_q8_0, dot2_iq2_xxs).
+#define DOT2_OF(NAME, DOT)                                                                    \
+    __device__ __forceinline__ void NAME(const DW& g, const DW& u, i64 grow, const i8* xq,   \
+                                         const float* xd, const float* xf, const IqTab* tab,  \
+                                         float* gv, float* uv) {                              \
+        *gv = DOT(g, grow, xq, xd, xf, tab, 0, 32);                                           \
+        *uv = DOT(u, grow, xq, xd, xf, tab, 0, 32);                                           \
+    }
+DOT2_OF(dot2_q2_k, dot_q2_k)
+DOT2_OF(dot2_q4_k, dot_q4_k)
+DOT2_OF(dot2_f16, dot_f16)
+DOT2_OF(dot2_f32, dot_f32)
+DOT2_OF(dot2_deq, dot_deq)
+
 // mid[s][r] = silu(min(G_e·x, c)) · clamp(U_e·x, −c, c) · wt_s for slot s = blockIdx.y with
 // expert e = ids[s] (ids null: matrix 0, weight 1), r < gate.rows (spec §2.5 steps 5–6).
-#define GU_KERNEL(NAME, DOT, TABLES)                                                          \
+#define GU_KERNEL(NAME, DOT2, TABLES)                                                         \
     extern "C" __global__ void NAME(DW gate, DW up, const float* x, const i8* xq,             \
                                     const float* xd, const int* ids, const float* wts,       \
                                     float clamp, float* mid, int rpw) {                      \
@@ -627,8 +686,8 @@ extern "C" __global__ void mv4_q8_0(DW w, int mat, const i8* xq, const float* xd
             int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
             if (r >= gate.rows) break;                                                        \
             i64 grow = (i64)e * gate.rows + r;                                                \
-            float gv = DOT(gate, grow, xq, xd, x, tab, 0, 32);                               \
-            float uv = DOT(up, grow, xq, xd, x, tab, 0, 32);                                 \
+            float gv, uv;                                                                     \
+            DOT2(gate, up, grow, xq, xd, x, tab, &gv, &uv);                                   \
             warp_sum2(&gv, &uv);                                                              \
             if (lane == 0) {                                                                  \
                 float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);     \
@@ -676,13 +735,13 @@ MV_KERNEL(mv_f16, dot_f16, NO_TABLES)
 MV_KERNEL(mv_f32, dot_f32, NO_TABLES)
 MV_KERNEL(mv_deq, dot_deq, NO_TABLES)
 
-GU_KERNEL(gu_q8_0, dot_q8_0, NO_TABLES)
-GU_KERNEL(gu_q2_k, dot_q2_k, NO_TABLES)
-GU_KERNEL(gu_q4_k, dot_q4_k, NO_TABLES)
-GU_KERNEL(gu_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
-GU_KERNEL(gu_f16, dot_f16, NO_TABLES)
-GU_KERNEL(gu_f32, dot_f32, NO_TABLES)
-GU_KERNEL(gu_deq, dot_deq, NO_TABLES)
+GU_KERNEL(gu_q8_0, dot2_q8_0, NO_TABLES)
+GU_KERNEL(gu_q2_k, dot2_q2_k, NO_TABLES)
+GU_KERNEL(gu_q4_k, dot2_q4_k, NO_TABLES)
+GU_KERNEL(gu_iq2_xxs, dot2_iq2_xxs, DECLARE_IQ2_TABLES)
+GU_KERNEL(gu_f16, dot2_f16, NO_TABLES)
+GU_KERNEL(gu_f32, dot2_f32, NO_TABLES)
+GU_KERNEL(gu_deq, dot2_deq, NO_TABLES)
 
 DN_KERNEL(dn_q8_0, dot_q8_0, NO_TABLES)
 DN_KERNEL(dn_q2_k, dot_q2_k, NO_TABLES)
