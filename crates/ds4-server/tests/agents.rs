@@ -54,6 +54,28 @@ fn last_turn(prompt: &str) -> &str {
     prompt.rfind(user).map_or("", |i| &prompt[i + user.len()..])
 }
 
+/// The string `field` of each element of the array `items` (`body["tools"]`, `body["input"]`).
+fn strings<'a>(items: &'a Value, field: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i[field].as_str())
+        .collect()
+}
+
+/// One conversation written for each protocol renders to the same prompt `want`.
+#[track_caller]
+fn assert_prompt_on_every_protocol(chat: Value, messages: Value, responses: Value, want: &str) {
+    for (path, body) in [
+        ("/v1/chat/completions", chat),
+        ("/v1/messages", messages),
+        ("/v1/responses", responses),
+    ] {
+        assert_eq!(prompt_of(path, &body), want, "{path}");
+    }
+}
+
 /// A fixture body with a small output limit (the protocol's own field), for the tiny model.
 fn limited(path: &str, body: &Value, n: u64) -> Value {
     let mut b = body.clone();
@@ -140,13 +162,7 @@ fn a_trailing_system_message_gets_the_assistant_prefix_on_every_protocol() {
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
         {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be brief."}]}]});
     let want = "<｜begin▁of▁sentence｜><｜User｜>hi\n\nBe brief.<｜Assistant｜></think>";
-    for (path, body) in [
-        ("/v1/chat/completions", chat),
-        ("/v1/messages", messages),
-        ("/v1/responses", responses),
-    ] {
-        assert_eq!(prompt_of(path, &body), want, "{path}");
-    }
+    assert_prompt_on_every_protocol(chat, messages, responses, want);
 }
 
 #[test]
@@ -197,12 +213,7 @@ fn claude_code_tool_search_result_renders_the_referenced_tool_schema() {
 #[test]
 fn codex_tools_reach_the_prompt_custom_namespace_and_tool_search_included() {
     let (path, body) = fixture("codex-gpt-5.5-first");
-    let types: Vec<&str> = body["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["type"].as_str())
-        .collect();
+    let types = strings(&body["tools"], "type");
     assert_eq!(types, ["function", "custom", "tool_search", "web_search"]);
     let prompt = prompt_of(&path, &body);
     for name in ["exec_command", "apply_patch", "tool_search"] {
@@ -229,12 +240,7 @@ fn codex_tools_reach_the_prompt_custom_namespace_and_tool_search_included() {
 #[test]
 fn codex_resume_replays_incomplete_items_and_only_bad_statuses_are_refused() {
     let (path, body) = fixture("codex-resume-after-incomplete");
-    let statuses: Vec<&str> = body["input"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["status"].as_str())
-        .collect();
+    let statuses = strings(&body["input"], "status");
     assert!(statuses.contains(&"incomplete"), "the captured shape");
     let prompt = prompt_of(&path, &body);
     assert!(
@@ -268,13 +274,7 @@ fn images_are_dropped_the_same_way_on_every_protocol() {
     let responses = json!({"model": "deepseek-chat", "input": [{"type": "message", "role": "user", "content": [
         {"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": img}]}]});
     let want = "<｜begin▁of▁sentence｜><｜User｜>What is this?<｜Assistant｜></think>";
-    for (path, body) in [
-        ("/v1/chat/completions", chat),
-        ("/v1/messages", messages),
-        ("/v1/responses", responses),
-    ] {
-        assert_eq!(prompt_of(path, &body), want, "{path}");
-    }
+    assert_prompt_on_every_protocol(chat, messages, responses, want);
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod common;
 
 use std::path::Path;
 
+use common::kv::{content, turn1, turn2, usage, ANSWER};
 use common::{start, Opts, Server};
 use ds4_server::kvcache::KvCacheConfig;
 use serde_json::{json, Value};
@@ -27,45 +28,10 @@ fn opts(kv_cache: Option<KvCacheConfig>) -> Opts {
     }
 }
 
-const ANSWER: &str = "Paris is the capital of France.";
-
-fn turn1() -> Value {
-    json!({"model": "deepseek-chat", "max_tokens": 40,
-        "messages": [{"role": "system", "content": "You are a geography tutor."},
-                     {"role": "user", "content": "What is the capital of France?"}],
-        "ds4_test_output": ANSWER})
-}
-
-fn turn2() -> Value {
-    json!({"model": "deepseek-chat", "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "system", "content": "You are a geography tutor."},
-                     {"role": "user", "content": "What is the capital of France?"},
-                     {"role": "assistant", "content": ANSWER},
-                     {"role": "user", "content": "And of Italy?"}]})
-}
-
-fn usage(r: &Value) -> (u64, u64, u64) {
-    let u = &r["usage"];
-    (
-        u["prompt_tokens"].as_u64().unwrap(),
-        u["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap(),
-        u["completion_tokens"].as_u64().unwrap(),
-    )
-}
-
 async fn chat(s: &Server, body: &Value) -> Value {
     let (status, r) = s.post("/v1/chat/completions", body).await;
     assert_eq!(status, 200, "{r}");
     r
-}
-
-fn content(r: &Value) -> String {
-    r["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 async fn metric(s: &Server, name: &str) -> u64 {

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::kv::{content, turn1, turn2, usage};
 use serde_json::{json, Value};
 
 /// A `ds4-server` process and what it has logged.
@@ -135,38 +136,6 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(t0.elapsed() < STARTUP, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-const ANSWER: &str = "Paris is the capital of France.";
-
-fn turn1() -> Value {
-    json!({"model": "deepseek-chat", "max_tokens": 40,
-        "messages": [{"role": "system", "content": "You are a geography tutor."},
-                     {"role": "user", "content": "What is the capital of France?"}],
-        "ds4_test_output": ANSWER})
-}
-
-fn turn2() -> Value {
-    json!({"model": "deepseek-chat", "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "system", "content": "You are a geography tutor."},
-                     {"role": "user", "content": "What is the capital of France?"},
-                     {"role": "assistant", "content": ANSWER},
-                     {"role": "user", "content": "And of Italy?"}]})
-}
-
-fn usage(r: &Value) -> (u64, u64, u64) {
-    let u = &r["usage"];
-    (
-        u["prompt_tokens"].as_u64().unwrap(),
-        u["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap(),
-        u["completion_tokens"].as_u64().unwrap(),
-    )
-}
-
-fn content(r: &Value) -> &str {
-    r["choices"][0]["message"]["content"].as_str().unwrap()
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {

@@ -2,6 +2,8 @@
 //! CARGO_TARGET_TMPDIR), served by `router()` on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod kv;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 

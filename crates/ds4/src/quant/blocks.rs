@@ -12,6 +12,23 @@ pub const QK_K: usize = 256;
 /// Elements per Q8_0 block (`QK8_0`).
 pub const QK8_0: usize = 32;
 
+/// Accessors for a block's f16 fields: `f16_fields!(BlockQ4K: d, dmin)` gives
+/// `BlockQ4K::d() -> f32` and `BlockQ4K::dmin() -> f32`, each decoding the field's little-endian
+/// bytes (ggml `GGML_FP16_TO_FP32(x->d)`).
+macro_rules! f16_fields {
+    ($block:ty: $($field:ident),+) => {
+        impl $block {
+            $(
+                #[doc = concat!("`", stringify!($field), "` as f32.")]
+                #[inline]
+                pub fn $field(&self) -> f32 {
+                    f16_to_f32(u16::from_le_bytes(self.$field))
+                }
+            )+
+        }
+    };
+}
+
 /// Q8_0: 32 weights, `x = d·qs[i]`; 8.5 bpw (spec §4.2).
 ///
 /// | offset | field | type |
@@ -28,13 +45,7 @@ pub struct BlockQ8_0 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
-impl BlockQ8_0 {
-    /// The scale as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
-}
+f16_fields!(BlockQ8_0: d);
 
 /// Q2_K: 256 weights = 16 sub-blocks × 16; `x = d·sc·q − dmin·m`; 2.625 bpw (spec §4.3).
 ///
@@ -61,18 +72,7 @@ pub struct BlockQ2K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 
-impl BlockQ2K {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
-    /// `dmin` as f32.
-    #[inline]
-    pub fn dmin(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.dmin))
-    }
-}
+f16_fields!(BlockQ2K: d, dmin);
 
 /// Q4_K: 256 weights = 8 sub-blocks × 32; `x = d·sc·q − dmin·m` with 6-bit `sc`, `m`;
 /// 4.5 bpw (spec §4.4).
@@ -100,17 +100,9 @@ pub struct BlockQ4K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
+f16_fields!(BlockQ4K: d, dmin);
+
 impl BlockQ4K {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
-    /// `dmin` as f32.
-    #[inline]
-    pub fn dmin(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.dmin))
-    }
     /// The 6-bit (scale, min) pair `j` (0..8), spec §4.4 `get_scale_min_k4`.
     #[inline]
     pub fn scale_min(&self, j: usize) -> (u8, u8) {
@@ -136,12 +128,9 @@ pub struct BlockIQ2XXS {
 }
 const _: () = assert!(std::mem::size_of::<BlockIQ2XXS>() == 66);
 
+f16_fields!(BlockIQ2XXS: d);
+
 impl BlockIQ2XXS {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
     /// Sub-block `ib` (0..8) as `(a0, a1)`.
     #[inline]
     pub fn sub_block(&self, ib: usize) -> (u32, u32) {
@@ -181,12 +170,9 @@ pub struct BlockQ3K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
 
+f16_fields!(BlockQ3K: d);
+
 impl BlockQ3K {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
     /// Scale of sub-block `is` (0..16), unbiased: −32..31.
     #[inline]
     pub fn scale(&self, is: usize) -> i8 {
@@ -225,17 +211,9 @@ pub struct BlockQ5K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
+f16_fields!(BlockQ5K: d, dmin);
+
 impl BlockQ5K {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
-    /// `dmin` as f32.
-    #[inline]
-    pub fn dmin(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.dmin))
-    }
     /// The 6-bit (scale, min) pair `j` (0..8), as [`BlockQ4K::scale_min`].
     #[inline]
     pub fn scale_min(&self, j: usize) -> (u8, u8) {
@@ -269,13 +247,7 @@ pub struct BlockQ6K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
-impl BlockQ6K {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
-}
+f16_fields!(BlockQ6K: d);
 
 /// IQ2_XS: 256 weights = 32 groups of 8; group `g` is the u16 `qs[g]`: bits 0..9 index
 /// `iq2xs_grid` (512 entries), bits 9..16 index `ksigns_iq2xs`; a 4-bit scale `s` per 16
@@ -299,12 +271,9 @@ pub struct BlockIQ2XS {
 }
 const _: () = assert!(std::mem::size_of::<BlockIQ2XS>() == 74);
 
+f16_fields!(BlockIQ2XS: d);
+
 impl BlockIQ2XS {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
     /// Group `g` (0..32) as (grid index, sign index).
     #[inline]
     pub fn group(&self, g: usize) -> (usize, usize) {
@@ -338,12 +307,9 @@ pub struct BlockIQ3XXS {
 }
 const _: () = assert!(std::mem::size_of::<BlockIQ3XXS>() == 98);
 
+f16_fields!(BlockIQ3XXS: d);
+
 impl BlockIQ3XXS {
-    /// `d` as f32.
-    #[inline]
-    pub fn d(&self) -> f32 {
-        f16_to_f32(u16::from_le_bytes(self.d))
-    }
     /// The sign/scale word of sub-block `ib` (0..8).
     #[inline]
     pub fn aux(&self, ib: usize) -> u32 {
