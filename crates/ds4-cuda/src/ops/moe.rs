@@ -262,6 +262,8 @@ impl CudaBackend {
                 &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
             )?;
             let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
+            // Warps per output row (DS4_CUDA_DN_SPLIT): a power of two ≤ 8, each warp taking
+            // every kspl-th slot.
             let kspl = self
                 .opts_down_split()
                 .clamp(1, 8)
