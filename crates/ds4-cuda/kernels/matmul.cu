@@ -391,57 +391,45 @@ __device__ __forceinline__ void dot2_iq2_xxs(const DW& g, const DW& u, i64 grow,
     *uv = ua;
 }
 
+// Q2_K, one 16-weight sub-block u (weights 16u..16u+15 of the row; sub-block u & 15 of block
+// u >> 4, whose quants are bits 2j of bytes 32n + 16h .. +15 for u & 15 = 8n + 2j + h) per lane
+// and step. Consecutive lanes own consecutive sub-blocks, so their activation loads are
+// consecutive 16-byte chunks and the lanes of one block read the same 64 quant bytes (a lane
+// per 64-weight quarter made each activation load span 2 KB of the warp, 16 L1 wavefronts).
 __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols);
     float acc = 0.0f;
-#pragma unroll 2
-    for (int qi = lane + l0; qi < nb * 4; qi += ls) {
-        const u8* b = row + (qi >> 2) * 84;
-        int quarter = qi & 3, n = quarter >> 1, j0 = 2 * (quarter & 1);
+#pragma unroll 4
+    for (int u = lane + l0; u < nb * 16; u += ls) {
+        const u8* b = row + (u >> 4) * 84;
+        int is = u & 15, n = is >> 3, j = (is >> 1) & 3, h = is & 1;
         u32 dd = *(const u32*)(b + 80);
         float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
+        int sc = b[is];
         // Q2_K blocks are 84 bytes: only 4-byte aligned.
-        const u32* q32 = (const u32*)(b + 16 + 32 * n);
-        u32 qv[8];
+        const u32* q32 = (const u32*)(b + 16 + 32 * n + 16 * h);
+        int wq[4];
 #pragma unroll
-        for (int c = 0; c < 8; c++) qv[c] = q32[c];
-        int base = (qi >> 2) * 256 + 128 * n;
+        for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
+        int sq[3], sm[3];
 #pragma unroll
-        for (int jj = 0; jj < 2; jj++) {
-            int j = j0 + jj;
-            const i8* xp = xq + base + 32 * j;
-            int is = 8 * n + 2 * j;
-            int sl = b[is], sh = b[is + 1];
-            int sq[3], sm[3];
-            int wqs[8];
-#pragma unroll
-            for (int c = 0; c < 8; c++) wqs[c] = (int)((qv[c] >> (2 * j)) & 0x03030303u);
-#pragma unroll
-            for (int p = 0; p < 3; p++) {
-                int slo = 0, shi = 0, xlo = 0, xhi = 0;
-                int4 xa = *(const int4*)(xp + p * w.cols), xb = *(const int4*)(xp + p * w.cols + 16);
-                int xs[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-                for (int c = 0; c < 8; c++) {
-                    int wq = wqs[c];
-                    int xv = xs[c];
-                    if (c < 4) {
-                        slo = __dp4a(wq, xv, slo);
-                        xlo = __dp4a(0x01010101, xv, xlo);
-                    } else {
-                        shi = __dp4a(wq, xv, shi);
-                        xhi = __dp4a(0x01010101, xv, xhi);
-                    }
-                }
-                sq[p] = (sl & 15) * slo + (sh & 15) * shi;
-                sm[p] = (sl >> 4) * xlo + (sh >> 4) * xhi;
-            }
-            float part = d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2]);
-            acc += part * xd[(base + 32 * j) >> 5];
+        for (int p = 0; p < 3; p++) {
+            int4 xv = *(const int4*)(xq + p * w.cols + 16 * u);
+            int s = __dp4a(wq[0], xv.x, 0);
+            s = __dp4a(wq[1], xv.y, s);
+            s = __dp4a(wq[2], xv.z, s);
+            s = __dp4a(wq[3], xv.w, s);
+            int xs = __dp4a(0x01010101, xv.x, 0);
+            xs = __dp4a(0x01010101, xv.y, xs);
+            xs = __dp4a(0x01010101, xv.z, xs);
+            xs = __dp4a(0x01010101, xv.w, xs);
+            sq[p] = (sc & 15) * s;
+            sm[p] = (sc >> 4) * xs;
         }
+        acc += (d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2])) * xd[u >> 1];
     }
     return acc;
 }
