@@ -318,46 +318,43 @@ __device__ __forceinline__ int signed4(u32 g, u32 s) {
 // against ds4::quant's copy of ggml's table). A popcount instead of a shared-memory lookup.
 __device__ __forceinline__ u32 ksigns(u32 i) { return i | ((u32)(__popc(i) & 1) << 7); }
 
-// One 32-weight sub-block `si` of IQ2_XXS row `grow` against its activation chunk `xv` (two
-// int4 per stage) whose scale is `dx`.
-__device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int si, const int4* xv,
+// Half `u` of an IQ2_XXS sub-block (weights 16u..16u+15 of row `grow`: grid entries 2h, 2h+1
+// of sub-block u >> 1, h = u & 1) against its activation chunk `xv` (one int4 per stage) whose
+// scale is `dx`. Consecutive lanes own consecutive halves, so their activation loads are
+// consecutive 16-byte chunks (a lane per 32-weight sub-block made them span 1 KB of the warp);
+// the two lanes of a sub-block read the same 8 header bytes.
+__device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int u, const int4* xv,
                                               float dx, const IqTab* tab) {
     int nb = w.cols / 256;
+    int si = u >> 1, h = u & 1;
     i64 blk = grow * nb + (si >> 3);
     uint2 v = *(const uint2*)(w.a + blk * 64 + (si & 7) * 8);
     u32 a0 = v.x, a1 = v.y;
     float d = h2f(ld_u16(w.b + blk * 2));
     float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
-    int wq[8];
+    int wq[4];
 #pragma unroll
-    for (int k = 0; k < 4; k++) {
+    for (int kk = 0; kk < 2; kk++) {
+        int k = 2 * h + kk;
         u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
         u32 sg = ksigns((a1 >> (7 * k)) & 127u);
-        wq[2 * k] = signed4((u32)g, sg);
-        wq[2 * k + 1] = signed4((u32)(g >> 32), sg >> 4);
+        wq[2 * kk] = signed4((u32)g, sg);
+        wq[2 * kk + 1] = signed4((u32)(g >> 32), sg >> 4);
     }
     int st[3];
 #pragma unroll
     for (int p = 0; p < 3; p++) {
-        int4 xa = xv[2 * p], xb = xv[2 * p + 1];
-        int s = __dp4a(wq[0], xa.x, 0);
-        s = __dp4a(wq[1], xa.y, s);
-        s = __dp4a(wq[2], xa.z, s);
-        s = __dp4a(wq[3], xa.w, s);
-        s = __dp4a(wq[4], xb.x, s);
-        s = __dp4a(wq[5], xb.y, s);
-        s = __dp4a(wq[6], xb.z, s);
-        st[p] = __dp4a(wq[7], xb.w, s);
+        int s = __dp4a(wq[0], xv[p].x, 0);
+        s = __dp4a(wq[1], xv[p].y, s);
+        s = __dp4a(wq[2], xv[p].z, s);
+        st[p] = __dp4a(wq[3], xv[p].w, s);
     }
     return fold3(st[0], st[1], st[2]) * (db * dx);
 }
 
-__device__ __forceinline__ void iq2_xxs_x(const i8* xq, int cols, int si, int4* xv) {
+__device__ __forceinline__ void iq2_xxs_x(const i8* xq, int cols, int u, int4* xv) {
 #pragma unroll
-    for (int p = 0; p < 3; p++) {
-        xv[2 * p] = *(const int4*)(xq + p * cols + si * 32);
-        xv[2 * p + 1] = *(const int4*)(xq + p * cols + si * 32 + 16);
-    }
+    for (int p = 0; p < 3; p++) xv[p] = *(const int4*)(xq + p * cols + u * 16);
 }
 
 __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
@@ -365,10 +362,10 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
     int lane = threadIdx.x & 31;
     float acc = 0.0f;
 #pragma unroll 4
-    for (int si = lane + l0; si < w.cols / 32; si += ls) {
-        int4 xv[6];
-        iq2_xxs_x(xq, w.cols, si, xv);
-        acc += iq2_xxs_part(w, grow, si, xv, xd[si], tab);
+    for (int u = lane + l0; u < w.cols / 16; u += ls) {
+        int4 xv[3];
+        iq2_xxs_x(xq, w.cols, u, xv);
+        acc += iq2_xxs_part(w, grow, u, xv, xd[u >> 1], tab);
     }
     return acc;
 }
@@ -379,13 +376,13 @@ __device__ __forceinline__ void dot2_iq2_xxs(const DW& g, const DW& u, i64 grow,
                                              float* gv, float* uv) {
     int lane = threadIdx.x & 31;
     float ga = 0.0f, ua = 0.0f;
-#pragma unroll 2
-    for (int si = lane; si < g.cols / 32; si += 32) {
-        int4 xv[6];
-        iq2_xxs_x(xq, g.cols, si, xv);
-        float dx = xd[si];
-        ga += iq2_xxs_part(g, grow, si, xv, dx, tab);
-        ua += iq2_xxs_part(u, grow, si, xv, dx, tab);
+#pragma unroll 4
+    for (int c = lane; c < g.cols / 16; c += 32) {
+        int4 xv[3];
+        iq2_xxs_x(xq, g.cols, c, xv);
+        float dx = xd[c >> 1];
+        ga += iq2_xxs_part(g, grow, c, xv, dx, tab);
+        ua += iq2_xxs_part(u, grow, c, xv, dx, tab);
     }
     *gv = ga;
     *uv = ua;
