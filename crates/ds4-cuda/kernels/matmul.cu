@@ -431,52 +431,44 @@ __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, c
     return acc;
 }
 
+// Q4_K, one 16-weight group u (weights 16u..16u+15 of the row) per lane and step: in block
+// u >> 4, 64-weight chunk c = (u & 15) >> 2 keeps weights 0..31 in the low and 32..63 in the
+// high nibbles of its 32 quant bytes, so group q = u & 3 is nibble q >> 1 of bytes
+// 16(q & 1)..+15, with scale pair 2c + (q >> 1). Consecutive lanes load consecutive activation
+// chunks (as in dot_q2_k).
 __device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols);
     float acc = 0.0f;
-#pragma unroll 2
-    for (int qi = lane + l0; qi < nb * 4; qi += ls) {
-        const u8* b = row + (qi >> 2) * 144;
-        int chunk = qi & 3;
+#pragma unroll 4
+    for (int u = lane + l0; u < nb * 16; u += ls) {
+        const u8* b = row + (u >> 4) * 144;
+        int c = (u & 15) >> 2, q = u & 3, hi = q >> 1;
         u32 dd = *(const u32*)b;
         float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
-        const u32* qs = (const u32*)(b + 16 + 32 * chunk);
-        int base = (qi >> 2) * 256 + 64 * chunk;
-        int sc0, m0, sc1, m1;
-        q4k_scale_min(b + 4, 2 * chunk, &sc0, &m0);
-        q4k_scale_min(b + 4, 2 * chunk + 1, &sc1, &m1);
-        int ql[3], qh[3], ml[3], mh[3];
-        uint4 qa = ((const uint4*)qs)[0], qb = ((const uint4*)qs)[1];
-        u32 qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+        int sc, m;
+        q4k_scale_min(b + 4, 2 * c + hi, &sc, &m);
+        uint4 qa = *(const uint4*)(b + 16 + 32 * c + 16 * (q & 1));
+        int wq[4] = {(int)((qa.x >> (4 * hi)) & 0x0f0f0f0fu), (int)((qa.y >> (4 * hi)) & 0x0f0f0f0fu),
+                     (int)((qa.z >> (4 * hi)) & 0x0f0f0f0fu), (int)((qa.w >> (4 * hi)) & 0x0f0f0f0fu)};
+        int sq[3], sm[3];
 #pragma unroll
         for (int p = 0; p < 3; p++) {
-            int slo = 0, shi = 0, xlo = 0, xhi = 0;
-            const i8* xp = xq + p * w.cols + base;
-            int4 l0 = *(const int4*)xp, l1 = *(const int4*)(xp + 16);
-            int4 h0 = *(const int4*)(xp + 32), h1 = *(const int4*)(xp + 48);
-            int xls[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
-            int xhs[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-#pragma unroll
-            for (int c = 0; c < 8; c++) {
-                u32 v = qv[c];
-                int lo = (int)(v & 0x0f0f0f0fu), hi = (int)((v >> 4) & 0x0f0f0f0fu);
-                int xl = xls[c], xh = xhs[c];
-                slo = __dp4a(lo, xl, slo);
-                shi = __dp4a(hi, xh, shi);
-                xlo = __dp4a(0x01010101, xl, xlo);
-                xhi = __dp4a(0x01010101, xh, xhi);
-            }
-            ql[p] = sc0 * slo;
-            qh[p] = sc1 * shi;
-            ml[p] = m0 * xlo;
-            mh[p] = m1 * xhi;
+            int4 xv = *(const int4*)(xq + p * w.cols + 16 * u);
+            int s = __dp4a(wq[0], xv.x, 0);
+            s = __dp4a(wq[1], xv.y, s);
+            s = __dp4a(wq[2], xv.z, s);
+            s = __dp4a(wq[3], xv.w, s);
+            int xs = __dp4a(0x01010101, xv.x, 0);
+            xs = __dp4a(0x01010101, xv.y, xs);
+            xs = __dp4a(0x01010101, xv.z, xs);
+            xs = __dp4a(0x01010101, xv.w, xs);
+            sq[p] = sc * s;
+            sm[p] = m * xs;
         }
-        float dx0 = xd[base >> 5], dx1 = xd[(base >> 5) + 1];
-        acc += (d * fold3(ql[0], ql[1], ql[2]) - dmin * fold3(ml[0], ml[1], ml[2])) * dx0;
-        acc += (d * fold3(qh[0], qh[1], qh[2]) - dmin * fold3(mh[0], mh[1], mh[2])) * dx1;
+        acc += (d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2])) * xd[u >> 1];
     }
     return acc;
 }
