@@ -224,7 +224,8 @@ struct IqTab {
 
 // One 16-weight chunk `ci` of Q8_0 row `grow` against its activation chunk `xv` (three stages)
 // whose block scale is `dx`.
-__device__ __forceinline__ float q8_0_part(const DW& w, i64 grow, int ci, const int4* xv, float dx) {
+__device__ __forceinline__ float q8_0_part(const DW& w, i64 grow, int ci, const int4* xv, float dx,
+                                           const IqTab* tab) {
     int4 wv = *(const int4*)(w.a + grow * w.cols + ci * 16);
     int st[3];
 #pragma unroll
@@ -251,28 +252,9 @@ __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, c
     for (int ci = lane + l0; ci < w.cols / 16; ci += ls) {
         int4 xv[3];
         q8_0_x(xq, w.cols, ci, xv);
-        acc += q8_0_part(w, grow, ci, xv, xd[ci >> 1]);
+        acc += q8_0_part(w, grow, ci, xv, xd[ci >> 1], 0);
     }
     return acc;
-}
-
-// Gate and up rows `grow` of two Q8_0 matrices of one shape against one activation: each
-// activation chunk is loaded once for both (the sums are dot_q8_0's, in its order).
-__device__ __forceinline__ void dot2_q8_0(const DW& g, const DW& u, i64 grow, const i8* xq,
-                                          const float* xd, const float* xf, const IqTab* tab,
-                                          float* gv, float* uv) {
-    int lane = threadIdx.x & 31;
-    float ga = 0.0f, ua = 0.0f;
-#pragma unroll 4
-    for (int ci = lane; ci < g.cols / 16; ci += 32) {
-        int4 xv[3];
-        q8_0_x(xq, g.cols, ci, xv);
-        float dx = xd[ci >> 1];
-        ga += q8_0_part(g, grow, ci, xv, dx);
-        ua += q8_0_part(u, grow, ci, xv, dx);
-    }
-    *gv = ga;
-    *uv = ua;
 }
 
 __device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -370,23 +352,28 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
     return acc;
 }
 
-// Gate and up rows of two IQ2_XXS matrices against one activation, each chunk loaded once.
-__device__ __forceinline__ void dot2_iq2_xxs(const DW& g, const DW& u, i64 grow, const i8* xq,
-                                             const float* xd, const float* xf, const IqTab* tab,
-                                             float* gv, float* uv) {
-    int lane = threadIdx.x & 31;
-    float ga = 0.0f, ua = 0.0f;
-#pragma unroll 4
-    for (int c = lane; c < g.cols / 16; c += 32) {
-        int4 xv[3];
-        iq2_xxs_x(xq, g.cols, c, xv);
-        float dx = xd[c >> 1];
-        ga += iq2_xxs_part(g, grow, c, xv, dx, tab);
-        ua += iq2_xxs_part(u, grow, c, xv, dx, tab);
+// Gate and up rows `grow` of two matrices of one shape against one activation, for the types
+// whose dot is a sum of 16-weight parts (`PART`, activation chunk loaded by `XLOAD`): each
+// chunk is loaded once for both matrices; each sum is the one-row dot's, in its order.
+#define DOT2_FUSED(NAME, XLOAD, PART)                                                         \
+    __device__ __forceinline__ void NAME(const DW& g, const DW& u, i64 grow, const i8* xq,   \
+                                         const float* xd, const float* xf, const IqTab* tab,  \
+                                         float* gv, float* uv) {                              \
+        int lane = threadIdx.x & 31;                                                          \
+        float ga = 0.0f, ua = 0.0f;                                                           \
+        _Pragma("unroll 4")                                                                   \
+        for (int c = lane; c < g.cols / 16; c += 32) {                                        \
+            int4 xv[3];                                                                       \
+            XLOAD(xq, g.cols, c, xv);                                                         \
+            float dx = xd[c >> 1];                                                            \
+            ga += PART(g, grow, c, xv, dx, tab);                                              \
+            ua += PART(u, grow, c, xv, dx, tab);                                              \
+        }                                                                                     \
+        *gv = ga;                                                                             \
+        *uv = ua;                                                                             \
     }
-    *gv = ga;
-    *uv = ua;
-}
+DOT2_FUSED(dot2_q8_0, q8_0_x, q8_0_part)
+DOT2_FUSED(dot2_iq2_xxs, iq2_xxs_x, iq2_xxs_part)
 
 // Q2_K, one 16-weight sub-block u (weights 16u..16u+15 of the row; sub-block u & 15 of block
 // u >> 4, whose quants are bits 2j of bytes 32n + 16h .. +15 for u & 15 = 8n + 2j + h) per lane
@@ -596,7 +583,7 @@ __device__ __forceinline__ void dot4_q8_0(const DW& w, i64 grow0, int nr, const 
         float dx = xd[ci >> 1];
 #pragma unroll
         for (int k = 0; k < MV4_ROWS; k++)
-            if (k < nr) acc[k] += q8_0_part(w, grow0 + k, ci, xv, dx);
+            if (k < nr) acc[k] += q8_0_part(w, grow0 + k, ci, xv, dx, 0);
     }
 }
 
