@@ -375,6 +375,29 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
 DOT2_FUSED(dot2_q8_0, q8_0_x, q8_0_part)
 DOT2_FUSED(dot2_iq2_xxs, iq2_xxs_x, iq2_xxs_part)
 
+// The K-quant form of one 16-weight group u (Q2_K, Q4_K): d·sc·Σ q·x − dmin·m·Σ x over the
+// activation chunk 16u..16u+15 (three stages; the group's unsigned quants `wq`, four per int),
+// before the chunk's activation scale.
+__device__ __forceinline__ float kquant16_part(const int* wq, const i8* xq, int cols, int u, int sc,
+                                               int m, float d, float dmin) {
+    int sq[3], sm[3];
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+        int4 xv = *(const int4*)(xq + p * cols + 16 * u);
+        int s = __dp4a(wq[0], xv.x, 0);
+        s = __dp4a(wq[1], xv.y, s);
+        s = __dp4a(wq[2], xv.z, s);
+        s = __dp4a(wq[3], xv.w, s);
+        int xs = __dp4a(0x01010101, xv.x, 0);
+        xs = __dp4a(0x01010101, xv.y, xs);
+        xs = __dp4a(0x01010101, xv.z, xs);
+        xs = __dp4a(0x01010101, xv.w, xs);
+        sq[p] = sc * s;
+        sm[p] = m * xs;
+    }
+    return d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2]);
+}
+
 // Q2_K, one 16-weight sub-block u (weights 16u..16u+15 of the row; sub-block u & 15 of block
 // u >> 4, whose quants are bits 2j of bytes 32n + 16h .. +15 for u & 15 = 8n + 2j + h) per lane
 // and step. Consecutive lanes own consecutive sub-blocks, so their activation loads are
@@ -398,22 +421,7 @@ __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, c
         int wq[4];
 #pragma unroll
         for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
-        int sq[3], sm[3];
-#pragma unroll
-        for (int p = 0; p < 3; p++) {
-            int4 xv = *(const int4*)(xq + p * w.cols + 16 * u);
-            int s = __dp4a(wq[0], xv.x, 0);
-            s = __dp4a(wq[1], xv.y, s);
-            s = __dp4a(wq[2], xv.z, s);
-            s = __dp4a(wq[3], xv.w, s);
-            int xs = __dp4a(0x01010101, xv.x, 0);
-            xs = __dp4a(0x01010101, xv.y, xs);
-            xs = __dp4a(0x01010101, xv.z, xs);
-            xs = __dp4a(0x01010101, xv.w, xs);
-            sq[p] = (sc & 15) * s;
-            sm[p] = (sc >> 4) * xs;
-        }
-        acc += (d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2])) * xd[u >> 1];
+        acc += kquant16_part(wq, xq, w.cols, u, sc & 15, sc >> 4, d, dmin) * xd[u >> 1];
     }
     return acc;
 }
@@ -440,22 +448,7 @@ __device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, c
         uint4 qa = *(const uint4*)(b + 16 + 32 * c + 16 * (q & 1));
         int wq[4] = {(int)((qa.x >> (4 * hi)) & 0x0f0f0f0fu), (int)((qa.y >> (4 * hi)) & 0x0f0f0f0fu),
                      (int)((qa.z >> (4 * hi)) & 0x0f0f0f0fu), (int)((qa.w >> (4 * hi)) & 0x0f0f0f0fu)};
-        int sq[3], sm[3];
-#pragma unroll
-        for (int p = 0; p < 3; p++) {
-            int4 xv = *(const int4*)(xq + p * w.cols + 16 * u);
-            int s = __dp4a(wq[0], xv.x, 0);
-            s = __dp4a(wq[1], xv.y, s);
-            s = __dp4a(wq[2], xv.z, s);
-            s = __dp4a(wq[3], xv.w, s);
-            int xs = __dp4a(0x01010101, xv.x, 0);
-            xs = __dp4a(0x01010101, xv.y, xs);
-            xs = __dp4a(0x01010101, xv.z, xs);
-            xs = __dp4a(0x01010101, xv.w, xs);
-            sq[p] = sc * s;
-            sm[p] = m * xs;
-        }
-        acc += (d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2])) * xd[u >> 1];
+        acc += kquant16_part(wq, xq, w.cols, u, sc, m, d, dmin) * xd[u >> 1];
     }
     return acc;
 }
