@@ -46,21 +46,23 @@ fn gpu(m: &Model) -> Option<CudaBackend> {
         );
         return None;
     }
-    let opts = CudaOptions {
+    Some(CudaBackend::new(m, &test_opts()).expect("CUDA backend"))
+}
+
+/// The options of every test backend: a 4096-token context, no progress bar.
+fn test_opts() -> CudaOptions {
+    CudaOptions {
         ctx: 4096,
         progress: false,
         ..Default::default()
-    };
-    Some(CudaBackend::new(m, &opts).expect("CUDA backend"))
+    }
 }
 
 /// The backend with the Q8_0 matrix-vector products on four rows per warp (`mv4_q8_0`).
 fn gpu_mv4(m: &Model) -> CudaBackend {
     let opts = CudaOptions {
-        ctx: 4096,
-        progress: false,
         mv_rows: 4,
-        ..Default::default()
+        ..test_opts()
     };
     CudaBackend::new(m, &opts).expect("CUDA backend")
 }
@@ -963,11 +965,9 @@ fn graph_replay_and_dependent_launch_match_direct_and_snapshots_round_trip() {
         CudaBackend::new(
             &m,
             &CudaOptions {
-                ctx: 4096,
                 graphs,
-                progress: false,
                 dependent_launch,
-                ..Default::default()
+                ..test_opts()
             },
         )
         .unwrap()
