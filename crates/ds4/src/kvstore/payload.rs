@@ -256,48 +256,8 @@ pub fn payload_bytes(snap: &Snapshot, rows: RowEncoding) -> Result<u64, Error> {
 /// section is checked against the bytes that remain before it is read).
 pub fn read_payload(r: &mut impl Read, len: u64) -> Result<Snapshot, Error> {
     let mut r = Limited { r, left: len };
-    let mut fixed = [0u8; 40];
-    r.read_exact(&mut fixed, "payload")?;
-    let word = |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-    if fixed[..4] != PAYLOAD_MAGIC || word(4) != 1 {
-        return Err(invalid("payload", "bad payload magic or version"));
-    }
-    let n_layer = word(8);
-    if n_layer == 0 || n_layer > MAX_LAYERS {
-        return Err(invalid("payload", format!("{n_layer} layers")));
-    }
-    let rows = match word(32) {
-        0 => RowEncoding::F32,
-        1 => RowEncoding::F16,
-        e => return Err(invalid("payload", format!("unknown row encoding {e}"))),
-    };
-    let table = 16 * n_layer as u64;
-    if table > r.left {
-        return Err(Error::Truncated {
-            what: "payload",
-            need: table,
-            have: r.left,
-        });
-    }
-    let mut tb = vec![0u8; table as usize];
-    r.read_exact(&mut tb, "payload")?;
-    let layers: Vec<[u32; 4]> = tb
-        .chunks_exact(16)
-        .map(|c| {
-            let w = |i: usize| u32::from_le_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
-            [w(0), w(4), w(8), w(12)]
-        })
-        .collect();
-    let shape = PayloadShape {
-        n_layer,
-        head_dim: word(12),
-        idx_head_dim: word(16),
-        n_swa: word(20),
-        n_vocab: word(24),
-        tokens: word(28),
-        rows,
-        layers,
-    };
+    let shape = read_shape(&mut r)?;
+    let (n_layer, rows) = (shape.n_layer, shape.rows);
     check_shape(&shape)?;
     match shape.payload_bytes() {
         Some(n) if n == len => {}
@@ -357,7 +317,12 @@ pub fn read_payload(r: &mut impl Read, len: u64) -> Result<Snapshot, Error> {
 
 /// Reads just the payload's shape (for inspection), from its first bytes.
 pub fn read_payload_shape(r: &mut impl Read, len: u64) -> Result<PayloadShape, Error> {
-    let mut r = Limited { r, left: len };
+    read_shape(&mut Limited { r, left: len })
+}
+
+/// The payload's fixed fields and layer table, checked: magic and version, the layer count,
+/// the row encoding, and a table that fits in what remains.
+fn read_shape<R: Read>(r: &mut Limited<'_, R>) -> Result<PayloadShape, Error> {
     let mut fixed = [0u8; 40];
     r.read_exact(&mut fixed, "payload")?;
     let word = |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
@@ -365,12 +330,25 @@ pub fn read_payload_shape(r: &mut impl Read, len: u64) -> Result<PayloadShape, E
         return Err(invalid("payload", "bad payload magic or version"));
     }
     let n_layer = word(8);
-    if n_layer == 0 || n_layer > MAX_LAYERS || 16 * n_layer as u64 > r.left {
+    if n_layer == 0 || n_layer > MAX_LAYERS {
         return Err(invalid("payload", format!("{n_layer} layers")));
     }
-    let mut tb = vec![0u8; 16 * n_layer as usize];
+    let rows = match word(32) {
+        0 => RowEncoding::F32,
+        1 => RowEncoding::F16,
+        e => return Err(invalid("payload", format!("unknown row encoding {e}"))),
+    };
+    let table = 16 * n_layer as u64;
+    if table > r.left {
+        return Err(Error::Truncated {
+            what: "payload",
+            need: table,
+            have: r.left,
+        });
+    }
+    let mut tb = vec![0u8; table as usize];
     r.read_exact(&mut tb, "payload")?;
-    let layers = tb
+    let layers: Vec<[u32; 4]> = tb
         .chunks_exact(16)
         .map(|c| {
             let w = |i: usize| u32::from_le_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
@@ -384,11 +362,7 @@ pub fn read_payload_shape(r: &mut impl Read, len: u64) -> Result<PayloadShape, E
         n_swa: word(20),
         n_vocab: word(24),
         tokens: word(28),
-        rows: if word(32) == 1 {
-            RowEncoding::F16
-        } else {
-            RowEncoding::F32
-        },
+        rows,
         layers,
     })
 }
