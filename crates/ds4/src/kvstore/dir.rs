@@ -784,14 +784,7 @@ fn read_prefix(r: &mut impl Read, name: &str, size: u64) -> Result<Header, Error
         }
     })?;
     let h = Header::decode(&b)?;
-    let want = h.file_bytes().unwrap_or(u64::MAX);
-    if want != size {
-        return Err(Error::Size {
-            what: "file",
-            expected: want,
-            found: size,
-        });
-    }
+    h.check_file_size(size)?;
     if format!("{}.kv", hex(&h.key_sha1)) != name {
         return Err(Error::Invalid {
             what: "file name",

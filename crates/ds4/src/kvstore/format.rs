@@ -187,6 +187,19 @@ impl Header {
             .checked_add(self.payload_bytes)
     }
 
+    /// Err unless a file of `size` bytes is exactly what the header describes.
+    pub fn check_file_size(&self, size: u64) -> Result<(), Error> {
+        let want = self.file_bytes().unwrap_or(u64::MAX);
+        if want != size {
+            return Err(Error::Size {
+                what: "file",
+                expected: want,
+                found: size,
+            });
+        }
+        Ok(())
+    }
+
     /// The 144 bytes of header and stats.
     pub fn encode(&self) -> [u8; PREFIX_BYTES] {
         let mut b = [0u8; PREFIX_BYTES];
@@ -663,14 +676,7 @@ fn inspect_into(r: &mut impl Read, size: u64, out: &mut Inspection) -> Result<()
         .map_err(Error::io("reading the header"))?;
     let h = Header::decode(&b)?;
     out.header = Some(h.clone());
-    let want = h.file_bytes().unwrap_or(u64::MAX);
-    if want != size {
-        return Err(Error::Size {
-            what: "file",
-            expected: want,
-            found: size,
-        });
-    }
+    h.check_file_size(size)?;
     out.text = Some(read_text(r, &h)?);
     out.tools = Some(read_tools(r, &h, usize::MAX)?.len());
     let mut cr = CrcReader {
