@@ -70,65 +70,84 @@ __device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int wid
     __syncthreads();
 }
 
+// Sinkhorn normalisation (model::hc::sinkhorn) by one warp, lane l < hc² holding C[l / hc][l %
+// hc] (z before the row softmax); returns the lane's normalised value. Every row or column sum
+// gathers its hc values with independent shuffles (HC_MAX of them, unrolled: a loop bounded by
+// the runtime hc made each phase a chain of dependent shuffles, ~12 µs a call) and adds them in
+// index order, as the CPU does.
+__device__ __forceinline__ float sinkhorn_lane(float c, int hc, int iters, float eps) {
+    int lane = threadIdx.x & 31;
+    bool on = lane < hc * hc;
+    int s = on ? lane / hc : 0, f = on ? lane % hc : 0;
+    float v[HC_MAX];
+    // Row softmax (+eps).
+#pragma unroll
+    for (int k = 0; k < HC_MAX; k++) v[k] = __shfl_sync(FULL_MASK, c, s * hc + (k < hc ? k : 0));
+    float m = -DS4_INF;
+#pragma unroll
+    for (int k = 0; k < HC_MAX; k++)
+        if (k < hc) m = fmaxf(m, v[k]);
+    c = on ? expf(c - m) : 0.0f;
+#pragma unroll
+    for (int k = 0; k < HC_MAX; k++) v[k] = __shfl_sync(FULL_MASK, c, s * hc + (k < hc ? k : 0));
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < HC_MAX; k++)
+        if (k < hc) sum += v[k];
+    c = c / sum + eps;
+    for (int it = 0; it < iters; it++) {
+        if (it > 0) {
+#pragma unroll
+            for (int k = 0; k < HC_MAX; k++)
+                v[k] = __shfl_sync(FULL_MASK, c, s * hc + (k < hc ? k : 0));
+            float rs = 0.0f;
+#pragma unroll
+            for (int k = 0; k < HC_MAX; k++)
+                if (k < hc) rs += v[k];
+            c /= rs + eps;
+        }
+#pragma unroll
+        for (int k = 0; k < HC_MAX; k++) v[k] = __shfl_sync(FULL_MASK, c, (k < hc ? k : 0) * hc + f);
+        float cs = 0.0f;
+#pragma unroll
+        for (int k = 0; k < HC_MAX; k++)
+            if (k < hc) cs += v[k];
+        c /= cs + eps;
+    }
+    return c;
+}
+
 // From the mix slices (hc_mix, S of them): out[t] = Σ_h (σ(z_h)+eps)·x_hc[t][h], and mixout[t]
 // = post gates 2σ(z_{hc+h}) followed by the Sinkhorn-normalised combine matrix. `rms_eps` is
 // the flat norm's epsilon, `eps` the HC one. Grid (rows, Y): each of a row's Y blocks
-// computes the (tiny) gates itself and forms its share of the output columns, so a single
-// decode row is spread over the device instead of one block; block y = 0 writes mixout.
-//
-// The first warp runs Sinkhorn with lane l < hc² holding C[l / hc][l % hc]: each row or column
-// sum gathers its hc values by shuffles and adds them in index order, as the CPU does.
+// computes the (tiny) pre gates itself and forms its share of the output columns, so a single
+// decode row is spread over the device instead of one block; block y = 0 alone runs Sinkhorn
+// (its first warp, after its share of the output) and writes mixout.
 extern "C" __global__ void hc_pre_finish(const float* part, int S, float rms_eps,
                                          const float* scale3, const float* base,
                                          const float* x_hc, int hc, int e, int iters, float eps,
                                          float* out, float* mixout) {
     grid_dep_sync();
     __shared__ float pre[HC_MAX];
-    __shared__ float pc[HC_MAX + HC_MAX * HC_MAX];
     __shared__ float mix[(2 + HC_MAX) * HC_MAX];
     int t = blockIdx.x;
     int n_mix = (2 + hc) * hc;
     hc_mix_value(part, t, S, n_mix, hc * e, rms_eps, mix);
-    int lane = threadIdx.x;
-    if (threadIdx.x < 32) {
-        // z for the pre and post gates.
-        if (lane < hc) {
-            pre[lane] = sigmoidf_ref(mix[lane] * scale3[0] + base[lane]) + eps;
-            pc[lane] = 2.0f * sigmoidf_ref(mix[hc + lane] * scale3[1] + base[hc + lane]);
-        }
-        int nc = hc * hc;
-        bool on = lane < nc;
-        int s = on ? lane / hc : 0, f = on ? lane % hc : 0;
-        float c = on ? mix[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
-        // Row softmax (+eps), then iters column / row normalisations as in model::hc::sinkhorn.
-        float m = -DS4_INF;
-        for (int k = 0; k < hc; k++) m = fmaxf(m, __shfl_sync(FULL_MASK, c, s * hc + k));
-        c = on ? expf(c - m) : 0.0f;
-        float sum = 0.0f;
-        for (int k = 0; k < hc; k++) sum += __shfl_sync(FULL_MASK, c, s * hc + k);
-        c = c / sum + eps;
-        for (int it = 0; it < iters; it++) {
-            if (it > 0) {
-                float rs = 0.0f;
-                for (int k = 0; k < hc; k++) rs += __shfl_sync(FULL_MASK, c, s * hc + k);
-                c /= rs + eps;
-            }
-            float cs = 0.0f;
-            for (int k = 0; k < hc; k++) cs += __shfl_sync(FULL_MASK, c, k * hc + f);
-            c /= cs + eps;
-        }
-        if (on) pc[hc + lane] = c;
-    }
+    if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_ref(mix[threadIdx.x] * scale3[0] + base[threadIdx.x]) + eps;
     __syncthreads();
-    if (blockIdx.y == 0)
-        for (int i = threadIdx.x; i < hc + hc * hc; i += blockDim.x)
-            mixout[(i64)t * (hc + hc * hc) + i] = pc[i];
     const float* x = x_hc + (i64)t * hc * e;
     for (int d = blockIdx.y * blockDim.x + threadIdx.x; d < e; d += gridDim.y * blockDim.x) {
         float a = 0.0f;
         for (int h = 0; h < hc; h++) a += pre[h] * x[(i64)h * e + d];
         out[(i64)t * e + d] = a;
     }
+    if (blockIdx.y != 0 || threadIdx.x >= 32) return;
+    int lane = threadIdx.x, nc = hc * hc;
+    float* mo = mixout + (i64)t * (hc + nc);
+    if (lane < hc) mo[lane] = 2.0f * sigmoidf_ref(mix[hc + lane] * scale3[1] + base[hc + lane]);
+    float c = lane < nc ? mix[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
+    c = sinkhorn_lane(c, hc, iters, eps);
+    if (lane < nc) mo[hc + lane] = c;
 }
 
 // out[t][f][d] = post[f]·y[t][d] + Σ_s comb[f + hc·s]·x_hc[t][s][d]. Grid (rows, ceil(e/256)).
@@ -145,6 +164,64 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
         float o = m[f] * yv;
         for (int s = 0; s < hc; s++) o += m[hc + f + hc * s] * x[(i64)s * e + d];
         out[((i64)t * hc + f) * e + d] = o;
+    }
+}
+
+// Mix values the fused post + mix kernel keeps per thread: (2 + hc)·hc for hc ≤ 4.
+#define HC_FUSED_MIX 24
+
+// hc_post, then the next HC pre's mix slices of its output (hc_mix's `part` layout, slice s =
+// blockIdx.y of gridDim.y ≤ 32, each a contiguous range of the E columns of every stream): the
+// new state is formed and projected in one pass instead of being written by one kernel and read
+// back by the next. Grid (rows, S); hc ≤ 4.
+extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const float* mix, int hc,
+                                       int e, float* out, DW fn, float* part) {
+    grid_dep_sync();
+    __shared__ float red[32][HC_FUSED_MIX];
+    __shared__ double red_d[32];
+    int t = blockIdx.x, S = gridDim.y;
+    int n_mix = fn.rows;
+    int per = (e + S - 1) / S;
+    int c0 = blockIdx.y * per, c1 = min(e, c0 + per);
+    const float* m = mix + (i64)t * (hc + hc * hc);
+    const float* x = x_hc + (i64)t * hc * e;
+    float acc[HC_FUSED_MIX];
+#pragma unroll
+    for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = 0.0f;
+    double ss = 0.0;
+    for (int d = c0 + threadIdx.x; d < c1; d += blockDim.x) {
+        float yv = y[(i64)t * e + d];
+        float xs[4];
+        for (int s = 0; s < hc; s++) xs[s] = x[(i64)s * e + d];
+        for (int f = 0; f < hc; f++) {
+            float o = m[f] * yv;
+            for (int s = 0; s < hc; s++) o += m[hc + f + hc * s] * xs[s];
+            out[((i64)t * hc + f) * e + d] = o;
+            ss += (double)o * (double)o;
+#pragma unroll
+            for (int i = 0; i < HC_FUSED_MIX; i++)
+                if (i < n_mix) acc[i] += deq(fn, i, f * e + d) * o;
+        }
+    }
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
+    ss = warp_sum_d(ss);
+    if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < HC_FUSED_MIX; i++) red[warp][i] = acc[i];
+        red_d[warp] = ss;
+    }
+    __syncthreads();
+    float* o = part + ((i64)t * S + blockIdx.y) * (n_mix + 1);
+    if (threadIdx.x < n_mix) {
+        float a = 0.0f;
+        for (int w = 0; w < nw; w++) a += red[w][threadIdx.x];
+        o[threadIdx.x] = a;
+    } else if (threadIdx.x == n_mix) {
+        double a = 0.0;
+        for (int w = 0; w < nw; w++) a += red_d[w];
+        o[n_mix] = (float)a;
     }
 }
 

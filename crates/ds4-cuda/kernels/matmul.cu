@@ -222,11 +222,9 @@ struct IqTab {
     u64 grid[256];
 };
 
-// One 16-weight chunk `ci` of Q8_0 row `grow` against its activation chunk `xv` (three stages)
-// whose block scale is `dx`.
-__device__ __forceinline__ float q8_0_part(const DW& w, i64 grow, int ci, const int4* xv, float dx,
-                                           const IqTab* tab) {
-    int4 wv = *(const int4*)(w.a + grow * w.cols + ci * 16);
+// The three stages' integer dot of one 16-weight Q8_0 chunk `wv` with its activation `xv`,
+// folded (before the weight and activation scales).
+__device__ __forceinline__ float q8_0_chunk(int4 wv, const int4* xv) {
     int st[3];
 #pragma unroll
     for (int k = 0; k < 3; k++) {
@@ -235,8 +233,16 @@ __device__ __forceinline__ float q8_0_part(const DW& w, i64 grow, int ci, const 
         s = __dp4a(wv.z, xv[k].z, s);
         st[k] = __dp4a(wv.w, xv[k].w, s);
     }
+    return fold3(st[0], st[1], st[2]);
+}
+
+// One 16-weight chunk `ci` of Q8_0 row `grow` against its activation chunk `xv` (three stages)
+// whose block scale is `dx`.
+__device__ __forceinline__ float q8_0_part(const DW& w, i64 grow, int ci, const int4* xv, float dx,
+                                           const IqTab* tab) {
+    int4 wv = *(const int4*)(w.a + grow * w.cols + ci * 16);
     const u8* ds = w.b + grow * (w.cols / 32) * 2;
-    return fold3(st[0], st[1], st[2]) * (h2f(ld_u16(ds + 2 * (ci >> 1))) * dx);
+    return q8_0_chunk(wv, xv) * (h2f(ld_u16(ds + 2 * (ci >> 1))) * dx);
 }
 
 __device__ __forceinline__ void q8_0_x(const i8* xq, int cols, int ci, int4* xv) {
@@ -244,34 +250,66 @@ __device__ __forceinline__ void q8_0_x(const i8* xq, int cols, int ci, int4* xv)
     for (int k = 0; k < 3; k++) xv[k] = *(const int4*)(xq + k * cols + ci * 16);
 }
 
+// Chunks a lane of a one-row dot loads before it uses any: their weight loads are issued
+// together. (An `unroll 8` loop left a row of 1024 Q8_0 columns — two chunks a lane — to its
+// one-at-a-time remainder, so each chunk waited a full memory latency: q_b ran at 1.7 TB/s.)
+#define DOT_BATCH 4
+
 __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab, int l0, int ls) {
-    int lane = threadIdx.x & 31;
+    int lane = threadIdx.x & 31, nch = w.cols / 16;
+    const u8* row = w.a + grow * w.cols;
+    const u8* ds = w.b + grow * (w.cols / 32) * 2;
     float acc = 0.0f;
-#pragma unroll 8
-    for (int ci = lane + l0; ci < w.cols / 16; ci += ls) {
-        int4 xv[3];
-        q8_0_x(xq, w.cols, ci, xv);
-        acc += q8_0_part(w, grow, ci, xv, xd[ci >> 1], 0);
+    for (int c0 = lane + l0; c0 < nch; c0 += DOT_BATCH * ls) {
+        int4 wv[DOT_BATCH];
+        u16 sc[DOT_BATCH];
+#pragma unroll
+        for (int j = 0; j < DOT_BATCH; j++) {
+            int ci = c0 + j * ls;
+            if (ci < nch) {
+                wv[j] = *(const int4*)(row + ci * 16);
+                sc[j] = ld_u16(ds + 2 * (ci >> 1));
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DOT_BATCH; j++) {
+            int ci = c0 + j * ls;
+            if (ci < nch) {
+                int4 xv[3];
+                q8_0_x(xq, w.cols, ci, xv);
+                acc += q8_0_chunk(wv[j], xv) * (h2f(sc[j]) * xd[ci >> 1]);
+            }
+        }
     }
     return acc;
 }
 
 __device__ __forceinline__ float dot_f16(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab, int l0, int ls) {
-    int lane = threadIdx.x & 31;
+    int lane = threadIdx.x & 31, nch = w.cols / 8;
     const u8* row = w.a + grow * w.cols * 2;
     float acc = 0.0f;
-#pragma unroll 4
-    for (int ci = lane + l0; ci < w.cols / 8; ci += ls) {
-        int4 wv = *(const int4*)(row + ci * 16);
-        float4 x0 = *(const float4*)(xf + ci * 8), x1 = *(const float4*)(xf + ci * 8 + 4);
-        float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-        u32 u[4] = {(u32)wv.x, (u32)wv.y, (u32)wv.z, (u32)wv.w};
+    for (int c0 = lane + l0; c0 < nch; c0 += DOT_BATCH * ls) {
+        int4 wv[DOT_BATCH];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            acc += h2f((u16)(u[k] & 0xffffu)) * xs[2 * k];
-            acc += h2f((u16)(u[k] >> 16)) * xs[2 * k + 1];
+        for (int j = 0; j < DOT_BATCH; j++) {
+            int ci = c0 + j * ls;
+            if (ci < nch) wv[j] = *(const int4*)(row + ci * 16);
+        }
+#pragma unroll
+        for (int j = 0; j < DOT_BATCH; j++) {
+            int ci = c0 + j * ls;
+            if (ci < nch) {
+                float4 x0 = *(const float4*)(xf + ci * 8), x1 = *(const float4*)(xf + ci * 8 + 4);
+                float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+                u32 u[4] = {(u32)wv[j].x, (u32)wv[j].y, (u32)wv[j].z, (u32)wv[j].w};
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    acc += h2f((u16)(u[k] & 0xffffu)) * xs[2 * k];
+                    acc += h2f((u16)(u[k] >> 16)) * xs[2 * k + 1];
+                }
+            }
         }
     }
     return acc;

@@ -21,8 +21,11 @@ extern "C" __global__ void embed(DW table, const int* tokens, int n_hc, float* x
 }
 
 // RMSNorm in place of each `group`-wide slice (grid: rows·cols/group blocks), weight w (length
-// group) or none: v = (v·scale)·w.
-extern "C" __global__ void rms_norm(float* x, const float* w, int group, float eps) {
+// group) or none: v = (v·scale)·w. With `q` (one row, group = cols, a multiple of 32, blockDim
+// a multiple of 32), also the three-stage 8-bit planes of the result (quant_q8's q and d, the
+// same values: each warp's 32 consecutive outputs are one activation block), so that the
+// products reading the row need no quant_q8 launch.
+extern "C" __global__ void rms_norm(float* x, const float* w, int group, float eps, i8* q, float* d) {
     grid_dep_sync();
     __shared__ double sh[32];
     float* g = x + (i64)blockIdx.x * group;
@@ -32,7 +35,17 @@ extern "C" __global__ void rms_norm(float* x, const float* w, int group, float e
     float scale = rms_scale(ss, group, eps);
     for (int i = threadIdx.x; i < group; i += blockDim.x) {
         float v = g[i] * scale;
-        g[i] = w ? v * w[i] : v;
+        v = w ? v * w[i] : v;
+        g[i] = v;
+        if (q) {
+            float dd = warp_max(fabsf(v)) / 127.0f;
+            int q1, q2, q3;
+            q8_stages(v, dd, &q1, &q2, &q3);
+            q[i] = (i8)q1;
+            q[group + i] = (i8)q2;
+            q[2 * group + i] = (i8)q3;
+            if ((threadIdx.x & 31) == 0) d[i / 32] = dd;
+        }
     }
 }
 

@@ -57,6 +57,7 @@ impl Backend for CudaBackend {
     fn begin(&self) -> BResult<()> {
         self.dev.make_current().map_err(be_err)?;
         self.arena.reset();
+        self.drop_planes();
         Ok(())
     }
 
@@ -65,6 +66,8 @@ impl Backend for CudaBackend {
             .checked_mul(cols)
             .ok_or_else(|| err(format!("tensor of {rows} × {cols} elements overflows")))?;
         let ptr = self.scratch(n * 4)?;
+        // A new tensor where a released one was: its old planes are not this one's.
+        self.forget_planes(ptr);
         Ok(Tensor {
             rows,
             cols,
@@ -84,6 +87,7 @@ impl Backend for CudaBackend {
                 .flat_map(|&v| (v as i32).to_le_bytes())
                 .collect(),
         };
+        self.forget_planes(dp(t)?);
         self.dev.htod(dp(t)?, &bytes).map_err(be_err)?;
         self.dev.sync().map_err(be_err)
     }
@@ -164,6 +168,8 @@ impl Backend for CudaBackend {
         body: &mut dyn FnMut() -> BResult<()>,
     ) -> BResult<()> {
         self.dev.make_current().map_err(be_err)?;
+        // Planes held from before this step (or a failed recording of it) are not trusted.
+        self.drop_planes();
         let recordable = self.opts_graphs() && !self.profiling() && key.fast && key.rows == 1;
         let id = (key, session);
         if !recordable
@@ -203,6 +209,7 @@ impl Backend for CudaBackend {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id);
                 self.arena.reset();
+                self.drop_planes();
                 body()
             }
         }
@@ -233,6 +240,20 @@ impl Backend for CudaBackend {
         out: &mut Tensor,
     ) -> BResult<()> {
         self.op_hc_post(y, x_hc, mix, n_hc, out)
+    }
+
+    fn hc_post_pre(
+        &self,
+        y: &Tensor,
+        x_hc: &Tensor,
+        mix: &mut Tensor,
+        out: &mut Tensor,
+        w: &HcWeights,
+        cfg: &Config,
+        h: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_hc_post_pre(y, x_hc, mix, out, w, cfg, h, num)
     }
 
     fn hc_head(

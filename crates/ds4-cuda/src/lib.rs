@@ -188,6 +188,47 @@ pub(crate) struct DevRows {
     pub pos: u64,
 }
 
+/// Widest row whose 8-bit planes an RMSNorm writes beside its output ([`NormPlanes`]).
+pub(crate) const NORM_PLANES_COLS: usize = 8192;
+
+/// The three-stage 8-bit planes of one activation row that an RMSNorm wrote beside its output,
+/// for the weight products that read that row next: `quant_q8` of the same row returns them
+/// instead of launching. They stay valid while only weight products (and their own activation
+/// preparation) run: [`CudaBackend::launch`] drops them before any other kernel, and the
+/// product launchers drop them before writing their outputs ([`CudaBackend::forget_planes`]).
+pub(crate) struct NormPlanes {
+    buf: DevBuf,
+    /// (row address, cols) of the row whose planes `buf` holds.
+    held: Mutex<Option<(u64, usize)>>,
+}
+
+impl NormPlanes {
+    fn new() -> Result<Self, CudaError> {
+        Ok(NormPlanes {
+            buf: DevBuf::new(3 * NORM_PLANES_COLS + NORM_PLANES_COLS / 32 * 4)?,
+            held: Mutex::new(None),
+        })
+    }
+
+    /// (planes, scales) addresses.
+    pub fn bufs(&self) -> (u64, u64) {
+        (self.buf.ptr, self.buf.ptr + 3 * NORM_PLANES_COLS as u64)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<(u64, usize)>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Kernels that leave [`NormPlanes`] valid: the weight products, their activation preparation
+/// and the router's selection, whose launchers forget the planes of any row they write.
+fn keeps_norm_planes(name: &str) -> bool {
+    name.starts_with("mv")
+        || name.starts_with("gu_")
+        || name.starts_with("dn_")
+        || matches!(name, "quant_q8" | "route")
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     pub(crate) dev: Device,
@@ -197,6 +238,7 @@ pub struct CudaBackend {
     pub(crate) cfg: Config,
     pub(crate) gemm: Mutex<Option<gemm::Gemm>>,
     rows_buf: DevBuf,
+    pub(crate) norm_planes: NormPlanes,
     rows_host: Mutex<Pinned>,
     graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
     no_graph: Mutex<HashSet<(ds4::backend::StepKey, u64)>>,
@@ -323,6 +365,7 @@ impl CudaBackend {
             cfg,
             gemm: Mutex::new(None),
             rows_buf,
+            norm_planes: NormPlanes::new()?,
             rows_host,
             graphs: Mutex::new(HashMap::new()),
             no_graph: Mutex::new(HashSet::new()),
@@ -381,6 +424,9 @@ impl CudaBackend {
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<(), BackendError> {
         let k = self.k(name).map_err(be_err)?;
+        if !keeps_norm_planes(name) {
+            self.drop_planes();
+        }
         match &self.profile {
             None => self.dev.launch(k, grid, block, smem, args).map_err(be_err),
             Some(p) => p
@@ -388,6 +434,29 @@ impl CudaBackend {
                     self.dev.launch(k, grid, block, smem, args)
                 })
                 .map_err(be_err),
+        }
+    }
+
+    /// Marks the planes of `row` (cols wide) as held in [`NormPlanes`].
+    pub(crate) fn hold_planes(&self, row: u64, cols: usize) {
+        *self.norm_planes.held() = Some((row, cols));
+    }
+
+    /// The held planes of `row` when they are those of a `cols`-wide row.
+    pub(crate) fn held_planes(&self, row: u64, cols: usize) -> Option<(u64, u64)> {
+        (*self.norm_planes.held() == Some((row, cols))).then(|| self.norm_planes.bufs())
+    }
+
+    /// Drops the held planes, whatever row they belong to.
+    pub(crate) fn drop_planes(&self) {
+        *self.norm_planes.held() = None;
+    }
+
+    /// Drops the held planes if they are those of `row` (a launcher about to write it).
+    pub(crate) fn forget_planes(&self, row: u64) {
+        let mut h = self.norm_planes.held();
+        if h.is_some_and(|(r, _)| r == row) {
+            *h = None;
         }
     }
 

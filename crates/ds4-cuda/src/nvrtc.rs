@@ -67,6 +67,7 @@ pub const KERNELS: &[&str] = &[
     "row_sumsq",
     "hc_pre_finish",
     "hc_post",
+    "hc_post_mix",
     "hc_head_finish",
     "raw_push",
     "attn_partial",

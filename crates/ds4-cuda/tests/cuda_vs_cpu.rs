@@ -442,6 +442,46 @@ fn elementwise_ops_match_cpu() {
             .unwrap();
         let e = max_rel(&get(&g, &xg), &get(&c, &xc));
         assert!(e <= PRECISE_OP, "rms_norm n={n}: {e:e}");
+        // A decode row's norm writes the 8-bit planes its products then read instead of
+        // quantising it again (the q_a and kv projections both read them; route and the
+        // experts' kernels keep them): the same products as over a fresh copy of the normed
+        // row, bit for bit.
+        let normed = get(&g, &xg);
+        let products = |x: &Tensor| -> Vec<Vec<f32>> {
+            let mut out = Vec::new();
+            for w in [&l.attn_q_a, &l.attn_kv] {
+                let mut y = g.alloc(n, w.rows, DType::F32).unwrap();
+                g.matmul(w, x, &mut y, fast()).unwrap();
+                out.push(get(&g, &y));
+            }
+            let mut mid = g.alloc(n, l.ffn_gate_shexp.rows, DType::F32).unwrap();
+            let (gs, us) = (&l.ffn_gate_shexp, &l.ffn_up_shexp);
+            g.swiglu(gs, us, x, 7.0, &mut mid, fast()).unwrap();
+            out.push(get(&g, &mid));
+            out
+        };
+        let via_planes = products(&xg);
+        let fresh = put(&g, n, cfg.n_embd, &normed);
+        assert_eq!(
+            via_planes,
+            products(&fresh),
+            "products of the norm's planes n={n}"
+        );
+        // A product writing the normed row drops its planes: the next product re-quantises.
+        let mut xw = put(&g, n, cfg.n_embd, &x);
+        g.rms_norm(&mut xw, Some(&l.attn_norm), cfg.n_embd, cfg.rms_eps)
+            .unwrap();
+        let (gs, us, ds) = (&l.ffn_gate_shexp, &l.ffn_up_shexp, &l.ffn_down_shexp);
+        let mut mid = g.alloc(n, gs.rows, DType::F32).unwrap();
+        g.swiglu(gs, us, &xw, 7.0, &mut mid, fast()).unwrap();
+        g.matmul(ds, &mid, &mut xw, fast()).unwrap();
+        let wk = &l.attn_kv;
+        let mut y1 = g.alloc(n, wk.rows, DType::F32).unwrap();
+        g.matmul(wk, &xw, &mut y1, fast()).unwrap();
+        let again = put(&g, n, cfg.n_embd, &get(&g, &xw));
+        let mut y2 = g.alloc(n, wk.rows, DType::F32).unwrap();
+        g.matmul(wk, &again, &mut y2, fast()).unwrap();
+        assert_eq!(get(&g, &y1), get(&g, &y2), "planes after a write n={n}");
         let hd = cfg.head_dim;
         let q = rand_vec(&mut rng, n * cfg.n_head * hd, 2.0);
         let (mut qc, mut qg) = (
@@ -543,6 +583,30 @@ fn hc_and_moe_ops_match_cpu() {
                 g.hc_post(&og, &xg, &mg, hc, &mut pg).unwrap();
                 let er = max_rel(&get(&g, &pg), &get(&c, &pc));
                 assert!(er <= PRECISE_OP * 5.0, "{recipe:?} hc_post n={n}: {er:e}");
+                // HC post then the next pre (fused on the GPU for few rows), both modes.
+                let y = rand_vec(&mut rng, n * e, 1.0);
+                for num in [fast(), precise()] {
+                    let (yc, yg) = (put(&c, n, e, &y), put(&g, n, e, &y));
+                    let (mut m2c, mut m2g) = (
+                        put(&c, n, hc + hc * hc, &get(&c, &mc)),
+                        put(&g, n, hc + hc * hc, &get(&c, &mc)),
+                    );
+                    let (mut sc, mut sg) = (mk(&c, hc * e), mk(&g, hc * e));
+                    let (mut hcp, mut hgp) = (mk(&c, e), mk(&g, e));
+                    let nw = &l.hc_ffn;
+                    c.hc_post_pre(&yc, &xc, &mut m2c, &mut sc, nw, cfg, &mut hcp, precise())
+                        .unwrap();
+                    g.hc_post_pre(&yg, &xg, &mut m2g, &mut sg, nw, cfg, &mut hgp, num)
+                        .unwrap();
+                    let er = max_rel(&get(&g, &sg), &get(&c, &sc))
+                        .max(max_rel(&get(&g, &hgp), &get(&c, &hcp)))
+                        .max(max_rel(&get(&g, &m2g), &get(&c, &m2c)));
+                    assert!(
+                        er <= PRECISE_OP * 5.0,
+                        "{recipe:?} hc_post_pre l{il} n={n} fast={}: {er:e}",
+                        num.fast
+                    );
+                }
                 // Routing: hash layer 0, top-k layer 3.
                 let lg = rand_vec(&mut rng, n * cfg.n_expert, 4.0);
                 let (lc, lgg) = (put(&c, n, cfg.n_expert, &lg), put(&g, n, cfg.n_expert, &lg));

@@ -50,13 +50,27 @@ impl CudaBackend {
         // A block per group; about four values per thread, so that a lone decode row of 4096
         // is not sixteen dependent steps of one small block.
         let threads = (group / 4).next_multiple_of(32).clamp(32, 1024) as u32;
+        // A whole decode row also gets its 8-bit planes, for the products that read it next.
+        let planes = x.rows == 1
+            && group == x.cols
+            && group.is_multiple_of(32)
+            && group <= crate::NORM_PLANES_COLS;
+        let (q, d) = if planes {
+            self.norm_planes.bufs()
+        } else {
+            (0, 0)
+        };
         self.launch(
             "rms_norm",
             (n, 1, 1),
             threads,
             0,
-            &mut kargs![&xp, &wp, &g, &eps],
-        )
+            &mut kargs![&xp, &wp, &g, &eps, &q, &d],
+        )?;
+        if planes {
+            self.hold_planes(xp, group);
+        }
+        Ok(())
     }
 
     pub(crate) fn op_rope(

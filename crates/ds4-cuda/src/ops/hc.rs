@@ -13,6 +13,29 @@ use crate::CudaBackend;
 
 /// Rows from which the fast mode computes the HC mix as a GEMM.
 const GEMM_ROWS: usize = 32;
+/// Mix values `hc_post_mix` keeps per thread (HC_FUSED_MIX).
+const HC_FUSED_MIX: usize = 24;
+
+/// Checks the shapes of an HC pre's weights and outputs for `n` rows (the combine matrix is
+/// normalised by one warp, a lane per entry: at most 32).
+fn check_hc_pre(
+    w: &HcWeights,
+    cfg: &Config,
+    out: &Tensor,
+    mix_out: &Tensor,
+    n: usize,
+) -> BResult<()> {
+    let (hc, e) = (cfg.n_hc, cfg.n_embd);
+    want(out, n, e, "hc_pre output")?;
+    want(mix_out, n, hc + hc * hc, "hc_pre mix")?;
+    if w.func.rows != (2 + hc) * hc || w.scale.len() < 3 || w.base.len() != (2 + hc) * hc {
+        return Err(err("hc_pre weights do not match the HC width"));
+    }
+    if hc * hc > 32 {
+        return Err(err(format!("HC width {hc}: at most 5 streams")));
+    }
+    Ok(())
+}
 
 impl CudaBackend {
     /// The mix slices of rows `first..first + n` of `x_hc` against `func` into a new arena
@@ -72,15 +95,76 @@ impl CudaBackend {
         mix_out: &mut Tensor,
         num: Numerics,
     ) -> BResult<()> {
-        let (hc, e, n) = (cfg.n_hc, cfg.n_embd, x_hc.rows);
-        want(x_hc, n, hc * e, "hc_pre input")?;
-        want(out, n, e, "hc_pre output")?;
-        want(mix_out, n, hc + hc * hc, "hc_pre mix")?;
-        if w.func.rows != (2 + hc) * hc || w.scale.len() < 3 || w.base.len() != (2 + hc) * hc {
-            return Err(err("hc_pre weights do not match the HC width"));
-        }
+        let n = x_hc.rows;
+        want(x_hc, n, cfg.n_hc * cfg.n_embd, "hc_pre input")?;
+        check_hc_pre(w, cfg, out, mix_out, n)?;
         let mark = self.arena.mark();
         let (part, s) = self.hc_mix(x_hc, 0, n, &w.func, num)?;
+        self.hc_pre_finish(part, s, x_hc, w, cfg, out, mix_out)?;
+        self.arena.release(mark);
+        Ok(())
+    }
+
+    /// hc_post into `out`, then hc_pre of `out` with `w`: for a few rows (or precise) the post
+    /// and the next mix are one kernel (`hc_post_mix`), else the two operations as they are.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_hc_post_pre(
+        &self,
+        y: &Tensor,
+        x_hc: &Tensor,
+        mix: &mut Tensor,
+        out_hc: &mut Tensor,
+        w: &HcWeights,
+        cfg: &Config,
+        h: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        let (hc, e, n) = (cfg.n_hc, cfg.n_embd, y.rows);
+        let n_mix = w.func.rows;
+        if (num.fast && n >= GEMM_ROWS) || hc > 4 || n_mix > HC_FUSED_MIX {
+            self.op_hc_post(y, x_hc, mix, hc, out_hc)?;
+            return self.op_hc_pre(out_hc, w, cfg, h, mix, num);
+        }
+        want(y, n, e, "hc_post input")?;
+        want(x_hc, n, hc * e, "hc_post state")?;
+        want(mix, n, hc + hc * hc, "hc_post mix")?;
+        want(out_hc, n, hc * e, "hc_post output")?;
+        check_hc_pre(w, cfg, h, mix, n)?;
+        if w.func.cols != hc * e {
+            return Err(err(format!("hc mix of {out_hc:?} with `{}`", w.func.name)));
+        }
+        // Slices of at least 128 columns, at most 32 (hc_mix_value reads a slice per lane).
+        let s = e.div_ceil(128).clamp(1, 32);
+        let threads = e.div_ceil(s).next_multiple_of(32).clamp(32, 1024) as u32;
+        let mark = self.arena.mark();
+        let part = self.scratch(n * s * (n_mix + 1) * 4)?;
+        let (yp, xp, mp, op, fw) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out_hc)?, self.w(&w.func)?);
+        let (h_i, e_i) = (hc as i32, e as i32);
+        self.launch(
+            "hc_post_mix",
+            (n as u32, s as u32, 1),
+            threads,
+            0,
+            &mut kargs![&yp, &xp, &mp, &h_i, &e_i, &op, &fw, &part],
+        )?;
+        self.hc_pre_finish(part, s, out_hc, w, cfg, h, mix)?;
+        self.arena.release(mark);
+        Ok(())
+    }
+
+    /// The pre weights, post gates and combine matrix of HC pre from the mix slices `part`.
+    #[allow(clippy::too_many_arguments)]
+    fn hc_pre_finish(
+        &self,
+        part: u64,
+        s: usize,
+        x_hc: &Tensor,
+        w: &HcWeights,
+        cfg: &Config,
+        out: &mut Tensor,
+        mix_out: &mut Tensor,
+    ) -> BResult<()> {
+        let (hc, e, n) = (cfg.n_hc, cfg.n_embd, x_hc.rows);
         let (s3, base, xp, op, mo) = (
             self.p(&w.scale)?,
             self.p(&w.base)?,
@@ -105,9 +189,7 @@ impl CudaBackend {
             256,
             0,
             &mut kargs![&part, &s_i, &reps, &s3, &base, &xp, &h, &ee, &it, &eps, &op, &mo],
-        )?;
-        self.arena.release(mark);
-        Ok(())
+        )
     }
 
     pub(crate) fn op_hc_post(

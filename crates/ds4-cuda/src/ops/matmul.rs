@@ -116,6 +116,11 @@ impl CudaBackend {
         if !takes_q8(ty) {
             return Ok((0, 0));
         }
+        if rows == 1 {
+            if let Some(held) = self.held_planes(x, cols) {
+                return Ok(held);
+            }
+        }
         if !cols.is_multiple_of(32) {
             return Err(err(format!(
                 "8-bit activations need a multiple of 32 columns (found {cols})"
@@ -280,6 +285,7 @@ impl CudaBackend {
         want(x, n, w.cols, &format!("{} input", w.name))?;
         want(y, n, w.rows, &format!("{} output", w.name))?;
         let (dw, xp, yp) = (self.w(w)?, dp(x)?, dp(y)?);
+        self.forget_planes(yp);
         if !num.fast {
             return self.mm_precise(dw, 0, 0, w.rows, xp, w.cols, 0, n, yp, w.rows, 0);
         }
@@ -308,6 +314,7 @@ impl CudaBackend {
         want(x, n, groups * w.cols, &format!("{} input", w.name))?;
         want(y, n, w.rows, &format!("{} output", w.name))?;
         let (dw, xp, yp) = (self.w(w)?, dp(x)?, dp(y)?);
+        self.forget_planes(yp);
         let (gw, gr) = (w.cols, w.rows / groups);
         if !num.fast {
             for g in 0..groups {

@@ -57,6 +57,10 @@ impl CudaBackend {
             None => 0u64,
         };
         let (lp, bp, r, ip, wp) = (dp(logits)?, self.p(bias)?, drows(rows)?, dp(ids)?, dp(wts)?);
+        // `route` keeps the norm planes (the experts read the same row): drop those of its
+        // outputs.
+        self.forget_planes(ip);
+        self.forget_planes(wp);
         let (ne_i, k_i, fl) = (ne as i32, k as i32, WEIGHT_SUM_FLOOR);
         self.launch(
             "route",
@@ -162,6 +166,7 @@ impl CudaBackend {
             return Err(err("swiglu: gate and up differ"));
         }
         let (gw, uw, xp, mp) = (self.w(gate)?, self.w(up)?, dp(x)?, dp(mid)?);
+        self.forget_planes(mp);
         let ff = gate.rows;
         if num.fast && n == 1 {
             let mark = self.arena.mark();
@@ -246,6 +251,7 @@ impl CudaBackend {
             return Err(err("experts: gate, up and down do not fit together"));
         }
         let (xp, ip, wp, op) = (dp(x)?, dp(ids)?, dp(wts)?, dp(out)?);
+        self.forget_planes(op);
         if num.fast && n == 1 {
             let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
             let mark = self.arena.mark();

@@ -267,6 +267,24 @@ pub trait Backend: Send + Sync {
         n_hc: usize,
         out: &mut Tensor,
     ) -> BResult<()>;
+    /// [`Backend::hc_post`] of a sublayer into `out`, then [`Backend::hc_pre`] of `out` with
+    /// the next sublayer's `w` into `h`: `mix` holds this sublayer's gates on entry and the next
+    /// one's on return. A backend may fuse the two (the post output is the next pre's input).
+    #[allow(clippy::too_many_arguments)]
+    fn hc_post_pre(
+        &self,
+        y: &Tensor,
+        x_hc: &Tensor,
+        mix: &mut Tensor,
+        out: &mut Tensor,
+        w: &HcWeights,
+        cfg: &Config,
+        h: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.hc_post(y, x_hc, mix, cfg.n_hc, out)?;
+        self.hc_pre(out, w, cfg, h, mix, num)
+    }
     /// §2.6 HC head over rows `first..first + z.rows` of `x_hc`:
     /// `z = Σ_h (σ(pre_h·scale + base_h) + eps)·x_hc[h]`.
     #[allow(clippy::too_many_arguments)]

@@ -30,13 +30,14 @@ pub fn attention(
     let rope = Rope::for_layer(cfg, il);
 
     // §2.4.1 projections, §2.4.2 RoPE.
+    // Both projections of the normed input first (a backend may prepare it once for both).
     be.rms_norm(&mut s.h, Some(&lw.attn_norm), e, eps)?;
     be.matmul(&lw.attn_q_a, &s.h, &mut s.qr, num)?;
+    be.matmul(&lw.attn_kv, &s.h, &mut s.kv, num)?;
     be.rms_norm(&mut s.qr, Some(&lw.attn_q_a_norm), cfg.q_lora, eps)?;
     be.matmul(&lw.attn_q_b, &s.qr, &mut s.q, num)?;
     be.rms_norm(&mut s.q, None, hd, eps)?; // per head, no weight
     be.rope(&mut s.q, hd, &rope, rows, false)?;
-    be.matmul(&lw.attn_kv, &s.h, &mut s.kv, num)?;
     be.rms_norm(&mut s.kv, Some(&lw.attn_kv_a_norm), hd, eps)?;
     be.rope(&mut s.kv, hd, &rope, rows, false)?;
     be.kv_round(&mut s.kv, cfg.n_rot, num)?;

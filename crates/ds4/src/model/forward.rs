@@ -197,16 +197,36 @@ fn layers(
     let mut s = Scratch::new(be, cfg, n, logits.rows)?;
     be.embed(&w.token_embd, rows, cfg.n_hc, &mut s.x_hc)?; // §2.2
     inspect(Stage::Embedding, &s.x_hc)?;
+    // §2.3: each sublayer's HC post is followed by the next sublayer's HC pre (one backend
+    // operation, `hc_post_pre`); the first pre and the last post stand alone.
+    if let Some(l0) = w.layers.first() {
+        be.hc_pre(&s.x_hc, &l0.hc_attn, cfg, &mut s.h, &mut s.mix, num)?;
+    }
     for (il, lw) in w.layers.iter().enumerate() {
-        be.hc_pre(&s.x_hc, &lw.hc_attn, cfg, &mut s.h, &mut s.mix, num)?; // §2.3
         attention(be, &mut s, lw, st, il, rows, cfg, num, key.indexer)?; // §2.4
         inspect(Stage::Attention(il), &s.y)?;
-        be.hc_post(&s.y, &s.x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?;
+        let (y, x_hc, h) = (&s.y, &s.x_hc, &mut s.h);
+        be.hc_post_pre(
+            y,
+            x_hc,
+            &mut s.mix,
+            &mut s.x_hc_next,
+            &lw.hc_ffn,
+            cfg,
+            h,
+            num,
+        )?;
         std::mem::swap(&mut s.x_hc, &mut s.x_hc_next);
-        be.hc_pre(&s.x_hc, &lw.hc_ffn, cfg, &mut s.h, &mut s.mix, num)?;
         moe(be, &mut s, lw, rows, il, cfg, num)?; // §2.5
         inspect(Stage::Ffn(il), &s.y)?;
-        be.hc_post(&s.y, &s.x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?;
+        let (y, x_hc, h) = (&s.y, &s.x_hc, &mut s.h);
+        match w.layers.get(il + 1) {
+            Some(next) => {
+                let nw = &next.hc_attn;
+                be.hc_post_pre(y, x_hc, &mut s.mix, &mut s.x_hc_next, nw, cfg, h, num)?
+            }
+            None => be.hc_post(y, x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?,
+        }
         std::mem::swap(&mut s.x_hc, &mut s.x_hc_next);
     }
 
