@@ -52,7 +52,7 @@ if [[ "$MODE" == quick ]]; then
     B=(-m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --step-mul 4)
     "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 8192 -n 32 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
     { echo "== ours (defaults)"; cat "$OUT/ours.csv"; grep -E "ds4-bench:" "$OUT/ours.log"; } >> "$S"
-    for v in "DS4_CUDA_MV_ROWS=4" "DS4_CUDA_PDL=0" "DS4_CUDA_DN_SPLIT=1" "DS4_CUDA_MV_ROWS=4"; do
+    for v in "DS4_REPEAT=1" "DS4_CUDA_PDL=0" "DS4_REPEAT=2"; do
         env $v "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ab.csv" > /dev/null 2>&1
         { echo "== ours, $v"; tail -n +2 "$OUT/ab.csv"; } >> "$S"
     done

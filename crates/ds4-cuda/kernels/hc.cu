@@ -48,22 +48,24 @@ extern "C" __global__ void row_sumsq(const float* x, int stride, int cols, float
     if (threadIdx.x == 0) out[(i64)blockIdx.x * out_stride] = (float)ss;
 }
 
-// Fills mix[0..n_mix) of row t from its S (≤ 32) partial slices: the flat RMSNorm scale times
-// the summed dots. One warp per value, a lane per slice, so the slice loads are issued
-// together. Block-cooperative; ends with a barrier.
+// Fills mix[0..n_mix) of row t from its S partial slices: the flat RMSNorm scale times the
+// summed dots. One warp per value, lane l summing slices l, l + 32, … (in that order), so the
+// slice loads are issued together. Block-cooperative; ends with a barrier.
 __device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int width, float eps,
                              float* mix) {
     const float* p = part + (i64)t * S * (n_mix + 1);
     __shared__ float scale_sh;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     if (warp == 0) {
-        double ss = lane < S ? (double)p[lane * (n_mix + 1) + n_mix] : 0.0;
+        double ss = 0.0;
+        for (int k = lane; k < S; k += 32) ss += (double)p[k * (n_mix + 1) + n_mix];
         ss = warp_sum_d(ss);
         if (lane == 0) scale_sh = rms_scale(ss, width, eps);
     }
     __syncthreads();
     for (int i = warp; i < n_mix; i += nw) {
-        float a = lane < S ? p[lane * (n_mix + 1) + i] : 0.0f;
+        float a = 0.0f;
+        for (int k = lane; k < S; k += 32) a += p[k * (n_mix + 1) + i];
         a = warp_sum(a);
         if (lane == 0) mix[i] = a * scale_sh;
     }
@@ -167,20 +169,37 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
     }
 }
 
-// Mix values the fused post + mix kernel keeps per thread: (2 + hc)·hc for hc ≤ 4.
+// The HC width and mix count of the fused post + mix kernel (the model's: 4 streams, (2 + 4)·4
+// mix values), compile-time so that a thread's streams and mix sums stay in registers.
+#define HC_FUSED 4
 #define HC_FUSED_MIX 24
 
-// hc_post, then the next HC pre's mix slices of its output (hc_mix's `part` layout, slice s =
-// blockIdx.y of gridDim.y ≤ 32, each a contiguous range of the E columns of every stream): the
-// new state is formed and projected in one pass instead of being written by one kernel and read
-// back by the next. Grid (rows, S); hc ≤ 4.
-extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const float* mix, int hc,
-                                       int e, float* out, DW fn, float* part) {
+// acc[i] += Σ_f fn[i][f·e + d]·o[f] over the mix rows. F16 weights (the model's) are read
+// directly, so that a thread's 96 loads are independent and in flight together (through deq,
+// whose switch sat between them, they were issued one at a time: 55 µs a launch).
+template <bool F16>
+__device__ __forceinline__ void hc_mix_acc(const DW& fn, int e, int d, const float* o, float* acc) {
+#pragma unroll
+    for (int f = 0; f < HC_FUSED; f++) {
+#pragma unroll
+        for (int i = 0; i < HC_FUSED_MIX; i++) {
+            int c = f * e + d;
+            float w = F16 ? h2f(ld_u16(fn.a + ((i64)i * fn.cols + c) * 2)) : deq(fn, i, c);
+            acc[i] += w * o[f];
+        }
+    }
+}
+
+// hc_post, then the next HC pre's mix slices of its output (hc_mix's `part` layout): one warp
+// per block, slice s = blockIdx.y of S = gridDim.y being a 32-column range of every stream, so
+// the ~0.8 MB of `fn` is read by S warps spread over the device. The new state is formed and
+// projected in one pass instead of being written by one kernel and read back by the next.
+// Grid (rows, S), 32 threads; HC_FUSED streams, HC_FUSED_MIX mix rows.
+extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const float* mix, int e,
+                                       float* out, DW fn, float* part) {
     grid_dep_sync();
-    __shared__ float red[32][HC_FUSED_MIX];
-    __shared__ double red_d[32];
+    const int hc = HC_FUSED, n_mix = HC_FUSED_MIX;
     int t = blockIdx.x, S = gridDim.y;
-    int n_mix = fn.rows;
     int per = (e + S - 1) / S;
     int c0 = blockIdx.y * per, c1 = min(e, c0 + per);
     const float* m = mix + (i64)t * (hc + hc * hc);
@@ -191,37 +210,31 @@ extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const 
     double ss = 0.0;
     for (int d = c0 + threadIdx.x; d < c1; d += blockDim.x) {
         float yv = y[(i64)t * e + d];
-        float xs[4];
-        for (int s = 0; s < hc; s++) xs[s] = x[(i64)s * e + d];
-        for (int f = 0; f < hc; f++) {
-            float o = m[f] * yv;
-            for (int s = 0; s < hc; s++) o += m[hc + f + hc * s] * xs[s];
-            out[((i64)t * hc + f) * e + d] = o;
-            ss += (double)o * (double)o;
+        float xs[HC_FUSED], o[HC_FUSED];
 #pragma unroll
-            for (int i = 0; i < HC_FUSED_MIX; i++)
-                if (i < n_mix) acc[i] += deq(fn, i, f * e + d) * o;
+        for (int s = 0; s < hc; s++) xs[s] = x[(i64)s * e + d];
+#pragma unroll
+        for (int f = 0; f < hc; f++) {
+            float v = m[f] * yv;
+#pragma unroll
+            for (int s = 0; s < hc; s++) v += m[hc + f + hc * s] * xs[s];
+            o[f] = v;
+            out[((i64)t * hc + f) * e + d] = v;
+            ss += (double)v * (double)v;
         }
+        if (fn.ty == TY_F16)
+            hc_mix_acc<true>(fn, e, d, o, acc);
+        else
+            hc_mix_acc<false>(fn, e, d, o, acc);
     }
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
 #pragma unroll
     for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
     ss = warp_sum_d(ss);
-    if (lane == 0) {
+    float* po = part + ((i64)t * S + blockIdx.y) * (n_mix + 1);
+    if (threadIdx.x == 0) {
 #pragma unroll
-        for (int i = 0; i < HC_FUSED_MIX; i++) red[warp][i] = acc[i];
-        red_d[warp] = ss;
-    }
-    __syncthreads();
-    float* o = part + ((i64)t * S + blockIdx.y) * (n_mix + 1);
-    if (threadIdx.x < n_mix) {
-        float a = 0.0f;
-        for (int w = 0; w < nw; w++) a += red[w][threadIdx.x];
-        o[threadIdx.x] = a;
-    } else if (threadIdx.x == n_mix) {
-        double a = 0.0;
-        for (int w = 0; w < nw; w++) a += red_d[w];
-        o[n_mix] = (float)a;
+        for (int i = 0; i < HC_FUSED_MIX; i++) po[i] = acc[i];
+        po[n_mix] = (float)ss;
     }
 }
 

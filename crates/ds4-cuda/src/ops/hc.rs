@@ -13,8 +13,8 @@ use crate::CudaBackend;
 
 /// Rows from which the fast mode computes the HC mix as a GEMM.
 const GEMM_ROWS: usize = 32;
-/// Mix values `hc_post_mix` keeps per thread (HC_FUSED_MIX).
-const HC_FUSED_MIX: usize = 24;
+/// The HC width `hc_post_mix` is compiled for (HC_FUSED).
+const HC_FUSED: usize = 4;
 
 /// Checks the shapes of an HC pre's weights and outputs for `n` rows (the combine matrix is
 /// normalised by one warp, a lane per entry: at most 32).
@@ -121,7 +121,7 @@ impl CudaBackend {
     ) -> BResult<()> {
         let (hc, e, n) = (cfg.n_hc, cfg.n_embd, y.rows);
         let n_mix = w.func.rows;
-        if (num.fast && n >= GEMM_ROWS) || hc > 4 || n_mix > HC_FUSED_MIX {
+        if (num.fast && n >= GEMM_ROWS) || hc != HC_FUSED || n_mix != (2 + hc) * hc {
             self.op_hc_post(y, x_hc, mix, hc, out_hc)?;
             return self.op_hc_pre(out_hc, w, cfg, h, mix, num);
         }
@@ -133,19 +133,18 @@ impl CudaBackend {
         if w.func.cols != hc * e {
             return Err(err(format!("hc mix of {out_hc:?} with `{}`", w.func.name)));
         }
-        // Slices of at least 128 columns, at most 32 (hc_mix_value reads a slice per lane).
-        let s = e.div_ceil(128).clamp(1, 32);
-        let threads = e.div_ceil(s).next_multiple_of(32).clamp(32, 1024) as u32;
+        // A warp per 32-column slice of every stream.
+        let (s, threads) = (e.div_ceil(32), 32u32);
         let mark = self.arena.mark();
         let part = self.scratch(n * s * (n_mix + 1) * 4)?;
         let (yp, xp, mp, op, fw) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out_hc)?, self.w(&w.func)?);
-        let (h_i, e_i) = (hc as i32, e as i32);
+        let e_i = e as i32;
         self.launch(
             "hc_post_mix",
             (n as u32, s as u32, 1),
             threads,
             0,
-            &mut kargs![&yp, &xp, &mp, &h_i, &e_i, &op, &fw, &part],
+            &mut kargs![&yp, &xp, &mp, &e_i, &op, &fw, &part],
         )?;
         self.hc_pre_finish(part, s, out_hc, w, cfg, h, mix)?;
         self.arena.release(mark);
