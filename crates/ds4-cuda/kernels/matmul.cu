@@ -722,6 +722,45 @@ DOT2_OF(dot2_deq, dot_deq)
         }                                                                                     \
     }
 
+// Up to MVN_MAX products of one activation row in one launch (`mvn_*`): job j is weight w[j]
+// into y[j], its rows split over kspl[j] warps as MV_KERNEL would, in blocks
+// first_block[j]..first_block[j + 1] — the same sums, bit for bit, as one launch per product.
+#define MVN_MAX 4
+struct MvJobs {
+    DW w[MVN_MAX];
+    float* y[MVN_MAX];
+    int first_block[MVN_MAX + 1];
+    int kspl[MVN_MAX];
+    int n;
+};
+
+#define MVN_KERNEL(NAME, DOT, TABLES)                                                         \
+    extern "C" __global__ void NAME(MvJobs jobs, const float* x, const i8* xq, const float* xd) { \
+        grid_dep_sync();                                                                      \
+        TABLES                                                                                \
+        __shared__ float part[MV_WARPS];                                                      \
+        int j = 0;                                                                            \
+        while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.first_block[j + 1]) j++;            \
+        const DW w = jobs.w[j];                                                               \
+        int kspl = jobs.kspl[j];                                                              \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                 \
+        int rpb = MV_WARPS / kspl;                                                            \
+        int r = ((int)blockIdx.x - jobs.first_block[j]) * rpb + warp / kspl, sl = warp % kspl; \
+        float v = 0.0f;                                                                       \
+        if (r < w.rows) v = DOT(w, r, xq, xd, x, tab, 32 * sl, 32 * kspl);                    \
+        v = warp_sum(v);                                                                      \
+        if (lane == 0) part[warp] = v;                                                        \
+        __syncthreads();                                                                      \
+        if (lane == 0 && sl == 0 && r < w.rows) {                                             \
+            float a = 0.0f;                                                                   \
+            for (int k = 0; k < kspl; k++) a += part[warp + k];                               \
+            jobs.y[j][r] = a;                                                                 \
+        }                                                                                     \
+    }
+
+MVN_KERNEL(mvn_q8_0, dot_q8_0, NO_TABLES)
+MVN_KERNEL(mvn_f16, dot_f16, NO_TABLES)
+
 MV_KERNEL(mv_q8_0, dot_q8_0, NO_TABLES)
 MV_KERNEL(mv_q2_k, dot_q2_k, NO_TABLES)
 MV_KERNEL(mv_q4_k, dot_q4_k, NO_TABLES)

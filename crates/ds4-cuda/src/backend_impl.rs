@@ -278,6 +278,16 @@ impl Backend for CudaBackend {
         self.op_matmul(w, x, y, num)
     }
 
+    fn matmuls(
+        &self,
+        ws: &[&TensorRef],
+        x: &Tensor,
+        ys: &mut [&mut Tensor],
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_matmuls(ws, x, ys, num)
+    }
+
     fn matmul_grouped(
         &self,
         w: &TensorRef,

@@ -39,6 +39,8 @@ pub const KERNELS: &[&str] = &[
     "mv_f32",
     "mv_deq",
     "mv4_q8_0",
+    "mvn_q8_0",
+    "mvn_f16",
     "gu_q8_0",
     "gu_q2_k",
     "gu_q4_k",

@@ -467,6 +467,30 @@ fn elementwise_ops_match_cpu() {
             products(&fresh),
             "products of the norm's planes n={n}"
         );
+        // Several products of one activation in one launch (Q8_0: q_a and kv; F16: a
+        // compressor's kv and gate): the same values as one product each.
+        let mut pairs = vec![[&l.attn_q_a, &l.attn_kv]];
+        if let Some(cw) = &l.attn_compressor {
+            pairs.push([&cw.kv, &cw.gate]);
+        }
+        for [w1, w2] in pairs {
+            let one = |w: &ds4::model::weights::TensorRef| {
+                let mut y = g.alloc(n, w.rows, DType::F32).unwrap();
+                g.matmul(w, &fresh, &mut y, fast()).unwrap();
+                get(&g, &y)
+            };
+            let (a, b) = (one(w1), one(w2));
+            let mut y1 = g.alloc(n, w1.rows, DType::F32).unwrap();
+            let mut y2 = g.alloc(n, w2.rows, DType::F32).unwrap();
+            g.matmuls(&[w1, w2], &fresh, &mut [&mut y1, &mut y2], fast())
+                .unwrap();
+            assert_eq!(
+                (get(&g, &y1), get(&g, &y2)),
+                (a, b),
+                "matmuls {} n={n}",
+                w1.name
+            );
+        }
         // A product writing the normed row drops its planes: the next product re-quantises.
         let mut xw = put(&g, n, cfg.n_embd, &x);
         g.rms_norm(&mut xw, Some(&l.attn_norm), cfg.n_embd, cfg.rms_eps)

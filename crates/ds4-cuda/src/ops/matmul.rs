@@ -66,7 +66,99 @@ pub(crate) fn rows_per_warp(_cols: usize, _rows_per_group: usize) -> usize {
     1
 }
 
+/// Warps per row of a matrix-vector product of `rows` rows of `cols` (`rpw` rows a warp):
+/// enough warps to fill the device (short matrices), never more than the row has 32-lane chunks
+/// for.
+fn mv_split(rows: usize, cols: usize, rpw: usize) -> usize {
+    ((4096 * rpw).div_ceil(rows.max(1)))
+        .next_power_of_two()
+        .min(MV_WARPS)
+        .min((cols / 256).max(1).next_power_of_two())
+}
+
+/// Products per `mvn_*` launch (MVN_MAX).
+const MVN_MAX: usize = 4;
+
+/// The job list of an `mvn_*` launch (struct MvJobs in kernels/matmul.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MvJobs {
+    w: [Dw; MVN_MAX],
+    y: [u64; MVN_MAX],
+    first_block: [i32; MVN_MAX + 1],
+    kspl: [i32; MVN_MAX],
+    n: i32,
+}
+
 impl CudaBackend {
+    /// Several products of one activation (`op_matmuls`): for a decode row in the fast mode,
+    /// weights of one type (Q8_0 or F16) and width run as one `mvn_*` launch over one
+    /// activation preparation; anything else as one product each.
+    pub(crate) fn op_matmuls(
+        &self,
+        ws: &[&TensorRef],
+        x: &Tensor,
+        ys: &mut [&mut Tensor],
+        num: Numerics,
+    ) -> BResult<()> {
+        if ws.len() != ys.len() {
+            return Err(err(format!(
+                "{} weights for {} outputs",
+                ws.len(),
+                ys.len()
+            )));
+        }
+        let one = |w: &&TensorRef| w.ty == ws[0].ty && w.cols == ws[0].cols && w.n_mats == 1;
+        let kernel = match ws.first().map(|w| w.ty) {
+            Some(GgmlType::Q8_0) => "mvn_q8_0",
+            Some(GgmlType::F16) => "mvn_f16",
+            _ => "",
+        };
+        if !num.fast
+            || x.rows != 1
+            || ws.len() < 2
+            || ws.len() > MVN_MAX
+            || kernel.is_empty()
+            || !ws.iter().all(one)
+        {
+            for (w, y) in ws.iter().zip(ys.iter_mut()) {
+                self.op_matmul(w, x, y, num)?;
+            }
+            return Ok(());
+        }
+        let cols = ws[0].cols;
+        want(x, 1, cols, &format!("{} input", ws[0].name))?;
+        // SAFETY (of the zeroed job list): Dw and the integers are plain data; unused slots are
+        // never read (n bounds them).
+        let mut jobs: MvJobs = unsafe { std::mem::zeroed() };
+        let mut blocks = 0usize;
+        for (j, (w, y)) in ws.iter().zip(ys.iter_mut()).enumerate() {
+            want(y, 1, w.rows, &format!("{} output", w.name))?;
+            let yp = dp(y)?;
+            self.forget_planes(yp);
+            let kspl = mv_split(w.rows, cols, 1);
+            jobs.w[j] = self.w(w)?;
+            jobs.y[j] = yp;
+            jobs.kspl[j] = kspl as i32;
+            jobs.first_block[j] = blocks as i32;
+            blocks += w.rows.div_ceil(MV_WARPS / kspl);
+        }
+        jobs.first_block[ws.len()] = blocks as i32;
+        jobs.n = ws.len() as i32;
+        let xp = dp(x)?;
+        let mark = self.arena.mark();
+        let (xq, xd) = self.quant_q8(ws[0].ty, xp, cols, cols, 1)?;
+        self.launch(
+            kernel,
+            (blocks as u32, 1, 1),
+            256,
+            0,
+            &mut kargs![&jobs, &xp, &xq, &xd],
+        )?;
+        self.arena.release(mark);
+        Ok(())
+    }
+
     /// `y[t][yoff + r] = Σ_c W[mat][r0 + r][c]·x[t][xoff + c]` in f32 over exactly dequantised
     /// weights, r < rows, t < n.
     #[allow(clippy::too_many_arguments)]
@@ -167,13 +259,8 @@ impl CudaBackend {
         } else {
             1
         };
-        // Warps per row: enough warps to fill the device (short matrices), never more than
-        // the row has 32-lane chunks for.
         let rows = w.rows as usize;
-        let kspl = ((4096 * rpw).div_ceil(rows.max(1)))
-            .next_power_of_two()
-            .min(MV_WARPS)
-            .min((cols / 256).max(1).next_power_of_two());
+        let kspl = mv_split(rows, cols, rpw);
         let grid = rows.div_ceil(MV_WARPS / kspl * rpw) as u32;
         let (m, rpg, ks, b) = (mat as i32, rows_per_group as i32, kspl as i32, beta as i32);
         if rpw == MV4_ROWS {

@@ -305,6 +305,26 @@ pub trait Backend: Send + Sync {
     /// `y[t][r] = Σ_c W[r][c]·x[t][c]`: `x` `[n × w.cols]`, `y` `[n × w.rows]`. With
     /// `num.fast` a backend may quantise activations (spec §7.4).
     fn matmul(&self, w: &TensorRef, x: &Tensor, y: &mut Tensor, num: Numerics) -> BResult<()>;
+    /// `ys[i] = ws[i]·x` for several weights of one activation (as [`Backend::matmul`] each);
+    /// a backend may run them as one product.
+    fn matmuls(
+        &self,
+        ws: &[&TensorRef],
+        x: &Tensor,
+        ys: &mut [&mut Tensor],
+        num: Numerics,
+    ) -> BResult<()> {
+        if ws.len() != ys.len() {
+            return Err(BackendError::new(
+                self.name(),
+                format!("{} weights for {} outputs", ws.len(), ys.len()),
+            ));
+        }
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            self.matmul(w, x, y, num)?;
+        }
+        Ok(())
+    }
     /// §2.4.7 grouped projection: rows `g·(w.rows/groups)..` of `w` take columns
     /// `g·w.cols..(g+1)·w.cols` of `x` (`[n × groups·w.cols]`); `y` is `[n × w.rows]`.
     fn matmul_grouped(

@@ -30,10 +30,9 @@ pub fn attention(
     let rope = Rope::for_layer(cfg, il);
 
     // §2.4.1 projections, §2.4.2 RoPE.
-    // Both projections of the normed input first (a backend may prepare it once for both).
     be.rms_norm(&mut s.h, Some(&lw.attn_norm), e, eps)?;
-    be.matmul(&lw.attn_q_a, &s.h, &mut s.qr, num)?;
-    be.matmul(&lw.attn_kv, &s.h, &mut s.kv, num)?;
+    let (wq, wkv) = (&lw.attn_q_a, &lw.attn_kv);
+    be.matmuls(&[wq, wkv], &s.h, &mut [&mut s.qr, &mut s.kv], num)?;
     be.rms_norm(&mut s.qr, Some(&lw.attn_q_a_norm), cfg.q_lora, eps)?;
     be.matmul(&lw.attn_q_b, &s.qr, &mut s.q, num)?;
     be.rms_norm(&mut s.q, None, hd, eps)?; // per head, no weight

@@ -25,7 +25,6 @@ pub fn compressor(
     num: Numerics,
     rows: &Rows,
 ) -> BResult<()> {
-    be.matmul(&w.kv, h, kv, num)?;
-    be.matmul(&w.gate, h, score, num)?;
+    be.matmuls(&[&w.kv, &w.gate], h, &mut [kv, score], num)?;
     be.compress(st, il, stream, kv, score, w, rope, cfg, num, rows)
 }
