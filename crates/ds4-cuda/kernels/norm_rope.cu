@@ -72,6 +72,29 @@ extern "C" __global__ void rope(float* x, int cols, int head_dim, const int* pos
         rope_pair(tail + 2 * k, tail + 2 * k + 1, pos[t], tab.f[k], inverse);
 }
 
+// RMSNorm of each head_dim-wide head of each row (weight w of length head_dim, or none), then
+// RoPE of its trailing 2·pairs dims at pos[row]: rms_norm then rope in one launch, the same
+// values (the rotation reads the normed floats back from the head). Grid (rows, heads).
+extern "C" __global__ void head_norm_rope(float* x, const float* w, int head_dim, float eps,
+                                          int cols, const int* pos, RopeTab tab) {
+    grid_dep_sync();
+    __shared__ double sh[32];
+    int t = blockIdx.x, h = blockIdx.y;
+    float* g = x + (i64)t * cols + (i64)h * head_dim;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) ss += (double)g[i] * (double)g[i];
+    ss = block_sum_d(ss, sh);
+    float scale = rms_scale(ss, head_dim, eps);
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        float v = g[i] * scale;
+        g[i] = w ? v * w[i] : v;
+    }
+    __syncthreads();
+    float* tail = g + head_dim - 2 * tab.pairs;
+    for (int k = threadIdx.x; k < tab.pairs; k += blockDim.x)
+        rope_pair(tail + 2 * k, tail + 2 * k + 1, pos[t], tab.f[k], 0);
+}
+
 extern "C" __global__ void scale(float* x, i64 n, float s) {
     grid_dep_sync();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)

@@ -310,6 +310,18 @@ impl Backend for CudaBackend {
         self.op_rope(x, head_dim, rope, rows, inverse)
     }
 
+    fn head_norm_rope(
+        &self,
+        x: &mut Tensor,
+        w: Option<&[f32]>,
+        head_dim: usize,
+        eps: f32,
+        rope: &Rope,
+        rows: &Rows,
+    ) -> BResult<()> {
+        self.op_head_norm_rope(x, w, head_dim, eps, rope, rows)
+    }
+
     fn kv_round(&self, x: &mut Tensor, n_rot: usize, num: Numerics) -> BResult<()> {
         self.op_kv_round(x, n_rot, num)
     }

@@ -63,6 +63,7 @@ pub const KERNELS: &[&str] = &[
     "embed",
     "rms_norm",
     "rope",
+    "head_norm_rope",
     "scale",
     "add",
     "hc_mix",

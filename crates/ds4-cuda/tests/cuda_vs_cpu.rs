@@ -524,6 +524,29 @@ fn elementwise_ops_match_cpu() {
         }
         let e = max_rel(&get(&g, &qg), &get(&c, &qc));
         assert!(e <= PRECISE_OP, "head norm + rope n={n}: {e:e}");
+        // The fused per-head norm + RoPE, with a weight (kv) and without (q): the CPU's, and
+        // the GPU's separate operations bit for bit.
+        for (il, wt) in [(0usize, None), (2, Some(&l.attn_kv_a_norm[..]))] {
+            let rope = Rope::for_layer(cfg, il);
+            let (mut fc, mut fg, mut sg) = (
+                put(&c, n, cfg.n_head * hd, &q),
+                put(&g, n, cfg.n_head * hd, &q),
+                put(&g, n, cfg.n_head * hd, &q),
+            );
+            c.head_norm_rope(&mut fc, wt, hd, cfg.rms_eps, &rope, &rc)
+                .unwrap();
+            g.head_norm_rope(&mut fg, wt, hd, cfg.rms_eps, &rope, &rg)
+                .unwrap();
+            g.rms_norm(&mut sg, wt, hd, cfg.rms_eps).unwrap();
+            g.rope(&mut sg, hd, &rope, &rg, false).unwrap();
+            let e = max_rel(&get(&g, &fg), &get(&c, &fc));
+            assert!(e <= PRECISE_OP, "head_norm_rope l{il} n={n}: {e:e}");
+            assert_eq!(
+                get(&g, &fg),
+                get(&g, &sg),
+                "head_norm_rope l{il} n={n} vs separate"
+            );
+        }
         // KV rounding (FP8 + f16) and the indexer QAT, on values of many magnitudes.
         let kv: Vec<f32> = rand_vec(&mut rng, n * hd, 1.0)
             .iter()

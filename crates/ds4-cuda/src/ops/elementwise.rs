@@ -100,6 +100,46 @@ impl CudaBackend {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_head_norm_rope(
+        &self,
+        x: &mut Tensor,
+        w: Option<&[f32]>,
+        head_dim: usize,
+        eps: f32,
+        rope: &Rope,
+        rows: &Rows,
+    ) -> BResult<()> {
+        if head_dim == 0
+            || !x.cols.is_multiple_of(head_dim)
+            || x.rows != rows.n()
+            || w.is_some_and(|w| w.len() != head_dim)
+        {
+            return Err(err(format!(
+                "head norm + rope of {x:?} in heads of {head_dim}"
+            )));
+        }
+        if 2 * rope.freq().len() > head_dim {
+            return Err(err("RoPE wider than the head"));
+        }
+        let tab = RopeTab::new(rope)?;
+        let wp = match w {
+            Some(w) => self.p(w)?,
+            None => 0u64,
+        };
+        let (xp, r) = (dp(x)?, drows(rows)?);
+        let (hd, cols) = (head_dim as i32, x.cols as i32);
+        let grid = (x.rows as u32, (x.cols / head_dim) as u32, 1);
+        let threads = (head_dim / 4).next_multiple_of(32).clamp(32, 1024) as u32;
+        self.launch(
+            "head_norm_rope",
+            grid,
+            threads,
+            0,
+            &mut kargs![&xp, &wp, &hd, &eps, &cols, &r.pos, &tab],
+        )
+    }
+
     pub(crate) fn op_kv_round(&self, x: &mut Tensor, n_rot: usize, num: Numerics) -> BResult<()> {
         if !num.fp8_kv && !num.f16_rows {
             return Ok(());

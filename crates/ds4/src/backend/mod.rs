@@ -345,6 +345,22 @@ pub trait Backend: Send + Sync {
         rows: &Rows,
         inverse: bool,
     ) -> BResult<()>;
+    /// §2.4.1–2 per-head RMSNorm (weight `w` or none) of every `head_dim`-wide head, then
+    /// RoPE of its tail at the row's position: [`Backend::rms_norm`] then [`Backend::rope`]
+    /// (forward); a backend may fuse the two.
+    #[allow(clippy::too_many_arguments)]
+    fn head_norm_rope(
+        &self,
+        x: &mut Tensor,
+        w: Option<&[f32]>,
+        head_dim: usize,
+        eps: f32,
+        rope: &Rope,
+        rows: &Rows,
+    ) -> BResult<()> {
+        self.rms_norm(x, w, head_dim, eps)?;
+        self.rope(x, head_dim, rope, rows, false)
+    }
     /// §7.1/§7.3 storage rounding of attention KV rows in place: FP8 E4M3 of the first
     /// `cols − n_rot` dims (if `num.fp8_kv`), then f16 (if `num.f16_rows`).
     fn kv_round(&self, x: &mut Tensor, n_rot: usize, num: Numerics) -> BResult<()>;

@@ -35,10 +35,8 @@ pub fn attention(
     be.matmuls(&[wq, wkv], &s.h, &mut [&mut s.qr, &mut s.kv], num)?;
     be.rms_norm(&mut s.qr, Some(&lw.attn_q_a_norm), cfg.q_lora, eps)?;
     be.matmul(&lw.attn_q_b, &s.qr, &mut s.q, num)?;
-    be.rms_norm(&mut s.q, None, hd, eps)?; // per head, no weight
-    be.rope(&mut s.q, hd, &rope, rows, false)?;
-    be.rms_norm(&mut s.kv, Some(&lw.attn_kv_a_norm), hd, eps)?;
-    be.rope(&mut s.kv, hd, &rope, rows, false)?;
+    be.head_norm_rope(&mut s.q, None, hd, eps, &rope, rows)?; // per head, no weight
+    be.head_norm_rope(&mut s.kv, Some(&lw.attn_kv_a_norm), hd, eps, &rope, rows)?;
     be.kv_round(&mut s.kv, cfg.n_rot, num)?;
 
     // §2.4.3 raw window, before attention: a token attends to itself.
