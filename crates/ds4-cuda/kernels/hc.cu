@@ -174,27 +174,11 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
 #define HC_FUSED 4
 #define HC_FUSED_MIX 24
 
-// acc[i] += Σ_f fn[i][f·e + d]·o[f] over the mix rows. F16 weights (the model's) are read
-// directly, so that a thread's 96 loads are independent and in flight together (through deq,
-// whose switch sat between them, they were issued one at a time: 55 µs a launch).
-template <bool F16>
-__device__ __forceinline__ void hc_mix_acc(const DW& fn, int e, int d, const float* o, float* acc) {
-#pragma unroll
-    for (int f = 0; f < HC_FUSED; f++) {
-#pragma unroll
-        for (int i = 0; i < HC_FUSED_MIX; i++) {
-            int c = f * e + d;
-            float w = F16 ? h2f(ld_u16(fn.a + ((i64)i * fn.cols + c) * 2)) : deq(fn, i, c);
-            acc[i] += w * o[f];
-        }
-    }
-}
-
 // hc_post, then the next HC pre's mix slices of its output (hc_mix's `part` layout): one warp
 // per block, slice s = blockIdx.y of S = gridDim.y being a 32-column range of every stream, so
 // the ~0.8 MB of `fn` is read by S warps spread over the device. The new state is formed and
 // projected in one pass instead of being written by one kernel and read back by the next.
-// Grid (rows, S), 32 threads; HC_FUSED streams, HC_FUSED_MIX mix rows.
+// Grid (rows, S), 32 threads; HC_FUSED streams, HC_FUSED_MIX mix rows, F16 `fn`.
 extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const float* mix, int e,
                                        float* out, DW fn, float* part) {
     grid_dep_sync();
@@ -222,10 +206,15 @@ extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const 
             out[((i64)t * hc + f) * e + d] = v;
             ss += (double)v * (double)v;
         }
-        if (fn.ty == TY_F16)
-            hc_mix_acc<true>(fn, e, d, o, acc);
-        else
-            hc_mix_acc<false>(fn, e, d, o, acc);
+        // The F16 weights read directly: a thread's 96 loads are independent and in flight
+        // together (through deq, whose switch sat between them, they were issued one at a
+        // time: 55 µs a launch; and 96 inlined copies of it tripled the NVRTC compile).
+        const u16* fw = (const u16*)fn.a;
+#pragma unroll
+        for (int f = 0; f < HC_FUSED; f++)
+#pragma unroll
+            for (int i = 0; i < HC_FUSED_MIX; i++)
+                acc[i] += h2f(fw[(i64)i * fn.cols + f * e + d]) * o[f];
     }
 #pragma unroll
     for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);

@@ -278,6 +278,17 @@ impl Backend for CudaBackend {
         self.op_matmul(w, x, y, num)
     }
 
+    fn matmul_add(
+        &self,
+        w: &TensorRef,
+        x: &Tensor,
+        tmp: &mut Tensor,
+        y: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.op_matmul_add(w, x, tmp, y, num)
+    }
+
     fn matmuls(
         &self,
         ws: &[&TensorRef],

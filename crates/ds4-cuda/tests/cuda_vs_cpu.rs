@@ -491,6 +491,24 @@ fn elementwise_ops_match_cpu() {
                 w1.name
             );
         }
+        // y += W·x: accumulated by the product itself on a decode row, the same as the
+        // product then `add`.
+        let ds = &l.ffn_down_shexp;
+        let xm = rand_vec(&mut rng, n * ds.cols, 1.0);
+        let y0 = rand_vec(&mut rng, n * ds.rows, 1.0);
+        let (xa, mut ya, mut ta) = (
+            put(&g, n, ds.cols, &xm),
+            put(&g, n, ds.rows, &y0),
+            g.alloc(n, ds.rows, DType::F32).unwrap(),
+        );
+        g.matmul_add(ds, &xa, &mut ta, &mut ya, fast()).unwrap();
+        let (mut yb, mut tb) = (
+            put(&g, n, ds.rows, &y0),
+            g.alloc(n, ds.rows, DType::F32).unwrap(),
+        );
+        g.matmul(ds, &xa, &mut tb, fast()).unwrap();
+        g.add(&mut yb, &tb).unwrap();
+        assert_eq!(get(&g, &ya), get(&g, &yb), "matmul_add n={n}");
         // A product writing the normed row drops its planes: the next product re-quantises.
         let mut xw = put(&g, n, cfg.n_embd, &x);
         g.rms_norm(&mut xw, Some(&l.attn_norm), cfg.n_embd, cfg.rms_eps)

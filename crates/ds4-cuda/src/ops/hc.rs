@@ -3,6 +3,7 @@
 //! (flat-norm scale, Sinkhorn, the weighted stream sum), `hc_post`, and the head's weighting.
 
 use ds4::backend::{BResult, Tensor};
+use ds4::gguf::GgmlType;
 use ds4::model::config::Config;
 use ds4::model::weights::{HcWeights, TensorRef};
 use ds4::model::Numerics;
@@ -121,7 +122,8 @@ impl CudaBackend {
     ) -> BResult<()> {
         let (hc, e, n) = (cfg.n_hc, cfg.n_embd, y.rows);
         let n_mix = w.func.rows;
-        if (num.fast && n >= GEMM_ROWS) || hc != HC_FUSED || n_mix != (2 + hc) * hc {
+        let fused = w.func.ty == GgmlType::F16 && hc == HC_FUSED && n_mix == (2 + hc) * hc;
+        if (num.fast && n >= GEMM_ROWS) || !fused {
             self.op_hc_post(y, x_hc, mix, hc, out_hc)?;
             return self.op_hc_pre(out_hc, w, cfg, h, mix, num);
         }

@@ -91,6 +91,27 @@ struct MvJobs {
 }
 
 impl CudaBackend {
+    /// `y += W·x`: for a decode row in the fast mode the product accumulates into `y` (the
+    /// kernel's `beta`: the same addition as the `add` kernel), else into `tmp`, then `add`.
+    pub(crate) fn op_matmul_add(
+        &self,
+        w: &TensorRef,
+        x: &Tensor,
+        tmp: &mut Tensor,
+        y: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        if !num.fast || x.rows != 1 {
+            self.op_matmul(w, x, tmp, num)?;
+            return self.op_add(y, tmp);
+        }
+        want(x, 1, w.cols, &format!("{} input", w.name))?;
+        want(y, 1, w.rows, &format!("{} output", w.name))?;
+        let (dw, xp, yp) = (self.w(w)?, dp(x)?, dp(y)?);
+        self.forget_planes(yp);
+        self.mv_fast(dw, w.ty, 0, xp, w.rows, yp, true)
+    }
+
     /// Several products of one activation (`op_matmuls`): for a decode row in the fast mode,
     /// weights of one type (Q8_0 or F16) and width run as one `mvn_*` launch over one
     /// activation preparation; anything else as one product each.

@@ -305,6 +305,19 @@ pub trait Backend: Send + Sync {
     /// `y[t][r] = Σ_c W[r][c]·x[t][c]`: `x` `[n × w.cols]`, `y` `[n × w.rows]`. With
     /// `num.fast` a backend may quantise activations (spec §7.4).
     fn matmul(&self, w: &TensorRef, x: &Tensor, y: &mut Tensor, num: Numerics) -> BResult<()>;
+    /// `y += W·x` ([`Backend::matmul`] into `tmp`, `[n × w.rows]` scratch the caller
+    /// provides, then [`Backend::add`]); a backend may accumulate into `y` directly.
+    fn matmul_add(
+        &self,
+        w: &TensorRef,
+        x: &Tensor,
+        tmp: &mut Tensor,
+        y: &mut Tensor,
+        num: Numerics,
+    ) -> BResult<()> {
+        self.matmul(w, x, tmp, num)?;
+        self.add(y, tmp)
+    }
     /// `ys[i] = ws[i]·x` for several weights of one activation (as [`Backend::matmul`] each);
     /// a backend may run them as one product.
     fn matmuls(

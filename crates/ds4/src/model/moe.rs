@@ -38,6 +38,11 @@ pub fn moe(
         &mut s.shexp_mid,
         num,
     )?;
-    be.matmul(&lw.ffn_down_shexp, &s.shexp_mid, &mut s.shexp, num)?;
-    be.add(&mut s.y, &s.shexp)
+    be.matmul_add(
+        &lw.ffn_down_shexp,
+        &s.shexp_mid,
+        &mut s.shexp,
+        &mut s.y,
+        num,
+    )
 }
