@@ -124,13 +124,11 @@ kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
 DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
 # The same prefill with the routed experts on the per-expert split-f16 GEMMs (A/B of mq_experts).
 DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/nomq.csv" > "$OUT/nomq.log" 2>&1
-# Decode A/B of the four-rows-per-warp Q8_0 products (off by default until measured).
-DS4_CUDA_MV_ROWS=4 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/mv4.csv" > /dev/null 2>&1
 # Hardware counters of the decode kernels, on a 4-layer file of the same shapes (ncu's kernel
 # replay backs up device memory, too slow with the whole model loaded).
 "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2l4.gguf > /dev/null 2>&1
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-DS4_CUDA_GRAPHS=0 timeout 120 "$NCU" --clock-control none -k regex:"^(mq_experts|gu_iq2_xxs|dn_q2_k|mv_f16|mv_q8_0|hc_pre_finish|rms_norm)$" -c 10 \
+DS4_CUDA_GRAPHS=0 timeout 100 "$NCU" --clock-control none -k regex:"^(mq_experts|gu_iq2_xxs|dn_q2_k|mv_f16|mv_q8_0|mvn_q8_0|hc_pre_finish|hc_post_mix|rms_norm)$" -c 14 \
     --section SpeedOfLight --section WarpStateStats --section Occupancy \
     "$BIN/ds4-bench" -m /mnt/m/q2l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 2 > "$OUT/ncu.txt" 2>&1
 echo "== tests"; grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30
@@ -140,5 +138,4 @@ echo "== synth"; cat "$OUT/synth.txt"
 echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
 echo "== ds4"; cat "$OUT/ds4.csv"; tail -3 "$OUT/ds4.log"
 echo "== ours, DS4_CUDA_MQ=0"; cat "$OUT/nomq.csv"
-echo "== ours, DS4_CUDA_MV_ROWS=4"; cat "$OUT/mv4.csv"
 echo "== server"; grep -c '^data: {' "$OUT/server-stream.txt"; tail -2 "$OUT/server-stream.txt"; grep -i "cuda" "$OUT/server.log" | head -2
