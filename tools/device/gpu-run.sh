@@ -71,19 +71,16 @@ fi
 if [[ "$MODE" == ncu ]]; then
     # Every kernel of the last decode steps on a 4-layer file of the full-size shapes (ncu's
     # kernel replay backs up device memory: too slow with the whole model loaded), as CSV, then
-    # the memory and stall sections of the Q8_0 products (one-row and four-row kernels).
+    # the memory and stall sections of the decode products.
     mkdir -p /mnt/m && mount -t tmpfs -o size=30g tmpfs /mnt/m
     "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/l4.gguf > "$OUT/synth.txt" 2>&1
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     L4=(-m /mnt/m/l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 3)
     DS4_CUDA_GRAPHS=0 timeout 200 "$NCU" --clock-control none --csv --section SpeedOfLight -c 900 \
         "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-all.csv" 2> "$OUT/ncu-all.err"
-    for v in 1 4; do
-        k=mv_q8_0; [[ $v == 4 ]] && k=mv4_q8_0
-        DS4_CUDA_MV_ROWS=$v DS4_CUDA_GRAPHS=0 timeout 100 "$NCU" --clock-control none -k regex:"^($k|gu_iq2_xxs|dn_q2_k|hc_pre_finish)\$" -c 14 \
-            --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SourceCounters \
-            "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-mv$v.txt" 2>&1
-    done
+    DS4_CUDA_GRAPHS=0 timeout 100 "$NCU" --clock-control none -k regex:"^(mv_q8_0|mvn_q8_0|gu_iq2_xxs|dn_q2_k|hc_pre_finish|hc_post_mix)\$" -c 14 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SourceCounters \
+        "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-decode.txt" 2>&1
     ls -la "$OUT"; wc -l "$OUT"/ncu*
     exit 0
 fi

@@ -596,60 +596,6 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
         }                                                                                     \
     }
 
-// MV4_ROWS consecutive Q8_0 rows against one activation row: each lane loads its activation
-// chunk (three stages) once for all of them, so the L1 traffic per weight byte falls about
-// fourfold (the one-row kernel reads three activation bytes per weight byte, near the L1's
-// wavefront rate at full memory bandwidth). Each row's lane sum is formed in dot_q8_0's order.
-#define MV4_ROWS 4
-
-__device__ __forceinline__ void dot4_q8_0(const DW& w, i64 grow0, int nr, const i8* xq,
-                                          const float* xd, int l0, int ls, float* acc) {
-    int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int k = 0; k < MV4_ROWS; k++) acc[k] = 0.0f;
-#pragma unroll 2
-    for (int ci = lane + l0; ci < w.cols / 16; ci += ls) {
-        int4 xv[3];
-        q8_0_x(xq, w.cols, ci, xv);
-        float dx = xd[ci >> 1];
-#pragma unroll
-        for (int k = 0; k < MV4_ROWS; k++)
-            if (k < nr) acc[k] += q8_0_part(w, grow0 + k, ci, xv, dx, 0);
-    }
-}
-
-// As MV_KERNEL for Q8_0 with MV4_ROWS rows per warp (`kspl` warps still share each row group);
-// the rows of a warp belong to one group (the launcher keeps rows_per_group a multiple of
-// MV4_ROWS).
-extern "C" __global__ void mv4_q8_0(DW w, int mat, const i8* xq, const float* xd,
-                                    int rows_per_group, float* y, int kspl, int beta) {
-    grid_dep_sync();
-    __shared__ float part[MV_WARPS][MV4_ROWS];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int cols = w.cols;
-    int r0 = (blockIdx.x * (MV_WARPS / kspl) + warp / kspl) * MV4_ROWS, sl = warp % kspl;
-    int nr = min(MV4_ROWS, w.rows - r0);
-    float acc[MV4_ROWS];
-#pragma unroll
-    for (int k = 0; k < MV4_ROWS; k++) acc[k] = 0.0f;
-    if (nr > 0) {
-        int g = r0 / rows_per_group;
-        dot4_q8_0(w, (i64)mat * w.rows + r0, nr, xq + (i64)g * 3 * cols, xd + (i64)g * (cols / 32),
-                  32 * sl, 32 * kspl, acc);
-    }
-#pragma unroll
-    for (int k = 0; k < MV4_ROWS; k++) acc[k] = warp_sum(acc[k]);
-    if (lane == 0)
-        for (int k = 0; k < MV4_ROWS; k++) part[warp][k] = acc[k];
-    __syncthreads();
-    if (lane == 0 && sl == 0)
-        for (int k = 0; k < nr; k++) {
-            float a = 0.0f;
-            for (int j = 0; j < kspl; j++) a += part[warp + j][k];
-            y[r0 + k] = beta ? y[r0 + k] + a : a;
-        }
-}
-
 // Gate and up dots as two calls of one type's row dot, for the types without a fused pair
 // (dot2_q8_0, dot2_iq2_xxs).
 #define DOT2_OF(NAME, DOT)                                                                    \

@@ -131,10 +131,6 @@ pub struct CudaOptions {
     /// Warps that share one output row of the routed experts' down product in decode, each
     /// taking every n-th expert slot (`DS4_CUDA_DN_SPLIT`, default 2; 1 is a warp per row).
     pub down_split: usize,
-    /// Rows per warp of the Q8_0 matrix-vector products in decode: 1 (`mv_q8_0`) or 4
-    /// (`mv4_q8_0`, one activation load for four rows; `DS4_CUDA_MV_ROWS=4`). Not yet measured
-    /// on a GPU, so off by default.
-    pub mv_rows: usize,
 }
 
 impl Default for CudaOptions {
@@ -150,10 +146,6 @@ impl Default for CudaOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
-            mv_rows: std::env::var("DS4_CUDA_MV_ROWS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1),
         }
     }
 }
@@ -382,10 +374,6 @@ impl CudaBackend {
 
     pub(crate) fn opts_tensor_core_experts(&self) -> bool {
         self.opts.tensor_core_experts
-    }
-
-    pub(crate) fn opts_mv_rows(&self) -> usize {
-        self.opts.mv_rows
     }
 
     pub(crate) fn opts_down_split(&self) -> usize {

@@ -38,7 +38,6 @@ pub const KERNELS: &[&str] = &[
     "mv_f16",
     "mv_f32",
     "mv_deq",
-    "mv4_q8_0",
     "mvn_q8_0",
     "mvn_f16",
     "gu_q8_0",

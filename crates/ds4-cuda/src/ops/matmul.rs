@@ -14,8 +14,6 @@ use crate::{be_err, CudaBackend};
 
 /// Warps per block of the matrix-vector kernels (MV_WARPS).
 const MV_WARPS: usize = 8;
-/// Rows per warp of `mv4_q8_0` (MV4_ROWS).
-pub(crate) const MV4_ROWS: usize = 4;
 /// Bytes of the f16 weight slice a GEMM dequantises at a time.
 const W16_SLICE: usize = 64 << 20;
 
@@ -270,37 +268,17 @@ impl CudaBackend {
         let groups = (w.rows as usize).div_ceil(rows_per_group);
         let mark = self.arena.mark();
         let (xq, xd) = self.quant_q8(ty, x, cols, cols, groups)?;
-        // Rows per warp: MV4_ROWS for Q8_0 when asked (mv4_q8_0; a warp's rows must share a
-        // group), else one.
-        let rpw = if ty == GgmlType::Q8_0
-            && self.opts_mv_rows() == MV4_ROWS
-            && rows_per_group.is_multiple_of(MV4_ROWS)
-        {
-            MV4_ROWS
-        } else {
-            1
-        };
         let rows = w.rows as usize;
-        let kspl = mv_split(rows, cols, rpw);
-        let grid = rows.div_ceil(MV_WARPS / kspl * rpw) as u32;
+        let kspl = mv_split(rows, cols, 1);
+        let grid = rows.div_ceil(MV_WARPS / kspl) as u32;
         let (m, rpg, ks, b) = (mat as i32, rows_per_group as i32, kspl as i32, beta as i32);
-        if rpw == MV4_ROWS {
-            self.launch(
-                "mv4_q8_0",
-                (grid, 1, 1),
-                256,
-                0,
-                &mut kargs![&w, &m, &xq, &xd, &rpg, &y, &ks, &b],
-            )?;
-        } else {
-            self.launch(
-                kname("mv", ty)?,
-                (grid, 1, 1),
-                256,
-                0,
-                &mut kargs![&w, &m, &x, &xq, &xd, &rpg, &y, &ks, &b],
-            )?;
-        }
+        self.launch(
+            kname("mv", ty)?,
+            (grid, 1, 1),
+            256,
+            0,
+            &mut kargs![&w, &m, &x, &xq, &xd, &rpg, &y, &ks, &b],
+        )?;
         self.arena.release(mark);
         Ok(())
     }
