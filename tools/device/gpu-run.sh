@@ -11,6 +11,7 @@
 #                      the synthetic file ds4-bench at 2k/8k and the A/B runs of the launch
 #                      switches at 2k, the decode profile, and ds4 at 2k last if its build is done;
 #                      every step appends to $OUT/summary.txt as it finishes.
+#   gpu-run.sh ab      (AB="VAR=v - …") ds4-bench at 2k for each environment setting in turn.
 #   gpu-run.sh ncu     ncu of every kernel of a decode step (CSV) on a 4-layer file of the
 #                      full-size shapes, and the memory and stall sections of the decode products.
 #
@@ -65,6 +66,18 @@ if [[ "$MODE" == quick ]]; then
         echo "== ds4 build not done: $(tail -1 "$OUT/ds4-build.log" 2>/dev/null)" >> "$S"
     fi
     cat "$S"
+    exit 0
+fi
+
+if [[ "$MODE" == ab ]]; then
+    # Decode/prefill at 2k for each setting in $AB (space-separated VAR=value, "-" for the
+    # defaults), in the given order, on the synthetic q2 file; one CSV line each.
+    synth
+    B=(-m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 32)
+    for v in ${AB:--}; do
+        env ${v/#-/DS4_AB=1} "$BIN/ds4-bench" "${B[@]}" --csv "$OUT/ab.csv" > "$OUT/ab.log" 2>&1
+        echo "$v $(tail -n 1 "$OUT/ab.csv") $(grep -o 'load [0-9.]* s' "$OUT/ab.log")" | tee -a "$OUT/summary.txt"
+    done
     exit 0
 fi
 

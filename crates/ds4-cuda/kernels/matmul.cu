@@ -253,7 +253,9 @@ __device__ __forceinline__ void q8_0_x(const i8* xq, int cols, int ci, int4* xv)
 // Chunks a lane of a one-row dot loads before it uses any: their weight loads are issued
 // together. (An `unroll 8` loop left a row of 1024 Q8_0 columns — two chunks a lane — to its
 // one-at-a-time remainder, so each chunk waited a full memory latency: q_b ran at 1.7 TB/s.)
+#ifndef DOT_BATCH
 #define DOT_BATCH 4
+#endif
 
 __device__ __forceinline__ float dot_q8_0(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab, int l0, int ls) {

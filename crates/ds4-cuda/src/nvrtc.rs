@@ -102,6 +102,15 @@ pub fn source() -> String {
         .map(|v| v.to_string())
         .collect();
     let mut s = String::new();
+    // DS4_CUDA_DOT_BATCH=N: the weight loads a lane of a one-row dot issues together (matmul.cu
+    // DOT_BATCH, 4 by default), for A/B runs on the device.
+    if let Some(n) = std::env::var("DS4_CUDA_DOT_BATCH")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| (1..=16).contains(n))
+    {
+        s.push_str(&format!("#define DOT_BATCH {n}\n"));
+    }
     for (name, text) in FILES {
         s.push_str(&format!("// ---- {name}\n"));
         s.push_str(text);
