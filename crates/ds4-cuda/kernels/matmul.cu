@@ -566,6 +566,21 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     if (lane == 0) d[(i64)r * per_row + b] = dd;
 }
 
+// The row sum of the kspl warps of a block that share one row (warp order), from each warp's
+// lane partial `v`: true, with the sum in *a, in lane 0 of the row's first warp.
+// Block-cooperative (one barrier).
+__device__ __forceinline__ bool mv_row_sum(float v, float* part, int kspl, float* a) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    v = warp_sum(v);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (lane != 0 || warp % kspl != 0) return false;
+    float s = 0.0f;
+    for (int k = 0; k < kspl; k++) s += part[warp + k];
+    *a = s;
+    return true;
+}
+
 // y[r] = beta·y[r] + W[mat][r]·x_g, r < w.rows, where x_g is activation row r / rows_per_group
 // (grouped projection, spec §2.4.7; rows_per_group = w.rows for a plain product). `kspl` (1, 2,
 // 4 or 8) warps share a row, each taking every kspl-th chunk of it, so short matrices still
@@ -577,7 +592,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
         grid_dep_sync();                                                                      \
         TABLES                                                                                \
         __shared__ float part[MV_WARPS];                                                     \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
+        int warp = threadIdx.x >> 5;                                                         \
         int cols = w.cols;                                                                    \
         int rpb = MV_WARPS / kspl;                                                            \
         int r = blockIdx.x * rpb + warp / kspl, sl = warp % kspl;                            \
@@ -588,14 +603,8 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
                     xd ? xd + (i64)g * (cols / 32) : 0, x ? x + (i64)g * cols : 0, tab,       \
                     32 * sl, 32 * kspl);                                                      \
         }                                                                                     \
-        v = warp_sum(v);                                                                      \
-        if (lane == 0) part[warp] = v;                                                       \
-        __syncthreads();                                                                      \
-        if (lane == 0 && sl == 0 && r < w.rows) {                                            \
-            float a = 0.0f;                                                                   \
-            for (int k = 0; k < kspl; k++) a += part[warp + k];                              \
-            y[r] = beta ? y[r] + a : a;                                                       \
-        }                                                                                     \
+        float a;                                                                              \
+        if (mv_row_sum(v, part, kspl, &a) && r < w.rows) y[r] = beta ? y[r] + a : a;          \
     }
 
 // Gate and up dots as two calls of one type's row dot, for the types without a fused pair
@@ -691,19 +700,13 @@ struct MvJobs {
         while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.first_block[j + 1]) j++;            \
         const DW w = jobs.w[j];                                                               \
         int kspl = jobs.kspl[j];                                                              \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                 \
+        int warp = threadIdx.x >> 5;                                                          \
         int rpb = MV_WARPS / kspl;                                                            \
         int r = ((int)blockIdx.x - jobs.first_block[j]) * rpb + warp / kspl, sl = warp % kspl; \
         float v = 0.0f;                                                                       \
         if (r < w.rows) v = DOT(w, r, xq, xd, x, tab, 32 * sl, 32 * kspl);                    \
-        v = warp_sum(v);                                                                      \
-        if (lane == 0) part[warp] = v;                                                        \
-        __syncthreads();                                                                      \
-        if (lane == 0 && sl == 0 && r < w.rows) {                                             \
-            float a = 0.0f;                                                                   \
-            for (int k = 0; k < kspl; k++) a += part[warp + k];                               \
-            jobs.y[j][r] = a;                                                                 \
-        }                                                                                     \
+        float a;                                                                              \
+        if (mv_row_sum(v, part, kspl, &a) && r < w.rows) jobs.y[j][r] = a;                    \
     }
 
 MVN_KERNEL(mvn_q8_0, dot_q8_0, NO_TABLES)

@@ -20,6 +20,13 @@ extern "C" __global__ void embed(DW table, const int* tokens, int n_hc, float* x
     }
 }
 
+// The RMSNorm scale of g[0..n) (sum of squares in f64; block-cooperative).
+__device__ __forceinline__ float group_rms_scale(const float* g, int n, float eps, double* sh) {
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)g[i] * (double)g[i];
+    return rms_scale(block_sum_d(ss, sh), n, eps);
+}
+
 // RMSNorm in place of each `group`-wide slice (grid: rows·cols/group blocks), weight w (length
 // group) or none: v = (v·scale)·w. With `q` (one row, group = cols, a multiple of 32, blockDim
 // a multiple of 32), also the three-stage 8-bit planes of the result (quant_q8's q and d, the
@@ -29,10 +36,7 @@ extern "C" __global__ void rms_norm(float* x, const float* w, int group, float e
     grid_dep_sync();
     __shared__ double sh[32];
     float* g = x + (i64)blockIdx.x * group;
-    double ss = 0.0;
-    for (int i = threadIdx.x; i < group; i += blockDim.x) ss += (double)g[i] * (double)g[i];
-    ss = block_sum_d(ss, sh);
-    float scale = rms_scale(ss, group, eps);
+    float scale = group_rms_scale(g, group, eps, sh);
     for (int i = threadIdx.x; i < group; i += blockDim.x) {
         float v = g[i] * scale;
         v = w ? v * w[i] : v;
@@ -60,16 +64,21 @@ __device__ __forceinline__ void rope_pair(float* a, float* b, int pos, float f, 
     *b = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
 }
 
+// RoPE of the trailing 2·pairs dims of one head at position p (a thread per pair).
+__device__ __forceinline__ void rope_head(float* head, int head_dim, int p, const RopeTab& tab,
+                                          int inverse) {
+    float* tail = head + head_dim - 2 * tab.pairs;
+    for (int k = threadIdx.x; k < tab.pairs; k += blockDim.x)
+        rope_pair(tail + 2 * k, tail + 2 * k + 1, p, tab.f[k], inverse);
+}
+
 // RoPE of the trailing 2·pairs dims of every head_dim-wide head of each row at pos[row].
 // Grid (rows, heads); one thread per pair.
 extern "C" __global__ void rope(float* x, int cols, int head_dim, const int* pos, RopeTab tab,
                                 int inverse) {
     grid_dep_sync();
     int t = blockIdx.x, h = blockIdx.y;
-    float* head = x + (i64)t * cols + (i64)h * head_dim;
-    float* tail = head + head_dim - 2 * tab.pairs;
-    for (int k = threadIdx.x; k < tab.pairs; k += blockDim.x)
-        rope_pair(tail + 2 * k, tail + 2 * k + 1, pos[t], tab.f[k], inverse);
+    rope_head(x + (i64)t * cols + (i64)h * head_dim, head_dim, pos[t], tab, inverse);
 }
 
 // RMSNorm of each head_dim-wide head of each row (weight w of length head_dim, or none), then
@@ -81,18 +90,13 @@ extern "C" __global__ void head_norm_rope(float* x, const float* w, int head_dim
     __shared__ double sh[32];
     int t = blockIdx.x, h = blockIdx.y;
     float* g = x + (i64)t * cols + (i64)h * head_dim;
-    double ss = 0.0;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) ss += (double)g[i] * (double)g[i];
-    ss = block_sum_d(ss, sh);
-    float scale = rms_scale(ss, head_dim, eps);
+    float scale = group_rms_scale(g, head_dim, eps, sh);
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         float v = g[i] * scale;
         g[i] = w ? v * w[i] : v;
     }
     __syncthreads();
-    float* tail = g + head_dim - 2 * tab.pairs;
-    for (int k = threadIdx.x; k < tab.pairs; k += blockDim.x)
-        rope_pair(tail + 2 * k, tail + 2 * k + 1, pos[t], tab.f[k], 0);
+    rope_head(g, head_dim, pos[t], tab, 0);
 }
 
 extern "C" __global__ void scale(float* x, i64 n, float s) {

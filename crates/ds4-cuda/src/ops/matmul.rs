@@ -64,11 +64,11 @@ pub(crate) fn rows_per_warp(_cols: usize, _rows_per_group: usize) -> usize {
     1
 }
 
-/// Warps per row of a matrix-vector product of `rows` rows of `cols` (`rpw` rows a warp):
-/// enough warps to fill the device (short matrices), never more than the row has 32-lane chunks
-/// for.
-fn mv_split(rows: usize, cols: usize, rpw: usize) -> usize {
-    ((4096 * rpw).div_ceil(rows.max(1)))
+/// Warps per row of a one-row-per-warp matrix-vector product of `rows` rows of `cols`: enough
+/// warps to fill the device (short matrices), never more than the row has 32-lane chunks for.
+fn mv_split(rows: usize, cols: usize) -> usize {
+    4096usize
+        .div_ceil(rows.max(1))
         .next_power_of_two()
         .min(MV_WARPS)
         .min((cols / 256).max(1).next_power_of_two())
@@ -155,7 +155,7 @@ impl CudaBackend {
             want(y, 1, w.rows, &format!("{} output", w.name))?;
             let yp = dp(y)?;
             self.forget_planes(yp);
-            let kspl = mv_split(w.rows, cols, 1);
+            let kspl = mv_split(w.rows, cols);
             jobs.w[j] = self.w(w)?;
             jobs.y[j] = yp;
             jobs.kspl[j] = kspl as i32;
@@ -269,7 +269,7 @@ impl CudaBackend {
         let mark = self.arena.mark();
         let (xq, xd) = self.quant_q8(ty, x, cols, cols, groups)?;
         let rows = w.rows as usize;
-        let kspl = mv_split(rows, cols, 1);
+        let kspl = mv_split(rows, cols);
         let grid = rows.div_ceil(MV_WARPS / kspl) as u32;
         let (m, rpg, ks, b) = (mat as i32, rows_per_group as i32, kspl as i32, beta as i32);
         self.launch(
