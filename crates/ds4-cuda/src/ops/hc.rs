@@ -17,6 +17,20 @@ const GEMM_ROWS: usize = 32;
 /// The HC width `hc_post_mix` is compiled for (HC_FUSED).
 const HC_FUSED: usize = 4;
 
+/// Checks the shapes of an HC post's state, gates and output for `n` rows of width `e`.
+fn check_hc_post(
+    x_hc: &Tensor,
+    mix: &Tensor,
+    out: &Tensor,
+    hc: usize,
+    n: usize,
+    e: usize,
+) -> BResult<()> {
+    want(x_hc, n, hc * e, "hc_post state")?;
+    want(mix, n, hc + hc * hc, "hc_post mix")?;
+    want(out, n, hc * e, "hc_post output")
+}
+
 /// Checks the shapes of an HC pre's weights and outputs for `n` rows (the combine matrix is
 /// normalised by one warp, a lane per entry: at most 32).
 fn check_hc_pre(
@@ -128,9 +142,7 @@ impl CudaBackend {
             return self.op_hc_pre(out_hc, w, cfg, h, mix, num);
         }
         want(y, n, e, "hc_post input")?;
-        want(x_hc, n, hc * e, "hc_post state")?;
-        want(mix, n, hc + hc * hc, "hc_post mix")?;
-        want(out_hc, n, hc * e, "hc_post output")?;
+        check_hc_post(x_hc, mix, out_hc, hc, n, e)?;
         check_hc_pre(w, cfg, h, mix, n)?;
         if w.func.cols != hc * e {
             return Err(err(format!("hc mix of {out_hc:?} with `{}`", w.func.name)));
@@ -202,9 +214,7 @@ impl CudaBackend {
         out: &mut Tensor,
     ) -> BResult<()> {
         let (n, e) = (y.rows, y.cols);
-        want(x_hc, n, hc * e, "hc_post state")?;
-        want(mix, n, hc + hc * hc, "hc_post mix")?;
-        want(out, n, hc * e, "hc_post output")?;
+        check_hc_post(x_hc, mix, out, hc, n, e)?;
         let (yp, xp, mp, op) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out)?);
         let (h, ee) = (hc as i32, e as i32);
         let grid = (n as u32, e.div_ceil(256) as u32, 1);
