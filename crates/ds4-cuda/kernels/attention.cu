@@ -166,3 +166,194 @@ extern "C" __global__ void attn_combine(const float* part, const float* sinks, i
         out[((i64)t * nh + h) * hd + d] = a / den;
     }
 }
+
+// Sink attention of prefill chunks on the tensor cores, for rows stored f16-exact (the default
+// precision rounds every raw and compressed row to f16, so K = V converts to f16 without loss).
+// A block owns one row t and 16 of its heads (an mma tile's M); its 4 warps split head_dim in
+// quarters. Per tile of AM_ROWS visible rows, warp w stages its quarter of the rows in f16
+// (shared memory, its own slice: no block barrier) and computes the partial scores
+// Q[:, w-quarter]·K[:, w-quarter]ᵀ; the four partials are summed through shared memory in a
+// fixed order, so every warp holds the same scores, runs the same online softmax, and adds
+// P·V for its quarter of the output. q and P are split into f16 pairs (hi + lo, about 2^-22
+// of each value), each product two mma, so the result keeps f32 accuracy as attn_partial's
+// does. The sink joins the denominator at the end, as attn_combine's formula with one slice.
+// hd a multiple of 64, ≤ ATT_HD_MAX. Grid (rows, ceil(nh / 16)); 128 threads.
+#define AM_ROWS 32
+#define AM_DW_MAX (ATT_HD_MAX / 4)
+#define AM_LD (AM_DW_MAX + 8)  // f16 row pitch: 16 bytes of padding spread rows over the banks
+
+__device__ __forceinline__ u32 am_pk(u16 lo, u16 hi) { return (u32)lo | ((u32)hi << 16); }
+
+// x as an f16 pair: hi = f16(x), lo = f16(x − hi).
+__device__ __forceinline__ void am_split(float x, u16* hi, u16* lo) {
+    *hi = f2h(x);
+    *lo = f2h(x - h2f(*hi));
+}
+
+extern "C" __global__ void attn_mma(const float* q, int nh, int hd, const float* ring,
+                                    int ring_rows, int n_swa, const float* comp, int ratio,
+                                    const int* sel, int topk, const int* pos, float scale,
+                                    const float* sinks, float* out) {
+    grid_dep_sync();
+    __align__(16) __shared__ u16 Ks[4][AM_ROWS * AM_LD];
+    __shared__ float Sp[4][4][4][32];  // [warp][n-tile][register][lane]
+    __shared__ const float* rowp[4][AM_ROWS];
+    int t = blockIdx.x, h0 = blockIdx.y * 16;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int dw = hd / 4, d0 = warp * dw, nk = dw / 16, nn = dw / 8;
+    int p = pos[t];
+    int lo = max(0, p - n_swa + 1);
+    int nvis = ratio > 0 ? (p + 1) / ratio : 0;
+    const int* sel_t = sel ? sel + (i64)t * topk : 0;
+    int total = (p - lo + 1) + (sel ? topk : nvis);
+
+    // The warp's quarter of q for heads h0 + g and h0 + g + 8, as A fragments of f16 pairs.
+    u32 qh[AM_DW_MAX / 16][4], ql[AM_DW_MAX / 16][4];
+#pragma unroll
+    for (int k = 0; k < AM_DW_MAX / 16; k++) {
+        if (k >= nk) break;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int hh = h0 + g + ((i & 1) ? 8 : 0);
+            int c = d0 + 16 * k + 2 * tq + ((i & 2) ? 8 : 0);
+            float2 v = make_float2(0.0f, 0.0f);
+            if (hh < nh) v = *(const float2*)(q + ((i64)t * nh + hh) * hd + c);
+            u16 a, b, c2, d;
+            am_split(v.x, &a, &b);
+            am_split(v.y, &c2, &d);
+            qh[k][i] = am_pk(a, c2);
+            ql[k][i] = am_pk(b, d);
+        }
+    }
+    float acc[AM_DW_MAX / 8][4];
+#pragma unroll
+    for (int n = 0; n < AM_DW_MAX / 8; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[n][i] = 0.0f;
+    float m[2] = {-DS4_INF, -DS4_INF}, l[2] = {0.0f, 0.0f};
+    u16* ks = Ks[warp];
+
+    for (int b = 0; b < total; b += AM_ROWS) {
+        // Stage the tile's rows (this warp's columns) as f16; missing rows are zero and masked.
+        rowp[warp][lane] =
+            b + lane < total ? att_row(b + lane, p, lo, ring, ring_rows, comp, hd, sel_t, nvis) : 0;
+        __syncwarp();
+        int per = dw / 4;  // float4s of a row's quarter
+        for (int e = lane; e < AM_ROWS * per; e += 32) {
+            int r = e / per, c4 = e - r * per;
+            const float* src = rowp[warp][r];
+            float4 v = src ? *(const float4*)(src + d0 + 4 * c4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            u32* dst = (u32*)(ks + r * AM_LD + 4 * c4);
+            dst[0] = am_pk(f2h(v.x), f2h(v.y));
+            dst[1] = am_pk(f2h(v.z), f2h(v.w));
+        }
+        __syncwarp();
+        // Partial scores of the quarter: S[16 heads × 32 rows], four n-tiles of 8 rows.
+        float s[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[n][i] = 0.0f;
+            const u16* kr = ks + (n * 8 + g) * AM_LD + 2 * tq;
+#pragma unroll
+            for (int k = 0; k < AM_DW_MAX / 16; k++) {
+                if (k >= nk) break;
+                u32 b0 = *(const u32*)(kr + 16 * k), b1 = *(const u32*)(kr + 16 * k + 8);
+                mma_16816(s[n], qh[k], b0, b1);
+                mma_16816(s[n], ql[k], b0, b1);
+            }
+        }
+        __syncthreads();  // the previous tile's partials are read
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) Sp[warp][n][i][lane] = s[n][i];
+        __syncthreads();
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                s[n][i] = ((Sp[0][n][i][lane] + Sp[1][n][i][lane]) + Sp[2][n][i][lane]) +
+                          Sp[3][n][i][lane];
+        // Online softmax of head rows g (registers 0, 1) and g + 8 (2, 3).
+        float corr[2];
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float tm = -DS4_INF;
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    int r = n * 8 + 2 * tq + j;
+                    float v = rowp[warp][r] ? s[n][2 * hr + j] * scale : -DS4_INF;
+                    s[n][2 * hr + j] = v;
+                    tm = fmaxf(tm, v);
+                }
+            tm = fmaxf(tm, __shfl_xor_sync(FULL_MASK, tm, 1));
+            tm = fmaxf(tm, __shfl_xor_sync(FULL_MASK, tm, 2));
+            float mn = fmaxf(m[hr], tm);
+            float ps = 0.0f;
+            corr[hr] = mn > -DS4_INF ? expf(m[hr] - mn) : 1.0f;
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    float v = s[n][2 * hr + j];
+                    float pr = v > -DS4_INF ? expf(v - mn) : 0.0f;
+                    s[n][2 * hr + j] = pr;
+                    ps += pr;
+                }
+            ps += __shfl_xor_sync(FULL_MASK, ps, 1);
+            ps += __shfl_xor_sync(FULL_MASK, ps, 2);
+            l[hr] = l[hr] * corr[hr] + ps;
+            m[hr] = mn;
+        }
+#pragma unroll
+        for (int n = 0; n < AM_DW_MAX / 8; n++) {
+            acc[n][0] *= corr[0];
+            acc[n][1] *= corr[0];
+            acc[n][2] *= corr[1];
+            acc[n][3] *= corr[1];
+        }
+        // O[:, quarter] += P·V: the score fragments are P's A fragments (k = rows).
+#pragma unroll
+        for (int kk = 0; kk < AM_ROWS / 16; kk++) {
+            u32 ph[4], pl[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float* sv = s[2 * kk + (i >> 1)] + 2 * (i & 1);
+                u16 a, b, c2, d;
+                am_split(sv[0], &a, &b);
+                am_split(sv[1], &c2, &d);
+                ph[i] = am_pk(a, c2);
+                pl[i] = am_pk(b, d);
+            }
+            const u16* v0 = ks + (16 * kk + 2 * tq) * AM_LD + g;
+#pragma unroll
+            for (int n = 0; n < AM_DW_MAX / 8; n++) {
+                if (n >= nn) break;
+                const u16* vr = v0 + 8 * n;
+                u32 b0 = am_pk(vr[0], vr[AM_LD]);
+                u32 b1 = am_pk(vr[8 * AM_LD], vr[9 * AM_LD]);
+                mma_16816(acc[n], ph, b0, b1);
+                mma_16816(acc[n], pl, b0, b1);
+            }
+        }
+        __syncwarp();  // the tile's rows are read before the next overwrites them
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        int hh = h0 + g + 8 * hr;
+        if (hh >= nh) continue;
+        float sink = sinks[hh], mx = fmaxf(sink, m[hr]);
+        float w = m[hr] > -DS4_INF ? expf(m[hr] - mx) : 0.0f;
+        float den = expf(sink - mx) + l[hr] * w;
+        float* o = out + ((i64)t * nh + hh) * hd + d0;
+#pragma unroll
+        for (int n = 0; n < AM_DW_MAX / 8; n++) {
+            if (n >= nn) break;
+            float2 v = make_float2(acc[n][2 * hr] * w / den, acc[n][2 * hr + 1] * w / den);
+            *(float2*)(o + 8 * n + 2 * tq) = v;
+        }
+    }
+}

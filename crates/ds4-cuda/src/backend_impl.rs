@@ -390,9 +390,10 @@ impl Backend for CudaBackend {
         sel: Option<&Tensor>,
         cfg: &Config,
         rows: &Rows,
+        num: Numerics,
         out: &mut Tensor,
     ) -> BResult<()> {
-        self.op_attention(st, il, q, sinks, sel, cfg, rows, out)
+        self.op_attention(st, il, q, sinks, sel, cfg, rows, num, out)
     }
 
     fn route(

@@ -73,6 +73,7 @@ pub const KERNELS: &[&str] = &[
     "hc_head_finish",
     "raw_push",
     "attn_partial",
+    "attn_mma",
     "attn_combine",
     "comp_emit",
     "comp_frontier",

@@ -1,9 +1,12 @@
 //! The raw window and sink attention (kernels/attention.cu): rows are pushed into the layer's
 //! ring at their positions; attention runs as slices of each row's visible rows (16 slices for
-//! one-row decode, so the grid fills the device) and a combine with the sink.
+//! one-row decode, so the grid fills the device) and a combine with the sink. Chunks of rows
+//! whose stored rows are f16-exact (the default precision) run `attn_mma` instead: the same
+//! attention on the tensor cores, 16 heads of one row a block, the sink folded in.
 
 use ds4::backend::{BResult, Rows, SessionState, Tensor};
 use ds4::model::config::Config;
+use ds4::model::Numerics;
 
 use super::{dp, drows, dstate, err, want};
 use crate::driver::kargs;
@@ -11,6 +14,10 @@ use crate::CudaBackend;
 
 /// Slices of the visible rows per (row, head) in one-row decode.
 const DECODE_SPLITS: usize = 16;
+
+/// Rows of a chunk from which attention runs on the tensor cores (fewer: attn_partial, whose
+/// head-group blocks fill the device better for a handful of rows).
+const MMA_ROWS: usize = 8;
 
 impl CudaBackend {
     pub(crate) fn op_raw_push(
@@ -47,6 +54,7 @@ impl CudaBackend {
         sel: Option<&Tensor>,
         cfg: &Config,
         rows: &Rows,
+        num: Numerics,
         out: &mut Tensor,
     ) -> BResult<()> {
         let (hd, nh, n) = (cfg.head_dim, cfg.n_head, rows.n());
@@ -64,19 +72,32 @@ impl CudaBackend {
             }
             None => (0u64, 0i32),
         };
-        let splits = if n == 1 { DECODE_SPLITS } else { 1 };
-        let mark = self.arena.mark();
-        let part = self.scratch(n * nh * splits * (hd + 2) * 4)?;
-        let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
-        let (nh_i, hd_i, ring, swa, ratio, sp_i) = (
+        let (nh_i, hd_i, ring, swa, ratio) = (
             nh as i32,
             hd as i32,
             ds.ring as i32,
             cfg.n_swa as i32,
             l.ratio as i32,
-            splits as i32,
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
+        if num.fast && num.f16_rows && n >= MMA_ROWS && hd % 64 == 0 && hd <= 512 {
+            let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
+            return self.launch(
+                "attn_mma",
+                (n as u32, nh.div_ceil(16) as u32, 1),
+                128,
+                0,
+                &mut kargs![
+                    &qp, &nh_i, &hd_i, &l.raw, &ring, &swa, &l.comp, &ratio, &selp, &topk, &r.pos,
+                    &scale, &sp, &op
+                ],
+            );
+        }
+        let splits = if n == 1 { DECODE_SPLITS } else { 1 };
+        let mark = self.arena.mark();
+        let part = self.scratch(n * nh * splits * (hd + 2) * 4)?;
+        let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
+        let sp_i = splits as i32;
         let grid = (n as u32, nh.div_ceil(8) as u32, splits as u32);
         self.launch(
             "attn_partial",

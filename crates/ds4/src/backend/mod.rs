@@ -419,7 +419,8 @@ pub trait Backend: Send + Sync {
     ) -> BResult<()>;
     /// §2.4.6 sink attention of each row's heads `q` (`[n × heads·head_dim]`) over its raw
     /// window (the last `n_swa` rows up to and including itself) followed by its compressed rows
-    /// (all visible ones, or the ones `sel` lists); `out` like `q`.
+    /// (all visible ones, or the ones `sel` lists); `out` like `q`. `num` tells a backend
+    /// whether the stored rows are f16-exact (`f16_rows`), which its fast kernels may use.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -430,6 +431,7 @@ pub trait Backend: Send + Sync {
         sel: Option<&Tensor>,
         cfg: &Config,
         rows: &Rows,
+        num: Numerics,
         out: &mut Tensor,
     ) -> BResult<()>;
     /// §2.5 steps 2–4: from router logits `[n × n_expert]`, each row's `ids` `[n × k]` (I32)

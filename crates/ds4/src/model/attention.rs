@@ -106,7 +106,7 @@ pub fn attention(
 
     // §2.4.6 attention with sinks, then §2.4.7 inverse RoPE and the grouped projection.
     let sel = selected.then_some(&s.sel);
-    be.attention(st, il, &s.q, &lw.attn_sinks, sel, cfg, rows, &mut s.o)?;
+    be.attention(st, il, &s.q, &lw.attn_sinks, sel, cfg, rows, num, &mut s.o)?;
     be.rope(&mut s.o, hd, &rope, rows, true)?;
     be.matmul_grouped(&lw.attn_output_a, cfg.o_groups, &s.o, &mut s.low, num)?;
     be.matmul(&lw.attn_output_b, &s.low, &mut s.y, num)

@@ -494,6 +494,7 @@ impl Backend for CpuBackend {
         sel: Option<&Tensor>,
         cfg: &Config,
         rows: &Rows,
+        _num: Numerics,
         out: &mut Tensor,
     ) -> BResult<()> {
         self.tick()?;
