@@ -9,7 +9,7 @@
 #                      (decode 2k/8k/32k, prefill 2k/8k), then ds4-server serving a stream.
 #   gpu-run.sh quick   for a short lease (about two minutes of commands): the GPU tests, then on
 #                      the synthetic file ds4-bench at 2k/8k and the A/B runs of the launch
-#                      switches at 2k, the decode profile, and ds4 at 2k last if its build is done;
+#                      switches at 2k ($QUICK_AB, space-separated VAR=value), the decode profile, and ds4 at 2k last if its build is done;
 #                      every step appends to $OUT/summary.txt as it finishes.
 #   gpu-run.sh ab      (AB="VAR=v - …") ds4-bench at 2k for each environment setting in turn.
 #   gpu-run.sh ncu     ncu of every kernel of a decode step (CSV) on a 4-layer file of the
@@ -51,9 +51,12 @@ if [[ "$MODE" == quick ]]; then
     grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30 >> "$S"
     synth; cat "$OUT/synth.txt" >> "$S"
     B=(-m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --step-mul 4)
+    # A cold start: an empty kernel cache, so the load includes the NVRTC compile.
+    DS4_KERNEL_CACHE=/tmp/ds4-cold "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 4 --csv "$OUT/cold.csv" > "$OUT/cold.log" 2>&1
+    echo "== cold start: $(grep -o 'load [0-9.]* s[^,]*' "$OUT/cold.log" | head -1)" >> "$S"
     "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 8192 -n 32 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
     { echo "== ours (defaults)"; cat "$OUT/ours.csv"; grep -E "ds4-bench:" "$OUT/ours.log"; } >> "$S"
-    for v in "DS4_REPEAT=1" "DS4_CUDA_PDL=0" "DS4_REPEAT=2"; do
+    for v in ${QUICK_AB:-DS4_REPEAT=1 DS4_CUDA_PDL=0 DS4_REPEAT=2}; do
         env $v "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ab.csv" > /dev/null 2>&1
         { echo "== ours, $v"; tail -n +2 "$OUT/ab.csv"; } >> "$S"
     done

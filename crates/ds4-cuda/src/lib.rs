@@ -125,6 +125,9 @@ pub struct CudaOptions {
     /// Routed experts of prefill chunks on the tensor cores (kernels/mmq.cu) where their
     /// types allow; else the split-f16 cuBLAS GEMMs per expert (`DS4_CUDA_MQ=0`).
     pub tensor_core_experts: bool,
+    /// Attention of prefill chunks on the tensor cores when the stored rows are f16-exact
+    /// (kernels/attention.cu `attn_mma`; `DS4_CUDA_ATT_MMA=0` runs `attn_partial` instead).
+    pub tensor_core_attention: bool,
     /// Programmatic dependent launch on sm_90 and newer: each kernel is scheduled while the
     /// previous one drains (`DS4_CUDA_PDL=0` turns it off; off while profiling).
     pub dependent_launch: bool,
@@ -141,6 +144,7 @@ impl Default for CudaOptions {
             graphs: std::env::var("DS4_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             progress: true,
             tensor_core_experts: std::env::var("DS4_CUDA_MQ").map_or(true, |v| v != "0"),
+            tensor_core_attention: std::env::var("DS4_CUDA_ATT_MMA").map_or(true, |v| v != "0"),
             dependent_launch: std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
             down_split: std::env::var("DS4_CUDA_DN_SPLIT")
                 .ok()
@@ -374,6 +378,10 @@ impl CudaBackend {
 
     pub(crate) fn opts_tensor_core_experts(&self) -> bool {
         self.opts.tensor_core_experts
+    }
+
+    pub(crate) fn opts_tensor_core_attention(&self) -> bool {
+        self.opts.tensor_core_attention
     }
 
     pub(crate) fn opts_down_split(&self) -> usize {

@@ -80,7 +80,13 @@ impl CudaBackend {
             l.ratio as i32,
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
-        if num.fast && num.f16_rows && n >= MMA_ROWS && hd % 64 == 0 && hd <= 512 {
+        if self.opts_tensor_core_attention()
+            && num.fast
+            && num.f16_rows
+            && n >= MMA_ROWS
+            && hd % 64 == 0
+            && hd <= 512
+        {
             let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
             return self.launch(
                 "attn_mma",
