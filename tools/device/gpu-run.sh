@@ -10,7 +10,8 @@
 #   gpu-run.sh quick   for a short lease (about two minutes of commands): the GPU tests, then on
 #                      the synthetic file ds4-bench at 2k/8k and the A/B runs of the launch
 #                      switches at 2k ($QUICK_AB, space-separated VAR=value), the decode profile, and ds4 at 2k last if its build is done;
-#                      every step appends to $OUT/summary.txt as it finishes.
+#                      every step appends to $OUT/summary.txt as it finishes. QUICK_NCU=REGEX
+#                      adds ncu of those prefill kernels (4-layer file, 2048-token prompt).
 #   gpu-run.sh ab      (AB="VAR=v - …") ds4-bench at 2k for each environment setting in turn.
 #   gpu-run.sh ncu     ncu of every kernel of a decode step (CSV) on a 4-layer file of the
 #                      full-size shapes, and the memory and stall sections of the decode products.
@@ -46,7 +47,7 @@ synth() {
 
 if [[ "$MODE" == quick ]]; then
     S="$OUT/summary.txt"
-    timeout 60 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
+    timeout 150 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
     echo "tests exit $?" >> "$OUT/tests.log"
     grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30 >> "$S"
     synth; cat "$OUT/synth.txt" >> "$S"
@@ -62,6 +63,17 @@ if [[ "$MODE" == quick ]]; then
     done
     DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
     { echo "== profile"; grep -A24 "per decode step" "$OUT/profile.txt"; } >> "$S"
+    if [[ -n "${QUICK_NCU:-}" ]]; then
+        # Hardware counters of the prefill kernels named by the regex $QUICK_NCU, on a 4-layer
+        # file of the full-size shapes with a 2048-token prompt.
+        "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/l4.gguf > /dev/null 2>&1
+        NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+        DS4_CUDA_GRAPHS=0 timeout 150 "$NCU" --clock-control none -k regex:"$QUICK_NCU" -c 6 \
+            --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+            --section WarpStateStats --section Occupancy --section LaunchStats --section InstructionStats \
+            "$BIN/ds4-bench" -m /mnt/m/l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 1 > "$OUT/ncu-prefill.txt" 2>&1
+        { echo "== ncu"; grep -E "^  [a-z_0-9]+\(|^    Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Registers Per Thread|Issue Slots Busy|Executed Ipc A|Block Limit|Stall|L1/TEX Hit|Shared Memory" "$OUT/ncu-prefill.txt" | head -80; } >> "$S"
+    fi
     if grep -q "build exit 0" "$OUT/ds4-build.log" 2>/dev/null; then
         DS4_CUDA_COPY_MODEL=1 /tmp/ds4src/ds4-bench "${B[@]}" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ds4.csv" > "$OUT/ds4.log" 2>&1
         { echo "== ds4"; cat "$OUT/ds4.csv"; } >> "$S"
