@@ -60,6 +60,19 @@ __device__ __forceinline__ u16 f2h(float f) {
 #endif
 }
 
+// a − b per f16 half (round to nearest; exact for the small integers mmq.cu forms).
+__device__ __forceinline__ u32 h2_sub(u32 a, u32 b) {
+#ifdef DS4_EMU
+    u32 lo = emu_f2h(emu_h2f((u16)(a & 0xffffu)) - emu_h2f((u16)(b & 0xffffu)));
+    u32 hi = emu_f2h(emu_h2f((u16)(a >> 16)) - emu_h2f((u16)(b >> 16)));
+    return lo | (hi << 16);
+#else
+    u32 d;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+#endif
+}
+
 __device__ __forceinline__ u16 ld_u16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
 
 __device__ __forceinline__ u32 ld_u32(const u8* p) {

@@ -39,6 +39,10 @@ pub(crate) fn kname(fam: &str, ty: GgmlType) -> BResult<&'static str> {
         ("dn", T::IQ2_XXS) => "dn_iq2_xxs",
         ("dn", T::F16) => "dn_f16",
         ("dn", T::F32) => "dn_f32",
+        ("mq", T::Q8_0) => "mq_q8_0",
+        ("mq", T::Q2_K) => "mq_q2_k",
+        ("mq", T::Q4_K) => "mq_q4_k",
+        ("mq", T::IQ2_XXS) => "mq_iq2_xxs",
         (fam, T::BF16 | T::Q3_K | T::Q5_K | T::Q6_K | T::IQ2_XS | T::IQ3_XXS | T::MXFP4) => {
             match fam {
                 "mv" => "mv_deq",

@@ -5,6 +5,7 @@
 //! group rows by expert and run each expert over its rows (GEMMs, or the precise product).
 
 use ds4::backend::{BResult, Rows, Tensor};
+use ds4::gguf::GgmlType;
 use ds4::model::weights::TensorRef;
 use ds4::model::Numerics;
 
@@ -201,11 +202,13 @@ impl CudaBackend {
 
     /// `y[s][r] = W[e_s]·x16[s]` for the slots of every tile (expert, first slot, count) of
     /// `tiles_d`, r < w.rows, rows of y `y_stride` apart: kernels/mmq.cu on the f16 pairs
-    /// `x16` of `slots` activation rows ([`CudaBackend::to_f16`]).
+    /// `x16` of `slots` activation rows ([`CudaBackend::to_f16`]); for the K-quants, first the
+    /// 16-column sums of x their minimum needs.
     #[allow(clippy::too_many_arguments)]
     fn mq_experts(
         &self,
         w: crate::upload::Dw,
+        ty: GgmlType,
         x16: u64,
         slots: usize,
         tiles_d: u64,
@@ -213,7 +216,21 @@ impl CudaBackend {
         y: u64,
         y_stride: usize,
     ) -> BResult<()> {
-        let xl = x16 + (slots * w.cols as usize * 2) as u64;
+        let cols = w.cols as usize;
+        let xl = x16 + (slots * cols * 2) as u64;
+        let name = kname("mq", ty)?;
+        let mut xs = 0u64;
+        if matches!(ty, GgmlType::Q2_K | GgmlType::Q4_K) {
+            xs = self.scratch(slots * (cols / 16) * 4)?;
+            let (nn, c) = (slots as i32, cols as i32);
+            self.launch(
+                "mq_xsum",
+                (blocks(slots * cols / 16), 1, 1),
+                256,
+                0,
+                &mut kargs![&x16, &xl, &nn, &c, &xs],
+            )?;
+        }
         let ys = y_stride as i32;
         let grid = (
             (w.rows as usize).div_ceil(MQ_ROWS) as u32,
@@ -221,11 +238,11 @@ impl CudaBackend {
             1,
         );
         self.launch(
-            "mq_experts",
+            name,
             grid,
             128,
             0,
-            &mut kargs![&w, &x16, &xl, &tiles_d, &y, &ys],
+            &mut kargs![&w, &x16, &xl, &xs, &tiles_d, &y, &ys],
         )
     }
 
@@ -336,12 +353,12 @@ impl CudaBackend {
                 self.scratch(slots * ff * 4)?,
                 self.scratch(slots * ff * 4)?,
             );
-            self.mq_experts(gw, x16, slots, tiles_d, n_tiles, g, ff)?;
-            self.mq_experts(uw, x16, slots, tiles_d, n_tiles, u, ff)?;
+            self.mq_experts(gw, gate.ty, x16, slots, tiles_d, n_tiles, g, ff)?;
+            self.mq_experts(uw, up.ty, x16, slots, tiles_d, n_tiles, u, ff)?;
             self.swiglu_rows(g, u, slots, ff, clamp, w_d, mid)?;
             let m16 = self.to_f16(mid, ff, 0, 0, slots, ff)?;
             let d = self.scratch(slots * e * 4)?;
-            self.mq_experts(dw, m16, slots, tiles_d, n_tiles, d, e)?;
+            self.mq_experts(dw, down.ty, m16, slots, tiles_d, n_tiles, d, e)?;
             let slot_d = self.scratch_from(&slot_of)?;
             let (nn, kk, c) = (n as i32, k as i32, e as i32);
             self.launch(
