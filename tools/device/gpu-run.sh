@@ -80,6 +80,8 @@ if [[ "$MODE" == quick ]]; then
     else
         echo "== ds4 build not done: $(tail -1 "$OUT/ds4-build.log" 2>/dev/null)" >> "$S"
     fi
+    # Everything else in one archive: the device call brings back only a few files.
+    (cd "$OUT" && tar czf /tmp/logs.tgz --exclude summary.txt . && find . -type f ! -name summary.txt -delete && mv /tmp/logs.tgz .)
     cat "$S"
     exit 0
 fi
