@@ -154,15 +154,22 @@ DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" 
 # Hardware counters of the decode kernels, on a 4-layer file of the same shapes (ncu's kernel
 # replay backs up device memory, too slow with the whole model loaded).
 "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2l4.gguf > /dev/null 2>&1
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-DS4_CUDA_GRAPHS=0 timeout 100 "$NCU" --clock-control none -k regex:"^(mq_experts|gu_iq2_xxs|dn_q2_k|mv_f16|mv_q8_0|mvn_q8_0|hc_pre_finish|hc_post_mix|rms_norm)$" -c 14 \
-    --section SpeedOfLight --section WarpStateStats --section Occupancy \
-    "$BIN/ds4-bench" -m /mnt/m/q2l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 2 > "$OUT/ncu.txt" 2>&1
+# Where a prefill chunk's time goes, kernels (cuBLAS's too) and the gaps between them: nsys on a
+# 2048-token prompt of the 4-layer file.
+NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
+if [[ -n "$NSYS" ]]; then
+    DS4_CUDA_GRAPHS=0 timeout 120 "$NSYS" profile -o /tmp/pre --force-overwrite true --stats=false \
+        "$BIN/ds4-bench" -m /mnt/m/q2l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 1 > "$OUT/nsys.log" 2>&1
+    timeout 120 "$NSYS" stats -r cuda_gpu_kern_sum,cuda_api_sum,cuda_gpu_mem_time_sum -f csv -o "$OUT/nsys" /tmp/pre.nsys-rep >> "$OUT/nsys.log" 2>&1
+else
+    echo "no nsys" > "$OUT/nsys.log"
+fi
 echo "== tests"; grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30
 echo "== profile"; grep -A32 "per decode step" "$OUT/profile.txt" | head -34; grep -A14 "per prefill chunk" "$OUT/profile.txt"
-echo "== ncu"; grep -E "^  [a-z_0-9]+\(|^    Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Registers Per Thread|Block Size|Grid Size" "$OUT/ncu.txt" | head -100
+echo "== nsys (4 layers, 2048-token prefill)"; for f in "$OUT"/nsys_*.csv; do echo "-- $f"; head -16 "$f" | cut -c1-160; done; tail -3 "$OUT/nsys.log"
 echo "== synth"; cat "$OUT/synth.txt"
 echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
 echo "== ds4"; cat "$OUT/ds4.csv"; tail -3 "$OUT/ds4.log"
 echo "== ours, DS4_CUDA_MQ=0"; cat "$OUT/nomq.csv"
 echo "== server"; grep -c '^data: {' "$OUT/server-stream.txt"; tail -2 "$OUT/server-stream.txt"; grep -i "cuda" "$OUT/server.log" | head -2
+(cd "$OUT" && tar czf /tmp/logs.tgz . && find . -type f -delete && mv /tmp/logs.tgz .)
