@@ -433,6 +433,19 @@ impl CudaBackend {
         }
     }
 
+    /// Runs `call` (work that is not one of our kernels: a cuBLAS GEMM) under the profiler's
+    /// name `name` when profiling.
+    pub(crate) fn timed(
+        &self,
+        name: &'static str,
+        call: impl FnOnce() -> Result<(), CudaError>,
+    ) -> Result<(), BackendError> {
+        match &self.profile {
+            None => call().map_err(be_err),
+            Some(p) => p.time(&self.dev, name, call).map_err(be_err),
+        }
+    }
+
     /// Marks the planes of `row` (cols wide) as held in [`NormPlanes`].
     pub(crate) fn hold_planes(&self, row: u64, cols: usize) {
         *self.norm_planes.held() = Some((row, cols));

@@ -352,12 +352,11 @@ impl CudaBackend {
             )?;
             let c = y + ((r0 + s) * 4) as u64;
             let w_lo = w16 + (nr * cols * 2) as u64;
-            g.f16(nr, n, cols, w16, cols, x16, ldx, c, ldy, false)
-                .map_err(be_err)?;
-            g.f16(nr, n, cols, w16, cols, x_lo, ldx, c, ldy, true)
-                .map_err(be_err)?;
-            g.f16(nr, n, cols, w_lo, cols, x16, ldx, c, ldy, true)
-                .map_err(be_err)?;
+            self.timed("cublas_f16", || {
+                g.f16(nr, n, cols, w16, cols, x16, ldx, c, ldy, false)?;
+                g.f16(nr, n, cols, w16, cols, x_lo, ldx, c, ldy, true)?;
+                g.f16(nr, n, cols, w_lo, cols, x16, ldx, c, ldy, true)
+            })?;
             s += nr;
         }
         self.arena.release(mark);
