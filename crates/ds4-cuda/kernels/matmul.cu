@@ -523,24 +523,6 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
 
 #define MV_WARPS 8
 
-// Row prefetch of the decode products: a warp asks L2 for the weight row that the same warp of
-// the block PF_BLOCKS launch positions later will read (about one wave of resident blocks
-// ahead), so the later waves find their rows in L2 while DRAM streams without waiting on
-// registers. 0 turns it off (DS4_CUDA_PF_BLOCKS at compile time).
-#ifndef PF_BLOCKS
-#define PF_BLOCKS 0
-#endif
-
-// Both planes of global row `grow` of w into L2, where they are whole 16-byte units.
-__device__ __forceinline__ void prefetch_row(const DW& w, i64 grow) {
-    i64 ab = plane_row_bytes(w.ty, w.cols);
-    const u8* a = w.a + grow * ab;
-    if ((ab & 15) == 0 && ((u64)a & 15) == 0) prefetch_l2(a, (u32)ab);
-    i64 bb = w.ty == TY_Q8_0 ? (i64)(w.cols / 32) * 2 : w.ty == TY_IQ2_XXS ? (i64)(w.cols / 256) * 2 : 0;
-    const u8* b = w.b + grow * bb;
-    if (bb > 0 && (bb & 15) == 0 && ((u64)b & 15) == 0) prefetch_l2(b, (u32)bb);
-}
-
 #define DECLARE_IQ2_TABLES                                                                  \
     __shared__ IqTab sh_tab;                                                                \
     for (int i = threadIdx.x; i < 256; i += blockDim.x) sh_tab.grid[i] = iq2xxs_grid[i];    \
@@ -614,9 +596,6 @@ __device__ __forceinline__ bool mv_row_sum(float v, float* part, int kspl, float
         int cols = w.cols;                                                                    \
         int rpb = MV_WARPS / kspl;                                                            \
         int r = blockIdx.x * rpb + warp / kspl, sl = warp % kspl;                            \
-        int ra = r + PF_BLOCKS * rpb;                                                         \
-        if (PF_BLOCKS > 0 && (threadIdx.x & 31) == 0 && sl == 0 && ra < w.rows)               \
-            prefetch_row(w, (i64)mat * w.rows + ra);                                          \
         float v = 0.0f;                                                                       \
         if (r < w.rows) {                                                                     \
             int g = r / rows_per_group;                                                       \
@@ -655,14 +634,6 @@ DOT2_OF(dot2_deq, dot_deq)
         int e = ids ? ids[s] : 0;                                                            \
         float wt = ids ? wts[s] : 1.0f;                                                      \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
-        if (PF_BLOCKS > 0 && lane == 0) {                                                     \
-            for (int k = 0; k < rpw; k++) {                                                  \
-                int ra = (blockIdx.x + PF_BLOCKS) * MV_WARPS * rpw + warp * rpw + k;         \
-                if (ra >= gate.rows) break;                                                   \
-                prefetch_row(gate, (i64)e * gate.rows + ra);                                  \
-                prefetch_row(up, (i64)e * gate.rows + ra);                                    \
-            }                                                                                 \
-        }                                                                                     \
         for (int k = 0; k < rpw; k++) {                                                      \
             int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
             if (r >= gate.rows) break;                                                        \
@@ -689,9 +660,6 @@ DOT2_OF(dot2_deq, dot_deq)
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                 \
         int cols = down.cols;                                                                 \
         int r = blockIdx.x * (MV_WARPS / kspl) + warp / kspl, sl = warp % kspl;               \
-        int ra = r + PF_BLOCKS * (MV_WARPS / kspl);                                           \
-        if (PF_BLOCKS > 0 && lane == 0 && ra < down.rows)                                     \
-            for (int s = sl; s < k; s += kspl) prefetch_row(down, (i64)ids[s] * down.rows + ra); \
         float acc = 0.0f;                                                                     \
         if (r < down.rows) {                                                                  \
             _Pragma("unroll 2")                                                               \

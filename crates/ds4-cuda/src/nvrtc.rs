@@ -116,15 +116,6 @@ pub fn source() -> String {
     {
         s.push_str(&format!("#define DOT_BATCH {n}\n"));
     }
-    // DS4_CUDA_PF_BLOCKS=N: how many launch positions ahead the decode products prefetch weight
-    // rows into L2 (matmul.cu PF_BLOCKS, 0 = off by default), for A/B runs on the device.
-    if let Some(n) = std::env::var("DS4_CUDA_PF_BLOCKS")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|n| *n <= 1 << 16)
-    {
-        s.push_str(&format!("#define PF_BLOCKS {n}\n"));
-    }
     for (name, text) in FILES {
         s.push_str(&format!("// ---- {name}\n"));
         s.push_str(text);
