@@ -136,6 +136,68 @@ __device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, const Mq
     }
 }
 
+// The route entries of a chunk grouped by expert on the device, so the layer needs no round
+// trip to the host. Entry i = t·k + j (token t's j-th expert ids[i], weight wts[i]) gets slot
+// p: experts in ascending order, each expert's entries in entry order (a counting sort, then
+// each expert's few entries put back in order). idx[p] = t, wv[p] = wts[i], slot_of[i] = p;
+// tiles: (expert, first slot, count ≤ MQ_TOK) per MQ_TOK slots of an expert, in expert order,
+// the rest of the max_tiles entries (0, 0, 0), which the mq kernels skip. ids are valid expert
+// numbers by construction (the route kernel, or tid2eid checked at load); one block.
+#define MQ_MAX_EXPERTS 1024
+extern "C" __global__ void group_slots(const int* ids, const float* wts, int m, int k, int n_exp,
+                                       int* tmp, int* idx, float* wv, int* slot_of, int* tiles,
+                                       int max_tiles) {
+    grid_dep_sync();
+    __shared__ int cnt[MQ_MAX_EXPERTS];
+    __shared__ int off[MQ_MAX_EXPERTS + 1];
+    __shared__ int toff[MQ_MAX_EXPERTS + 1];
+    int tid = threadIdx.x, nt = blockDim.x;
+    for (int e = tid; e < n_exp; e += nt) cnt[e] = 0;
+    __syncthreads();
+    for (int i = tid; i < m; i += nt) atomicAdd(&cnt[min(max(ids[i], 0), n_exp - 1)], 1);
+    __syncthreads();
+    if (tid == 0) {
+        off[0] = toff[0] = 0;
+        for (int e = 0; e < n_exp; e++) {
+            off[e + 1] = off[e] + cnt[e];
+            toff[e + 1] = toff[e] + (cnt[e] + MQ_TOK - 1) / MQ_TOK;
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < n_exp; e += nt) cnt[e] = 0;
+    __syncthreads();
+    for (int i = tid; i < m; i += nt) {
+        int ex = min(max(ids[i], 0), n_exp - 1);
+        tmp[off[ex] + atomicAdd(&cnt[ex], 1)] = i;
+    }
+    __syncthreads();
+    for (int e = tid; e < n_exp; e += nt) {
+        int a = off[e], b = off[e + 1];
+        for (int x = a + 1; x < b; x++) {  // insertion sort: a few dozen entries an expert
+            int v = tmp[x], y = x - 1;
+            while (y >= a && tmp[y] > v) {
+                tmp[y + 1] = tmp[y];
+                y--;
+            }
+            tmp[y + 1] = v;
+        }
+        for (int j = 0, c = b - a; MQ_TOK * j < c; j++) {
+            int* tl = tiles + 3 * (toff[e] + j);
+            tl[0] = e;
+            tl[1] = a + MQ_TOK * j;
+            tl[2] = min(MQ_TOK, c - MQ_TOK * j);
+        }
+    }
+    __syncthreads();
+    for (int p = tid; p < m; p += nt) {
+        int i = tmp[p];
+        idx[p] = i / k;
+        wv[p] = wts[i];
+        slot_of[i] = p;
+    }
+    for (int j = toff[n_exp] + tid; j < max_tiles; j += nt) tiles[3 * j] = tiles[3 * j + 1] = tiles[3 * j + 2] = 0;
+}
+
 // Σ (hi + lo) of each 16 columns of the f16-pair rows of `n` slots ([n × cols/16], the K-quant
 // minimum's Σx), once per product instead of once per block of weight rows. Grid over n·cols/16.
 extern "C" __global__ void mq_xsum(const u16* xh, const u16* xl, int n, int cols, float* xs) {
@@ -169,13 +231,14 @@ __device__ __forceinline__ void mq_body(const DW& w, const u16* xh, const u16* x
     __shared__ float Mn[MQ_ROWS][MQ_K / 16];
     __shared__ float Xs[MQ_TOK][MQ_K / 16];
     __shared__ MqIq2Tab tab_sh;
+    int e = tiles[3 * blockIdx.y], slot0 = tiles[3 * blockIdx.y + 1], n = tiles[3 * blockIdx.y + 2];
+    if (n <= 0) return;  // a spare entry of group_slots' tile list
     const MqIq2Tab* tab = 0;
     if (TY == TY_IQ2_XXS) {
         mq_iq2_tables(&tab_sh);
         tab = &tab_sh;
         __syncthreads();
     }
-    int e = tiles[3 * blockIdx.y], slot0 = tiles[3 * blockIdx.y + 1], n = tiles[3 * blockIdx.y + 2];
     int r0 = blockIdx.x * MQ_ROWS;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     int cols = w.cols;

@@ -61,6 +61,7 @@ pub const KERNELS: &[&str] = &[
     "mq_q2_k",
     "mq_q4_k",
     "mq_xsum",
+    "group_slots",
     "kv_round",
     "indexer_qat",
     "embed",

@@ -19,6 +19,8 @@ const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
 /// Weight rows and slots of one block of the tensor-core expert kernel (MQ_ROWS, MQ_TOK).
 const MQ_ROWS: usize = 64;
 const MQ_TOK: usize = 64;
+/// Experts group_slots can count (MQ_MAX_EXPERTS in kernels/mmq.cu).
+const MQ_MAX_EXPERTS: usize = 1024;
 
 /// Whether kernels/mmq.cu reads expert matrix `w`: its type, and columns in whole steps (64)
 /// and, for the super-block types, whole blocks of 256.
@@ -304,48 +306,32 @@ impl CudaBackend {
             self.arena.release(mark);
             return Ok(());
         }
-        // Group rows by expert on the host (the ids come back once per layer).
-        let host_ids = self.op_read_i32(ids)?;
-        let host_w = self.op_read(wts, 0..n)?;
-        // (token, weight, route entry t·k + j) per expert.
-        let mut by_expert: Vec<Vec<(i32, f32, usize)>> = vec![Vec::new(); gate.n_mats];
-        for (i, (&ex, &w)) in host_ids.iter().zip(&host_w).enumerate() {
-            let ex = usize::try_from(ex)
-                .ok()
-                .filter(|&ex| ex < gate.n_mats)
-                .ok_or_else(|| err(format!("expert id {ex} out of range")))?;
-            by_expert[ex].push(((i / k) as i32, w, i));
-        }
-        // Slots: the route entries grouped by expert; slot_of[t·k + j] is entry (t, j)'s slot.
-        let mut idx = Vec::with_capacity(n * k);
-        let mut wv = Vec::with_capacity(n * k);
-        let mut slot_of = vec![0i32; n * k];
-        let mut spans = Vec::new();
-        for (ex, list) in by_expert.iter().enumerate() {
-            if !list.is_empty() {
-                spans.push((ex, idx.len(), list.len()));
-                for &(t, w, i) in list {
-                    slot_of[i] = idx.len() as i32;
-                    idx.push(t);
-                    wv.push(w);
-                }
-            }
-        }
-        let mark = self.arena.mark();
-        let (idx_d, w_d) = (self.scratch_from(&idx)?, self.scratch_from(&wv)?);
-        if num.fast && self.opts_tensor_core_experts() && mq_fits(gate) && mq_fits(down) {
-            // Every expert of the layer in one tensor-core launch per matrix (kernels/mmq.cu).
-            let tiles: Vec<i32> = spans
-                .iter()
-                .flat_map(|&(ex, off, m)| {
-                    (0..m).step_by(MQ_TOK).flat_map(move |t0| {
-                        [ex as i32, (off + t0) as i32, MQ_TOK.min(m - t0) as i32]
-                    })
-                })
-                .collect();
-            let n_tiles = tiles.len() / 3;
-            let tiles_d = self.scratch_from(&tiles)?;
-            let slots = idx.len();
+        if num.fast
+            && self.opts_tensor_core_experts()
+            && mq_fits(gate)
+            && mq_fits(down)
+            && gate.n_mats <= MQ_MAX_EXPERTS
+        {
+            // Every expert of the layer in one tensor-core launch per matrix (kernels/mmq.cu),
+            // the route entries grouped by expert on the device (group_slots): no host sync.
+            let slots = n * k;
+            let max_tiles = slots.div_ceil(MQ_TOK) + gate.n_mats;
+            let mark = self.arena.mark();
+            let (tmp, idx_d, w_d, slot_d) = (
+                self.scratch(slots * 4)?,
+                self.scratch(slots * 4)?,
+                self.scratch(slots * 4)?,
+                self.scratch(slots * 4)?,
+            );
+            let tiles_d = self.scratch(max_tiles * 3 * 4)?;
+            let (m_i, k_i, ne, mt) = (slots as i32, k as i32, gate.n_mats as i32, max_tiles as i32);
+            self.launch(
+                "group_slots",
+                (1, 1, 1),
+                1024,
+                0,
+                &mut kargs![&ip, &wp, &m_i, &k_i, &ne, &tmp, &idx_d, &w_d, &slot_d, &tiles_d, &mt],
+            )?;
             let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
             let x16 = self.to_f16(xp, e, 0, idx_d, slots, e)?;
             let (g, u, mid) = (
@@ -353,24 +339,50 @@ impl CudaBackend {
                 self.scratch(slots * ff * 4)?,
                 self.scratch(slots * ff * 4)?,
             );
-            self.mq_experts(gw, gate.ty, x16, slots, tiles_d, n_tiles, g, ff)?;
-            self.mq_experts(uw, up.ty, x16, slots, tiles_d, n_tiles, u, ff)?;
+            self.mq_experts(gw, gate.ty, x16, slots, tiles_d, max_tiles, g, ff)?;
+            self.mq_experts(uw, up.ty, x16, slots, tiles_d, max_tiles, u, ff)?;
             self.swiglu_rows(g, u, slots, ff, clamp, w_d, mid)?;
             let m16 = self.to_f16(mid, ff, 0, 0, slots, ff)?;
             let d = self.scratch(slots * e * 4)?;
-            self.mq_experts(dw, down.ty, m16, slots, tiles_d, n_tiles, d, e)?;
-            let slot_d = self.scratch_from(&slot_of)?;
-            let (nn, kk, c) = (n as i32, k as i32, e as i32);
+            self.mq_experts(dw, down.ty, m16, slots, tiles_d, max_tiles, d, e)?;
+            let (nn, c) = (n as i32, e as i32);
             self.launch(
                 "sum_slots",
                 (blocks(n * e), 1, 1),
                 256,
                 0,
-                &mut kargs![&d, &slot_d, &nn, &kk, &c, &op],
+                &mut kargs![&d, &slot_d, &nn, &k_i, &c, &op],
             )?;
             self.arena.release(mark);
             return Ok(());
         }
+        // Group rows by expert on the host (the ids come back once per layer).
+        let host_ids = self.op_read_i32(ids)?;
+        let host_w = self.op_read(wts, 0..n)?;
+        // (token, weight) per expert.
+        let mut by_expert: Vec<Vec<(i32, f32)>> = vec![Vec::new(); gate.n_mats];
+        for (i, (&ex, &w)) in host_ids.iter().zip(&host_w).enumerate() {
+            let ex = usize::try_from(ex)
+                .ok()
+                .filter(|&ex| ex < gate.n_mats)
+                .ok_or_else(|| err(format!("expert id {ex} out of range")))?;
+            by_expert[ex].push(((i / k) as i32, w));
+        }
+        // The route entries grouped by expert: (expert, first, count) spans of idx / wv.
+        let mut idx = Vec::with_capacity(n * k);
+        let mut wv = Vec::with_capacity(n * k);
+        let mut spans = Vec::new();
+        for (ex, list) in by_expert.iter().enumerate() {
+            if !list.is_empty() {
+                spans.push((ex, idx.len(), list.len()));
+                for &(t, w) in list {
+                    idx.push(t);
+                    wv.push(w);
+                }
+            }
+        }
+        let mark = self.arena.mark();
+        let (idx_d, w_d) = (self.scratch_from(&idx)?, self.scratch_from(&wv)?);
         let (total, zero) = ((n * e) as i64, 0f32);
         self.launch(
             "fill",
