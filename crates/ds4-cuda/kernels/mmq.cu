@@ -1,9 +1,10 @@
 // Routed-expert products of prefill chunks on the tensor cores (spec/model.md §2.5): every
 // expert of a layer in one launch per matrix, straight from the quantised weights.
 //
-// The rows routed to each expert are laid out as consecutive "slots" (host grouping); a block
-// owns MQ_ROWS weight rows of one expert and up to MQ_TOK of its slots (a "tile", from the
-// host's list). Weights are dequantised into shared memory as small integers — exact in f16:
+// The rows routed to each expert are laid out as consecutive "slots" (group_slots, on the
+// device); a block owns MQ_ROWS weight rows of one expert and up to MQ_TOK of its slots (a
+// "tile" of group_slots' list). One kernel per weight type (mq_q8_0, mq_iq2_xxs, mq_q2_k,
+// mq_q4_k), so the dequantisation and the scale folds are fixed at compile time. Weights are dequantised into shared memory as small integers — exact in f16:
 // Q8_0 quants, IQ2_XXS signed grid values, the 2- and 4-bit K-quant levels — with the block's
 // float scale (and K-quant minimum) kept beside them per 16 columns. Activations come as f16
 // pairs (hi + lo ≈ x to about 2^-22, from to_f16), so each 16-column step is two mma products,
