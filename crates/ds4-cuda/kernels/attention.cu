@@ -174,9 +174,9 @@ extern "C" __global__ void attn_combine(const float* part, const float* sinks, i
 // (shared memory, its own slice: no block barrier) and computes the partial scores
 // Q[:, w-quarter]·K[:, w-quarter]ᵀ; the four partials are summed through shared memory in a
 // fixed order, so every warp holds the same scores, runs the same online softmax, and adds
-// P·V for its quarter of the output. q and P are split into f16 pairs (hi + lo, about 2^-22
-// of each value), each product two mma, so the result keeps f32 accuracy as attn_partial's
-// does. The sink joins the denominator at the end, as attn_combine's formula with one slice.
+// P·V for its quarter of the output. q and P are split into f16 pairs (matmul.cu's split_f16:
+// hi + lo, about 2^-22 of each value), each product two mma, so the result keeps f32 accuracy
+// as attn_partial's does. The sink joins the denominator at the end, as attn_combine's formula with one slice.
 // hd a multiple of 64, ≤ ATT_HD_MAX. Grid (rows, ceil(nh / 16)); 128 threads.
 #define AM_ROWS 32
 #define AM_DW_MAX (ATT_HD_MAX / 4)
@@ -184,11 +184,6 @@ extern "C" __global__ void attn_combine(const float* part, const float* sinks, i
 
 __device__ __forceinline__ u32 am_pk(u16 lo, u16 hi) { return (u32)lo | ((u32)hi << 16); }
 
-// x as an f16 pair: hi = f16(x), lo = f16(x − hi).
-__device__ __forceinline__ void am_split(float x, u16* hi, u16* lo) {
-    *hi = f2h(x);
-    *lo = f2h(x - h2f(*hi));
-}
 
 extern "C" __global__ void attn_mma(const float* q, int nh, int hd, const float* ring,
                                     int ring_rows, int n_swa, const float* comp, int ratio,
@@ -219,8 +214,8 @@ extern "C" __global__ void attn_mma(const float* q, int nh, int hd, const float*
             float2 v = make_float2(0.0f, 0.0f);
             if (hh < nh) v = *(const float2*)(q + ((i64)t * nh + hh) * hd + c);
             u16 a, b, c2, d;
-            am_split(v.x, &a, &b);
-            am_split(v.y, &c2, &d);
+            split_f16(v.x, &a, &b);
+            split_f16(v.y, &c2, &d);
             qh[k][i] = am_pk(a, c2);
             ql[k][i] = am_pk(b, d);
         }
@@ -323,8 +318,8 @@ extern "C" __global__ void attn_mma(const float* q, int nh, int hd, const float*
             for (int i = 0; i < 4; i++) {
                 const float* sv = s[2 * kk + (i >> 1)] + 2 * (i & 1);
                 u16 a, b, c2, d;
-                am_split(sv[0], &a, &b);
-                am_split(sv[1], &c2, &d);
+                split_f16(sv[0], &a, &b);
+                split_f16(sv[1], &c2, &d);
                 ph[i] = am_pk(a, c2);
                 pl[i] = am_pk(b, d);
             }

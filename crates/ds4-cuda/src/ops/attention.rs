@@ -80,6 +80,7 @@ impl CudaBackend {
             l.ratio as i32,
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
+        let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
         if self.opts_tensor_core_attention()
             && num.fast
             && num.f16_rows
@@ -87,7 +88,6 @@ impl CudaBackend {
             && hd % 64 == 0
             && hd <= 512
         {
-            let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
             return self.launch(
                 "attn_mma",
                 (n as u32, nh.div_ceil(16) as u32, 1),
@@ -102,7 +102,6 @@ impl CudaBackend {
         let splits = if n == 1 { DECODE_SPLITS } else { 1 };
         let mark = self.arena.mark();
         let part = self.scratch(n * nh * splits * (hd + 2) * 4)?;
-        let (qp, r, op, sp) = (dp(q)?, drows(rows)?, dp(out)?, self.p(sinks)?);
         let sp_i = splits as i32;
         let grid = (n as u32, nh.div_ceil(8) as u32, splits as u32);
         self.launch(

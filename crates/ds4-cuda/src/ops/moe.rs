@@ -202,37 +202,45 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The 16-column sums of the f16 pairs `x16` of `slots` rows of `cols` that the K-quant
+    /// expert kernels' minimum needs (kernels/mmq.cu `mq_xsum`), or 0 when no matrix of type
+    /// `ty` reads them: once per activation, shared by the products that read it.
+    fn mq_xsum(&self, ty: GgmlType, x16: u64, slots: usize, cols: usize) -> BResult<u64> {
+        if !matches!(ty, GgmlType::Q2_K | GgmlType::Q4_K) {
+            return Ok(0);
+        }
+        let xs = self.scratch(slots * (cols / 16) * 4)?;
+        let xl = x16 + (slots * cols * 2) as u64;
+        let (nn, c) = (slots as i32, cols as i32);
+        self.launch(
+            "mq_xsum",
+            (blocks(slots * cols / 16), 1, 1),
+            256,
+            0,
+            &mut kargs![&x16, &xl, &nn, &c, &xs],
+        )?;
+        Ok(xs)
+    }
+
     /// `y[s][r] = W[e_s]·x16[s]` for the slots of every tile (expert, first slot, count) of
     /// `tiles_d`, r < w.rows, rows of y `y_stride` apart: kernels/mmq.cu on the f16 pairs
-    /// `x16` of `slots` activation rows ([`CudaBackend::to_f16`]); for the K-quants, first the
-    /// 16-column sums of x their minimum needs.
+    /// `x16` of `slots` activation rows ([`CudaBackend::to_f16`]) and their sums `xs`
+    /// ([`CudaBackend::mq_xsum`]).
     #[allow(clippy::too_many_arguments)]
     fn mq_experts(
         &self,
         w: crate::upload::Dw,
         ty: GgmlType,
         x16: u64,
+        xs: u64,
         slots: usize,
         tiles_d: u64,
         n_tiles: usize,
         y: u64,
         y_stride: usize,
     ) -> BResult<()> {
-        let cols = w.cols as usize;
-        let xl = x16 + (slots * cols * 2) as u64;
+        let xl = x16 + (slots * w.cols as usize * 2) as u64;
         let name = kname("mq", ty)?;
-        let mut xs = 0u64;
-        if matches!(ty, GgmlType::Q2_K | GgmlType::Q4_K) {
-            xs = self.scratch(slots * (cols / 16) * 4)?;
-            let (nn, c) = (slots as i32, cols as i32);
-            self.launch(
-                "mq_xsum",
-                (blocks(slots * cols / 16), 1, 1),
-                256,
-                0,
-                &mut kargs![&x16, &xl, &nn, &c, &xs],
-            )?;
-        }
         let ys = y_stride as i32;
         let grid = (
             (w.rows as usize).div_ceil(MQ_ROWS) as u32,
@@ -334,17 +342,19 @@ impl CudaBackend {
             )?;
             let (gw, uw, dw) = (self.w(gate)?, self.w(up)?, self.w(down)?);
             let x16 = self.to_f16(xp, e, 0, idx_d, slots, e)?;
+            let xs = self.mq_xsum(gate.ty, x16, slots, e)?;
             let (g, u, mid) = (
                 self.scratch(slots * ff * 4)?,
                 self.scratch(slots * ff * 4)?,
                 self.scratch(slots * ff * 4)?,
             );
-            self.mq_experts(gw, gate.ty, x16, slots, tiles_d, max_tiles, g, ff)?;
-            self.mq_experts(uw, up.ty, x16, slots, tiles_d, max_tiles, u, ff)?;
+            self.mq_experts(gw, gate.ty, x16, xs, slots, tiles_d, max_tiles, g, ff)?;
+            self.mq_experts(uw, up.ty, x16, xs, slots, tiles_d, max_tiles, u, ff)?;
             self.swiglu_rows(g, u, slots, ff, clamp, w_d, mid)?;
             let m16 = self.to_f16(mid, ff, 0, 0, slots, ff)?;
+            let ms = self.mq_xsum(down.ty, m16, slots, ff)?;
             let d = self.scratch(slots * e * 4)?;
-            self.mq_experts(dw, down.ty, m16, slots, tiles_d, max_tiles, d, e)?;
+            self.mq_experts(dw, down.ty, m16, ms, slots, tiles_d, max_tiles, d, e)?;
             let (nn, c) = (n as i32, e as i32);
             self.launch(
                 "sum_slots",
