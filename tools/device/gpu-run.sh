@@ -13,8 +13,11 @@
 #                      every step appends to $OUT/summary.txt as it finishes. QUICK_NCU=REGEX
 #                      adds ncu of those prefill kernels (4-layer file, 2048-token prompt).
 #   gpu-run.sh ab      (AB="VAR=v - …") ds4-bench at 2k for each environment setting in turn.
-#   gpu-run.sh ncu     ncu of every kernel of a decode step (CSV) on a 4-layer file of the
-#                      full-size shapes, and the memory and stall sections of the decode products.
+#   gpu-run.sh ncu     the GPU tests, then ncu of every kernel of a decode step (CSV, summed per
+#                      kernel by ncu-step.py) on a 4-layer file of the full-size shapes, the same
+#                      file's replayed step without ncu, and the memory, stall and instruction
+#                      sections of the kernels $NCU_KERNELS names (a regex; the decode products
+#                      and the HC/norm kernels by default).
 #
 # Writes logs and CSVs under $OUT and prints a short table last.
 set -uo pipefail
@@ -102,16 +105,27 @@ if [[ "$MODE" == ncu ]]; then
     # Every kernel of the last decode steps on a 4-layer file of the full-size shapes (ncu's
     # kernel replay backs up device memory: too slow with the whole model loaded), as CSV, then
     # the memory and stall sections of the decode products.
+    # The GPU tests first (every kernel against the CPU), then the counters.
+    timeout 150 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
+    echo "tests exit $?" >> "$OUT/tests.log"
     mkdir -p /mnt/m && mount -t tmpfs -o size=30g tmpfs /mnt/m
     "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/l4.gguf > "$OUT/synth.txt" 2>&1
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     L4=(-m /mnt/m/l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 3)
-    DS4_CUDA_GRAPHS=0 timeout 200 "$NCU" --clock-control none --csv --section SpeedOfLight -c 900 \
+    DS4_CUDA_GRAPHS=0 timeout 200 "$NCU" --clock-control none --cache-control none --csv --section SpeedOfLight -c 900 \
         "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-all.csv" 2> "$OUT/ncu-all.err"
-    DS4_CUDA_GRAPHS=0 timeout 100 "$NCU" --clock-control none -k regex:"^(mv_q8_0|mvn_q8_0|gu_iq2_xxs|dn_q2_k|hc_pre_finish|hc_post_mix)\$" -c 14 \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SourceCounters \
+    DS4_CUDA_GRAPHS=0 timeout 150 "$NCU" --clock-control none --cache-control none -k regex:"${NCU_KERNELS:-^(mv_q8_0|gu_iq2_xxs|dn_q2_k|hc_step|rms_norm)\$}" -c "${NCU_COUNT:-12}" \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section InstructionStats \
         "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-decode.txt" 2>&1
-    ls -la "$OUT"; wc -l "$OUT"/ncu*
+    # The replayed step of the same file without ncu, for the sum of kernel durations to meet.
+    "$BIN/ds4-bench" -m /mnt/m/l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 64 --csv "$OUT/l4.csv" > "$OUT/l4.log" 2>&1
+    S="$OUT/summary.txt"
+    grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30 > "$S"
+    { echo "== 4-layer file, replayed decode (no ncu)"; cat "$OUT/l4.csv"; } >> "$S"
+    { echo "== ncu durations"; python3 tools/device/ncu-step.py "$OUT/ncu-all.csv" 2>&1 | head -60; } >> "$S"
+    { echo "== ncu decode kernels"; grep -E "^  [a-z_0-9]+ \(|^    Duration|DRAM Throughput|L1/TEX Cache Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Registers Per Thread|Issue Slots Busy|Executed Ipc A|Stall|L1/TEX Hit|Mem Pipes Busy" "$OUT/ncu-decode.txt" | head -150; } >> "$S"
+    (cd "$OUT" && tar czf /tmp/logs.tgz --exclude summary.txt . && find . -type f ! -name summary.txt -delete && mv /tmp/logs.tgz .)
+    cat "$S"
     exit 0
 fi
 

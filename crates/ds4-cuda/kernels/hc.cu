@@ -3,7 +3,8 @@
 // scale is applied to the summed dots); `hc_pre_finish` turns the mix into the
 // pre weights, post gates and Sinkhorn-normalised combine matrix (one thread, in the CPU
 // reference's order) and forms the sublayer input; `hc_post` writes the sublayer output back
-// into the streams; `hc_head_finish` is the head's sigmoid weighting.
+// into the streams; `hc_step` is all of a sublayer boundary (post, the next pre, its input
+// norm) in one launch for few rows; `hc_head_finish` is the head's sigmoid weighting.
 
 #define HC_MAX 8
 
@@ -53,19 +54,20 @@ extern "C" __global__ void row_sumsq(const float* x, int stride, int cols, float
 // slice loads are issued together. Block-cooperative; ends with a barrier.
 __device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int width, float eps,
                              float* mix) {
+    // Read through L2 (__ldcg): in hc_step the slices come from other blocks of the same launch.
     const float* p = part + (i64)t * S * (n_mix + 1);
     __shared__ float scale_sh;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     if (warp == 0) {
         double ss = 0.0;
-        for (int k = lane; k < S; k += 32) ss += (double)p[k * (n_mix + 1) + n_mix];
+        for (int k = lane; k < S; k += 32) ss += (double)__ldcg(p + k * (n_mix + 1) + n_mix);
         ss = warp_sum_d(ss);
         if (lane == 0) scale_sh = rms_scale(ss, width, eps);
     }
     __syncthreads();
     for (int i = warp; i < n_mix; i += nw) {
         float a = 0.0f;
-        for (int k = lane; k < S; k += 32) a += p[k * (n_mix + 1) + i];
+        for (int k = lane; k < S; k += 32) a += __ldcg(p + k * (n_mix + 1) + i);
         a = warp_sum(a);
         if (lane == 0) mix[i] = a * scale_sh;
     }
@@ -169,30 +171,46 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
     }
 }
 
-// The HC width and mix count of the fused post + mix kernel (the model's: 4 streams, (2 + 4)·4
-// mix values), compile-time so that a thread's streams and mix sums stay in registers.
+// The HC width and mix count of the fused boundary kernel hc_step (the model's: 4 streams,
+// (2 + 4)·4 mix values), compile-time so that a thread's streams and mix sums stay in registers.
 #define HC_FUSED 4
 #define HC_FUSED_MIX 24
 
-// hc_post, then the next HC pre's mix slices of its output (hc_mix's `part` layout): one warp
-// per block, slice s = blockIdx.y of S = gridDim.y being a 32-column range of every stream, so
-// the ~0.8 MB of `fn` is read by S warps spread over the device. The new state is formed and
-// projected in one pass instead of being written by one kernel and read back by the next.
-// Grid (rows, S), 32 threads; HC_FUSED streams, HC_FUSED_MIX mix rows, F16 `fn`.
-extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const float* mix, int e,
-                                       float* out, DW fn, float* part) {
+// Threads of an hc_step block: one column of every stream each.
+#define HC_STEP_THREADS 256
+
+// The whole boundary between two sublayers for a few rows, in one launch instead of hc_post,
+// hc_mix, hc_pre_finish and rms_norm: hc_post (out = post·y + comb·x_hc), the next HC pre's
+// mix of `out`, its gates, Sinkhorn and weighted stream sum, and that sum's RMSNorm with the
+// next sublayer's input weight `nw` into h — with the three-stage 8-bit planes of the row
+// when `q` is given (one row), as rms_norm writes them. Grid (rows, S = ceil(e / 256)): every
+// block posts its 256 columns and writes its mix slice (hc_mix's `part` layout); the last block
+// of a row to finish (a ticket in tickets[t], which it resets for the next launch) sums the
+// slices and does the rest for the whole row. `mix` holds this sublayer's gates on entry (read
+// by every block before it takes its ticket) and the next one's on return.
+extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix, int e,
+                                   float* out, DW fn, float* part, const float* scale3,
+                                   const float* base, int iters, float eps, float rms_eps,
+                                   const float* nw, float* h, i8* q, float* qd, int* tickets) {
     grid_dep_sync();
-    const int hc = HC_FUSED, n_mix = HC_FUSED_MIX;
-    int t = blockIdx.x, S = gridDim.y;
-    int per = (e + S - 1) / S;
-    int c0 = blockIdx.y * per, c1 = min(e, c0 + per);
-    const float* m = mix + (i64)t * (hc + hc * hc);
+    const int hc = HC_FUSED, n_mix = HC_FUSED_MIX, nc = HC_FUSED * HC_FUSED;
+    const int nwarp = HC_STEP_THREADS / 32;
+    __shared__ float red[nwarp][HC_FUSED_MIX];
+    __shared__ double redd[nwarp];
+    __shared__ double shd[32];
+    __shared__ float mixv[HC_FUSED_MIX];
+    __shared__ float pre[HC_FUSED];
+    __shared__ int last;
+    int t = blockIdx.x, S = gridDim.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float* m = mix + (i64)t * (hc + nc);
     const float* x = x_hc + (i64)t * hc * e;
+    float* o_row = out + (i64)t * hc * e;
+    int d = blockIdx.y * HC_STEP_THREADS + threadIdx.x;
     float acc[HC_FUSED_MIX];
 #pragma unroll
     for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = 0.0f;
     double ss = 0.0;
-    for (int d = c0 + threadIdx.x; d < c1; d += blockDim.x) {
+    if (d < e) {
         float yv = y[(i64)t * e + d];
         float xs[HC_FUSED], o[HC_FUSED];
 #pragma unroll
@@ -203,12 +221,9 @@ extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const 
 #pragma unroll
             for (int s = 0; s < hc; s++) v += m[hc + f + hc * s] * xs[s];
             o[f] = v;
-            out[((i64)t * hc + f) * e + d] = v;
+            o_row[(i64)f * e + d] = v;
             ss += (double)v * (double)v;
         }
-        // The F16 weights read directly: a thread's 96 loads are independent and in flight
-        // together (through deq, whose switch sat between them, they were issued one at a
-        // time: 55 µs a launch; and 96 inlined copies of it tripled the NVRTC compile).
         const u16* fw = (const u16*)fn.a;
 #pragma unroll
         for (int f = 0; f < HC_FUSED; f++)
@@ -219,12 +234,64 @@ extern "C" __global__ void hc_post_mix(const float* y, const float* x_hc, const 
 #pragma unroll
     for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
     ss = warp_sum_d(ss);
-    float* po = part + ((i64)t * S + blockIdx.y) * (n_mix + 1);
-    if (threadIdx.x == 0) {
+    if (lane == 0) {
 #pragma unroll
-        for (int i = 0; i < HC_FUSED_MIX; i++) po[i] = acc[i];
-        po[n_mix] = (float)ss;
+        for (int i = 0; i < HC_FUSED_MIX; i++) red[warp][i] = acc[i];
+        redd[warp] = ss;
     }
+    __syncthreads();
+    float* po = part + ((i64)t * S + blockIdx.y) * (n_mix + 1);
+    if (threadIdx.x < n_mix) {
+        float a = 0.0f;
+        for (int w = 0; w < nwarp; w++) a += red[w][threadIdx.x];
+        po[threadIdx.x] = a;
+    } else if (threadIdx.x == n_mix) {
+        double a = 0.0;
+        for (int w = 0; w < nwarp; w++) a += redd[w];
+        po[n_mix] = (float)a;
+    }
+    // Publish this block's columns and slice, then take a ticket; the last one goes on.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(tickets + t, 1) == S - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    hc_mix_value(part, t, S, n_mix, hc * e, rms_eps, mixv);
+    if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_ref(mixv[threadIdx.x] * scale3[0] + base[threadIdx.x]) + eps;
+    if (warp == 0) {
+        if (lane < hc) m[lane] = 2.0f * sigmoidf_ref(mixv[hc + lane] * scale3[1] + base[hc + lane]);
+        float c = lane < nc ? mixv[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
+        c = sinkhorn_lane(c, hc, iters, eps);
+        if (lane < nc) m[hc + lane] = c;
+    }
+    __syncthreads();
+    // The weighted stream sum (the other blocks' columns through L2), then its RMSNorm.
+    float* hr = h + (i64)t * e;
+    double ss2 = 0.0;
+    for (int c = threadIdx.x; c < e; c += HC_STEP_THREADS) {
+        float a = 0.0f;
+#pragma unroll
+        for (int s = 0; s < hc; s++) a += pre[s] * __ldcg(o_row + (i64)s * e + c);
+        hr[c] = a;
+        ss2 += (double)a * (double)a;
+    }
+    float scale = rms_scale(block_sum_d(ss2, shd), e, rms_eps);
+    for (int c = threadIdx.x; c < e; c += HC_STEP_THREADS) {
+        float v = hr[c] * scale;
+        v = nw ? v * nw[c] : v;
+        hr[c] = v;
+        if (q) {
+            float dd = warp_max(fabsf(v)) / 127.0f;
+            int q1, q2, q3;
+            q8_stages(v, dd, &q1, &q2, &q3);
+            q[c] = (i8)q1;
+            q[e + c] = (i8)q2;
+            q[2 * e + c] = (i8)q3;
+            if (lane == 0) qd[c / 32] = dd;
+        }
+    }
+    if (threadIdx.x == 0) tickets[t] = 0;
 }
 
 // z[t] = Σ_h (σ(pre_h·scale + base[h]) + eps)·x_hc[first + t][h], pre from the mix slices.

@@ -249,11 +249,12 @@ impl Backend for CudaBackend {
         mix: &mut Tensor,
         out: &mut Tensor,
         w: &HcWeights,
+        norm: &[f32],
         cfg: &Config,
         h: &mut Tensor,
         num: Numerics,
     ) -> BResult<()> {
-        self.op_hc_post_pre(y, x_hc, mix, out, w, cfg, h, num)
+        self.op_hc_post_pre(y, x_hc, mix, out, w, norm, cfg, h, num)
     }
 
     fn hc_head(

@@ -134,6 +134,16 @@ pub struct CudaOptions {
     /// Warps that share one output row of the routed experts' down product in decode, each
     /// taking every n-th expert slot (`DS4_CUDA_DN_SPLIT`, default 2; 1 is a warp per row).
     pub down_split: usize,
+    /// Warps that share one row index of the routed experts' gate and up in decode, where all
+    /// the selected experts' rows of that index are one warp's (`gk_*`; `DS4_CUDA_GK_SPLIT`,
+    /// default 2; 0 runs the per-slot `gu_*` kernels instead).
+    pub gate_split: usize,
+    /// Output rows per warp of the routed experts' Q2_K down product in decode (`dn2_q2_k`
+    /// shares each activation load between two; `DS4_CUDA_DN_ROWS`, default 2, or 1).
+    pub down_rows: usize,
+    /// The sublayer boundary of few rows as one `hc_step` launch (`DS4_CUDA_HC_STEP=0` runs
+    /// hc_post, hc_mix, hc_pre_finish and rms_norm instead).
+    pub hc_step: bool,
 }
 
 impl Default for CudaOptions {
@@ -150,6 +160,15 @@ impl Default for CudaOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
+            gate_split: std::env::var("DS4_CUDA_GK_SPLIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+            down_rows: std::env::var("DS4_CUDA_DN_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+            hc_step: std::env::var("DS4_CUDA_HC_STEP").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -234,6 +253,9 @@ pub struct CudaBackend {
     pub(crate) cfg: Config,
     pub(crate) gemm: Mutex<Option<gemm::Gemm>>,
     rows_buf: DevBuf,
+    /// One zeroed ticket per row of a chunk for kernels whose last block of a row finishes the
+    /// row's work (hc_step); that block resets its ticket.
+    pub(crate) tickets: DevBuf,
     pub(crate) norm_planes: NormPlanes,
     rows_host: Mutex<Pinned>,
     graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
@@ -346,6 +368,8 @@ impl CudaBackend {
         let upload_secs = tu.elapsed().as_secs_f64();
         let arena = Arena::new(arena_bytes)?;
         let rows_buf = DevBuf::new(PREFILL_CHUNK * 8)?;
+        let tickets = DevBuf::new(PREFILL_CHUNK * 4)?;
+        dev.memset(tickets.ptr, 0, tickets.len)?;
         let rows_host = Mutex::new(Pinned::new(PREFILL_CHUNK * 8)?);
         let stats = LoadStats {
             load_secs: t0.elapsed().as_secs_f64(),
@@ -361,6 +385,7 @@ impl CudaBackend {
             cfg,
             gemm: Mutex::new(None),
             rows_buf,
+            tickets,
             norm_planes: NormPlanes::new()?,
             rows_host,
             graphs: Mutex::new(HashMap::new()),
@@ -386,6 +411,18 @@ impl CudaBackend {
 
     pub(crate) fn opts_down_split(&self) -> usize {
         self.opts.down_split
+    }
+
+    pub(crate) fn opts_gate_split(&self) -> usize {
+        self.opts.gate_split
+    }
+
+    pub(crate) fn opts_down_rows(&self) -> usize {
+        self.opts.down_rows
+    }
+
+    pub(crate) fn opts_hc_step(&self) -> bool {
+        self.opts.hc_step
     }
 
     /// The device's name.

@@ -628,10 +628,20 @@ fn hc_and_moe_ops_match_cpu() {
                     );
                     let (mut sc, mut sg) = (mk(&c, hc * e), mk(&g, hc * e));
                     let (mut hcp, mut hgp) = (mk(&c, e), mk(&g, e));
-                    let nw = &l.hc_ffn;
-                    c.hc_post_pre(&yc, &xc, &mut m2c, &mut sc, nw, cfg, &mut hcp, precise())
-                        .unwrap();
-                    g.hc_post_pre(&yg, &xg, &mut m2g, &mut sg, nw, cfg, &mut hgp, num)
+                    let (nw, nn) = (&l.hc_ffn, &l.ffn_norm);
+                    c.hc_post_pre(
+                        &yc,
+                        &xc,
+                        &mut m2c,
+                        &mut sc,
+                        nw,
+                        nn,
+                        cfg,
+                        &mut hcp,
+                        precise(),
+                    )
+                    .unwrap();
+                    g.hc_post_pre(&yg, &xg, &mut m2g, &mut sg, nw, nn, cfg, &mut hgp, num)
                         .unwrap();
                     let er = max_rel(&get(&g, &sg), &get(&c, &sc))
                         .max(max_rel(&get(&g, &hgp), &get(&c, &hcp)))
@@ -1118,4 +1128,82 @@ fn graph_replay_and_dependent_launch_match_direct_and_snapshots_round_trip() {
         "decoding after a restore differs: {:e}",
         max_rel(&again, &first)
     );
+}
+
+/// The decode boundary and expert kernels with their fusions on (hc_step, gk_*, dn2_q2_k) and
+/// off (hc_post + hc_mix + hc_pre_finish + rms_norm, gu_*, dn_*) both match the CPU for one
+/// row: the paths the switches choose between stay correct.
+#[test]
+fn decode_fusions_on_and_off_match_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let m = tiny(ExpertRecipe::Q2, 4);
+    if gpu(&m).is_none() {
+        return;
+    }
+    let c = CpuBackend::new(m.file.clone());
+    let cfg = &m.config;
+    let (e, hc, k) = (cfg.n_embd, cfg.n_hc, cfg.n_expert_used);
+    for fused in [true, false] {
+        let opts = CudaOptions {
+            gate_split: if fused { 2 } else { 0 },
+            down_rows: if fused { 2 } else { 1 },
+            hc_step: fused,
+            ..test_opts()
+        };
+        let g = CudaBackend::new(&m, &opts).expect("CUDA backend");
+        g.begin().unwrap();
+        for il in [0usize, 3] {
+            let l = &m.weights.layers[il];
+            // The boundary: post of this sublayer, pre and input norm of the next.
+            let x = rand_vec(&mut rng, hc * e, 1.0);
+            let y = rand_vec(&mut rng, e, 1.0);
+            let mix: Vec<f32> = rand_vec(&mut rng, hc + hc * hc, 0.5);
+            let mk = |be: &dyn Backend, cols| be.alloc(1, cols, DType::F32).unwrap();
+            let (mut mc, mut mg) = (
+                put(&c, 1, hc + hc * hc, &mix),
+                put(&g, 1, hc + hc * hc, &mix),
+            );
+            let (mut sc, mut sg) = (mk(&c, hc * e), mk(&g, hc * e));
+            let (mut hcp, mut hgp) = (mk(&c, e), mk(&g, e));
+            let (nw, nn) = (&l.hc_ffn, &l.ffn_norm);
+            let (xc, xg, yc, yg) = (
+                put(&c, 1, hc * e, &x),
+                put(&g, 1, hc * e, &x),
+                put(&c, 1, e, &y),
+                put(&g, 1, e, &y),
+            );
+            c.hc_post_pre(&yc, &xc, &mut mc, &mut sc, nw, nn, cfg, &mut hcp, precise())
+                .unwrap();
+            g.hc_post_pre(&yg, &xg, &mut mg, &mut sg, nw, nn, cfg, &mut hgp, fast())
+                .unwrap();
+            let er = max_rel(&get(&g, &sg), &get(&c, &sc))
+                .max(max_rel(&get(&g, &hgp), &get(&c, &hcp)))
+                .max(max_rel(&get(&g, &mg), &get(&c, &mc)));
+            assert!(
+                er <= PRECISE_OP * 5.0,
+                "hc_post_pre l{il} fused={fused}: {er:e}"
+            );
+            // The routed experts of one row, from the normed row the boundary produced (so
+            // the products read the planes it wrote).
+            let ids: Vec<f32> = (0..k)
+                .map(|i| ((i * 5 + il) % cfg.n_expert) as f32)
+                .collect();
+            let wts = rand_vec(&mut rng, k, 1.0);
+            let mk_ids = |be: &dyn Backend| {
+                let mut t = be.alloc(1, k, DType::I32).unwrap();
+                be.write(&mut t, &ids).unwrap();
+                t
+            };
+            let (ic, ig) = (mk_ids(&c), mk_ids(&g));
+            let (wc, wg) = (put(&c, 1, k, &wts), put(&g, 1, k, &wts));
+            let (mut oc, mut og) = (mk(&c, e), mk(&g, e));
+            let (gt, up, dn) = (&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps);
+            c.moe_experts(gt, up, dn, &hcp, &ic, &wc, 10.0, &mut oc, precise())
+                .unwrap();
+            g.moe_experts(gt, up, dn, &hgp, &ig, &wg, 10.0, &mut og, fast())
+                .unwrap();
+            let er = norm_rel(&get(&g, &og), &get(&c, &oc));
+            assert!(er <= Q8_NORM_2 * 2.0, "experts l{il} fused={fused}: {er:e}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Hyper-connections (kernels/hc.cu): the `fn` projection of the HC state in column slices (or,
 //! for large fast chunks, a split-f16 GEMM) with its sum of squares, then `hc_pre_finish`
-//! (flat-norm scale, Sinkhorn, the weighted stream sum), `hc_post`, and the head's weighting.
+//! (flat-norm scale, Sinkhorn, the weighted stream sum), `hc_post`, and the head's weighting;
+//! for few rows the whole sublayer boundary (post, pre, the next input norm) is one `hc_step`.
 
 use ds4::backend::{BResult, Tensor};
 use ds4::gguf::GgmlType;
@@ -14,8 +15,10 @@ use crate::CudaBackend;
 
 /// Rows from which the fast mode computes the HC mix as a GEMM.
 const GEMM_ROWS: usize = 32;
-/// The HC width `hc_post_mix` is compiled for (HC_FUSED).
+/// The HC width `hc_step` is compiled for (HC_FUSED).
 const HC_FUSED: usize = 4;
+/// Threads of an `hc_step` block, one column each (HC_STEP_THREADS).
+const HC_STEP_THREADS: usize = 256;
 
 /// Checks the shapes of an HC post's state, gates and output for `n` rows of width `e`.
 fn check_hc_post(
@@ -120,8 +123,9 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// hc_post into `out`, then hc_pre of `out` with `w`: for a few rows (or precise) the post
-    /// and the next mix are one kernel (`hc_post_mix`), else the two operations as they are.
+    /// hc_post into `out`, hc_pre of `out` with `w` into `h`, and the RMSNorm of `h` with
+    /// `norm`: for fewer rows than a chunk (or precise) one `hc_step` launch, else the three
+    /// operations as they are.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn op_hc_post_pre(
         &self,
@@ -130,37 +134,56 @@ impl CudaBackend {
         mix: &mut Tensor,
         out_hc: &mut Tensor,
         w: &HcWeights,
+        norm: &[f32],
         cfg: &Config,
         h: &mut Tensor,
         num: Numerics,
     ) -> BResult<()> {
         let (hc, e, n) = (cfg.n_hc, cfg.n_embd, y.rows);
         let n_mix = w.func.rows;
-        let fused = w.func.ty == GgmlType::F16 && hc == HC_FUSED && n_mix == (2 + hc) * hc;
+        let fused = w.func.ty == GgmlType::F16
+            && hc == HC_FUSED
+            && n_mix == (2 + hc) * hc
+            && n * 4 <= self.tickets.len
+            && self.opts_hc_step();
         if (num.fast && n >= GEMM_ROWS) || !fused {
             self.op_hc_post(y, x_hc, mix, hc, out_hc)?;
-            return self.op_hc_pre(out_hc, w, cfg, h, mix, num);
+            self.op_hc_pre(out_hc, w, cfg, h, mix, num)?;
+            return self.op_rms_norm(h, Some(norm), e, cfg.rms_eps);
         }
         want(y, n, e, "hc_post input")?;
         check_hc_post(x_hc, mix, out_hc, hc, n, e)?;
         check_hc_pre(w, cfg, h, mix, n)?;
-        if w.func.cols != hc * e {
-            return Err(err(format!("hc mix of {out_hc:?} with `{}`", w.func.name)));
+        if w.func.cols != hc * e || norm.len() != e {
+            return Err(err(format!("hc step of {out_hc:?} with `{}`", w.func.name)));
         }
-        // A warp per 32-column slice of every stream.
-        let (s, threads) = (e.div_ceil(32), 32u32);
+        let s = e.div_ceil(HC_STEP_THREADS);
         let mark = self.arena.mark();
         let part = self.scratch(n * s * (n_mix + 1) * 4)?;
         let (yp, xp, mp, op, fw) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out_hc)?, self.w(&w.func)?);
-        let e_i = e as i32;
+        let (s3, base, np, hp) = (self.p(&w.scale)?, self.p(&w.base)?, self.p(norm)?, dp(h)?);
+        // A lone decode row also gets its 8-bit planes, as op_rms_norm gives it.
+        let planes = n == 1 && e.is_multiple_of(32) && e <= crate::NORM_PLANES_COLS;
+        let (q, qd) = if planes {
+            self.norm_planes.bufs()
+        } else {
+            (0, 0)
+        };
+        let (e_i, it, eps, reps) = (e as i32, cfg.sinkhorn_iters as i32, cfg.hc_eps, cfg.rms_eps);
+        let tk = self.tickets.ptr;
         self.launch(
-            "hc_post_mix",
+            "hc_step",
             (n as u32, s as u32, 1),
-            threads,
+            HC_STEP_THREADS as u32,
             0,
-            &mut kargs![&yp, &xp, &mp, &e_i, &op, &fw, &part],
+            &mut kargs![
+                &yp, &xp, &mp, &e_i, &op, &fw, &part, &s3, &base, &it, &eps, &reps, &np, &hp, &q,
+                &qd, &tk
+            ],
         )?;
-        self.hc_pre_finish(part, s, out_hc, w, cfg, h, mix)?;
+        if planes {
+            self.hold_planes(hp, e);
+        }
         self.arena.release(mark);
         Ok(())
     }

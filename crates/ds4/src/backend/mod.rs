@@ -267,9 +267,11 @@ pub trait Backend: Send + Sync {
         n_hc: usize,
         out: &mut Tensor,
     ) -> BResult<()>;
-    /// [`Backend::hc_post`] of a sublayer into `out`, then [`Backend::hc_pre`] of `out` with
-    /// the next sublayer's `w` into `h`: `mix` holds this sublayer's gates on entry and the next
-    /// one's on return. A backend may fuse the two (the post output is the next pre's input).
+    /// The boundary between two sublayers: [`Backend::hc_post`] of a sublayer into `out`, then
+    /// [`Backend::hc_pre`] of `out` with the next sublayer's `w` into `h`, then the next
+    /// sublayer's input RMSNorm of `h` with weight `norm` (§2.4.1 / §2.5 `u`): `mix` holds this
+    /// sublayer's gates on entry and the next one's on return. A backend may fuse the three (each
+    /// output is the next one's only input).
     #[allow(clippy::too_many_arguments)]
     fn hc_post_pre(
         &self,
@@ -278,12 +280,14 @@ pub trait Backend: Send + Sync {
         mix: &mut Tensor,
         out: &mut Tensor,
         w: &HcWeights,
+        norm: &[f32],
         cfg: &Config,
         h: &mut Tensor,
         num: Numerics,
     ) -> BResult<()> {
         self.hc_post(y, x_hc, mix, cfg.n_hc, out)?;
-        self.hc_pre(out, w, cfg, h, mix, num)
+        self.hc_pre(out, w, cfg, h, mix, num)?;
+        self.rms_norm(h, Some(norm), cfg.n_embd, cfg.rms_eps)
     }
     /// §2.6 HC head over rows `first..first + z.rows` of `x_hc`:
     /// `z = Σ_h (σ(pre_h·scale + base_h) + eps)·x_hc[h]`.

@@ -1,7 +1,8 @@
 //! The attention sublayer (spec/model.md §2.4) as backend operations: low-rank q with per-head
 //! norm, the shared K=V row, partial RoPE, the raw window, the compressors and indexer,
 //! attention with sinks over raw ++ compressed rows, inverse RoPE on the output and the grouped
-//! output projection. Reads `s.h` (the HC pre output), writes `s.y`.
+//! output projection. Reads `s.h` (the HC pre output after the layer's attn_norm, which the
+//! forward pass applies with the HC pre: spec §2.4.1), writes `s.y`.
 
 use super::compressor::compressor;
 use super::config::Config;
@@ -26,11 +27,10 @@ pub fn attention(
     num: Numerics,
     indexer_on: bool,
 ) -> BResult<()> {
-    let (e, hd, eps) = (cfg.n_embd, cfg.head_dim, cfg.rms_eps);
+    let (hd, eps) = (cfg.head_dim, cfg.rms_eps);
     let rope = Rope::for_layer(cfg, il);
 
-    // §2.4.1 projections, §2.4.2 RoPE.
-    be.rms_norm(&mut s.h, Some(&lw.attn_norm), e, eps)?;
+    // §2.4.1 projections (of `s.h`, already attn-normed by the HC boundary), §2.4.2 RoPE.
     let (wq, wkv) = (&lw.attn_q_a, &lw.attn_kv);
     be.matmuls(&[wq, wkv], &s.h, &mut [&mut s.qr, &mut s.kv], num)?;
     be.rms_norm(&mut s.qr, Some(&lw.attn_q_a_norm), cfg.q_lora, eps)?;

@@ -197,10 +197,12 @@ fn layers(
     let mut s = Scratch::new(be, cfg, n, logits.rows)?;
     be.embed(&w.token_embd, rows, cfg.n_hc, &mut s.x_hc)?; // §2.2
     inspect(Stage::Embedding, &s.x_hc)?;
-    // §2.3: each sublayer's HC post is followed by the next sublayer's HC pre (one backend
-    // operation, `hc_post_pre`); the first pre and the last post stand alone.
+    // §2.3: each sublayer's HC post is followed by the next sublayer's HC pre and its input
+    // RMSNorm (one backend operation, `hc_post_pre`); the first pre and the last post stand
+    // alone.
     if let Some(l0) = w.layers.first() {
         be.hc_pre(&s.x_hc, &l0.hc_attn, cfg, &mut s.h, &mut s.mix, num)?;
+        be.rms_norm(&mut s.h, Some(&l0.attn_norm), cfg.n_embd, cfg.rms_eps)?;
     }
     for (il, lw) in w.layers.iter().enumerate() {
         attention(be, &mut s, lw, st, il, rows, cfg, num, key.indexer)?; // §2.4
@@ -212,6 +214,7 @@ fn layers(
             &mut s.mix,
             &mut s.x_hc_next,
             &lw.hc_ffn,
+            &lw.ffn_norm,
             cfg,
             h,
             num,
@@ -222,8 +225,8 @@ fn layers(
         let (y, x_hc, h) = (&s.y, &s.x_hc, &mut s.h);
         match w.layers.get(il + 1) {
             Some(next) => {
-                let nw = &next.hc_attn;
-                be.hc_post_pre(y, x_hc, &mut s.mix, &mut s.x_hc_next, nw, cfg, h, num)?
+                let (nw, nn) = (&next.hc_attn, &next.attn_norm);
+                be.hc_post_pre(y, x_hc, &mut s.mix, &mut s.x_hc_next, nw, nn, cfg, h, num)?
             }
             None => be.hc_post(y, x_hc, &s.mix, cfg.n_hc, &mut s.x_hc_next)?,
         }

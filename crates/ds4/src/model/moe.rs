@@ -1,7 +1,8 @@
 //! The FFN sublayer (spec/model.md §2.5, pitfalls 10–11) as backend operations: `u =
 //! RMSNorm(f_in)`, the sqrt-softplus router with a selection-only bias (hash routing from
 //! `tid2eid` on the first layers), the routed experts with the clamped SwiGLU and the router
-//! weight applied before `down`, and the shared expert. Reads `s.h`, writes `s.y`.
+//! weight applied before `down`, and the shared expert. Reads `s.h`, which is already `u` (the
+//! forward pass applies ffn_norm with the HC pre), writes `s.y`.
 
 use super::config::Config;
 use super::scratch::Scratch;
@@ -20,7 +21,6 @@ pub fn moe(
     num: Numerics,
 ) -> BResult<()> {
     let clamp = cfg.swiglu_clamp[il];
-    be.rms_norm(&mut s.h, Some(&lw.ffn_norm), cfg.n_embd, cfg.rms_eps)?; // u
     be.matmul(&lw.ffn_gate_inp, &s.h, &mut s.router, num)?;
     let tid2eid = lw.ffn_gate_tid2eid.as_deref();
     let scale = cfg.expert_weights_scale;
