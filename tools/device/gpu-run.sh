@@ -112,17 +112,22 @@ if [[ "$MODE" == ncu ]]; then
     "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/l4.gguf > "$OUT/synth.txt" 2>&1
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     L4=(-m /mnt/m/l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 3)
-    DS4_CUDA_GRAPHS=0 timeout 200 "$NCU" --clock-control none --cache-control none --csv --section SpeedOfLight -c 900 \
-        "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-all.csv" 2> "$OUT/ncu-all.err"
+    if [[ "${NCU_ALL:-1}" != 0 ]]; then
+        DS4_CUDA_GRAPHS=0 timeout 200 "$NCU" --clock-control none --cache-control none --csv --section SpeedOfLight -c 900 \
+            "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-all.csv" 2> "$OUT/ncu-all.err"
+    fi
     DS4_CUDA_GRAPHS=0 timeout 150 "$NCU" --clock-control none --cache-control none -k regex:"${NCU_KERNELS:-^(mv_q8_0|gu_iq2_xxs|dn_q2_k|hc_step|rms_norm)\$}" -c "${NCU_COUNT:-12}" \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section InstructionStats \
         "$BIN/ds4-bench" "${L4[@]}" > "$OUT/ncu-decode.txt" 2>&1
     # The replayed step of the same file without ncu, for the sum of kernel durations to meet.
-    "$BIN/ds4-bench" -m /mnt/m/l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 64 --csv "$OUT/l4.csv" > "$OUT/l4.log" 2>&1
+    for v in - ${NCU_AB:-}; do
+        env ${v/#-/DS4_AB=1} "$BIN/ds4-bench" -m /mnt/m/l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 64 --ctx-max 64 -n 64 --csv "$OUT/l4ab.csv" > "$OUT/l4.log" 2>&1
+        echo "$v $(tail -n 1 "$OUT/l4ab.csv")" >> "$OUT/l4.csv"
+    done
     S="$OUT/summary.txt"
     grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30 > "$S"
     { echo "== 4-layer file, replayed decode (no ncu)"; cat "$OUT/l4.csv"; } >> "$S"
-    { echo "== ncu durations"; python3 tools/device/ncu-step.py "$OUT/ncu-all.csv" 2>&1 | head -60; } >> "$S"
+    [[ -f "$OUT/ncu-all.csv" ]] && { echo "== ncu durations"; python3 tools/device/ncu-step.py "$OUT/ncu-all.csv" 2>&1 | head -60; } >> "$S"
     { echo "== ncu decode kernels"; grep -E "^  [a-z_0-9]+ \(|^    Duration|DRAM Throughput|L1/TEX Cache Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Registers Per Thread|Issue Slots Busy|Executed Ipc A|Stall|L1/TEX Hit|Mem Pipes Busy" "$OUT/ncu-decode.txt" | head -150; } >> "$S"
     (cd "$OUT" && tar czf /tmp/logs.tgz --exclude summary.txt . && find . -type f ! -name summary.txt -delete && mv /tmp/logs.tgz .)
     cat "$S"

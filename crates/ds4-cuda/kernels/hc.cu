@@ -176,18 +176,24 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
 #define HC_FUSED 4
 #define HC_FUSED_MIX 24
 
-// Threads of an hc_step block: one column of every stream each.
+// Threads of an hc_step block, and the columns a block posts: a thread per (stream, column).
 #define HC_STEP_THREADS 256
+#define HC_STEP_COLS (HC_STEP_THREADS / HC_FUSED)
+// Widest row the finishing block holds in registers: 4 float4 column groups a thread.
+#define HC_STEP_MAXE (HC_STEP_THREADS * 16)
 
 // The whole boundary between two sublayers for a few rows, in one launch instead of hc_post,
 // hc_mix, hc_pre_finish and rms_norm: hc_post (out = post·y + comb·x_hc), the next HC pre's
 // mix of `out`, its gates, Sinkhorn and weighted stream sum, and that sum's RMSNorm with the
 // next sublayer's input weight `nw` into h — with the three-stage 8-bit planes of the row
-// when `q` is given (one row), as rms_norm writes them. Grid (rows, S = ceil(e / 256)): every
-// block posts its 256 columns and writes its mix slice (hc_mix's `part` layout); the last block
-// of a row to finish (a ticket in tickets[t], which it resets for the next launch) sums the
-// slices and does the rest for the whole row. `mix` holds this sublayer's gates on entry (read
-// by every block before it takes its ticket) and the next one's on return.
+// when `q` is given (one row), as rms_norm writes them. Grid (rows, S = e / 64): in a block,
+// thread (f, c) posts stream f of column c and projects it on the 24 mix rows (24 loads of
+// `fn`, so that 64 blocks share its 0.8 MB), and the block writes its mix slice (hc_mix's
+// `part` layout); the last block of a row to finish (a ticket in tickets[t], which it resets)
+// sums the slices and does the rest for the whole row, every thread holding 16 columns in
+// registers (e a multiple of 1024, at most HC_STEP_MAXE), Sinkhorn last in warp 0. `mix` holds
+// this sublayer's gates on entry (read by every block before it takes its ticket) and the
+// next one's on return.
 extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix, int e,
                                    float* out, DW fn, float* part, const float* scale3,
                                    const float* base, int iters, float eps, float rms_eps,
@@ -205,31 +211,19 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
     float* m = mix + (i64)t * (hc + nc);
     const float* x = x_hc + (i64)t * hc * e;
     float* o_row = out + (i64)t * hc * e;
-    int d = blockIdx.y * HC_STEP_THREADS + threadIdx.x;
+    int f = threadIdx.x / HC_STEP_COLS;
+    int d = blockIdx.y * HC_STEP_COLS + threadIdx.x % HC_STEP_COLS;
     float acc[HC_FUSED_MIX];
-#pragma unroll
-    for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = 0.0f;
     double ss = 0.0;
-    if (d < e) {
-        float yv = y[(i64)t * e + d];
-        float xs[HC_FUSED], o[HC_FUSED];
+    {
+        float v = m[f] * y[(i64)t * e + d];
 #pragma unroll
-        for (int s = 0; s < hc; s++) xs[s] = x[(i64)s * e + d];
+        for (int s = 0; s < hc; s++) v += m[hc + f + hc * s] * x[(i64)s * e + d];
+        o_row[(i64)f * e + d] = v;
+        ss = (double)v * (double)v;
+        const u16* fw = (const u16*)fn.a + (i64)f * e + d;
 #pragma unroll
-        for (int f = 0; f < hc; f++) {
-            float v = m[f] * yv;
-#pragma unroll
-            for (int s = 0; s < hc; s++) v += m[hc + f + hc * s] * xs[s];
-            o[f] = v;
-            o_row[(i64)f * e + d] = v;
-            ss += (double)v * (double)v;
-        }
-        const u16* fw = (const u16*)fn.a;
-#pragma unroll
-        for (int f = 0; f < HC_FUSED; f++)
-#pragma unroll
-            for (int i = 0; i < HC_FUSED_MIX; i++)
-                acc[i] += h2f(fw[(i64)i * fn.cols + f * e + d]) * o[f];
+        for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = h2f(fw[(i64)i * fn.cols]) * v;
     }
 #pragma unroll
     for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
@@ -259,39 +253,75 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
     __threadfence();
     hc_mix_value(part, t, S, n_mix, hc * e, rms_eps, mixv);
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_ref(mixv[threadIdx.x] * scale3[0] + base[threadIdx.x]) + eps;
-    if (warp == 0) {
-        if (lane < hc) m[lane] = 2.0f * sigmoidf_ref(mixv[hc + lane] * scale3[1] + base[hc + lane]);
-        float c = lane < nc ? mixv[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
-        c = sinkhorn_lane(c, hc, iters, eps);
-        if (lane < nc) m[hc + lane] = c;
-    }
     __syncthreads();
-    // The weighted stream sum (the other blocks' columns through L2), then its RMSNorm.
-    float* hr = h + (i64)t * e;
+    // The weighted stream sum of 4 consecutive columns per group (the other blocks' columns
+    // through L2), all 16 loads of a thread issued before any is used; then its RMSNorm.
+    const int ng = 4;
+    float4 hv[ng];
     double ss2 = 0.0;
-    for (int c = threadIdx.x; c < e; c += HC_STEP_THREADS) {
-        float a = 0.0f;
+    {
+        float4 xv[ng][HC_FUSED];
 #pragma unroll
-        for (int s = 0; s < hc; s++) a += pre[s] * __ldcg(o_row + (i64)s * e + c);
-        hr[c] = a;
-        ss2 += (double)a * (double)a;
-    }
-    float scale = rms_scale(block_sum_d(ss2, shd), e, rms_eps);
-    for (int c = threadIdx.x; c < e; c += HC_STEP_THREADS) {
-        float v = hr[c] * scale;
-        v = nw ? v * nw[c] : v;
-        hr[c] = v;
-        if (q) {
-            float dd = warp_max(fabsf(v)) / 127.0f;
-            int q1, q2, q3;
-            q8_stages(v, dd, &q1, &q2, &q3);
-            q[c] = (i8)q1;
-            q[e + c] = (i8)q2;
-            q[2 * e + c] = (i8)q3;
-            if (lane == 0) qd[c / 32] = dd;
+        for (int j = 0; j < ng; j++) {
+            int c = 4 * threadIdx.x + j * 4 * HC_STEP_THREADS;
+#pragma unroll
+            for (int s = 0; s < hc; s++)
+                xv[j][s] = c < e ? __ldcg((const float4*)(o_row + (i64)s * e + c)) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int j = 0; j < ng; j++) {
+            float4 a = make_float4(0, 0, 0, 0);
+#pragma unroll
+            for (int s = 0; s < hc; s++) {
+                a.x += pre[s] * xv[j][s].x;
+                a.y += pre[s] * xv[j][s].y;
+                a.z += pre[s] * xv[j][s].z;
+                a.w += pre[s] * xv[j][s].w;
+            }
+            hv[j] = a;
+            ss2 += (double)a.x * (double)a.x + (double)a.y * (double)a.y + (double)a.z * (double)a.z +
+                   (double)a.w * (double)a.w;
         }
     }
-    if (threadIdx.x == 0) tickets[t] = 0;
+    float scale = rms_scale(block_sum_d(ss2, shd), e, rms_eps);
+    float* hr = h + (i64)t * e;
+#pragma unroll
+    for (int j = 0; j < ng; j++) {
+        int c = 4 * threadIdx.x + j * 4 * HC_STEP_THREADS;
+        if (c >= e) break;
+        float v[4] = {hv[j].x * scale, hv[j].y * scale, hv[j].z * scale, hv[j].w * scale};
+        if (nw) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) v[k] *= nw[c + k];
+        }
+        *(float4*)(hr + c) = make_float4(v[0], v[1], v[2], v[3]);
+        if (q) {
+            // A 32-value activation block is 8 consecutive threads here.
+            float am = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) am = fmaxf(am, __shfl_xor_sync(FULL_MASK, am, o));
+            float dd = am / 127.0f;
+            u32 p1 = 0, p2 = 0, p3 = 0;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                int q1, q2, q3;
+                q8_stages(v[k], dd, &q1, &q2, &q3);
+                p1 |= (u32)(q1 & 255) << (8 * k);
+                p2 |= (u32)(q2 & 255) << (8 * k);
+                p3 |= (u32)(q3 & 255) << (8 * k);
+            }
+            *(u32*)(q + c) = p1;
+            *(u32*)(q + e + c) = p2;
+            *(u32*)(q + 2 * e + c) = p3;
+            if ((lane & 7) == 0) qd[c / 32] = dd;
+        }
+    }
+    if (warp != 0) return;
+    if (lane < hc) m[lane] = 2.0f * sigmoidf_ref(mixv[hc + lane] * scale3[1] + base[hc + lane]);
+    float c = lane < nc ? mixv[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
+    c = sinkhorn_lane(c, hc, iters, eps);
+    if (lane < nc) m[hc + lane] = c;
+    if (lane == 0) tickets[t] = 0;
 }
 
 // z[t] = Σ_h (σ(pre_h·scale + base[h]) + eps)·x_hc[first + t][h], pre from the mix slices.

@@ -240,7 +240,8 @@ impl NormPlanes {
 fn keeps_norm_planes(name: &str) -> bool {
     name.starts_with("mv")
         || name.starts_with("gu_")
-        || name.starts_with("dn_")
+        || name.starts_with("dn")
+        || name.starts_with("gk_")
         || matches!(name, "quant_q8" | "route")
 }
 

@@ -17,8 +17,13 @@ use crate::CudaBackend;
 const GEMM_ROWS: usize = 32;
 /// The HC width `hc_step` is compiled for (HC_FUSED).
 const HC_FUSED: usize = 4;
-/// Threads of an `hc_step` block, one column each (HC_STEP_THREADS).
+/// Threads of an `hc_step` block (HC_STEP_THREADS), the columns it posts (a thread per stream
+/// and column: HC_STEP_COLS) and the widest row its last block holds (HC_STEP_MAXE).
 const HC_STEP_THREADS: usize = 256;
+const HC_STEP_COLS: usize = HC_STEP_THREADS / HC_FUSED;
+const HC_STEP_MAXE: usize = HC_STEP_THREADS * 16;
+/// Row widths hc_step takes: whole warps of its last block's float4 groups (128 columns).
+const HC_STEP_ALIGN: usize = 128;
 
 /// Checks the shapes of an HC post's state, gates and output for `n` rows of width `e`.
 fn check_hc_post(
@@ -144,6 +149,8 @@ impl CudaBackend {
         let fused = w.func.ty == GgmlType::F16
             && hc == HC_FUSED
             && n_mix == (2 + hc) * hc
+            && e.is_multiple_of(HC_STEP_ALIGN)
+            && e <= HC_STEP_MAXE
             && n * 4 <= self.tickets.len
             && self.opts_hc_step();
         if (num.fast && n >= GEMM_ROWS) || !fused {
@@ -157,7 +164,7 @@ impl CudaBackend {
         if w.func.cols != hc * e || norm.len() != e {
             return Err(err(format!("hc step of {out_hc:?} with `{}`", w.func.name)));
         }
-        let s = e.div_ceil(HC_STEP_THREADS);
+        let s = e / HC_STEP_COLS;
         let mark = self.arena.mark();
         let part = self.scratch(n * s * (n_mix + 1) * 4)?;
         let (yp, xp, mp, op, fw) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out_hc)?, self.w(&w.func)?);
