@@ -466,58 +466,6 @@ __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, c
     return acc;
 }
 
-// dot_q2_k of two rows g0, g1 against one activation, in the same order (each row's partial
-// equals dot_q2_k's): the lanes load each activation chunk and form its Σx once for both.
-__device__ __forceinline__ float q2_k_group(const u8* b, int is, const int4* xv, const int* xs) {
-    int n = is >> 3, j = (is >> 1) & 3, h = is & 1;
-    u32 dd = *(const u32*)(b + 80);
-    float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
-    int sc = b[is];
-    const u32* q32 = (const u32*)(b + 16 + 32 * n + 16 * h);
-    int wq[4];
-#pragma unroll
-    for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
-    int sq[3], sm[3];
-#pragma unroll
-    for (int p = 0; p < 3; p++) {
-        int s = __dp4a(wq[0], xv[p].x, 0);
-        s = __dp4a(wq[1], xv[p].y, s);
-        s = __dp4a(wq[2], xv[p].z, s);
-        s = __dp4a(wq[3], xv[p].w, s);
-        sq[p] = (sc & 15) * s;
-        sm[p] = (sc >> 4) * xs[p];
-    }
-    return d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2]);
-}
-
-__device__ __forceinline__ void dot2r_q2_k(const DW& w, i64 g0, i64 g1, const i8* xq, const float* xd,
-                                           float* a0, float* a1) {
-    int lane = threadIdx.x & 31;
-    int nb = w.cols / 256;
-    i64 rb = plane_row_bytes(TY_Q2_K, w.cols);
-    const u8* row0 = w.a + g0 * rb;
-    const u8* row1 = w.a + g1 * rb;
-    float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll 4
-    for (int u = lane; u < nb * 16; u += 32) {
-        int4 xv[3];
-        int xs[3];
-#pragma unroll
-        for (int p = 0; p < 3; p++) {
-            xv[p] = *(const int4*)(xq + p * w.cols + 16 * u);
-            int t = __dp4a(0x01010101, xv[p].x, 0);
-            t = __dp4a(0x01010101, xv[p].y, t);
-            t = __dp4a(0x01010101, xv[p].z, t);
-            xs[p] = __dp4a(0x01010101, xv[p].w, t);
-        }
-        float dx = xd[u >> 1];
-        s0 += q2_k_group(row0 + (u >> 4) * 84, u & 15, xv, xs) * dx;
-        s1 += q2_k_group(row1 + (u >> 4) * 84, u & 15, xv, xs) * dx;
-    }
-    *a0 = s0;
-    *a1 = s1;
-}
-
 // Q4_K, one 16-weight group u (weights 16u..16u+15 of the row) per lane and step: in block
 // u >> 4, 64-weight chunk c = (u & 15) >> 2 keeps weights 0..31 in the low and 32..63 in the
 // high nibbles of its 32 quant bytes, so group q = u & 3 is nibble q >> 1 of bytes
@@ -700,81 +648,6 @@ DOT2_OF(dot2_deq, dot_deq)
         }                                                                                     \
     }
 
-// The routed slots' gate and up rows r against their one activation, with gu_*'s SwiGLU and
-// router weight: mid[s][r] for every slot s < k (≤ GK_SLOTS). A row index r is one warp for
-// all the slots (kspl warps when split, warp j taking every kspl-th chunk), so each activation
-// chunk is loaded once for 2k weight rows instead of once per gate/up pair, and a lane has 2k
-// independent weight loads in flight per chunk. The slot count is compiled in for the model's
-// k (GK_K) and for 4 (the test models' k, which so run the same unguarded code), and bounded
-// otherwise.
-#define GK_SLOTS 8
-#define GK_K 6
-
-template <int K, bool GUARD, typename XL, typename PT>
-__device__ __forceinline__ void gk_body(const DW& gate, const DW& up, const i8* xq, const float* xd,
-                                        const int* ids, const float* wts, int k, float clamp,
-                                        float* mid, int kspl, const IqTab* tab, XL xload, PT part) {
-    __shared__ float red[MV_WARPS][2 * GK_SLOTS];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * (MV_WARPS / kspl) + warp / kspl, sl = warp % kspl;
-    float ga[K], ua[K];
-    i64 grow[K];
-#pragma unroll
-    for (int s = 0; s < K; s++) {
-        ga[s] = ua[s] = 0.0f;
-        grow[s] = (i64)((!GUARD || s < k) ? ids[s] : 0) * gate.rows + r;
-    }
-    if (r < gate.rows) {
-        for (int c = lane + 32 * sl; c < gate.cols / 16; c += 32 * kspl) {
-            int4 xv[3];
-            xload(xq, gate.cols, c, xv);
-            float dx = xd[c >> 1];
-#pragma unroll
-            for (int s = 0; s < K; s++) {
-                if (GUARD && s >= k) break;
-                ga[s] += part(gate, grow[s], c, xv, dx, tab);
-                ua[s] += part(up, grow[s], c, xv, dx, tab);
-            }
-        }
-    }
-#pragma unroll
-    for (int s = 0; s < K; s++) warp_sum2(ga + s, ua + s);
-    if (lane == 0) {
-#pragma unroll
-        for (int s = 0; s < K; s++) {
-            red[warp][s] = ga[s];
-            red[warp][GK_SLOTS + s] = ua[s];
-        }
-    }
-    __syncthreads();
-    if (sl == 0 && r < gate.rows && lane < k) {
-        float gv = 0.0f, uv = 0.0f;
-        for (int j = 0; j < kspl; j++) {
-            gv += red[warp + j][lane];
-            uv += red[warp + j][GK_SLOTS + lane];
-        }
-        float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);
-        mid[(i64)lane * gate.rows + r] = m * wts[lane];
-    }
-}
-
-#define GK_KERNEL(NAME, XLOAD, PART, TABLES)                                                  \
-    extern "C" __global__ void NAME(DW gate, DW up, const i8* xq, const float* xd,            \
-                                    const int* ids, const float* wts, int k, float clamp,    \
-                                    float* mid, int kspl) {                                  \
-        grid_dep_sync();                                                                      \
-        TABLES                                                                                \
-        auto xl = [](const i8* q, int cols, int c, int4* xv) { XLOAD(q, cols, c, xv); };      \
-        auto pt = [](const DW& w, i64 grow, int c, const int4* xv, float dx,                  \
-                     const IqTab* tb) { return PART(w, grow, c, xv, dx, tb); };               \
-        if (k == GK_K)                                                                        \
-            gk_body<GK_K, false>(gate, up, xq, xd, ids, wts, k, clamp, mid, kspl, tab, xl, pt); \
-        else if (k == 4)                                                                      \
-            gk_body<4, false>(gate, up, xq, xd, ids, wts, k, clamp, mid, kspl, tab, xl, pt);  \
-        else                                                                                  \
-            gk_body<GK_SLOTS, true>(gate, up, xq, xd, ids, wts, k, clamp, mid, kspl, tab, xl, pt); \
-    }
-
 // y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows). `kspl` (1, 2,
 // 4 or 8) warps share a row, warp j of them taking the slots s ≡ j (mod kspl), so that more
 // weight rows are in flight at once; their sums meet in shared memory in warp order.
@@ -805,44 +678,6 @@ __device__ __forceinline__ void gk_body(const DW& gate, const DW& up, const i8* 
             y[r] = a;                                                                         \
         }                                                                                     \
     }
-
-// dn_q2_k with two consecutive output rows per warp (dot2r_q2_k: each activation chunk loaded,
-// and its Σx formed, once for both), the same sums in the same order.
-extern "C" __global__ void dn2_q2_k(DW down, const float* mid, const i8* mq, const float* md,
-                                    const int* ids, int k, float* y, int kspl) {
-    grid_dep_sync();
-    __shared__ float part[MV_WARPS][2];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int cols = down.cols;
-    int r = 2 * (blockIdx.x * (MV_WARPS / kspl) + warp / kspl), sl = warp % kspl;
-    bool two = r + 1 < down.rows;
-    float a0 = 0.0f, a1 = 0.0f;
-    if (r < down.rows) {
-        for (int s = sl; s < k; s += kspl) {
-            i64 g0 = (i64)ids[s] * down.rows + r;
-            float p0, p1;
-            dot2r_q2_k(down, g0, two ? g0 + 1 : g0, mq + (i64)s * 3 * cols, md + (i64)s * (cols / 32),
-                       &p0, &p1);
-            a0 += p0;
-            a1 += p1;
-        }
-    }
-    warp_sum2(&a0, &a1);
-    if (lane == 0) {
-        part[warp][0] = a0;
-        part[warp][1] = a1;
-    }
-    __syncthreads();
-    if (lane == 0 && sl == 0 && r < down.rows) {
-        float b0 = part[warp][0], b1 = part[warp][1];
-        for (int j = 1; j < kspl; j++) {
-            b0 += part[warp + j][0];
-            b1 += part[warp + j][1];
-        }
-        y[r] = b0;
-        if (two) y[r + 1] = b1;
-    }
-}
 
 // Up to MVN_MAX products of one activation row in one launch (`mvn_*`): job j is weight w[j]
 // into y[j], its rows split over kspl[j] warps as MV_KERNEL would, in blocks
@@ -892,9 +727,6 @@ GU_KERNEL(gu_iq2_xxs, dot2_iq2_xxs, DECLARE_IQ2_TABLES)
 GU_KERNEL(gu_f16, dot2_f16, NO_TABLES)
 GU_KERNEL(gu_f32, dot2_f32, NO_TABLES)
 GU_KERNEL(gu_deq, dot2_deq, NO_TABLES)
-
-GK_KERNEL(gk_q8_0, q8_0_x, q8_0_part, NO_TABLES)
-GK_KERNEL(gk_iq2_xxs, iq2_xxs_x, iq2_xxs_part, DECLARE_IQ2_TABLES)
 
 DN_KERNEL(dn_q8_0, dot_q8_0, NO_TABLES)
 DN_KERNEL(dn_q2_k, dot_q2_k, NO_TABLES)

@@ -134,13 +134,6 @@ pub struct CudaOptions {
     /// Warps that share one output row of the routed experts' down product in decode, each
     /// taking every n-th expert slot (`DS4_CUDA_DN_SPLIT`, default 2; 1 is a warp per row).
     pub down_split: usize,
-    /// Warps that share one row index of the routed experts' gate and up in decode, where all
-    /// the selected experts' rows of that index are one warp's (`gk_*`; `DS4_CUDA_GK_SPLIT`,
-    /// default 2; 0 runs the per-slot `gu_*` kernels instead).
-    pub gate_split: usize,
-    /// Output rows per warp of the routed experts' Q2_K down product in decode (`dn2_q2_k`
-    /// shares each activation load between two; `DS4_CUDA_DN_ROWS`, default 2, or 1).
-    pub down_rows: usize,
     /// The sublayer boundary of few rows as one `hc_step` launch (`DS4_CUDA_HC_STEP=0` runs
     /// hc_post, hc_mix, hc_pre_finish and rms_norm instead).
     pub hc_step: bool,
@@ -157,14 +150,6 @@ impl Default for CudaOptions {
             tensor_core_attention: std::env::var("DS4_CUDA_ATT_MMA").map_or(true, |v| v != "0"),
             dependent_launch: std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
             down_split: std::env::var("DS4_CUDA_DN_SPLIT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-            gate_split: std::env::var("DS4_CUDA_GK_SPLIT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-            down_rows: std::env::var("DS4_CUDA_DN_ROWS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
@@ -240,8 +225,7 @@ impl NormPlanes {
 fn keeps_norm_planes(name: &str) -> bool {
     name.starts_with("mv")
         || name.starts_with("gu_")
-        || name.starts_with("dn")
-        || name.starts_with("gk_")
+        || name.starts_with("dn_")
         || matches!(name, "quant_q8" | "route")
 }
 
@@ -412,14 +396,6 @@ impl CudaBackend {
 
     pub(crate) fn opts_down_split(&self) -> usize {
         self.opts.down_split
-    }
-
-    pub(crate) fn opts_gate_split(&self) -> usize {
-        self.opts.gate_split
-    }
-
-    pub(crate) fn opts_down_rows(&self) -> usize {
-        self.opts.down_rows
     }
 
     pub(crate) fn opts_hc_step(&self) -> bool {

@@ -33,8 +33,6 @@ pub(crate) fn kname(fam: &str, ty: GgmlType) -> BResult<&'static str> {
         ("gu", T::IQ2_XXS) => "gu_iq2_xxs",
         ("gu", T::F16) => "gu_f16",
         ("gu", T::F32) => "gu_f32",
-        ("gk", T::Q8_0) => "gk_q8_0",
-        ("gk", T::IQ2_XXS) => "gk_iq2_xxs",
         ("dn", T::Q8_0) => "dn_q8_0",
         ("dn", T::Q2_K) => "dn_q2_k",
         ("dn", T::Q4_K) => "dn_q4_k",

@@ -19,8 +19,6 @@ const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
 /// Weight rows and slots of one block of the tensor-core expert kernel (MQ_ROWS, MQ_TOK).
 const MQ_ROWS: usize = 64;
 const MQ_TOK: usize = 64;
-/// Slots the one-warp-per-row-index gate/up kernels hold (GK_SLOTS in kernels/matmul.cu).
-const GK_SLOTS: usize = 8;
 /// Experts group_slots can count (MQ_MAX_EXPERTS in kernels/mmq.cu).
 const MQ_MAX_EXPERTS: usize = 1024;
 
@@ -286,32 +284,16 @@ impl CudaBackend {
             let mark = self.arena.mark();
             let mid = self.scratch(k * ff * 4)?;
             let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
-            // Every slot's rows of one index in one warp (gk_*: the activation loaded once for
-            // all of them) where the type has that kernel; else a warp per slot and row.
-            let gk = self.opts_gate_split().clamp(0, 8);
-            if gk > 0 && k <= GK_SLOTS && matches!(gate.ty, GgmlType::IQ2_XXS | GgmlType::Q8_0) {
-                let ks = gk.next_power_of_two().min((gate.cols / 512).max(1));
-                let grid = (ff.div_ceil(8 / ks) as u32, 1, 1);
-                let (k_i, ks_i) = (k as i32, ks as i32);
-                self.launch(
-                    kname("gk", gate.ty)?,
-                    grid,
-                    256,
-                    0,
-                    &mut kargs![&gw, &uw, &xq, &xd, &ip, &wp, &k_i, &clamp, &mid, &ks_i],
-                )?;
-            } else {
-                let rpw = rows_per_warp(gate.cols, ff);
-                let grid = (ff.div_ceil(8 * rpw) as u32, k as u32, 1);
-                let rp = rpw as i32;
-                self.launch(
-                    kname("gu", gate.ty)?,
-                    grid,
-                    256,
-                    0,
-                    &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
-                )?;
-            }
+            let rpw = rows_per_warp(gate.cols, ff);
+            let grid = (ff.div_ceil(8 * rpw) as u32, k as u32, 1);
+            let rp = rpw as i32;
+            self.launch(
+                kname("gu", gate.ty)?,
+                grid,
+                256,
+                0,
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
+            )?;
             let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
             // Warps per output row (DS4_CUDA_DN_SPLIT): a power of two ≤ 8, each warp taking
             // every kspl-th slot.
@@ -320,16 +302,10 @@ impl CudaBackend {
                 .clamp(1, 8)
                 .next_power_of_two()
                 .min(k.max(1).next_power_of_two());
-            // Q2_K: two output rows a warp (dn2_q2_k, DS4_CUDA_DN_ROWS=1 for one).
-            let (name, rows) = if down.ty == GgmlType::Q2_K && self.opts_down_rows() == 2 {
-                ("dn2_q2_k", 2)
-            } else {
-                (kname("dn", down.ty)?, 1)
-            };
-            let grid = (e.div_ceil(rows * 8 / kspl) as u32, 1, 1);
+            let grid = (e.div_ceil(8 / kspl) as u32, 1, 1);
             let (k_i, ks) = (k as i32, kspl as i32);
             self.launch(
-                name,
+                kname("dn", down.ty)?,
                 grid,
                 256,
                 0,
