@@ -50,26 +50,50 @@ extern "C" __global__ void row_sumsq(const float* x, int stride, int cols, float
 }
 
 // Fills mix[0..n_mix) of row t from its S partial slices: the flat RMSNorm scale times the
-// summed dots. One warp per value, lane l summing slices l, l + 32, … (in that order), so the
-// slice loads are issued together. Block-cooperative; ends with a barrier.
+// summed dots. One warp per value, lane l summing slices l, l + 32, … (in that order); a warp's
+// first HC_MIX_PER_WARP values and (warp 0) the sum of squares are gathered in one pass, so all
+// their slice loads are in flight together (one L2 round trip, not one per value). Block-
+// cooperative; ends with a barrier.
+#define HC_MIX_PER_WARP 4
 __device__ void hc_mix_value(const float* part, int t, int S, int n_mix, int width, float eps,
                              float* mix) {
     // Read through L2 (__ldcg): in hc_step the slices come from other blocks of the same launch.
     const float* p = part + (i64)t * S * (n_mix + 1);
     __shared__ float scale_sh;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float a[HC_MIX_PER_WARP];
+#pragma unroll
+    for (int j = 0; j < HC_MIX_PER_WARP; j++) a[j] = 0.0f;
+    double ss = 0.0;
+    for (int k = lane; k < S; k += 32) {
+        const float* pk = p + k * (n_mix + 1);
+#pragma unroll
+        for (int j = 0; j < HC_MIX_PER_WARP; j++) {
+            int i = warp + j * nw;
+            if (i < n_mix) a[j] += __ldcg(pk + i);
+        }
+        if (warp == 0) ss += (double)__ldcg(pk + n_mix);
+    }
     if (warp == 0) {
-        double ss = 0.0;
-        for (int k = lane; k < S; k += 32) ss += (double)__ldcg(p + k * (n_mix + 1) + n_mix);
         ss = warp_sum_d(ss);
         if (lane == 0) scale_sh = rms_scale(ss, width, eps);
     }
+#pragma unroll
+    for (int j = 0; j < HC_MIX_PER_WARP; j++) a[j] = warp_sum(a[j]);
     __syncthreads();
-    for (int i = warp; i < n_mix; i += nw) {
-        float a = 0.0f;
-        for (int k = lane; k < S; k += 32) a += __ldcg(p + k * (n_mix + 1) + i);
-        a = warp_sum(a);
-        if (lane == 0) mix[i] = a * scale_sh;
+    if (lane == 0) {
+#pragma unroll
+        for (int j = 0; j < HC_MIX_PER_WARP; j++) {
+            int i = warp + j * nw;
+            if (i < n_mix) mix[i] = a[j] * scale_sh;
+        }
+    }
+    // Mixes wider than HC_MIX_PER_WARP values a warp (not the model's).
+    for (int i = warp + HC_MIX_PER_WARP * nw; i < n_mix; i += nw) {
+        float b = 0.0f;
+        for (int k = lane; k < S; k += 32) b += __ldcg(p + k * (n_mix + 1) + i);
+        b = warp_sum(b);
+        if (lane == 0) mix[i] = b * scale_sh;
     }
     __syncthreads();
 }
