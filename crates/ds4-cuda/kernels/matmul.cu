@@ -218,17 +218,8 @@ __device__ __forceinline__ int ld_i32s(const i8* p) { return *(const int*)p; }
 
 // The IQ2_XXS grid, copied into shared memory by the kernels that need it (the sign table is
 // computed: ksigns below).
-// IQ2_SIGN_TAB 1 (DS4_CUDA_IQ2_SIGN_TAB=1, an A/B switch): the 128 sign patterns as byte masks
-// in shared memory too, one lookup per 8 weights instead of the popcount and the bit spreading
-// (the same weights).
-#ifndef IQ2_SIGN_TAB
-#define IQ2_SIGN_TAB 0
-#endif
 struct IqTab {
     u64 grid[256];
-#if IQ2_SIGN_TAB
-    u64 smask[128];
-#endif
 };
 
 // The three stages' integer dot of one 16-weight Q8_0 chunk `wv` with its activation `xv`,
@@ -368,16 +359,9 @@ __device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int u, cons
     for (int kk = 0; kk < 2; kk++) {
         int k = 2 * h + kk;
         u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
-#if IQ2_SIGN_TAB
-        u64 sm = tab->smask[(a1 >> (7 * k)) & 127u];
-        u32 m0 = (u32)sm, m1 = (u32)(sm >> 32);
-        wq[2 * kk] = (int)(((u32)g ^ m0) + (m0 & 0x01010101u));
-        wq[2 * kk + 1] = (int)(((u32)(g >> 32) ^ m1) + (m1 & 0x01010101u));
-#else
         u32 sg = ksigns((a1 >> (7 * k)) & 127u);
         wq[2 * kk] = signed4((u32)g, sg);
         wq[2 * kk + 1] = signed4((u32)(g >> 32), sg >> 4);
-#endif
     }
     int st[3];
 #pragma unroll
@@ -539,23 +523,9 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
 
 #define MV_WARPS 8
 
-#if IQ2_SIGN_TAB
-// Byte j of smask[i] is 0xff where ksigns(i) has bit j set.
-#define FILL_SIGN_MASKS                                                                     \
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) {                                   \
-        u32 sg = ksigns((u32)i);                                                            \
-        u64 mk = 0;                                                                         \
-        for (int j = 0; j < 8; j++)                                                         \
-            if ((sg >> j) & 1u) mk |= 0xffull << (8 * j);                                   \
-        sh_tab.smask[i] = mk;                                                               \
-    }
-#else
-#define FILL_SIGN_MASKS
-#endif
 #define DECLARE_IQ2_TABLES                                                                  \
     __shared__ IqTab sh_tab;                                                                \
     for (int i = threadIdx.x; i < 256; i += blockDim.x) sh_tab.grid[i] = iq2xxs_grid[i];    \
-    FILL_SIGN_MASKS                                                                         \
     __syncthreads();                                                                        \
     const IqTab* tab = &sh_tab;
 

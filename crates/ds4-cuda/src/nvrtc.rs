@@ -117,11 +117,6 @@ pub fn source() -> String {
     {
         s.push_str(&format!("#define DOT_BATCH {n}\n"));
     }
-    // DS4_CUDA_IQ2_SIGN_TAB=1: the IQ2_XXS sign patterns of the fast dots as a shared-memory
-    // mask table (matmul.cu IQ2_SIGN_TAB), for A/B runs on the device.
-    if std::env::var("DS4_CUDA_IQ2_SIGN_TAB").is_ok_and(|v| v == "1") {
-        s.push_str("#define IQ2_SIGN_TAB 1\n");
-    }
     for (name, text) in FILES {
         s.push_str(&format!("// ---- {name}\n"));
         s.push_str(text);
