@@ -215,9 +215,9 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
 // `fn`, so that 64 blocks share its 0.8 MB), and the block writes its mix slice (hc_mix's
 // `part` layout); the last block of a row to finish (a ticket in tickets[t], which it resets)
 // sums the slices and does the rest for the whole row, every thread holding 16 columns in
-// registers (e a multiple of 1024, at most HC_STEP_MAXE), Sinkhorn last in warp 0. `mix` holds
-// this sublayer's gates on entry (read by every block before it takes its ticket) and the
-// next one's on return.
+// registers (e a multiple of 128 — whole warps of float4 groups — and at most HC_STEP_MAXE),
+// Sinkhorn last in warp 0. `mix` holds this sublayer's gates on entry (read by every block
+// before it takes its ticket) and the next one's on return.
 extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix, int e,
                                    float* out, DW fn, float* part, const float* scale3,
                                    const float* base, int iters, float eps, float rms_eps,
@@ -280,7 +280,7 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
     __syncthreads();
     // The weighted stream sum of 4 consecutive columns per group (the other blocks' columns
     // through L2), all 16 loads of a thread issued before any is used; then its RMSNorm.
-    const int ng = 4;
+    const int ng = HC_STEP_MAXE / (4 * HC_STEP_THREADS);
     float4 hv[ng];
     double ss2 = 0.0;
     {

@@ -129,7 +129,8 @@ impl CudaBackend {
     }
 
     /// hc_post into `out`, hc_pre of `out` with `w` into `h`, and the RMSNorm of `h` with
-    /// `norm`: for fewer rows than a chunk (or precise) one `hc_step` launch, else the three
+    /// `norm`: one `hc_step` launch for fewer than GEMM_ROWS rows in the fast mode, or for any
+    /// chunk the ticket buffer covers in the precise mode (and widths it takes); else the three
     /// operations as they are.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn op_hc_post_pre(
