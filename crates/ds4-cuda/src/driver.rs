@@ -38,6 +38,8 @@ pub(crate) struct Device {
     pub name: String,
     pub cc: (i32, i32),
     pub smem_optin: i32,
+    /// Streaming multiprocessors (the grid of the kernels that stay resident).
+    pub sm_count: i32,
     /// Launch kernels with programmatic stream serialization (see `launch`).
     pub pdl: bool,
 }
@@ -88,12 +90,14 @@ impl Device {
                 dev,
                 A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )?;
+            let sm_count = attr(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
             Ok(Device {
                 ctx,
                 stream,
                 name,
                 cc,
                 smem_optin,
+                sm_count,
                 pdl: false,
             })
         }

@@ -137,6 +137,10 @@ pub struct CudaOptions {
     /// The sublayer boundary of few rows as one `hc_step` launch (`DS4_CUDA_HC_STEP=0` runs
     /// hc_post, hc_mix, hc_pre_finish and rms_norm instead).
     pub hc_step: bool,
+    /// One-row Q8_0 products of at least this many rows run as resident warps that pipeline
+    /// their rows (`mvp_q8_0`); default 4096, where `mv_q8_0` gives each row one warp.
+    /// `DS4_CUDA_MVP=0` never does (always `mv_q8_0`, one block lifetime a row group).
+    pub mvp_min_rows: usize,
 }
 
 impl Default for CudaOptions {
@@ -154,6 +158,11 @@ impl Default for CudaOptions {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
             hc_step: std::env::var("DS4_CUDA_HC_STEP").map_or(true, |v| v != "0"),
+            mvp_min_rows: if std::env::var("DS4_CUDA_MVP").is_ok_and(|v| v == "0") {
+                usize::MAX
+            } else {
+                4096
+            },
         }
     }
 }
@@ -400,6 +409,14 @@ impl CudaBackend {
 
     pub(crate) fn opts_hc_step(&self) -> bool {
         self.opts.hc_step
+    }
+
+    pub(crate) fn opts_mvp_min_rows(&self) -> usize {
+        self.opts.mvp_min_rows
+    }
+
+    pub(crate) fn sm_count(&self) -> usize {
+        self.dev.sm_count.max(1) as usize
     }
 
     /// The device's name.

@@ -32,6 +32,7 @@ pub const KERNELS: &[&str] = &[
     "mm_f32",
     "quant_q8",
     "mv_q8_0",
+    "mvp_q8_0",
     "mv_q2_k",
     "mv_q4_k",
     "mv_iq2_xxs",

@@ -1205,3 +1205,83 @@ fn decode_fusions_on_and_off_match_cpu() {
         }
     }
 }
+
+/// The row-pipelined Q8_0 product (`mvp_q8_0`, forced onto every one-row Q8_0 product here;
+/// the engine runs it from 4096 rows) against the CPU, plain, grouped and accumulating, and
+/// against `mv_q8_0` on the same backend build (their sums differ only where mv_q8_0 splits a
+/// row over several warps).
+#[test]
+fn row_pipelined_q8_0_matches_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let m = tiny(ExpertRecipe::Q2, 4);
+    let Some(plain) = gpu(&m) else { return };
+    let forced = CudaBackend::new(
+        &m,
+        &CudaOptions {
+            mvp_min_rows: 1,
+            ..test_opts()
+        },
+    )
+    .expect("CUDA backend");
+    let c = CpuBackend::new(m.file.clone());
+    let l = &m.weights.layers[2];
+    let mut checked = 0;
+    for w in [
+        &l.attn_q_a,
+        &l.attn_q_b,
+        &l.attn_kv,
+        &l.attn_output_b,
+        &l.ffn_gate_shexp,
+        &l.ffn_down_shexp,
+        &m.weights.output,
+    ] {
+        if w.ty != GgmlType::Q8_0 {
+            continue;
+        }
+        checked += 1;
+        let x = rand_vec(&mut rng, w.cols, 1.0);
+        let y0 = rand_vec(&mut rng, w.rows, 1.0);
+        let mut yc = c.alloc(1, w.rows, DType::F32).unwrap();
+        c.matmul(w, &put(&c, 1, w.cols, &x), &mut yc, precise())
+            .unwrap();
+        let want = get(&c, &yc);
+        let want_add: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
+        let mut outs = Vec::new();
+        for g in [&forced, &plain] {
+            g.begin().unwrap();
+            let mut yg = g.alloc(1, w.rows, DType::F32).unwrap();
+            g.matmul(w, &put(g, 1, w.cols, &x), &mut yg, fast())
+                .unwrap();
+            let got = get(g, &yg);
+            let er = norm_rel(&got, &want);
+            assert!(er <= Q8_NORM, "{}: {er:e}", w.name);
+            // y += W·x: the accumulating launch (beta).
+            let mut acc = put(g, 1, w.rows, &y0);
+            let mut tmp = g.alloc(1, w.rows, DType::F32).unwrap();
+            g.matmul_add(w, &put(g, 1, w.cols, &x), &mut tmp, &mut acc, fast())
+                .unwrap();
+            let er = norm_rel(&get(g, &acc), &want_add);
+            assert!(er <= Q8_NORM, "{} accumulated: {er:e}", w.name);
+            outs.push(got);
+        }
+        let er = max_rel(&outs[0], &outs[1]);
+        assert!(er <= 1e-6, "{} mvp vs mv: {er:e}", w.name);
+    }
+    assert!(checked >= 4, "only {checked} Q8_0 matrices in the fixture");
+    // The grouped output projection (rows in groups, each its own activation slice).
+    let w = &l.attn_output_a;
+    let groups = m.config.o_groups;
+    let x = rand_vec(&mut rng, groups * w.cols, 1.0);
+    let mut yc = c.alloc(1, w.rows, DType::F32).unwrap();
+    let xc = put(&c, 1, groups * w.cols, &x);
+    c.matmul_grouped(w, groups, &xc, &mut yc, precise())
+        .unwrap();
+    forced.begin().unwrap();
+    let mut yg = forced.alloc(1, w.rows, DType::F32).unwrap();
+    let xg = put(&forced, 1, groups * w.cols, &x);
+    forced
+        .matmul_grouped(w, groups, &xg, &mut yg, fast())
+        .unwrap();
+    let er = norm_rel(&get(&forced, &yg), &get(&c, &yc));
+    assert!(er <= Q8_NORM, "grouped: {er:e}");
+}

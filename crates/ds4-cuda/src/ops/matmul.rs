@@ -78,6 +78,14 @@ fn mv_split(rows: usize, cols: usize) -> usize {
         .min((cols / 256).max(1).next_power_of_two())
 }
 
+/// Resident blocks an SM of `mvp_q8_0` (4 of 2, 4, 6, 8 was fastest on the H200's q_b, o_a,
+/// o_b and shared-expert down shapes: tools/device/mv-lab.cu).
+const MVP_BLOCKS_PER_SM: usize = 4;
+
+/// Rows above which `mv_q8_0` stays faster than `mvp_q8_0` (the 129,280-row output head:
+/// 137 against 157 µs in the lab, where a grid of one block per 8 rows keeps more in flight).
+const MVP_MAX_ROWS: usize = 65536;
+
 /// Products per `mvn_*` launch (MVN_MAX).
 const MVN_MAX: usize = 4;
 
@@ -274,8 +282,21 @@ impl CudaBackend {
         let (xq, xd) = self.quant_q8(ty, x, cols, cols, groups)?;
         let rows = w.rows as usize;
         let kspl = mv_split(rows, cols);
-        let grid = rows.div_ceil(MV_WARPS / kspl) as u32;
         let (m, rpg, ks, b) = (mat as i32, rows_per_group as i32, kspl as i32, beta as i32);
+        let pipelined = (self.opts_mvp_min_rows()..=MVP_MAX_ROWS).contains(&rows);
+        if ty == GgmlType::Q8_0 && pipelined {
+            let grid = (MVP_BLOCKS_PER_SM * self.sm_count()).min(rows.div_ceil(MV_WARPS));
+            self.launch(
+                "mvp_q8_0",
+                (grid as u32, 1, 1),
+                256,
+                0,
+                &mut kargs![&w, &m, &xq, &xd, &rpg, &y, &b],
+            )?;
+            self.arena.release(mark);
+            return Ok(());
+        }
+        let grid = rows.div_ceil(MV_WARPS / kspl) as u32;
         self.launch(
             kname("mv", ty)?,
             (grid, 1, 1),
