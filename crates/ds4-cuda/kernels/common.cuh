@@ -149,14 +149,6 @@ __device__ __forceinline__ void grid_dep_sync() {
 #endif
 }
 
-// Asks L2 to fetch `bytes` (a multiple of 16, from a 16-byte aligned address) for a later
-// reader; no register waits for them. sm_90 and newer; elsewhere and under the emulator nothing.
-__device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
-#if !defined(DS4_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 // c += A·B on the tensor cores for one warp: A 16×16 f16 (row-major), B 16×8 f16 (column-major),
 // c 16×8 f32 — PTX `mma.m16n8k16.row.col.f32.f16.f16.f32`. With g = lane / 4, t = lane % 4:
 // a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][8+2t..], a[3] = A[g+8][8+2t..];

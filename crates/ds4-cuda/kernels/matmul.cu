@@ -205,11 +205,12 @@ extern "C" __global__ void mm_f32(DW w, int mat, int r0, int rows, const float* 
 // dp4a speed (the storage simulations of the default precision amplify any larger error).
 #define Q8_STAGE 254.0f
 
-// Activation stages the IQ2_XXS, Q2_K and Q4_K row dots use (the routed experts' types): 3,
-// or 2 for A/B runs (DS4_CUDA_EXPERT_STAGES=2 at compile time: ~2^-16 of a block's largest
-// value instead of ~2^-24, fewer instructions in those instruction-bound dots).
+// Activation stages the IQ2_XXS, Q2_K and Q4_K row dots use (the routed experts' types): 2,
+// exact to ~2^-16 of a block's largest value instead of ~2^-24 — still far finer than the
+// 2-bit weights — with a third fewer dp4a and activation loads in these instruction-bound
+// dots (decode +3.5 % on the H200); DS4_CUDA_EXPERT_STAGES=3 compiles them with all three.
 #ifndef EXPERT_STAGES
-#define EXPERT_STAGES 3
+#define EXPERT_STAGES 2
 #endif
 
 // The three stages' integer sums folded into one float.
@@ -530,45 +531,6 @@ __device__ __forceinline__ float dot_deq(const DW& w, i64 grow, const i8* xq, co
 
 #define MV_WARPS 8
 
-// Early weight prefetch of the decode products: weights never depend on the kernel ahead, so
-// a block asks L2 for the weight rows it reads first before it waits for that kernel
-// (grid_dep_sync), and their DRAM latency overlaps the predecessor's tail instead of following
-// it (programmatic dependent launch schedules the block while the predecessor still runs).
-// 0 turns it off (DS4_CUDA_EARLY_PREFETCH=0 at compile time).
-#ifndef EARLY_PREFETCH
-#define EARLY_PREFETCH 1
-#endif
-
-// Both planes of global row `grow` of w into L2, where they are whole 16-byte units.
-__device__ __forceinline__ void prefetch_row(const DW& w, i64 grow) {
-    i64 ab = plane_row_bytes(w.ty, w.cols);
-    const u8* a = w.a + grow * ab;
-    if ((ab & 15) == 0 && ((u64)a & 15) == 0) prefetch_l2(a, (u32)ab);
-    i64 bb = w.ty == TY_Q8_0 ? (i64)(w.cols / 32) * 2 : w.ty == TY_IQ2_XXS ? (i64)(w.cols / 256) * 2 : 0;
-    const u8* b = w.b + grow * bb;
-    if (bb > 0 && (bb & 15) == 0 && ((u64)b & 15) == 0) prefetch_l2(b, (u32)bb);
-}
-
-// grid_dep_sync() after asking L2 for rows r0 .. r0 + n − 1 (those below w.rows) of matrix
-// `mat` of w, a row a thread. Before the wait it reads only its arguments and the weights.
-__device__ __forceinline__ void grid_dep_sync_rows(const DW& w, int mat, int r0, int n) {
-    int r = r0 + (int)threadIdx.x;
-    if (EARLY_PREFETCH && (int)threadIdx.x < n && r < w.rows) prefetch_row(w, (i64)mat * w.rows + r);
-    grid_dep_sync();
-}
-
-// grid_dep_sync() after asking L2 for rows r0 .. r0 + n − 1 of gate and up when they are one
-// matrix each (ids null: the shared expert); routed experts' rows are known only after the
-// wait, from the router's ids.
-__device__ __forceinline__ void grid_dep_sync_pair(const DW& g, const DW& u, const int* ids, int r0, int n) {
-    int r = r0 + (int)threadIdx.x;
-    if (EARLY_PREFETCH && !ids && (int)threadIdx.x < n && r < g.rows) {
-        prefetch_row(g, r);
-        prefetch_row(u, r);
-    }
-    grid_dep_sync();
-}
-
 #define DECLARE_IQ2_TABLES                                                                  \
     __shared__ IqTab sh_tab;                                                                \
     for (int i = threadIdx.x; i < 256; i += blockDim.x) sh_tab.grid[i] = iq2xxs_grid[i];    \
@@ -635,7 +597,7 @@ __device__ __forceinline__ bool mv_row_sum(float v, float* part, int kspl, float
     extern "C" __global__ void NAME(DW w, int mat, const float* x, const i8* xq,              \
                                     const float* xd, int rows_per_group, float* y, int kspl, \
                                     int beta) {                                              \
-        grid_dep_sync_rows(w, mat, blockIdx.x * (MV_WARPS / kspl), MV_WARPS / kspl);          \
+        grid_dep_sync();                                                                      \
         TABLES                                                                                \
         __shared__ float part[MV_WARPS];                                                     \
         int warp = threadIdx.x >> 5;                                                         \
@@ -674,7 +636,7 @@ DOT2_OF(dot2_deq, dot_deq)
     extern "C" __global__ void NAME(DW gate, DW up, const float* x, const i8* xq,             \
                                     const float* xd, const int* ids, const float* wts,       \
                                     float clamp, float* mid, int rpw) {                      \
-        grid_dep_sync_pair(gate, up, ids, blockIdx.x * MV_WARPS * rpw, MV_WARPS * rpw);       \
+        grid_dep_sync();                                                                      \
         TABLES                                                                                \
         int s = blockIdx.y;                                                                  \
         int e = ids ? ids[s] : 0;                                                            \
@@ -744,15 +706,9 @@ __device__ __forceinline__ int mvn_job(const MvJobs& jobs, int b) {
     return j;
 }
 
-// grid_dep_sync() after asking L2 for the block's rows of its job.
-__device__ __forceinline__ void grid_dep_sync_jobs(const MvJobs& jobs) {
-    int j = mvn_job(jobs, blockIdx.x), rpb = MV_WARPS / jobs.kspl[j];
-    grid_dep_sync_rows(jobs.w[j], 0, ((int)blockIdx.x - jobs.first_block[j]) * rpb, rpb);
-}
-
 #define MVN_KERNEL(NAME, DOT, TABLES)                                                         \
     extern "C" __global__ void NAME(MvJobs jobs, const float* x, const i8* xq, const float* xd) { \
-        grid_dep_sync_jobs(jobs);                                                             \
+        grid_dep_sync();                                                                      \
         TABLES                                                                                \
         __shared__ float part[MV_WARPS];                                                      \
         int j = mvn_job(jobs, blockIdx.x);                                                    \
@@ -793,7 +749,7 @@ __device__ __forceinline__ void mvp_load(const DW& w, i64 grow, int ss, int4* wv
 // 1024: 21 → 13 µs in tools/device/mv-lab.cu).
 extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd, int rows_per_group,
                                     float* y, int beta) {
-    grid_dep_sync_rows(w, mat, blockIdx.x * (blockDim.x >> 5), blockDim.x >> 5);
+    grid_dep_sync();
     int lane = threadIdx.x & 31;
     int nw = gridDim.x * (blockDim.x >> 5);
     int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

@@ -118,15 +118,10 @@ pub fn source() -> String {
     {
         s.push_str(&format!("#define DOT_BATCH {n}\n"));
     }
-    // DS4_CUDA_EARLY_PREFETCH=0: the decode products do not ask L2 for their first weight rows
-    // before waiting for the kernel ahead (matmul.cu EARLY_PREFETCH), for A/B runs.
-    if std::env::var("DS4_CUDA_EARLY_PREFETCH").is_ok_and(|v| v == "0") {
-        s.push_str("#define EARLY_PREFETCH 0\n");
-    }
-    // DS4_CUDA_EXPERT_STAGES=2: two activation stages in the routed experts' row dots instead
-    // of three (matmul.cu EXPERT_STAGES), for A/B runs.
-    if std::env::var("DS4_CUDA_EXPERT_STAGES").is_ok_and(|v| v == "2") {
-        s.push_str("#define EXPERT_STAGES 2\n");
+    // DS4_CUDA_EXPERT_STAGES=3: all three activation stages in the routed experts' row dots
+    // (matmul.cu EXPERT_STAGES, 2 by default), for A/B runs.
+    if std::env::var("DS4_CUDA_EXPERT_STAGES").is_ok_and(|v| v == "3") {
+        s.push_str("#define EXPERT_STAGES 3\n");
     }
     for (name, text) in FILES {
         s.push_str(&format!("// ---- {name}\n"));

@@ -64,18 +64,9 @@ fn every_kernel_begins_with_grid_dep_sync() {
             .split(';')
             .next()
             .unwrap_or("");
-        // grid_dep_sync_rows/_pair/_jobs (kernels/matmul.cu) ask L2 for weight rows first,
-        // which never depend on the kernel ahead, then call grid_dep_sync().
-        let first = first.trim();
-        assert!(
-            first == "grid_dep_sync()"
-                || [
-                    "grid_dep_sync_rows(",
-                    "grid_dep_sync_pair(",
-                    "grid_dep_sync_jobs("
-                ]
-                .iter()
-                .any(|p| first.starts_with(p)),
+        assert_eq!(
+            first.trim(),
+            "grid_dep_sync()",
             "kernel `{name}` does not begin with grid_dep_sync()"
         );
         seen += 1;
