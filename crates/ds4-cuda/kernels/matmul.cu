@@ -406,11 +406,11 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
 #define DOT2_FUSED(NAME, XLOAD, PART)                                                         \
     __device__ __forceinline__ void NAME(const DW& g, const DW& u, i64 grow, const i8* xq,   \
                                          const float* xd, const float* xf, const IqTab* tab,  \
-                                         float* gv, float* uv) {                              \
+                                         int l0, int ls, float* gv, float* uv) {              \
         int lane = threadIdx.x & 31;                                                          \
         float ga = 0.0f, ua = 0.0f;                                                           \
         _Pragma("unroll 4")                                                                   \
-        for (int c = lane; c < g.cols / 16; c += 32) {                                        \
+        for (int c = lane + l0; c < g.cols / 16; c += ls) {                                   \
             int4 xv[3];                                                                       \
             XLOAD(xq, g.cols, c, xv);                                                         \
             float dx = xd[c >> 1];                                                            \
@@ -620,9 +620,9 @@ __device__ __forceinline__ bool mv_row_sum(float v, float* part, int kspl, float
 #define DOT2_OF(NAME, DOT)                                                                    \
     __device__ __forceinline__ void NAME(const DW& g, const DW& u, i64 grow, const i8* xq,   \
                                          const float* xd, const float* xf, const IqTab* tab,  \
-                                         float* gv, float* uv) {                              \
-        *gv = DOT(g, grow, xq, xd, xf, tab, 0, 32);                                           \
-        *uv = DOT(u, grow, xq, xd, xf, tab, 0, 32);                                           \
+                                         int l0, int ls, float* gv, float* uv) {              \
+        *gv = DOT(g, grow, xq, xd, xf, tab, l0, ls);                                          \
+        *uv = DOT(u, grow, xq, xd, xf, tab, l0, ls);                                          \
     }
 DOT2_OF(dot2_q2_k, dot_q2_k)
 DOT2_OF(dot2_q4_k, dot_q4_k)
@@ -632,27 +632,41 @@ DOT2_OF(dot2_deq, dot_deq)
 
 // mid[s][r] = silu(min(G_e·x, c)) · clamp(U_e·x, −c, c) · wt_s for slot s = blockIdx.y with
 // expert e = ids[s] (ids null: matrix 0, weight 1), r < gate.rows (spec §2.5 steps 5–6).
+// `kspl` (1, 2, 4 or 8) warps share a row, each taking every kspl-th chunk of it, so that a
+// single matrix pair (the shared expert: 2048 rows) still puts enough warps on the device;
+// their partial sums meet in shared memory in warp order (kspl = 1: the one-warp sums).
 #define GU_KERNEL(NAME, DOT2, TABLES)                                                         \
     extern "C" __global__ void NAME(DW gate, DW up, const float* x, const i8* xq,             \
                                     const float* xd, const int* ids, const float* wts,       \
-                                    float clamp, float* mid, int rpw) {                      \
+                                    float clamp, float* mid, int kspl) {                     \
         grid_dep_sync();                                                                      \
         TABLES                                                                                \
+        __shared__ float pg[MV_WARPS], pu[MV_WARPS];                                          \
         int s = blockIdx.y;                                                                  \
         int e = ids ? ids[s] : 0;                                                            \
         float wt = ids ? wts[s] : 1.0f;                                                      \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
-        for (int k = 0; k < rpw; k++) {                                                      \
-            int r = blockIdx.x * MV_WARPS * rpw + warp * rpw + k;                            \
-            if (r >= gate.rows) break;                                                        \
-            i64 grow = (i64)e * gate.rows + r;                                                \
-            float gv, uv;                                                                     \
-            DOT2(gate, up, grow, xq, xd, x, tab, &gv, &uv);                                   \
-            warp_sum2(&gv, &uv);                                                              \
+        int r = blockIdx.x * (MV_WARPS / kspl) + warp / kspl, sl = warp % kspl;              \
+        float gv = 0.0f, uv = 0.0f;                                                           \
+        if (r < gate.rows)                                                                    \
+            DOT2(gate, up, (i64)e * gate.rows + r, xq, xd, x, tab, 32 * sl, 32 * kspl, &gv, &uv); \
+        warp_sum2(&gv, &uv);                                                                  \
+        if (kspl > 1) {                                                                       \
             if (lane == 0) {                                                                  \
-                float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);     \
-                mid[(i64)s * gate.rows + r] = m * wt;                                         \
+                pg[warp] = gv;                                                                \
+                pu[warp] = uv;                                                                \
             }                                                                                 \
+            __syncthreads();                                                                  \
+            if (lane == 0 && sl == 0) {                                                       \
+                for (int j = 1; j < kspl; j++) {                                              \
+                    gv += pg[warp + j];                                                       \
+                    uv += pu[warp + j];                                                       \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        if (lane == 0 && sl == 0 && r < gate.rows) {                                          \
+            float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);         \
+            mid[(i64)s * gate.rows + r] = m * wt;                                             \
         }                                                                                     \
     }
 

@@ -1297,3 +1297,61 @@ fn row_pipelined_q8_0_matches_cpu() {
     let er = norm_rel(&get(&forced, &yg), &get(&c, &yc));
     assert!(er <= Q8_NORM, "grouped: {er:e}");
 }
+
+/// One-row products whose rows are split over several warps (kspl > 1: matrices of few rows
+/// and at least 512 columns): the shared expert's gate/up pair and the routed experts on a
+/// model 1024 wide, against the CPU. The 256-wide fixtures give every row one warp.
+#[test]
+fn split_row_expert_products_match_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(37);
+    let mut b = Vec::new();
+    generate(&TinySpec {
+        recipe: ExpertRecipe::Q2,
+        layers: 3,
+        hidden: 1024,
+        seed: 8,
+        ..TinySpec::default()
+    })
+    .expect("generate")
+    .write_to(&mut b)
+    .expect("write");
+    let m = Model::from_file(Arc::new(GgufFile::from_bytes(b).expect("parse"))).expect("bind");
+    let Some(g) = gpu(&m) else { return };
+    let c = CpuBackend::new(m.file.clone());
+    let cfg = &m.config;
+    let (e, k) = (cfg.n_embd, cfg.n_expert_used);
+    let l = &m.weights.layers[2];
+    g.begin().unwrap();
+    c.begin().unwrap();
+    let x = rand_vec(&mut rng, e, 1.0);
+    let (xc, xg) = (put(&c, 1, e, &x), put(&g, 1, e, &x));
+    // The shared expert's gate and up with the SwiGLU.
+    let (gs, us) = (&l.ffn_gate_shexp, &l.ffn_up_shexp);
+    let mut mc = c.alloc(1, gs.rows, DType::F32).unwrap();
+    let mut mg = g.alloc(1, gs.rows, DType::F32).unwrap();
+    c.swiglu(gs, us, &xc, 7.0, &mut mc, precise()).unwrap();
+    g.swiglu(gs, us, &xg, 7.0, &mut mg, fast()).unwrap();
+    let er = norm_rel(&get(&g, &mg), &get(&c, &mc));
+    assert!(er <= Q8_NORM, "shared expert swiglu: {er:e}");
+    // The routed experts of one row.
+    let ids: Vec<f32> = (0..k)
+        .map(|i| ((i * 3 + 1) % cfg.n_expert) as f32)
+        .collect();
+    let wts = rand_vec(&mut rng, k, 1.0);
+    let mk_ids = |be: &dyn Backend| {
+        let mut t = be.alloc(1, k, DType::I32).unwrap();
+        be.write(&mut t, &ids).unwrap();
+        t
+    };
+    let (ic, ig) = (mk_ids(&c), mk_ids(&g));
+    let (wc, wg) = (put(&c, 1, k, &wts), put(&g, 1, k, &wts));
+    let mut oc = c.alloc(1, e, DType::F32).unwrap();
+    let mut og = g.alloc(1, e, DType::F32).unwrap();
+    let (gt, up, dn) = (&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps);
+    c.moe_experts(gt, up, dn, &xc, &ic, &wc, 10.0, &mut oc, precise())
+        .unwrap();
+    g.moe_experts(gt, up, dn, &xg, &ig, &wg, 10.0, &mut og, fast())
+        .unwrap();
+    let er = norm_rel(&get(&g, &og), &get(&c, &oc));
+    assert!(er <= EXPERT_NORM_2, "routed experts: {er:e}");
+}

@@ -62,15 +62,9 @@ pub(crate) fn takes_q8(ty: GgmlType) -> bool {
     )
 }
 
-/// Rows per warp of the matrix-vector kernels (the block's rows, 8·rpw, must divide
-/// `rows_per_group`): one, so a launch has as many warps streaming weights as rows.
-pub(crate) fn rows_per_warp(_cols: usize, _rows_per_group: usize) -> usize {
-    1
-}
-
 /// Warps per row of a one-row-per-warp matrix-vector product of `rows` rows of `cols`: enough
 /// warps to fill the device (short matrices), never more than the row has 32-lane chunks for.
-fn mv_split(rows: usize, cols: usize) -> usize {
+pub(crate) fn mv_split(rows: usize, cols: usize) -> usize {
     4096usize
         .div_ceil(rows.max(1))
         .next_power_of_two()

@@ -9,7 +9,7 @@ use ds4::gguf::GgmlType;
 use ds4::model::weights::TensorRef;
 use ds4::model::Numerics;
 
-use super::matmul::{kname, rows_per_warp};
+use super::matmul::{kname, mv_split};
 use super::{blocks, dp, drows, err, want};
 use crate::driver::kargs;
 use crate::CudaBackend;
@@ -174,9 +174,10 @@ impl CudaBackend {
         if num.fast && n == 1 {
             let mark = self.arena.mark();
             let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
-            let rpw = rows_per_warp(gate.cols, ff);
-            let grid = (ff.div_ceil(8 * rpw) as u32, 1, 1);
-            let (zero, one, rp) = (0u64, 0u64, rpw as i32);
+            // Warps per row as for a one-row product of ff rows (2 for the shared expert).
+            let kspl = mv_split(ff, gate.cols);
+            let grid = (ff.div_ceil(8 / kspl) as u32, 1, 1);
+            let (zero, one, rp) = (0u64, 0u64, kspl as i32);
             self.launch(
                 kname("gu", gate.ty)?,
                 grid,
@@ -284,9 +285,10 @@ impl CudaBackend {
             let mark = self.arena.mark();
             let mid = self.scratch(k * ff * 4)?;
             let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
-            let rpw = rows_per_warp(gate.cols, ff);
-            let grid = (ff.div_ceil(8 * rpw) as u32, k as u32, 1);
-            let rp = rpw as i32;
+            // Warps per row as for one product of all k slots' rows (one at 6 × 2048).
+            let kspl = mv_split(k * ff, gate.cols);
+            let grid = (ff.div_ceil(8 / kspl) as u32, k as u32, 1);
+            let rp = kspl as i32;
             self.launch(
                 kname("gu", gate.ty)?,
                 grid,
