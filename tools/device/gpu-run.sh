@@ -7,6 +7,7 @@
 #                      2k and 8k, and a per-kernel profile of decode; ds4 is built meanwhile.
 #   gpu-run.sh bench   ds4-bench --cuda and antirez/ds4's ds4-bench on the same synthetic file
 #                      (decode 2k/8k/32k, prefill 2k/8k), then ds4-server serving a stream.
+#                      $BENCH_AB (VAR=value settings, "-" the defaults): then decode at 2k each.
 #   gpu-run.sh quick   for a short lease (about two minutes of commands): the GPU tests, then on
 #                      the synthetic file ds4-bench at 2k/8k and the A/B runs of the launch
 #                      switches at 2k ($QUICK_AB, space-separated VAR=value), the decode profile, and ds4 at 2k last if its build is done;
@@ -168,6 +169,11 @@ curl -sN localhost:8123/v1/chat/completions -H 'content-type: application/json' 
     -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"stream":true}' > "$OUT/server-stream.txt"
 kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
 DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+# $BENCH_AB (space-separated VAR=value, "-" for the defaults): decode at 2k per setting, in turn.
+for v in ${BENCH_AB:-}; do
+    env ${v/#-/DS4_AB=1} "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ab.csv" > /dev/null 2>&1
+    echo "$v $(tail -n +2 "$OUT/ab.csv")" >> "$OUT/bench-ab.txt"
+done
 # The same prefill with the routed experts on the per-expert split-f16 GEMMs (A/B of mq_experts).
 DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/nomq.csv" > "$OUT/nomq.log" 2>&1
 # Hardware counters of the decode kernels, on a 4-layer file of the same shapes (ncu's kernel
@@ -190,5 +196,6 @@ echo "== synth"; cat "$OUT/synth.txt"
 echo "== ours"; cat "$OUT/ours.csv"; grep -E "ds4-bench|ds4:|error" "$OUT/ours.log"
 echo "== ds4"; cat "$OUT/ds4.csv"; tail -3 "$OUT/ds4.log"
 echo "== ours, DS4_CUDA_MQ=0"; cat "$OUT/nomq.csv"
+if [[ -f "$OUT/bench-ab.txt" ]]; then echo "== A/B at 2k (setting, then the csv row)"; cat "$OUT/bench-ab.txt"; fi
 echo "== server"; grep -c '^data: {' "$OUT/server-stream.txt"; tail -2 "$OUT/server-stream.txt"; grep -i "cuda" "$OUT/server.log" | head -2
 (cd "$OUT" && tar czf /tmp/logs.tgz . && find . -type f -delete && mv /tmp/logs.tgz .)

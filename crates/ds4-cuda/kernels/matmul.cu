@@ -648,8 +648,12 @@ DOT2_OF(dot2_deq, dot_deq)
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                \
         int r = blockIdx.x * (MV_WARPS / kspl) + warp / kspl, sl = warp % kspl;              \
         float gv = 0.0f, uv = 0.0f;                                                           \
-        if (r < gate.rows)                                                                    \
-            DOT2(gate, up, (i64)e * gate.rows + r, xq, xd, x, tab, 32 * sl, 32 * kspl, &gv, &uv); \
+        i64 grow = (i64)e * gate.rows + r;                                                    \
+        /* kspl = 1 (routed slots) with a literal stride, which the dot's unrolled loop needs */ \
+        if (r < gate.rows && kspl == 1)                                                       \
+            DOT2(gate, up, grow, xq, xd, x, tab, 0, 32, &gv, &uv);                            \
+        else if (r < gate.rows)                                                               \
+            DOT2(gate, up, grow, xq, xd, x, tab, 32 * sl, 32 * kspl, &gv, &uv);               \
         warp_sum2(&gv, &uv);                                                                  \
         if (kspl > 1) {                                                                       \
             if (lane == 0) {                                                                  \
