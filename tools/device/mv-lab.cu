@@ -1,7 +1,8 @@
 // Decode-product lab: times the engine's matrix-vector kernels (kernels/matmul.cu, included
-// as they are) against experimental variants on the full-size shapes of one decode step, with
-// weights rotated through more copies than L2 holds, and checks each variant's output against
-// the engine kernel's. Build and run on the GPU machine:
+// as they are: mv_q8_0, mvp_q8_0, gu_iq2_xxs, dn_q2_k) against a plain streaming read and
+// experimental variants (dnn_q2_k: the down product with the activation's 16-value sums
+// precomputed) on the full-size shapes of one decode step, with weights rotated through more
+// copies than L2 holds, and checks each variant's output against the engine kernel's. Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mv-lab tools/device/mv-lab.cu && /tmp/mv-lab
 // Weights are random bytes with small fixed scales: only speed and agreement are measured.
 #include <cuda_runtime.h>
@@ -32,118 +33,6 @@ __device__ i8 kvalues_mxfp4[16];
 
 // ---- experimental variants ---------------------------------------------------------------
 
-// Q8_0 with NST activation stages (1..3).
-template <int NST>
-__device__ __forceinline__ float q8_chunk_n(int4 wv, const i8* xq, int cols, int ci) {
-    int st[3] = {0, 0, 0};
-#pragma unroll
-    for (int k = 0; k < NST; k++) {
-        int4 xv = *(const int4*)(xq + k * cols + ci * 16);
-        int s = __dp4a(wv.x, xv.x, 0);
-        s = __dp4a(wv.y, xv.y, s);
-        s = __dp4a(wv.z, xv.z, s);
-        st[k] = __dp4a(wv.w, xv.w, s);
-    }
-    return fold3(st[0], st[1], st[2]);
-}
-
-// Persistent, pipelined Q8_0 product: grid-stride warps over rows; a row is segments of SEG
-// chunks a lane; the next segment's weights (maybe the next row's) are loaded before the
-// current one is used. y[r] = W[r]·x_{r / rpg}.
-template <int SEG, int NST>
-__global__ void __launch_bounds__(256) mvp_q8_0(DW w, const i8* xq, const float* xd, int rpg,
-                                                float* y) {
-    int lane = threadIdx.x & 31;
-    int nw = gridDim.x * (blockDim.x >> 5);
-    int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int cols = w.cols, nch = cols / 16, per_seg = 32 * SEG;
-    int segs = (nch + per_seg - 1) / per_seg;
-    int s = 0;
-    int4 cur[SEG];
-    u16 csc[SEG];
-    auto load = [&](int rr, int ss, int4* wv, u16* sc) {
-        const u8* row = w.a + (i64)rr * cols;
-        const u8* ds = w.b + (i64)rr * (cols / 32) * 2;
-#pragma unroll
-        for (int j = 0; j < SEG; j++) {
-            int ci = ss * per_seg + j * 32 + lane;
-            if (ci < nch) {
-                wv[j] = __ldcs((const int4*)(row + ci * 16));
-                sc[j] = ld_u16(ds + 2 * (ci >> 1));
-            }
-        }
-    };
-    if (r < w.rows) load(r, 0, cur, csc);
-    float acc = 0.0f;
-    while (r < w.rows) {
-        int r2 = r, s2 = s + 1;
-        if (s2 == segs) {
-            s2 = 0;
-            r2 += nw;
-        }
-        int4 nxt[SEG];
-        u16 nsc[SEG];
-        if (r2 < w.rows) load(r2, s2, nxt, nsc);
-        int g = r / rpg;
-        const i8* xg = xq + (i64)g * 3 * cols;
-        const float* dg = xd + (i64)g * (cols / 32);
-#pragma unroll
-        for (int j = 0; j < SEG; j++) {
-            int ci = s * per_seg + j * 32 + lane;
-            if (ci < nch) acc += q8_chunk_n<NST>(cur[j], xg, cols, ci) * (h2f(csc[j]) * dg[ci >> 1]);
-        }
-        if (s == segs - 1) {
-            acc = warp_sum(acc);
-            if (lane == 0) y[r] = acc;
-            acc = 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < SEG; j++) {
-            cur[j] = nxt[j];
-            csc[j] = nsc[j];
-        }
-        r = r2;
-        s = s2;
-    }
-}
-
-// The engine's dot_q8_0 with NST stages (one row a warp, 8 warps a block, kspl warps a row).
-template <int NST>
-__global__ void __launch_bounds__(256) mvs_q8_0(DW w, const i8* xq, const float* xd, int rpg,
-                                                float* y, int kspl) {
-    __shared__ float part[8];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int rpb = 8 / kspl;
-    int r = blockIdx.x * rpb + warp / kspl, sl = warp % kspl;
-    float acc = 0.0f;
-    if (r < w.rows) {
-        int g = r / rpg, nch = w.cols / 16, ls = 32 * kspl;
-        const u8* row = w.a + (i64)r * w.cols;
-        const u8* ds = w.b + (i64)r * (w.cols / 32) * 2;
-        const i8* xg = xq + (i64)g * 3 * w.cols;
-        const float* dg = xd + (i64)g * (w.cols / 32);
-        for (int c0 = lane + 32 * sl; c0 < nch; c0 += 4 * ls) {
-            int4 wv[4];
-            u16 sc[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                int ci = c0 + j * ls;
-                if (ci < nch) {
-                    wv[j] = *(const int4*)(row + ci * 16);
-                    sc[j] = ld_u16(ds + 2 * (ci >> 1));
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                int ci = c0 + j * ls;
-                if (ci < nch) acc += q8_chunk_n<NST>(wv[j], xg, w.cols, ci) * (h2f(sc[j]) * dg[ci >> 1]);
-            }
-        }
-    }
-    float a;
-    if (mv_row_sum(acc, part, kspl, &a) && r < w.rows) y[r] = a;
-}
-
 // Plain streaming read of the same bytes (the bandwidth a trivial kernel reaches).
 __global__ void stream_read(const int4* p, i64 n, int* out) {
     int acc = 0;
@@ -152,63 +41,6 @@ __global__ void stream_read(const int4* p, i64 n, int* out) {
         acc ^= v.x ^ v.y ^ v.z ^ v.w;
     }
     if (acc == 0x12345678) out[0] = acc;
-}
-
-// IQ2_XXS half sub-block with NST stages (iq2_xxs_part's arithmetic).
-template <int NST>
-__device__ __forceinline__ float iq2_part_n(const DW& w, i64 grow, int u, const i8* xq, int cols,
-                                            float dx, const IqTab* tab) {
-    int nb = w.cols / 256;
-    int si = u >> 1, h = u & 1;
-    i64 blk = grow * nb + (si >> 3);
-    uint2 v = *(const uint2*)(w.a + blk * 64 + (si & 7) * 8);
-    u32 a0 = v.x, a1 = v.y;
-    float d = h2f(ld_u16(w.b + blk * 2));
-    float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
-    int wq[4];
-#pragma unroll
-    for (int kk = 0; kk < 2; kk++) {
-        int k = 2 * h + kk;
-        u64 g = tab->grid[(a0 >> (8 * k)) & 255u];
-        u32 sg = ksigns((a1 >> (7 * k)) & 127u);
-        wq[2 * kk] = signed4((u32)g, sg);
-        wq[2 * kk + 1] = signed4((u32)(g >> 32), sg >> 4);
-    }
-    int st[3] = {0, 0, 0};
-#pragma unroll
-    for (int p = 0; p < NST; p++) {
-        int4 xv = *(const int4*)(xq + p * cols + u * 16);
-        int s = __dp4a(wq[0], xv.x, 0);
-        s = __dp4a(wq[1], xv.y, s);
-        s = __dp4a(wq[2], xv.z, s);
-        st[p] = __dp4a(wq[3], xv.w, s);
-    }
-    return fold3(st[0], st[1], st[2]) * (db * dx);
-}
-
-template <int NST>
-__global__ void __launch_bounds__(256) gun_iq2_xxs(DW gate, DW up, const i8* xq, const float* xd,
-                                                   const int* ids, const float* wts, float clamp,
-                                                   float* mid) {
-    DECLARE_IQ2_TABLES
-    int s = blockIdx.y, e = ids[s];
-    float wt = wts[s];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.x * 8 + warp;
-    if (r >= gate.rows) return;
-    i64 grow = (i64)e * gate.rows + r;
-    float ga = 0.0f, ua = 0.0f;
-#pragma unroll 4
-    for (int c = lane; c < gate.cols / 16; c += 32) {
-        float dx = xd[c >> 1];
-        ga += iq2_part_n<NST>(gate, grow, c, xq, gate.cols, dx, tab);
-        ua += iq2_part_n<NST>(up, grow, c, xq, gate.cols, dx, tab);
-    }
-    warp_sum2(&ga, &ua);
-    if (lane == 0) {
-        float m = siluf_ref(fminf(ga, clamp)) * fminf(fmaxf(ua, -clamp), clamp);
-        mid[(i64)s * gate.rows + r] = m * wt;
-    }
 }
 
 // Q2_K down with NST stages and the activation's 16-value sums precomputed (xs16: one float a
@@ -410,18 +242,11 @@ static void bench_q8(const char* name, int rows, int cols, int groups, int nsm) 
         CK(cudaDeviceSynchronize());
         report(v, us, max_rel(ref, host(y1, rows)));
     };
-    trial("mvs 3 stages", [&](int c) { mvs_q8_0<3><<<(rows + 8 / kspl - 1) / (8 / kspl), 256>>>(ws[c], xq, xd, rpg, y1, kspl); });
-    trial("mvs 2 stages", [&](int c) { mvs_q8_0<2><<<(rows + 8 / kspl - 1) / (8 / kspl), 256>>>(ws[c], xq, xd, rpg, y1, kspl); });
-    trial("mvs 1 stage", [&](int c) { mvs_q8_0<1><<<(rows + 8 / kspl - 1) / (8 / kspl), 256>>>(ws[c], xq, xd, rpg, y1, kspl); });
-    for (int bps : {2, 4, 6, 8}) {
+    for (int bps : {2, 4, 8}) {
         char v[64];
-        snprintf(v, sizeof v, "mvp seg2 3st %d blk/SM", bps);
-        trial(v, [&](int c) { mvp_q8_0<2, 3><<<nsm * bps, 256>>>(ws[c], xq, xd, rpg, y1); });
-        snprintf(v, sizeof v, "mvp seg4 3st %d blk/SM", bps);
-        trial(v, [&](int c) { mvp_q8_0<4, 3><<<nsm * bps, 256>>>(ws[c], xq, xd, rpg, y1); });
+        snprintf(v, sizeof v, "mvp_q8_0 (engine) %d blk/SM", bps);
+        trial(v, [&](int c) { mvp_q8_0<<<nsm * bps, 256>>>(ws[c], 0, xq, xd, rpg, y1, 0); });
     }
-    trial("mvp seg2 1st 4 blk/SM", [&](int c) { mvp_q8_0<2, 1><<<nsm * 4, 256>>>(ws[c], xq, xd, rpg, y1); });
-    trial("mvp seg4 1st 4 blk/SM", [&](int c) { mvp_q8_0<4, 1><<<nsm * 4, 256>>>(ws[c], xq, xd, rpg, y1); });
     {
         int* o;
         CK(cudaMalloc(&o, 4));
@@ -492,12 +317,6 @@ static void bench_experts(int nsm) {
     float us = time([&](int s) { gu_iq2_xxs<<<gg, 256>>>(gate, up, x, xq, xd, ids + s * K, wts, 10.0f, mid0, 1); });
     std::vector<float> ref = host(mid0, K * FF);
     printf("experts gu_iq2_xxs (engine)        %8.2f us %7.2f TB/s\n", us, gbu / us * 1e3);
-    us = time([&](int s) { gun_iq2_xxs<3><<<gg, 256>>>(gate, up, xq, xd, ids + s * K, wts, 10.0f, mid1); });
-    printf("experts gun 3 stages               %8.2f us %7.2f TB/s rel %.2e\n", us, gbu / us * 1e3, max_rel(ref, host(mid1, K * FF)));
-    us = time([&](int s) { gun_iq2_xxs<2><<<gg, 256>>>(gate, up, xq, xd, ids + s * K, wts, 10.0f, mid1); });
-    printf("experts gun 2 stages               %8.2f us %7.2f TB/s rel %.2e\n", us, gbu / us * 1e3, max_rel(ref, host(mid1, K * FF)));
-    us = time([&](int s) { gun_iq2_xxs<1><<<gg, 256>>>(gate, up, xq, xd, ids + s * K, wts, 10.0f, mid1); });
-    printf("experts gun 1 stage                %8.2f us %7.2f TB/s rel %.2e\n", us, gbu / us * 1e3, max_rel(ref, host(mid1, K * FF)));
     // down: mid from the engine's gate/up output
     CK(cudaMemcpy(mid1, mid0, K * FF * 4, cudaMemcpyDeviceToDevice));
     quant_q8<<<K * FF / 32 / 8, 256>>>(mid0, FF, FF, K, mq, md);
@@ -506,14 +325,10 @@ static void bench_experts(int nsm) {
     us = time([&](int s) { dn_q2_k<<<D / 4, 256>>>(down, mid0, mq, md, ids + s * K, K, y0, 2); });
     ref = host(y0, D);
     printf("experts dn_q2_k (engine, kspl 2)   %8.2f us %7.2f TB/s\n", us, gbd / us * 1e3);
-    us = time([&](int s) { dnn_q2_k<3, false><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
-    printf("experts dnn 3 stages               %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
-    us = time([&](int s) { dnn_q2_k<3, true><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
-    printf("experts dnn 3 stages + xsum        %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
-    us = time([&](int s) { dnn_q2_k<2, true><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
-    printf("experts dnn 2 stages + xsum        %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
-    us = time([&](int s) { dnn_q2_k<1, true><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
-    printf("experts dnn 1 stage + xsum         %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
+    us = time([&](int s) { dnn_q2_k<EXPERT_STAGES, false><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
+    printf("experts dnn (the engine's stages)  %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
+    us = time([&](int s) { dnn_q2_k<EXPERT_STAGES, true><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
+    printf("experts dnn + precomputed sums     %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
 }
 
 int main(int argc, char** argv) {
