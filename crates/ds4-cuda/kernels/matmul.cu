@@ -6,9 +6,11 @@
 // * the fast matrix-vector kernels (one activation row, decode): the activation is quantised
 //   once per launch into three int8 stages per 32 values (quant_q8: near-f32 accuracy) and
 //   dotted with dp4a against the integer weights; F16/F32 weights use f32 activations.
-//   A warp owns `rpw` consecutive weight rows; a block is 8 warps. Variants: `mv_*` (plain or
-//   grouped rows), `gu_*` (gate and up of one matrix or of each routed expert, with the clamped
-//   SwiGLU and the router weight: spec §2.5), `dn_*` (down of every routed expert, summed).
+//   A row belongs to one warp, or to `kspl` warps that split its chunks; a block is 8 warps.
+//   Variants: `mv_*` (plain or grouped rows), `mvp_q8_0` (Q8_0 of many rows: resident warps
+//   that pipeline their rows), `gu_*` (gate and up of one matrix or of each routed expert,
+//   with the clamped SwiGLU and the router weight: spec §2.5), `dn_*` (down of every routed
+//   expert, summed).
 // * deq_f16 / to_f16: dequantise weights and convert activations to f16 pairs (hi, lo with
 //   hi + lo ≈ x to about 2^-22) for the split cuBLAS GEMMs of prefill chunks.
 //
