@@ -1,6 +1,6 @@
 // Decode-product lab: times the engine's matrix-vector kernels (kernels/matmul.cu, included
 // as they are: mv_q8_0, mvp_q8_0, gu_iq2_xxs, dn_q2_k) against a plain streaming read and
-// experimental variants (dnn_q2_k: the down product with the activation's 16-value sums
+// an experimental variant (dnx_q2_k: the down product with the activation's 16-value sums
 // precomputed) on the full-size shapes of one decode step, with weights rotated through more
 // copies than L2 holds, and checks each variant's output against the engine kernel's. Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mv-lab tools/device/mv-lab.cu && /tmp/mv-lab
@@ -43,10 +43,10 @@ __global__ void stream_read(const int4* p, i64 n, int* out) {
     if (acc == 0x12345678) out[0] = acc;
 }
 
-// Q2_K down with NST stages and the activation's 16-value sums precomputed (xs16: one float a
-// 16-value chunk, Σx of the dequantised stages, i.e. the f32 activation's sum).
-template <int NST, bool XSUM>
-__global__ void __launch_bounds__(256) dnn_q2_k(DW down, const i8* mq, const float* md,
+// Q2_K down (dn_q2_k's layout: 2 warps a row, slots split between them) with the
+// activation's 16-value sums precomputed (xs16: one float a 16-value chunk, the f32
+// activation's sum) instead of three dp4a sums a stage; the quants come from q2_k_group.
+__global__ void __launch_bounds__(256) dnx_q2_k(DW down, const i8* mq, const float* md,
                                                 const float* xs16, const int* ids, int k,
                                                 float* y) {
     __shared__ float part[8];
@@ -60,39 +60,22 @@ __global__ void __launch_bounds__(256) dnn_q2_k(DW down, const i8* mq, const flo
             const i8* xq = mq + (i64)s * 3 * cols;
             const float* xd = md + (i64)s * (cols / 32);
             const float* xs = xs16 + (i64)s * (cols / 16);
-            int nb = cols / 256;
             const u8* row = down.a + grow * plane_row_bytes(TY_Q2_K, cols);
 #pragma unroll 4
-            for (int u = lane; u < nb * 16; u += 32) {
-                const u8* b = row + (u >> 4) * 84;
-                int is = u & 15, n = is >> 3, j = (is >> 1) & 3, h = is & 1;
-                u32 dd = *(const u32*)(b + 80);
-                float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
-                int sc = b[is];
-                const u32* q32 = (const u32*)(b + 16 + 32 * n + 16 * h);
-                int wq[4];
+            for (int u = lane; u < cols / 16; u += 32) {
+                int wq[4], sc;
+                float d, dmin;
+                q2_k_group(row, u, wq, &sc, &d, &dmin);
+                int sq[3] = {0, 0, 0};
 #pragma unroll
-                for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
-                int sq[3] = {0, 0, 0}, sm[3] = {0, 0, 0};
-#pragma unroll
-                for (int p = 0; p < NST; p++) {
+                for (int p = 0; p < EXPERT_STAGES; p++) {
                     int4 xv = *(const int4*)(xq + p * cols + 16 * u);
                     int t = __dp4a(wq[0], xv.x, 0);
                     t = __dp4a(wq[1], xv.y, t);
                     t = __dp4a(wq[2], xv.z, t);
                     sq[p] = (sc & 15) * __dp4a(wq[3], xv.w, t);
-                    if (!XSUM) {
-                        int xsum = __dp4a(0x01010101, xv.x, 0);
-                        xsum = __dp4a(0x01010101, xv.y, xsum);
-                        xsum = __dp4a(0x01010101, xv.z, xsum);
-                        sm[p] = (sc >> 4) * __dp4a(0x01010101, xv.w, xsum);
-                    }
                 }
-                float dx = xd[u >> 1];
-                if (XSUM)
-                    acc += d * fold3(sq[0], sq[1], sq[2]) * dx - dmin * (float)(sc >> 4) * xs[u];
-                else
-                    acc += (d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2])) * dx;
+                acc += d * fold3(sq[0], sq[1], sq[2]) * xd[u >> 1] - dmin * (float)(sc >> 4) * xs[u];
             }
         }
     }
@@ -325,10 +308,8 @@ static void bench_experts(int nsm) {
     us = time([&](int s) { dn_q2_k<<<D / 4, 256>>>(down, mid0, mq, md, ids + s * K, K, y0, 2); });
     ref = host(y0, D);
     printf("experts dn_q2_k (engine, kspl 2)   %8.2f us %7.2f TB/s\n", us, gbd / us * 1e3);
-    us = time([&](int s) { dnn_q2_k<EXPERT_STAGES, false><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
-    printf("experts dnn (the engine's stages)  %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
-    us = time([&](int s) { dnn_q2_k<EXPERT_STAGES, true><<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
-    printf("experts dnn + precomputed sums     %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
+    us = time([&](int s) { dnx_q2_k<<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
+    printf("experts dnx: precomputed sums     %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
 }
 
 int main(int argc, char** argv) {

@@ -454,6 +454,21 @@ __device__ __forceinline__ float kquant16_part(const int* wq, const i8* xq, int 
 // and step. Consecutive lanes own consecutive sub-blocks, so their activation loads are
 // consecutive 16-byte chunks and the lanes of one block read the same 64 quant bytes (a lane
 // per 64-weight quarter made each activation load span 2 KB of the warp, 16 L1 wavefronts).
+// Sub-block u of a Q2_K row (as above): its 16 two-bit quants, four a byte-lane int in `wq`,
+// its scale byte (scale low, min high nibble) and the block's d and dmin.
+__device__ __forceinline__ void q2_k_group(const u8* row, int u, int* wq, int* sc, float* d, float* dmin) {
+    const u8* b = row + (u >> 4) * 84;
+    int is = u & 15, n = is >> 3, j = (is >> 1) & 3, h = is & 1;
+    u32 dd = *(const u32*)(b + 80);
+    *d = h2f((u16)(dd & 0xffffu));
+    *dmin = h2f((u16)(dd >> 16));
+    *sc = b[is];
+    // Q2_K blocks are 84 bytes: only 4-byte aligned.
+    const u32* q32 = (const u32*)(b + 16 + 32 * n + 16 * h);
+#pragma unroll
+    for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
+}
+
 __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
                          const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
@@ -462,16 +477,9 @@ __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, c
     float acc = 0.0f;
 #pragma unroll 4
     for (int u = lane + l0; u < nb * 16; u += ls) {
-        const u8* b = row + (u >> 4) * 84;
-        int is = u & 15, n = is >> 3, j = (is >> 1) & 3, h = is & 1;
-        u32 dd = *(const u32*)(b + 80);
-        float d = h2f((u16)(dd & 0xffffu)), dmin = h2f((u16)(dd >> 16));
-        int sc = b[is];
-        // Q2_K blocks are 84 bytes: only 4-byte aligned.
-        const u32* q32 = (const u32*)(b + 16 + 32 * n + 16 * h);
-        int wq[4];
-#pragma unroll
-        for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
+        int wq[4], sc;
+        float d, dmin;
+        q2_k_group(row, u, wq, &sc, &d, &dmin);
         acc += kquant16_part(wq, xq, w.cols, u, sc & 15, sc >> 4, d, dmin) * xd[u >> 1];
     }
     return acc;

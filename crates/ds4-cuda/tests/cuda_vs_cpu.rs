@@ -124,6 +124,35 @@ fn rounding_flips(got: &[f32], want: &[f32], tol: f32) -> usize {
         .count()
 }
 
+/// ‖Δ‖/‖ref‖ of layer `l`'s routed experts (clamp 10) on one row, the GPU's fast path against
+/// the CPU's precise one: `xc`/`xg` the row on each backend, `ids`/`wts` its slots.
+fn routed_experts_rel(
+    c: &CpuBackend,
+    g: &CudaBackend,
+    l: &ds4::model::weights::LayerWeights,
+    xc: &Tensor,
+    xg: &Tensor,
+    ids: &[f32],
+    wts: &[f32],
+) -> f32 {
+    let (k, e) = (ids.len(), xc.cols);
+    let mk_ids = |be: &dyn Backend| {
+        let mut t = be.alloc(1, k, DType::I32).unwrap();
+        be.write(&mut t, ids).unwrap();
+        t
+    };
+    let (ic, ig) = (mk_ids(c), mk_ids(g));
+    let (wc, wg) = (put(c, 1, k, wts), put(g, 1, k, wts));
+    let mut oc = c.alloc(1, e, DType::F32).unwrap();
+    let mut og = g.alloc(1, e, DType::F32).unwrap();
+    let (gt, up, dn) = (&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps);
+    c.moe_experts(gt, up, dn, xc, &ic, &wc, 10.0, &mut oc, precise())
+        .unwrap();
+    g.moe_experts(gt, up, dn, xg, &ig, &wg, 10.0, &mut og, fast())
+        .unwrap();
+    norm_rel(&get(g, &og), &get(c, &oc))
+}
+
 fn precise() -> Numerics {
     Precision::Precise.numerics()
 }
@@ -1187,20 +1216,7 @@ fn decode_fusions_on_and_off_match_cpu() {
                 .map(|i| ((i * 5 + il) % cfg.n_expert) as f32)
                 .collect();
             let wts = rand_vec(&mut rng, k, 1.0);
-            let mk_ids = |be: &dyn Backend| {
-                let mut t = be.alloc(1, k, DType::I32).unwrap();
-                be.write(&mut t, &ids).unwrap();
-                t
-            };
-            let (ic, ig) = (mk_ids(&c), mk_ids(&g));
-            let (wc, wg) = (put(&c, 1, k, &wts), put(&g, 1, k, &wts));
-            let (mut oc, mut og) = (mk(&c, e), mk(&g, e));
-            let (gt, up, dn) = (&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps);
-            c.moe_experts(gt, up, dn, &hcp, &ic, &wc, 10.0, &mut oc, precise())
-                .unwrap();
-            g.moe_experts(gt, up, dn, &hgp, &ig, &wg, 10.0, &mut og, fast())
-                .unwrap();
-            let er = norm_rel(&get(&g, &og), &get(&c, &oc));
+            let er = routed_experts_rel(&c, &g, l, &hcp, &hgp, &ids, &wts);
             assert!(er <= Q8_NORM_2 * 2.0, "experts l{il} fused={fused}: {er:e}");
         }
     }
@@ -1326,20 +1342,6 @@ fn split_row_expert_products_match_cpu() {
         .map(|i| ((i * 3 + 1) % cfg.n_expert) as f32)
         .collect();
     let wts = rand_vec(&mut rng, k, 1.0);
-    let mk_ids = |be: &dyn Backend| {
-        let mut t = be.alloc(1, k, DType::I32).unwrap();
-        be.write(&mut t, &ids).unwrap();
-        t
-    };
-    let (ic, ig) = (mk_ids(&c), mk_ids(&g));
-    let (wc, wg) = (put(&c, 1, k, &wts), put(&g, 1, k, &wts));
-    let mut oc = c.alloc(1, e, DType::F32).unwrap();
-    let mut og = g.alloc(1, e, DType::F32).unwrap();
-    let (gt, up, dn) = (&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps);
-    c.moe_experts(gt, up, dn, &xc, &ic, &wc, 10.0, &mut oc, precise())
-        .unwrap();
-    g.moe_experts(gt, up, dn, &xg, &ig, &wg, 10.0, &mut og, fast())
-        .unwrap();
-    let er = norm_rel(&get(&g, &og), &get(&c, &oc));
+    let er = routed_experts_rel(&c, &g, l, &xc, &xg, &ids, &wts);
     assert!(er <= Q8_NORM_2, "routed experts: {er:e}");
 }
