@@ -1,8 +1,9 @@
 //! The scratch arena: one device allocation, handed out by a bump pointer. A forward pass
 //! starts from the beginning (`Backend::begin`), so a decode step's tensors land at the same
 //! addresses every time and a recorded step stays valid. Operations take temporaries with
-//! [`Arena::mark`] / [`Arena::release`]: everything runs on one stream, so memory released
-//! after a launch is only reused by later launches, which the stream orders after it.
+//! [`Arena::mark`] / [`Arena::release`]: memory released after a launch is only reused by later
+//! launches of the same stream, which it orders after it. A branch on the side stream
+//! (crate::lanes) keeps what it took until it is joined: [`Arena::hold_peak`].
 
 use std::sync::Mutex;
 
@@ -16,21 +17,22 @@ const ALIGN: usize = 256;
 
 pub(crate) struct Arena {
     buf: DevBuf,
-    used: Mutex<usize>,
+    /// (fill, highest fill since [`Arena::start_peak`]).
+    used: Mutex<(usize, usize)>,
 }
 
 impl Arena {
     pub fn new(bytes: usize) -> Result<Self, CudaError> {
         Ok(Arena {
             buf: DevBuf::new(bytes)?,
-            used: Mutex::new(0),
+            used: Mutex::new((0, 0)),
         })
     }
 
     /// `bytes` from the arena.
     pub fn alloc(&self, bytes: usize) -> Result<u64, CudaError> {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        let at = used.div_ceil(ALIGN) * ALIGN;
+        let at = used.0.div_ceil(ALIGN) * ALIGN;
         let end = at + bytes.max(1);
         if end > self.buf.len {
             return Err(CudaError::Model(format!(
@@ -39,18 +41,33 @@ impl Arena {
                 bytes
             )));
         }
-        *used = end;
+        *used = (end, used.1.max(end));
         Ok(self.buf.ptr + at as u64)
     }
 
     /// The current fill, to release temporaries back to.
     pub fn mark(&self) -> usize {
-        *self.used.lock().unwrap_or_else(|e| e.into_inner())
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 
     /// Returns everything allocated since `mark`.
     pub fn release(&self, mark: usize) {
-        *self.used.lock().unwrap_or_else(|e| e.into_inner()) = mark;
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).0 = mark;
+    }
+
+    /// Starts tracking the highest fill from here (a branch begins).
+    pub fn start_peak(&self) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.1 = used.0;
+    }
+
+    /// Keeps everything up to the highest fill since [`Arena::start_peak`] allocated (the
+    /// branch's temporaries, which its kernels may still use while the main line goes on) and
+    /// returns that fill.
+    pub fn hold_peak(&self) -> usize {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.0 = used.0.max(used.1);
+        used.0
     }
 
     /// Starts over (a new forward pass).

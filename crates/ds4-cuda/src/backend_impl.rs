@@ -56,6 +56,7 @@ impl Backend for CudaBackend {
 
     fn begin(&self) -> BResult<()> {
         self.dev.make_current().map_err(be_err)?;
+        self.lanes_reset();
         self.arena.reset();
         self.drop_planes();
         Ok(())
@@ -109,6 +110,7 @@ impl Backend for CudaBackend {
             p.steps[if decode { 0 } else { 1 }].fetch_add(1, Relaxed);
         }
         let d = self.write_rows(tokens, pos0).map_err(be_err)?;
+        self.lanes_for_batch(tokens.len());
         Ok(Rows {
             tokens: tokens.to_vec(),
             pos: (pos0..pos0 + tokens.len()).collect(),
@@ -208,11 +210,16 @@ impl Backend for CudaBackend {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id);
+                self.lanes_reset();
                 self.arena.reset();
                 self.drop_planes();
                 body()
             }
         }
+    }
+
+    fn lane(&self, lane: ds4::backend::Lane) -> BResult<()> {
+        self.op_lane(lane)
     }
 
     fn embed(&self, w: &TensorRef, rows: &Rows, n_hc: usize, x_hc: &mut Tensor) -> BResult<()> {

@@ -1,7 +1,8 @@
 //! A thin safe layer over the CUDA driver API (cudarc's `driver::sys`, loaded at run time):
-//! one device with its primary context and one stream, owned device and pinned host buffers,
-//! kernel launches from an argument list, stream capture into graphs, events. Every call's
-//! result is checked and turned into a [`CudaError`] naming the call.
+//! one device with its primary context, its stream and a side stream for branches of
+//! independent work ([`Device::fork`]), owned device and pinned host buffers, kernel launches
+//! from an argument list, stream capture into graphs, events. Every call's result is checked
+//! and turned into a [`CudaError`] naming the call.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_void, CStr, CString};
@@ -35,6 +36,13 @@ pub(crate) fn check(call: &'static str, r: sys::CUresult) -> Result<(), CudaErro
 pub(crate) struct Device {
     pub ctx: sys::CUcontext,
     pub stream: sys::CUstream,
+    /// The stream of a branch's operations, between [`Device::fork`] and [`Device::join`].
+    side: sys::CUstream,
+    /// Whether operations go to `side` now.
+    on_side: std::sync::atomic::AtomicBool,
+    /// The fork and join points (timing off: they only order the two streams).
+    fork_ev: sys::CUevent,
+    join_ev: sys::CUevent,
     pub name: String,
     pub cc: (i32, i32),
     pub smem_optin: i32,
@@ -75,6 +83,12 @@ impl Device {
             check("cuCtxSetCurrent", sys::cuCtxSetCurrent(ctx))?;
             let mut stream: sys::CUstream = std::ptr::null_mut();
             check("cuStreamCreate", sys::cuStreamCreate(&mut stream, 1))?; // non-blocking
+            let mut side: sys::CUstream = std::ptr::null_mut();
+            check("cuStreamCreate", sys::cuStreamCreate(&mut side, 1))?;
+            let (mut fork_ev, mut join_ev): (sys::CUevent, sys::CUevent) =
+                (std::ptr::null_mut(), std::ptr::null_mut());
+            check("cuEventCreate", sys::cuEventCreate(&mut fork_ev, 2))?; // CU_EVENT_DISABLE_TIMING
+            check("cuEventCreate", sys::cuEventCreate(&mut join_ev, 2))?;
             let mut buf = [0 as std::ffi::c_char; 256];
             check(
                 "cuDeviceGetName",
@@ -94,6 +108,10 @@ impl Device {
             Ok(Device {
                 ctx,
                 stream,
+                side,
+                on_side: std::sync::atomic::AtomicBool::new(false),
+                fork_ev,
+                join_ev,
                 name,
                 cc,
                 smem_optin,
@@ -119,9 +137,61 @@ impl Device {
         Ok((f, t))
     }
 
-    /// Waits for the stream.
+    /// The stream operations go to now: the side stream inside a branch, else the main one.
+    fn cur(&self) -> sys::CUstream {
+        if self.on_side.load(std::sync::atomic::Ordering::Relaxed) {
+            self.side
+        } else {
+            self.stream
+        }
+    }
+
+    /// Starts a branch: what follows runs on the side stream, after everything issued so far.
+    /// (In a stream capture the side stream joins the capture here.)
+    pub fn fork(&self) -> Result<(), CudaError> {
+        // SAFETY: live event and streams of this context.
+        unsafe {
+            check(
+                "cuEventRecord",
+                sys::cuEventRecord(self.fork_ev, self.stream),
+            )?;
+            check(
+                "cuStreamWaitEvent",
+                sys::cuStreamWaitEvent(self.side, self.fork_ev, 0),
+            )?;
+        }
+        self.on_side
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends what follows to the main stream again, beside the branch (not after it).
+    pub fn to_main(&self) {
+        self.on_side
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends a branch: what follows on the main stream runs after the branch too.
+    pub fn join(&self) -> Result<(), CudaError> {
+        // SAFETY: live event and streams of this context.
+        unsafe {
+            check("cuEventRecord", sys::cuEventRecord(self.join_ev, self.side))?;
+            check(
+                "cuStreamWaitEvent",
+                sys::cuStreamWaitEvent(self.stream, self.join_ev, 0),
+            )?;
+        }
+        self.to_main();
+        Ok(())
+    }
+
+    /// Waits for both streams.
     pub fn sync(&self) -> Result<(), CudaError> {
-        // SAFETY: the stream is valid for the device's lifetime.
+        // SAFETY: the streams are valid for the device's lifetime.
+        check("cuStreamSynchronize", unsafe {
+            sys::cuStreamSynchronize(self.side)
+        })?;
+        // SAFETY: as above.
         check("cuStreamSynchronize", unsafe {
             sys::cuStreamSynchronize(self.stream)
         })
@@ -135,7 +205,7 @@ impl Device {
         }
         // SAFETY: dst points to at least src.len() device bytes (callers allocate them).
         check("cuMemcpyHtoDAsync", unsafe {
-            sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const c_void, src.len(), self.stream)
+            sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const c_void, src.len(), self.cur())
         })
     }
 
@@ -146,7 +216,7 @@ impl Device {
         }
         // SAFETY: src holds at least dst.len() bytes; the sync keeps dst borrowed until done.
         check("cuMemcpyDtoHAsync", unsafe {
-            sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr() as *mut c_void, src, dst.len(), self.stream)
+            sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr() as *mut c_void, src, dst.len(), self.cur())
         })?;
         self.sync()
     }
@@ -158,7 +228,7 @@ impl Device {
         }
         // SAFETY: dst holds at least n bytes.
         check("cuMemsetD8Async", unsafe {
-            sys::cuMemsetD8Async(dst, v, n, self.stream)
+            sys::cuMemsetD8Async(dst, v, n, self.cur())
         })
     }
 
@@ -193,7 +263,7 @@ impl Device {
             blockDimY: 1,
             blockDimZ: 1,
             sharedMemBytes: smem,
-            hStream: self.stream,
+            hStream: self.cur(),
             attrs: &mut attr,
             numAttrs: u32::from(self.pdl),
         };

@@ -21,6 +21,7 @@
 mod arena;
 mod driver;
 mod gemm;
+mod lanes;
 pub mod nvrtc;
 mod ops;
 mod profile;
@@ -141,6 +142,10 @@ pub struct CudaOptions {
     /// their rows (`mvp_q8_0`); default 4096, where `mv_q8_0` gives each row one warp.
     /// `DS4_CUDA_MVP=0` never does (always `mv_q8_0`, one block lifetime a row group).
     pub mvp_min_rows: usize,
+    /// Run the forward pass's independent branches ([`ds4::backend::Lane`]) of a one-row batch
+    /// on a second stream beside the main line (crate::lanes; `DS4_CUDA_LANES=0` runs them in
+    /// issue order).
+    pub lanes: bool,
 }
 
 impl Default for CudaOptions {
@@ -163,6 +168,7 @@ impl Default for CudaOptions {
             } else {
                 4096
             },
+            lanes: std::env::var("DS4_CUDA_LANES").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -205,26 +211,39 @@ pub(crate) const NORM_PLANES_COLS: usize = 8192;
 /// instead of launching. They stay valid while only weight products (and their own activation
 /// preparation) run: [`CudaBackend::launch`] drops them before any other kernel, and the
 /// product launchers drop them before writing their outputs ([`CudaBackend::forget_planes`]).
+/// Two buffers, so that the main line of a branch (crate::lanes) can write a row's planes
+/// while the branch still reads those held when it began.
 pub(crate) struct NormPlanes {
-    buf: DevBuf,
-    /// (row address, cols) of the row whose planes `buf` holds.
-    held: Mutex<Option<(u64, usize)>>,
+    bufs: [DevBuf; 2],
+    held: Mutex<Option<HeldPlanes>>,
+}
+
+/// The row whose planes a [`NormPlanes`] buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeldPlanes {
+    /// Device address and width of the row.
+    pub row: u64,
+    pub cols: usize,
+    /// Which buffer.
+    pub buf: usize,
 }
 
 impl NormPlanes {
     fn new() -> Result<Self, CudaError> {
+        let bytes = 3 * NORM_PLANES_COLS + NORM_PLANES_COLS / 32 * 4;
         Ok(NormPlanes {
-            buf: DevBuf::new(3 * NORM_PLANES_COLS + NORM_PLANES_COLS / 32 * 4)?,
+            bufs: [DevBuf::new(bytes)?, DevBuf::new(bytes)?],
             held: Mutex::new(None),
         })
     }
 
-    /// (planes, scales) addresses.
-    pub fn bufs(&self) -> (u64, u64) {
-        (self.buf.ptr, self.buf.ptr + 3 * NORM_PLANES_COLS as u64)
+    /// (planes, scales) addresses of buffer `i`.
+    pub fn bufs(&self, i: usize) -> (u64, u64) {
+        let b = &self.bufs[i & 1];
+        (b.ptr, b.ptr + 3 * NORM_PLANES_COLS as u64)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, Option<(u64, usize)>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<HeldPlanes>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -251,6 +270,7 @@ pub struct CudaBackend {
     /// row's work (hc_step); that block resets its ticket.
     pub(crate) tickets: DevBuf,
     pub(crate) norm_planes: NormPlanes,
+    pub(crate) lanes: lanes::Lanes,
     rows_host: Mutex<Pinned>,
     graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
     no_graph: Mutex<HashSet<(ds4::backend::StepKey, u64)>>,
@@ -381,6 +401,7 @@ impl CudaBackend {
             rows_buf,
             tickets,
             norm_planes: NormPlanes::new()?,
+            lanes: lanes::Lanes::new(opts.lanes),
             rows_host,
             graphs: Mutex::new(HashMap::new()),
             no_graph: Mutex::new(HashSet::new()),
@@ -477,14 +498,27 @@ impl CudaBackend {
         }
     }
 
-    /// Marks the planes of `row` (cols wide) as held in [`NormPlanes`].
-    pub(crate) fn hold_planes(&self, row: u64, cols: usize) {
-        *self.norm_planes.held() = Some((row, cols));
+    /// The (planes, scales) buffer a norm of a `cols`-wide row `row` may write its planes to,
+    /// and the token to [`CudaBackend::hold_planes`] them with; None when it writes none (a
+    /// row too wide, or a branch's: crate::lanes).
+    pub(crate) fn planes_to_write(&self, row: u64, cols: usize) -> Option<(u64, u64, HeldPlanes)> {
+        if !cols.is_multiple_of(32) || cols > NORM_PLANES_COLS {
+            return None;
+        }
+        let buf = self.lanes.planes_buffer(*self.norm_planes.held())?;
+        let (q, d) = self.norm_planes.bufs(buf);
+        Some((q, d, HeldPlanes { row, cols, buf }))
+    }
+
+    /// Marks planes as held in [`NormPlanes`] (after the launch that writes them).
+    pub(crate) fn hold_planes(&self, h: HeldPlanes) {
+        *self.norm_planes.held() = Some(h);
     }
 
     /// The held planes of `row` when they are those of a `cols`-wide row.
     pub(crate) fn held_planes(&self, row: u64, cols: usize) -> Option<(u64, u64)> {
-        (*self.norm_planes.held() == Some((row, cols))).then(|| self.norm_planes.bufs())
+        let h = (*self.norm_planes.held())?;
+        (h.row == row && h.cols == cols).then(|| self.norm_planes.bufs(h.buf))
     }
 
     /// Drops the held planes, whatever row they belong to.
@@ -494,8 +528,9 @@ impl CudaBackend {
 
     /// Drops the held planes if they are those of `row` (a launcher about to write it).
     pub(crate) fn forget_planes(&self, row: u64) {
+        self.lanes.forgetting(row);
         let mut h = self.norm_planes.held();
-        if h.is_some_and(|(r, _)| r == row) {
+        if h.is_some_and(|h| h.row == row) {
             *h = None;
         }
     }

@@ -1098,23 +1098,25 @@ fn cuda_forward_matches_transformers_and_cpu() {
 }
 
 #[test]
-fn graph_replay_and_dependent_launch_match_direct_and_snapshots_round_trip() {
+fn graph_replay_dependent_launch_and_lanes_match_direct_and_snapshots_round_trip() {
     let m = tiny(ExpertRecipe::Q2, 6);
     if !ds4_cuda::driver_present() {
         eprintln!("skipping: no CUDA driver on this machine");
         return;
     }
-    let mk = |graphs, dependent_launch| {
+    let mk3 = |graphs, dependent_launch, lanes| {
         CudaBackend::new(
             &m,
             &CudaOptions {
                 graphs,
                 dependent_launch,
+                lanes,
                 ..test_opts()
             },
         )
         .unwrap()
     };
+    let mk = |graphs, dependent_launch| mk3(graphs, dependent_launch, true);
     let (with, without) = (mk(true, true), mk(false, true));
     let tokens: Vec<u32> = (0..150u32)
         .map(|i| (i * 7 + 1) % m.config.n_vocab as u32)
@@ -1138,6 +1140,17 @@ fn graph_replay_and_dependent_launch_match_direct_and_snapshots_round_trip() {
         max_rel(&a, &c)
     );
     drop(serial);
+    // The branches (compressors beside the projections, the shared expert beside the routed
+    // ones) in issue order on one stream: a branch that raced with its main line — a shared
+    // scratch temporary, the norm planes — would show here (on a GPU).
+    let one_stream = mk3(true, true, false);
+    let d = run(&m, &one_stream, &tokens, prec, 100);
+    assert!(
+        a == d,
+        "running the branches beside the main line changes the logits: max rel {:e}",
+        max_rel(&a, &d)
+    );
+    drop(one_stream);
     // Snapshot at 120 tokens, decode 30 more; restore into a fresh session and decode again.
     let mut s = m.new_session(&with, 4096).unwrap();
     m.forward_last(&with, &mut s, &tokens[..120], prec).unwrap();

@@ -51,15 +51,10 @@ impl CudaBackend {
         // is not sixteen dependent steps of one small block.
         let threads = (group / 4).next_multiple_of(32).clamp(32, 1024) as u32;
         // A whole decode row also gets its 8-bit planes, for the products that read it next.
-        let planes = x.rows == 1
-            && group == x.cols
-            && group.is_multiple_of(32)
-            && group <= crate::NORM_PLANES_COLS;
-        let (q, d) = if planes {
-            self.norm_planes.bufs()
-        } else {
-            (0, 0)
-        };
+        let planes = (x.rows == 1 && group == x.cols)
+            .then(|| self.planes_to_write(xp, group))
+            .flatten();
+        let (q, d) = planes.map_or((0, 0), |(q, d, _)| (q, d));
         self.launch(
             "rms_norm",
             (n, 1, 1),
@@ -67,8 +62,8 @@ impl CudaBackend {
             0,
             &mut kargs![&xp, &wp, &g, &eps, &q, &d],
         )?;
-        if planes {
-            self.hold_planes(xp, group);
+        if let Some((_, _, h)) = planes {
+            self.hold_planes(h);
         }
         Ok(())
     }

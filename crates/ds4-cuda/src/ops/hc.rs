@@ -171,12 +171,8 @@ impl CudaBackend {
         let (yp, xp, mp, op, fw) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out_hc)?, self.w(&w.func)?);
         let (s3, base, np, hp) = (self.p(&w.scale)?, self.p(&w.base)?, self.p(norm)?, dp(h)?);
         // A lone decode row also gets its 8-bit planes, as op_rms_norm gives it.
-        let planes = n == 1 && e.is_multiple_of(32) && e <= crate::NORM_PLANES_COLS;
-        let (q, qd) = if planes {
-            self.norm_planes.bufs()
-        } else {
-            (0, 0)
-        };
+        let planes = (n == 1).then(|| self.planes_to_write(hp, e)).flatten();
+        let (q, qd) = planes.map_or((0, 0), |(q, d, _)| (q, d));
         let (e_i, it, eps, reps) = (e as i32, cfg.sinkhorn_iters as i32, cfg.hc_eps, cfg.rms_eps);
         let tk = self.tickets.ptr;
         self.launch(
@@ -189,8 +185,8 @@ impl CudaBackend {
                 &qd, &tk
             ],
         )?;
-        if planes {
-            self.hold_planes(hp, e);
+        if let Some((_, _, h)) = planes {
+            self.hold_planes(h);
         }
         self.arena.release(mark);
         Ok(())

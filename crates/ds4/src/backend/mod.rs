@@ -188,6 +188,23 @@ pub struct StepKey {
     pub idx_cap: usize,
 }
 
+/// Where the operations issued after [`Backend::lane`] run relative to the others: how the
+/// forward pass says that two runs of operations are independent, so that a backend may
+/// overlap them. The operations' results are those of running everything in issue order,
+/// which is what a backend that ignores lanes does (the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// A branch starts: the operations that follow depend only on work issued before this
+    /// point, and until [`Lane::Join`] the main line neither reads nor writes what they
+    /// write, nor writes what they read.
+    Branch,
+    /// The main line continues beside the branch (after the work issued before it, not
+    /// necessarily after the branch).
+    Main,
+    /// The branch ends: what follows runs after both the branch and the main line.
+    Join,
+}
+
 /// Kernels over weights bound from one model file, and the memory they run in. Every
 /// operation's shapes are given in its doc; a backend checks them and returns an error on a
 /// mismatch rather than panicking.
@@ -241,6 +258,13 @@ pub trait Backend: Send + Sync {
         session: u64,
         body: &mut dyn FnMut() -> BResult<()>,
     ) -> BResult<()>;
+
+    /// Sends the operations that follow to `lane` (see [`Lane`]); a backend that runs
+    /// everything in issue order ignores it. A branch is opened, left for the main line and
+    /// joined in that order, within one step.
+    fn lane(&self, _lane: Lane) -> BResult<()> {
+        Ok(())
+    }
 
     // ---- operations (spec/model.md §2) --------------------------------------------------
 

@@ -6,12 +6,12 @@
 
 use super::compressor::compressor;
 use super::config::Config;
-use super::indexer::indexer;
+use super::indexer::{indexer_queries, indexer_weights};
 use super::rope::Rope;
 use super::scratch::Scratch;
 use super::weights::LayerWeights;
 use super::Numerics;
-use crate::backend::{BResult, Backend, CompStream, Rows, SessionState};
+use crate::backend::{BResult, Backend, CompStream, Lane, Rows, SessionState};
 
 /// Runs layer `il`'s attention for the chunk's rows, updating the layer's cache. `indexer_on`
 /// says whether some row sees more compressed rows than top-k (spec §2.4.5).
@@ -30,6 +30,34 @@ pub fn attention(
     let (hd, eps) = (cfg.head_dim, cfg.rms_eps);
     let rope = Rope::for_layer(cfg, il);
 
+    // §2.4.4 compressors, and the indexer's head weights (§2.4.5): they read only `h`, so they
+    // run as a branch beside the projections of §2.4.1–2.4.3.
+    let compressed4 = lw.attn_compressor.is_some() && cfg.ratio(il) == 4;
+    let selecting = lw.indexer.as_ref().filter(|_| indexer_on && compressed4);
+    be.lane(Lane::Branch)?;
+    match (&lw.attn_compressor, cfg.ratio(il)) {
+        (Some(cw), 4) => {
+            let (kv, sc) = (&mut s.comp4_kv, &mut s.comp4_score);
+            let stream = CompStream::Attn;
+            compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
+            if let Some(iw) = &lw.indexer {
+                let (kv, sc) = (&mut s.idx_kv, &mut s.idx_score);
+                let (cw, stream) = (&iw.compressor, CompStream::Indexer);
+                compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
+            }
+        }
+        (Some(cw), _) => {
+            let (kv, sc) = (&mut s.comp128_kv, &mut s.comp128_score);
+            let stream = CompStream::Attn;
+            compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
+        }
+        (None, _) => {}
+    }
+    if let Some(iw) = selecting {
+        indexer_weights(be, iw, s, cfg, num)?;
+    }
+    be.lane(Lane::Main)?;
+
     // §2.4.1 projections (of `s.h`, already attn-normed by the HC boundary), §2.4.2 RoPE.
     let (wq, wkv) = (&lw.attn_q_a, &lw.attn_kv);
     be.matmuls(&[wq, wkv], &s.h, &mut [&mut s.qr, &mut s.kv], num)?;
@@ -41,71 +69,16 @@ pub fn attention(
 
     // §2.4.3 raw window, before attention: a token attends to itself.
     be.raw_push(st, il, &s.kv, rows)?;
-
-    // §2.4.4 compressors and §2.4.5 indexer.
-    let mut selected = false;
-    match (&lw.attn_compressor, cfg.ratio(il)) {
-        (Some(cw), 4) => {
-            let (kv, sc) = (&mut s.comp4_kv, &mut s.comp4_score);
-            compressor(
-                be,
-                cw,
-                &s.h,
-                kv,
-                sc,
-                st,
-                il,
-                CompStream::Attn,
-                &rope,
-                cfg,
-                num,
-                rows,
-            )?;
-            if let Some(iw) = &lw.indexer {
-                let (kv, sc) = (&mut s.idx_kv, &mut s.idx_score);
-                let stream = CompStream::Indexer;
-                compressor(
-                    be,
-                    &iw.compressor,
-                    &s.h,
-                    kv,
-                    sc,
-                    st,
-                    il,
-                    stream,
-                    &rope,
-                    cfg,
-                    num,
-                    rows,
-                )?;
-                if indexer_on {
-                    indexer(be, iw, s, st, il, &rope, cfg, num, rows)?;
-                    selected = true;
-                }
-            }
-        }
-        (Some(cw), _) => {
-            let (kv, sc) = (&mut s.comp128_kv, &mut s.comp128_score);
-            compressor(
-                be,
-                cw,
-                &s.h,
-                kv,
-                sc,
-                st,
-                il,
-                CompStream::Attn,
-                &rope,
-                cfg,
-                num,
-                rows,
-            )?;
-        }
-        (None, _) => {}
+    if let Some(iw) = selecting {
+        indexer_queries(be, iw, s, &rope, cfg, num, rows)?;
+    }
+    be.lane(Lane::Join)?;
+    if selecting.is_some() {
+        be.indexer_select(st, il, &s.idx_q, &s.idx_w, rows, &mut s.sel)?; // §2.4.5 top-k
     }
 
     // §2.4.6 attention with sinks, then §2.4.7 inverse RoPE and the grouped projection.
-    let sel = selected.then_some(&s.sel);
+    let sel = selecting.is_some().then_some(&s.sel);
     be.attention(st, il, &s.q, &lw.attn_sinks, sel, cfg, rows, num, &mut s.o)?;
     be.rope(&mut s.o, hd, &rope, rows, true)?;
     be.matmul_grouped(&lw.attn_output_a, cfg.o_groups, &s.o, &mut s.low, num)?;

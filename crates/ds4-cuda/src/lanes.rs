@@ -1,0 +1,150 @@
+//! Branches of independent operations ([`ds4::backend::Lane`]) on the device's side stream.
+//!
+//! A decode step is some 1,400 small launches in a chain; many of them are independent (a
+//! layer's compressors beside its query and KV projections, the shared expert beside the
+//! routing and the routed experts), and a chain of small kernels leaves most of the device idle
+//! during each one's ramp and tail. A branch runs on the side stream after an event recorded
+//! on the main one and is joined by another event; inside a stream capture the two become the
+//! graph's fork and join edges, so a replayed step runs both lines at once.
+//!
+//! Only one-row batches use branches (decode: graph-recorded, no cuBLAS, whose handle is bound
+//! to the main stream), and not while profiling (the event table times launches one by one).
+//! `DS4_CUDA_LANES=0` turns them off. Two resources are shared between the lines:
+//! - the scratch arena: a branch's temporaries stay allocated until the join
+//!   ([`crate::arena::Arena::hold_peak`]), so the main line never reuses memory that the branch's
+//!   kernels may still be using;
+//! - the norm planes ([`crate::NormPlanes`]): inside a branch only the main line writes planes,
+//!   into the buffer that was not held when the branch began (which the branch may be reading);
+//!   when the main line resumes, the planes held at the fork are held again (the branch writes
+//!   nothing the main line reads).
+
+use std::sync::Mutex;
+
+use ds4::backend::{BResult, Lane};
+
+use crate::{be_err, CudaBackend, HeldPlanes};
+
+/// An open branch.
+#[derive(Debug, Clone, Copy)]
+struct Fork {
+    /// The arena fill when it began, released again at the join.
+    mark: usize,
+    /// The arena fill held for the branch when the main line resumed.
+    held_fill: Option<usize>,
+    /// The planes held when it began.
+    planes: Option<HeldPlanes>,
+    /// Whether operations go to the branch now (not yet back to the main line).
+    on_side: bool,
+    /// Whether the branch wrote the row of `planes`.
+    forgot: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Whether the current batch may use branches.
+    allowed: bool,
+    fork: Option<Fork>,
+}
+
+/// The lane state of a backend.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    /// Whether branches are used at all (`DS4_CUDA_LANES`).
+    on: bool,
+    state: Mutex<State>,
+}
+
+impl Lanes {
+    pub fn new(on: bool) -> Self {
+        Lanes {
+            on,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The buffer a norm writes its planes to when `held` are held now, or None inside a
+    /// branch's own operations.
+    pub fn planes_buffer(&self, held: Option<HeldPlanes>) -> Option<usize> {
+        let other = |h: Option<HeldPlanes>| h.map_or(0, |h| 1 - h.buf);
+        match self.state().fork {
+            Some(f) if f.on_side => None,
+            Some(f) => Some(other(f.planes)),
+            None => Some(other(held)),
+        }
+    }
+
+    /// Notes that a launcher is about to write `row` (see [`crate::CudaBackend::forget_planes`]).
+    pub fn forgetting(&self, row: u64) {
+        if let Some(f) = self.state().fork.as_mut() {
+            if f.on_side && f.planes.is_some_and(|h| h.row == row) {
+                f.forgot = true;
+            }
+        }
+    }
+}
+
+impl CudaBackend {
+    /// A new batch of `rows` rows: branches only for one row.
+    pub(crate) fn lanes_for_batch(&self, rows: usize) {
+        self.lanes_reset();
+        self.lanes.state().allowed = self.lanes.on && rows == 1 && !self.profiling();
+    }
+
+    /// Forgets any branch left open by a failed step (its work is ordered before whatever the
+    /// main stream runs next only through the join it never made, so the caller resets the
+    /// arena as well).
+    pub(crate) fn lanes_reset(&self) {
+        let mut st = self.lanes.state();
+        if st.fork.take().is_some() {
+            self.dev.to_main();
+        }
+    }
+
+    pub(crate) fn op_lane(&self, lane: Lane) -> BResult<()> {
+        let mut st = self.lanes.state();
+        if !st.allowed {
+            return Ok(());
+        }
+        let misuse = |what: &str| Err(crate::ops::err(format!("lanes: {what}")));
+        match (lane, st.fork) {
+            (Lane::Branch, None) => {
+                self.dev.fork().map_err(be_err)?;
+                let mark = self.arena.mark();
+                self.arena.start_peak();
+                st.fork = Some(Fork {
+                    mark,
+                    held_fill: None,
+                    planes: *self.norm_planes.held(),
+                    on_side: true,
+                    forgot: false,
+                });
+                Ok(())
+            }
+            (Lane::Main, Some(mut f)) if f.on_side => {
+                self.dev.to_main();
+                f.on_side = false;
+                f.held_fill = Some(self.arena.hold_peak());
+                *self.norm_planes.held() = if f.forgot { None } else { f.planes };
+                st.fork = Some(f);
+                Ok(())
+            }
+            (Lane::Join, Some(f)) if !f.on_side => {
+                self.dev.join().map_err(be_err)?;
+                // The main line's own temporaries are released by now; if it kept something
+                // (a tensor allocated beside the branch), keep the branch's memory as well.
+                if f.held_fill == Some(self.arena.mark()) {
+                    self.arena.release(f.mark);
+                }
+                st.fork = None;
+                Ok(())
+            }
+            (Lane::Branch, Some(_)) => misuse("a branch inside a branch"),
+            (Lane::Main, _) => misuse("the main line resumed outside a branch"),
+            (Lane::Join, _) => misuse("a join without a branch and its main line"),
+        }
+    }
+}
