@@ -133,6 +133,12 @@ template <class T> static inline T __shfl_sync(unsigned, T v, int src_lane, int 
     return emu_shfl_from(v, src_lane);
 }
 
+// Lanes below `delta` get their own value back, as on the device.
+template <class T> static inline T __shfl_up_sync(unsigned, T v, unsigned delta, int = 32) {
+    int lane = emu_cur->lin & 31;
+    return emu_shfl_from(v, lane >= (int)delta ? lane - (int)delta : lane);
+}
+
 // Every lane's 64-bit value in one exchange (all[32], by lane): the emulated tensor-core
 // product (common.cuh's mma_16816) gathers its operand fragments with three of these instead
 // of 32 shuffles.

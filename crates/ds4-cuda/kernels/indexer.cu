@@ -1,50 +1,58 @@
 // The sparse-attention indexer of ratio-4 layers (spec/model.md §2.4.5).
 //
 // `idx_scores`: score[t][c] = Σ_h w[t][h]·max(0, q[t][h]·K[c]) for the visible rows c of row
-// t (grid rows × ceil(cap/32); a block stages its 32 indexer rows and the row's queries in
-// shared memory; a thread owns one row and nh/8 heads, and 8 lanes sum their heads).
+// t (grid rows × ceil(cap / (8·rpw))): a block stages the row's queries and its 8·rpw indexer
+// rows in shared memory; a warp owns rpw rows, a lane the heads lane, lane + 32, … of each, and
+// the warp sums its lanes. (A thread per row and eight heads left a decode row of 520 visible
+// rows 17 blocks, each a chain of 1,024 dependent multiply-adds: 36 µs. Decode takes rpw 1.)
 // `idx_topk`: per row, the top-k of its scores by an exact radix select on the IEEE bits
 // (the order of f32::total_cmp), ties to the lower index, written in ascending index order
 // and padded with −1; a row that sees ≤ k rows gets all of them.
 
-#define IDX_TILE 32
 #define IDX_DH_MAX 128
 #define IDX_NH_MAX 64
+#define IDX_RPW_MAX 4
 
 extern "C" __global__ void idx_scores(const float* q, const float* wts, const float* krows,
                                       const int* pos, int ratio, int nh, int dh, float* scores,
-                                      int cap) {
+                                      int cap, int rpw) {
     grid_dep_sync();
     DYN_SHARED(float, sh);
-    float* qs = sh;                          // nh × (dh + 1)
-    float* ks = sh + nh * (dh + 1);          // IDX_TILE × (dh + 1)
+    float* qs = sh;                          // nh × (dh + 1): lanes read different heads
+    float* ks = sh + nh * (dh + 1);          // 8·rpw × dh: every lane reads the same value
+    int tile = 8 * rpw;
     int t = blockIdx.x;
-    int c0 = blockIdx.y * IDX_TILE;
+    int c0 = blockIdx.y * tile;
     int nv = (pos[t] + 1) / ratio;
     if (c0 >= nv) return;
     for (int i = threadIdx.x; i < nh * dh; i += blockDim.x)
         qs[(i / dh) * (dh + 1) + i % dh] = q[(i64)t * nh * dh + i];
-    for (int i = threadIdx.x; i < IDX_TILE * dh; i += blockDim.x) {
-        int r = i / dh, c = c0 + r;
-        ks[r * (dh + 1) + i % dh] = c < nv ? krows[(i64)c * dh + i % dh] : 0.0f;
+    for (int i = threadIdx.x; i < tile * dh; i += blockDim.x) {
+        int c = c0 + i / dh;
+        ks[i] = c < nv ? krows[(i64)c * dh + i % dh] : 0.0f;
     }
     __syncthreads();
-    int r = threadIdx.x >> 3, hg = threadIdx.x & 7;
-    int hpt = nh / 8;
-    const float* kr = ks + r * (dh + 1);
-    float acc = 0.0f;
-    for (int hh = 0; hh < hpt; hh++) {
-        int h = hg * hpt + hh;
-        const float* qh = qs + h * (dh + 1);
-        float d = 0.0f;
-        for (int k = 0; k < dh; k++) d += qh[k] * kr[k];
-        acc += wts[(i64)t * nh + h] * fmaxf(d, 0.0f);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int j = 0; j < rpw; j++) {
+        int r = warp + 8 * j, c = c0 + r;
+        if (c >= nv) break;
+        const float* kr = ks + r * dh;
+        float acc = 0.0f;
+        for (int h = lane; h < nh; h += 32) {
+            const float* qh = qs + h * (dh + 1);
+            float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+            for (int k = 0; k < dh; k += 4) {
+                d0 = fmaf(qh[k], kr[k], d0);
+                d1 = fmaf(qh[k + 1], kr[k + 1], d1);
+                d2 = fmaf(qh[k + 2], kr[k + 2], d2);
+                d3 = fmaf(qh[k + 3], kr[k + 3], d3);
+            }
+            float d = (d0 + d1) + (d2 + d3);
+            acc += wts[(i64)t * nh + h] * fmaxf(d, 0.0f);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) scores[(i64)t * cap + c] = acc;
     }
-    acc += __shfl_xor_sync(FULL_MASK, acc, 1);
-    acc += __shfl_xor_sync(FULL_MASK, acc, 2);
-    acc += __shfl_xor_sync(FULL_MASK, acc, 4);
-    int c = c0 + r;
-    if (hg == 0 && c < nv) scores[(i64)t * cap + c] = acc;
 }
 
 // Order-preserving key of a float: larger float (total order) → larger key.
@@ -55,19 +63,29 @@ __device__ __forceinline__ u32 f32_key(float f) {
 
 #define TOPK_THREADS 1024
 
-// Inclusive prefix sum over the block of one int per thread (TOPK_THREADS threads).
-__device__ int block_scan(int v, int* sh) {
-    int tid = threadIdx.x;
-    __syncthreads();
-    sh[tid] = v;
-    __syncthreads();
-    for (int off = 1; off < TOPK_THREADS; off <<= 1) {
-        int add = tid >= off ? sh[tid - off] : 0;
-        __syncthreads();
-        sh[tid] += add;
-        __syncthreads();
+// Inclusive prefix sum of v over the lanes of a warp.
+__device__ __forceinline__ int warp_scan(int v) {
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        int y = __shfl_up_sync(FULL_MASK, v, off);
+        if (lane >= off) v += y;
     }
-    return sh[tid];
+    return v;
+}
+
+// Inclusive prefix sum over the block of one int per thread (TOPK_THREADS threads: 32 warps)
+// and the block's total: the warps scan, then warp 0 scans their totals (`sh`: 32 ints).
+__device__ int block_scan(int v, int* sh, int* total) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int x = warp_scan(v);
+    __syncthreads();  // the previous call's readers are done with sh
+    if (lane == 31) sh[w] = x;
+    __syncthreads();
+    if (w == 0) sh[lane] = warp_scan(sh[lane]);
+    __syncthreads();
+    *total = sh[31];
+    return x + (w > 0 ? sh[w - 1] : 0);
 }
 
 // sel[t][0..k) = the selected compressed rows of row t. Grid (rows), TOPK_THREADS threads.
@@ -75,7 +93,7 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
                                     int k, int* sel) {
     grid_dep_sync();
     __shared__ int hist[256];
-    __shared__ int scan[TOPK_THREADS];
+    __shared__ int scan[32];
     __shared__ u32 s_prefix;
     __shared__ int s_remaining;
     __shared__ int s_base;
@@ -102,14 +120,29 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
             if ((key & hmask) == (prefix & hmask)) atomicAdd(&hist[(key >> shift) & 255u], 1);
         }
         __syncthreads();
-        if (tid == 0) {
-            int rem = s_remaining, above = 0, d = 255;
-            for (; d > 0; d--) {
-                if (above + hist[d] >= rem) break;
-                above += hist[d];
+        // The digit of the k-th largest: warp 0, lane l holding digits 255 − 8l … 248 − 8l,
+        // the keys above each lane's digits from a scan of the lanes' counts.
+        if (tid < 32) {
+            int rem = s_remaining, top = 255 - 8 * tid, cnt[8], n8 = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                cnt[j] = hist[top - j];
+                n8 += cnt[j];
             }
-            s_prefix = prefix | ((u32)d << shift);
-            s_remaining = rem - above;
+            int incl = warp_scan(n8), above = incl - n8;
+            if (above < rem && rem <= incl) {
+                int d = top - 7;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    if (above + cnt[j] >= rem) {
+                        d = top - j;
+                        break;
+                    }
+                    above += cnt[j];
+                }
+                s_prefix = prefix | ((u32)d << shift);
+                s_remaining = rem - above;
+            }
         }
         __syncthreads();
     }
@@ -122,14 +155,14 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
         u32 key = i < nv ? f32_key(sc[i]) : 0u;
         int gt = i < nv && key > thr;
         int eq = i < nv && key == thr;
-        int eq_incl = block_scan(eq, scan) + eq_before;
-        int eq_total = scan[TOPK_THREADS - 1];
+        int eq_total, taken;
+        int eq_incl = block_scan(eq, scan, &eq_total) + eq_before;
         int take = gt || (eq && eq_incl <= take_eq);
-        int pos_incl = block_scan(take, scan);
+        int pos_incl = block_scan(take, scan, &taken);
         int base = s_base;
         if (take) out[base + pos_incl - 1] = i;
         __syncthreads();
-        if (tid == 0) s_base = base + scan[TOPK_THREADS - 1];
+        if (tid == 0) s_base = base + taken;
         eq_before += eq_total;
         __syncthreads();
     }

@@ -20,7 +20,7 @@ impl CudaBackend {
     ) -> BResult<()> {
         let n = rows.n();
         let (topk, nh) = (sel.cols, wts.cols);
-        if nh == 0 || nh % 8 != 0 || nh > 64 || !q.cols.is_multiple_of(nh) || q.cols / nh > 128 {
+        if nh == 0 || nh > 64 || !q.cols.is_multiple_of(nh) || q.cols / nh > 128 {
             return Err(err(format!("indexer q {q:?} with {nh} heads")));
         }
         let dh = q.cols / nh;
@@ -40,13 +40,18 @@ impl CudaBackend {
         let scores = self.scratch(n * cap * 4)?;
         let (qp, wp, r, sp) = (dp(q)?, dp(wts)?, drows(rows)?, dp(sel)?);
         let (ratio, nh_i, dh_i, cap_i, k_i) = (4i32, nh as i32, dh as i32, cap as i32, topk as i32);
-        let smem = ((nh + 32) * (dh + 1) * 4) as u32;
+        // Rows a warp of idx_scores scores (IDX_RPW_MAX at most): one for a decode row, so
+        // that its few hundred visible rows still spread over the device; four in a chunk,
+        // whose blocks each stage one row's queries.
+        let rpw = if n == 1 { 1 } else { 4 };
+        let smem = ((nh * (dh + 1) + 8 * rpw * dh) * 4) as u32;
+        let rpw_i = rpw as i32;
         self.launch(
             "idx_scores",
-            (n as u32, cap.div_ceil(32) as u32, 1),
+            (n as u32, cap.div_ceil(8 * rpw) as u32, 1),
             256,
             smem,
-            &mut kargs![&qp, &wp, &l.idx, &r.pos, &ratio, &nh_i, &dh_i, &scores, &cap_i],
+            &mut kargs![&qp, &wp, &l.idx, &r.pos, &ratio, &nh_i, &dh_i, &scores, &cap_i, &rpw_i],
         )?;
         self.launch(
             "idx_topk",
