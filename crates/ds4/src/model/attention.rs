@@ -30,11 +30,19 @@ pub fn attention(
     let (hd, eps) = (cfg.head_dim, cfg.rms_eps);
     let rope = Rope::for_layer(cfg, il);
 
-    // §2.4.4 compressors, and the indexer's head weights (§2.4.5): they read only `h`, so they
-    // run as a branch beside the projections of §2.4.1–2.4.3.
+    // §2.4.1 projections (of `s.h`, already attn-normed by the HC boundary).
     let compressed4 = lw.attn_compressor.is_some() && cfg.ratio(il) == 4;
     let selecting = lw.indexer.as_ref().filter(|_| indexer_on && compressed4);
+    let (wq, wkv) = (&lw.attn_q_a, &lw.attn_kv);
+    be.matmuls(&[wq, wkv], &s.h, &mut [&mut s.qr, &mut s.kv], num)?;
+
+    // The KV row (§2.4.2 norm and RoPE, §2.4.3 the raw window, before attention: a token
+    // attends to itself), the §2.4.4 compressors and the indexer's head weights (§2.4.5) read
+    // nothing the queries need: a branch beside them.
     be.lane(Lane::Branch)?;
+    be.head_norm_rope(&mut s.kv, Some(&lw.attn_kv_a_norm), hd, eps, &rope, rows)?;
+    be.kv_round(&mut s.kv, cfg.n_rot, num)?;
+    be.raw_push(st, il, &s.kv, rows)?;
     match (&lw.attn_compressor, cfg.ratio(il)) {
         (Some(cw), 4) => {
             let (kv, sc) = (&mut s.comp4_kv, &mut s.comp4_score);
@@ -56,19 +64,12 @@ pub fn attention(
     if let Some(iw) = selecting {
         indexer_weights(be, iw, s, cfg, num)?;
     }
-    be.lane(Lane::Main)?;
 
-    // §2.4.1 projections (of `s.h`, already attn-normed by the HC boundary), §2.4.2 RoPE.
-    let (wq, wkv) = (&lw.attn_q_a, &lw.attn_kv);
-    be.matmuls(&[wq, wkv], &s.h, &mut [&mut s.qr, &mut s.kv], num)?;
+    // The queries: q norm, q_b, per-head norm and §2.4.2 RoPE; the indexer's queries.
+    be.lane(Lane::Main)?;
     be.rms_norm(&mut s.qr, Some(&lw.attn_q_a_norm), cfg.q_lora, eps)?;
     be.matmul(&lw.attn_q_b, &s.qr, &mut s.q, num)?;
     be.head_norm_rope(&mut s.q, None, hd, eps, &rope, rows)?; // per head, no weight
-    be.head_norm_rope(&mut s.kv, Some(&lw.attn_kv_a_norm), hd, eps, &rope, rows)?;
-    be.kv_round(&mut s.kv, cfg.n_rot, num)?;
-
-    // §2.4.3 raw window, before attention: a token attends to itself.
-    be.raw_push(st, il, &s.kv, rows)?;
     if let Some(iw) = selecting {
         indexer_queries(be, iw, s, &rope, cfg, num, rows)?;
     }
