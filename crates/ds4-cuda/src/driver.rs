@@ -1,5 +1,5 @@
 //! A thin safe layer over the CUDA driver API (cudarc's `driver::sys`, loaded at run time):
-//! one device with its primary context, its stream and a side stream for branches of
+//! one device with its primary context, its stream and side streams for branches of
 //! independent work ([`Device::fork`]), owned device and pinned host buffers, kernel launches
 //! from an argument list, stream capture into graphs, events. Every call's result is checked
 //! and turned into a [`CudaError`] naming the call.
@@ -32,17 +32,20 @@ pub(crate) fn check(call: &'static str, r: sys::CUresult) -> Result<(), CudaErro
     })
 }
 
+/// Side streams: branches that can run beside the main line at once.
+pub(crate) const SIDE_STREAMS: usize = 2;
+
 /// The device, its primary context and the stream every operation runs on.
 pub(crate) struct Device {
     pub ctx: sys::CUcontext,
     pub stream: sys::CUstream,
-    /// The stream of a branch's operations, between [`Device::fork`] and [`Device::join`].
-    side: sys::CUstream,
-    /// Whether operations go to `side` now.
-    on_side: std::sync::atomic::AtomicBool,
-    /// The fork and join points (timing off: they only order the two streams).
+    /// The streams of branches' operations, between [`Device::fork`] and [`Device::join`].
+    side: [sys::CUstream; SIDE_STREAMS],
+    /// Where operations go now: 0 the main stream, i + 1 side stream i.
+    on_side: std::sync::atomic::AtomicUsize,
+    /// The fork point and each side stream's join point (timing off: they only order streams).
     fork_ev: sys::CUevent,
-    join_ev: sys::CUevent,
+    join_ev: [sys::CUevent; SIDE_STREAMS],
     pub name: String,
     pub cc: (i32, i32),
     pub smem_optin: i32,
@@ -83,12 +86,14 @@ impl Device {
             check("cuCtxSetCurrent", sys::cuCtxSetCurrent(ctx))?;
             let mut stream: sys::CUstream = std::ptr::null_mut();
             check("cuStreamCreate", sys::cuStreamCreate(&mut stream, 1))?; // non-blocking
-            let mut side: sys::CUstream = std::ptr::null_mut();
-            check("cuStreamCreate", sys::cuStreamCreate(&mut side, 1))?;
-            let (mut fork_ev, mut join_ev): (sys::CUevent, sys::CUevent) =
-                (std::ptr::null_mut(), std::ptr::null_mut());
+            let mut side = [std::ptr::null_mut(); SIDE_STREAMS];
+            let mut join_ev = [std::ptr::null_mut(); SIDE_STREAMS];
+            let mut fork_ev: sys::CUevent = std::ptr::null_mut();
             check("cuEventCreate", sys::cuEventCreate(&mut fork_ev, 2))?; // CU_EVENT_DISABLE_TIMING
-            check("cuEventCreate", sys::cuEventCreate(&mut join_ev, 2))?;
+            for (s, e) in side.iter_mut().zip(join_ev.iter_mut()) {
+                check("cuStreamCreate", sys::cuStreamCreate(s, 1))?;
+                check("cuEventCreate", sys::cuEventCreate(e, 2))?;
+            }
             let mut buf = [0 as std::ffi::c_char; 256];
             check(
                 "cuDeviceGetName",
@@ -109,7 +114,7 @@ impl Device {
                 ctx,
                 stream,
                 side,
-                on_side: std::sync::atomic::AtomicBool::new(false),
+                on_side: std::sync::atomic::AtomicUsize::new(0),
                 fork_ev,
                 join_ev,
                 name,
@@ -137,64 +142,70 @@ impl Device {
         Ok((f, t))
     }
 
-    /// The stream operations go to now: the side stream inside a branch, else the main one.
+    /// The stream operations go to now: a side stream inside a branch, else the main one.
     fn cur(&self) -> sys::CUstream {
-        if self.on_side.load(std::sync::atomic::Ordering::Relaxed) {
-            self.side
-        } else {
-            self.stream
+        match self.on_side.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => self.stream,
+            i => self.side[(i - 1).min(SIDE_STREAMS - 1)],
         }
     }
 
-    /// Starts a branch: what follows runs on the side stream, after everything issued so far.
-    /// (In a stream capture the side stream joins the capture here.)
-    pub fn fork(&self) -> Result<(), CudaError> {
+    /// Starts branch `i` (< [`SIDE_STREAMS`]): what follows runs on side stream `i`, after
+    /// everything the main stream was given before branch 0 began. (In a stream capture the
+    /// side stream joins the capture here.)
+    pub fn fork(&self, i: usize) -> Result<(), CudaError> {
+        let i = i.min(SIDE_STREAMS - 1);
         // SAFETY: live event and streams of this context.
         unsafe {
-            check(
-                "cuEventRecord",
-                sys::cuEventRecord(self.fork_ev, self.stream),
-            )?;
+            if i == 0 {
+                check(
+                    "cuEventRecord",
+                    sys::cuEventRecord(self.fork_ev, self.stream),
+                )?;
+            }
             check(
                 "cuStreamWaitEvent",
-                sys::cuStreamWaitEvent(self.side, self.fork_ev, 0),
+                sys::cuStreamWaitEvent(self.side[i], self.fork_ev, 0),
             )?;
         }
         self.on_side
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .store(i + 1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    /// Sends what follows to the main stream again, beside the branch (not after it).
+    /// Sends what follows to the main stream again, beside the branches (not after them).
     pub fn to_main(&self) {
-        self.on_side
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.on_side.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Ends a branch: what follows on the main stream runs after the branch too.
-    pub fn join(&self) -> Result<(), CudaError> {
-        // SAFETY: live event and streams of this context.
-        unsafe {
-            check("cuEventRecord", sys::cuEventRecord(self.join_ev, self.side))?;
-            check(
-                "cuStreamWaitEvent",
-                sys::cuStreamWaitEvent(self.stream, self.join_ev, 0),
-            )?;
+    /// Ends branches 0..n: what follows on the main stream runs after them too.
+    pub fn join(&self, n: usize) -> Result<(), CudaError> {
+        for i in 0..n.min(SIDE_STREAMS) {
+            // SAFETY: live events and streams of this context.
+            unsafe {
+                check(
+                    "cuEventRecord",
+                    sys::cuEventRecord(self.join_ev[i], self.side[i]),
+                )?;
+                check(
+                    "cuStreamWaitEvent",
+                    sys::cuStreamWaitEvent(self.stream, self.join_ev[i], 0),
+                )?;
+            }
         }
         self.to_main();
         Ok(())
     }
 
-    /// Waits for both streams.
+    /// Waits for every stream.
     pub fn sync(&self) -> Result<(), CudaError> {
-        // SAFETY: the streams are valid for the device's lifetime.
-        check("cuStreamSynchronize", unsafe {
-            sys::cuStreamSynchronize(self.side)
-        })?;
-        // SAFETY: as above.
-        check("cuStreamSynchronize", unsafe {
-            sys::cuStreamSynchronize(self.stream)
-        })
+        for &s in self.side.iter().chain([&self.stream]) {
+            // SAFETY: the streams are valid for the device's lifetime.
+            check("cuStreamSynchronize", unsafe {
+                sys::cuStreamSynchronize(s)
+            })?;
+        }
+        Ok(())
     }
 
     /// Copies host bytes to device memory (stream-ordered; `src` must stay valid until the

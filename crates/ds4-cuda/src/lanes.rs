@@ -1,11 +1,13 @@
 //! Branches of independent operations ([`ds4::backend::Lane`]) on the device's side stream.
 //!
 //! A decode step is some 1,400 small launches in a chain; many of them are independent (a
-//! layer's compressors beside its query and KV projections, the shared expert beside the
-//! routing and the routed experts), and a chain of small kernels leaves most of the device idle
-//! during each one's ramp and tail. A branch runs on the side stream after an event recorded
-//! on the main one and is joined by another event; inside a stream capture the two become the
-//! graph's fork and join edges, so a replayed step runs both lines at once.
+//! layer's KV row and its compressors beside its queries, the shared expert beside the routing
+//! and the routed experts), and a chain of small kernels leaves most of the device idle during
+//! each one's ramp and tail. A branch runs on a side stream after an event recorded on the main
+//! one and is joined by another event; inside a stream capture these become the graph's fork
+//! and join edges, so a replayed step runs the lines at once. Branches opened one after the
+//! other before the main line resumes run beside each other, one side stream each
+//! ([`crate::driver::SIDE_STREAMS`]; any further ones share the last).
 //!
 //! Only one-row batches use branches (decode: graph-recorded, no cuBLAS, whose handle is bound
 //! to the main stream), and not while profiling (the event table times launches one by one).
@@ -22,6 +24,7 @@ use std::sync::Mutex;
 
 use ds4::backend::{BResult, Lane};
 
+use crate::driver::SIDE_STREAMS;
 use crate::{be_err, CudaBackend, HeldPlanes};
 
 /// An open branch.
@@ -33,8 +36,10 @@ struct Fork {
     held_fill: Option<usize>,
     /// The planes held when it began.
     planes: Option<HeldPlanes>,
-    /// Whether operations go to the branch now (not yet back to the main line).
+    /// Whether operations go to a branch now (not yet back to the main line).
     on_side: bool,
+    /// Branches opened (each on its own side stream, the last one taking any beyond).
+    branches: usize,
     /// Whether the branch wrote the row of `planes`.
     forgot: bool,
 }
@@ -112,7 +117,7 @@ impl CudaBackend {
         let misuse = |what: &str| Err(crate::ops::err(format!("lanes: {what}")));
         match (lane, st.fork) {
             (Lane::Branch, None) => {
-                self.dev.fork().map_err(be_err)?;
+                self.dev.fork(0).map_err(be_err)?;
                 let mark = self.arena.mark();
                 self.arena.start_peak();
                 st.fork = Some(Fork {
@@ -121,7 +126,20 @@ impl CudaBackend {
                     planes: *self.norm_planes.held(),
                     on_side: true,
                     forgot: false,
+                    branches: 1,
                 });
+                Ok(())
+            }
+            (Lane::Branch, Some(mut f)) if f.on_side => {
+                // Another branch beside the first: it keeps what the first took, and sees the
+                // planes held at the fork.
+                self.arena.hold_peak();
+                if f.branches < SIDE_STREAMS {
+                    self.dev.fork(f.branches).map_err(be_err)?;
+                    f.branches += 1;
+                }
+                *self.norm_planes.held() = if f.forgot { None } else { f.planes };
+                st.fork = Some(f);
                 Ok(())
             }
             (Lane::Main, Some(mut f)) if f.on_side => {
@@ -133,7 +151,7 @@ impl CudaBackend {
                 Ok(())
             }
             (Lane::Join, Some(f)) if !f.on_side => {
-                self.dev.join().map_err(be_err)?;
+                self.dev.join(f.branches).map_err(be_err)?;
                 // The main line's own temporaries are released by now; if it kept something
                 // (a tensor allocated beside the branch), keep the branch's memory as well.
                 if f.held_fill == Some(self.arena.mark()) {
@@ -142,7 +160,7 @@ impl CudaBackend {
                 st.fork = None;
                 Ok(())
             }
-            (Lane::Branch, Some(_)) => misuse("a branch inside a branch"),
+            (Lane::Branch, Some(_)) => misuse("a branch opened from the main line beside one"),
             (Lane::Main, _) => misuse("the main line resumed outside a branch"),
             (Lane::Join, _) => misuse("a join without a branch and its main line"),
         }

@@ -194,14 +194,15 @@ pub struct StepKey {
 /// which is what a backend that ignores lanes does (the CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
-    /// A branch starts: the operations that follow depend only on work issued before this
-    /// point, and until [`Lane::Join`] the main line neither reads nor writes what they
-    /// write, nor writes what they read.
+    /// A branch starts: the operations that follow depend only on work issued before the
+    /// first branch began, and until [`Lane::Join`] nothing outside the branch (the main line,
+    /// other branches) reads or writes what they write, nor writes what they read. Called
+    /// again before [`Lane::Main`], a further branch beside the ones before it.
     Branch,
-    /// The main line continues beside the branch (after the work issued before it, not
-    /// necessarily after the branch).
+    /// The main line continues beside the branches (after the work issued before them, not
+    /// necessarily after them).
     Main,
-    /// The branch ends: what follows runs after both the branch and the main line.
+    /// The branches end: what follows runs after them and the main line.
     Join,
 }
 
@@ -260,7 +261,7 @@ pub trait Backend: Send + Sync {
     ) -> BResult<()>;
 
     /// Sends the operations that follow to `lane` (see [`Lane`]); a backend that runs
-    /// everything in issue order ignores it. A branch is opened, left for the main line and
+    /// everything in issue order ignores it. Branches are opened, left for the main line and
     /// joined in that order, within one step.
     fn lane(&self, _lane: Lane) -> BResult<()> {
         Ok(())

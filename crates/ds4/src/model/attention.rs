@@ -37,12 +37,16 @@ pub fn attention(
     be.matmuls(&[wq, wkv], &s.h, &mut [&mut s.qr, &mut s.kv], num)?;
 
     // The KV row (§2.4.2 norm and RoPE, §2.4.3 the raw window, before attention: a token
-    // attends to itself), the §2.4.4 compressors and the indexer's head weights (§2.4.5) read
-    // nothing the queries need: a branch beside them.
+    // attends to itself) with the indexer's head weights (§2.4.5), and the §2.4.4 compressors,
+    // read nothing the queries need: two branches beside them.
     be.lane(Lane::Branch)?;
     be.head_norm_rope(&mut s.kv, Some(&lw.attn_kv_a_norm), hd, eps, &rope, rows)?;
     be.kv_round(&mut s.kv, cfg.n_rot, num)?;
     be.raw_push(st, il, &s.kv, rows)?;
+    if let Some(iw) = selecting {
+        indexer_weights(be, iw, s, cfg, num)?;
+    }
+    be.lane(Lane::Branch)?;
     match (&lw.attn_compressor, cfg.ratio(il)) {
         (Some(cw), 4) => {
             let (kv, sc) = (&mut s.comp4_kv, &mut s.comp4_score);
@@ -60,9 +64,6 @@ pub fn attention(
             compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
         }
         (None, _) => {}
-    }
-    if let Some(iw) = selecting {
-        indexer_weights(be, iw, s, cfg, num)?;
     }
 
     // The queries: q norm, q_b, per-head norm and §2.4.2 RoPE; the indexer's queries.
