@@ -109,7 +109,8 @@ pub(crate) fn arena_bytes(cfg: &Config, rows: usize, ctx: usize) -> usize {
         .into_iter()
         .max()
         .unwrap_or(e);
-    let attn = rows * nh * 16 * (hd + 2) * 4;
+    // Attention partials: 16 slices a row (up to 64 for one decode row: attn_splits).
+    let attn = (rows * 16).max(64) * nh * (hd + 2) * 4;
     let idx = rows * idx_cap * 4;
     let gemm = 2 * rows * max_cols * 2 + (64 << 20);
     // Routed experts of a chunk: every (row, expert) slot at once for the tensor-core kernel

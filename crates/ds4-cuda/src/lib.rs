@@ -146,6 +146,9 @@ pub struct CudaOptions {
     /// on a second stream beside the main line (crate::lanes; `DS4_CUDA_LANES=0` runs them in
     /// issue order).
     pub lanes: bool,
+    /// Slices of a decode row's visible rows per head in `attn_partial` (`DS4_CUDA_ATT_SPLITS`,
+    /// 1 to 64, default 16), merged by `attn_combine`.
+    pub attn_splits: usize,
 }
 
 impl Default for CudaOptions {
@@ -169,6 +172,10 @@ impl Default for CudaOptions {
                 4096
             },
             lanes: std::env::var("DS4_CUDA_LANES").map_or(true, |v| v != "0"),
+            attn_splits: std::env::var("DS4_CUDA_ATT_SPLITS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16),
         }
     }
 }
@@ -426,6 +433,10 @@ impl CudaBackend {
 
     pub(crate) fn opts_down_split(&self) -> usize {
         self.opts.down_split
+    }
+
+    pub(crate) fn opts_attn_splits(&self) -> usize {
+        self.opts.attn_splits.clamp(1, 64)
     }
 
     pub(crate) fn opts_hc_step(&self) -> bool {

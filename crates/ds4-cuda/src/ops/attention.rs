@@ -1,6 +1,6 @@
 //! The raw window and sink attention (kernels/attention.cu): rows are pushed into the layer's
 //! ring at their positions; attention runs as slices of each row's visible rows (16 slices for
-//! one-row decode, so the grid fills the device) and a combine with the sink. Chunks of rows
+//! one-row decode by default, so the grid fills the device: CudaOptions::attn_splits) and a combine with the sink. Chunks of rows
 //! whose stored rows are f16-exact (the default precision) run `attn_mma` instead: the same
 //! attention on the tensor cores, 16 heads of one row a block, the sink folded in.
 
@@ -11,9 +11,6 @@ use ds4::model::Numerics;
 use super::{dp, drows, dstate, err, want};
 use crate::driver::kargs;
 use crate::CudaBackend;
-
-/// Slices of the visible rows per (row, head) in one-row decode.
-const DECODE_SPLITS: usize = 16;
 
 /// Rows of a chunk from which attention runs on the tensor cores (fewer: attn_partial, whose
 /// head-group blocks fill the device better for a handful of rows).
@@ -99,7 +96,7 @@ impl CudaBackend {
                 ],
             );
         }
-        let splits = if n == 1 { DECODE_SPLITS } else { 1 };
+        let splits = if n == 1 { self.opts_attn_splits() } else { 1 };
         let mark = self.arena.mark();
         let part = self.scratch(n * nh * splits * (hd + 2) * 4)?;
         let sp_i = splits as i32;
