@@ -178,11 +178,11 @@ done
 DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/nomq.csv" > "$OUT/nomq.log" 2>&1
 # Hardware counters of the decode kernels, on a 4-layer file of the same shapes (ncu's kernel
 # replay backs up device memory, too slow with the whole model loaded).
-"$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2l4.gguf > /dev/null 2>&1
 # Where a prefill chunk's time goes, kernels (cuBLAS's too) and the gaps between them: nsys on a
-# 2048-token prompt of the 4-layer file.
+# 2048-token prompt of a 4-layer file ($BENCH_NSYS=0 skips it: up to four minutes).
 NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
-if [[ -n "$NSYS" ]]; then
+if [[ -n "$NSYS" && "${BENCH_NSYS:-1}" != 0 ]]; then
+    "$BIN/ds4-gguf" synth --layout q2 --layers 4 --tokenizer "$BIN/tokenizer.json" --out /mnt/m/q2l4.gguf > /dev/null 2>&1
     DS4_CUDA_GRAPHS=0 timeout 120 "$NSYS" profile -o /tmp/pre --force-overwrite true --stats=false \
         "$BIN/ds4-bench" -m /mnt/m/q2l4.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 1 > "$OUT/nsys.log" 2>&1
     timeout 120 "$NSYS" stats -r cuda_gpu_kern_sum,cuda_api_sum,cuda_gpu_mem_time_sum -f csv -o "$OUT/nsys" /tmp/pre.nsys-rep >> "$OUT/nsys.log" 2>&1
