@@ -176,8 +176,6 @@ for v in ${BENCH_AB:-}; do
 done
 # The same prefill with the routed experts on the per-expert split-f16 GEMMs (A/B of mq_experts).
 DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/nomq.csv" > "$OUT/nomq.log" 2>&1
-# Hardware counters of the decode kernels, on a 4-layer file of the same shapes (ncu's kernel
-# replay backs up device memory, too slow with the whole model loaded).
 # Where a prefill chunk's time goes, kernels (cuBLAS's too) and the gaps between them: nsys on a
 # 2048-token prompt of a 4-layer file ($BENCH_NSYS=0 skips it: up to four minutes).
 NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
