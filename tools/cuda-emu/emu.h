@@ -304,7 +304,6 @@ static inline int __dp4a(int a, int b, int c) {
 static inline void __threadfence() {}
 template <class T> static inline T __ldcg(const T* p) { return *p; }
 template <class T> static inline T __ldcs(const T* p) { return *p; }
-template <class T> static inline T __ldg(const T* p) { return *p; }
 static inline int atomicAdd(int* p, int v) { int o = *p; *p = o + v; return o; }
 static inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p = o + v; return o; }
 static inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }

@@ -59,7 +59,7 @@ extern "C" __global__ void attn_partial(const float* q, int nh, int hd, const fl
                                         const int* sel, int topk, const int* pos, int splits,
                                         float scale, float* part) {
     grid_dep_sync();
-    __align__(16) __shared__ float tile[ATT_TILE * ATT_HD_MAX];
+    __shared__ float tile[ATT_TILE * ATT_HD_MAX];
     __shared__ int valid[ATT_TILE];
     int t = blockIdx.x, s = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -83,42 +83,10 @@ extern "C" __global__ void attn_partial(const float* q, int nh, int hd, const fl
     for (int b = i0; b < i1; b += ATT_TILE) {
         int nt = min(ATT_TILE, i1 - b);
         __syncthreads();
-        // Warp w stages rows w and w + 8 of the tile: both rows' addresses first, then every
-        // float4 a lane loads of them before it stores any — one memory round trip a tile (a
-        // scalar loop of stores waited on its loads a few at a time).
-        const float* src[ATT_TILE / ATT_WARPS];
-#pragma unroll
-        for (int j = 0; j < ATT_TILE / ATT_WARPS; j++) {
-            int r = warp + j * ATT_WARPS;
-            src[j] = r < nt ? att_row(b + r, p, lo, ring, ring_rows, comp, hd, sel_t, nvis) : 0;
-            if (lane == 0 && r < nt) valid[r] = src[j] != 0;
-        }
-        if ((hd & 3) == 0) {
-            float4 v[ATT_TILE / ATT_WARPS][ATT_HD_MAX / 128];
-#pragma unroll
-            for (int j = 0; j < ATT_TILE / ATT_WARPS; j++)
-#pragma unroll
-                for (int k = 0; k < ATT_HD_MAX / 128; k++) {
-                    int c4 = lane + 32 * k;
-                    v[j][k] = src[j] && 4 * c4 < hd ? __ldg((const float4*)src[j] + c4)
-                                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                }
-#pragma unroll
-            for (int j = 0; j < ATT_TILE / ATT_WARPS; j++) {
-                int r = warp + j * ATT_WARPS;
-#pragma unroll
-                for (int k = 0; k < ATT_HD_MAX / 128; k++) {
-                    int c4 = lane + 32 * k;
-                    if (r < nt && 4 * c4 < hd) ((float4*)tile)[r * (hd / 4) + c4] = v[j][k];
-                }
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < ATT_TILE / ATT_WARPS; j++) {
-                int r = warp + j * ATT_WARPS;
-                if (r < nt)
-                    for (int c = lane; c < hd; c += 32) tile[r * hd + c] = src[j] ? src[j][c] : 0.0f;
-            }
+        for (int r = warp; r < nt; r += ATT_WARPS) {
+            const float* src = att_row(b + r, p, lo, ring, ring_rows, comp, hd, sel_t, nvis);
+            if (lane == 0) valid[r] = src != 0;
+            for (int c = lane; c < hd; c += 32) tile[r * hd + c] = src ? src[c] : 0.0f;
         }
         __syncthreads();
         if (h < nh) {
