@@ -99,13 +99,17 @@ impl CudaBackend {
         self.lanes.state().allowed = self.lanes.on && rows == 1 && !self.profiling();
     }
 
-    /// Forgets any branch left open by a failed step (its work is ordered before whatever the
-    /// main stream runs next only through the join it never made, so the caller resets the
-    /// arena as well).
+    /// Closes any branch a failed step left open: the main stream waits for the side streams
+    /// (so that what it runs next cannot overwrite memory their kernels still use), and the
+    /// lanes start from the main line again.
     pub(crate) fn lanes_reset(&self) {
         let mut st = self.lanes.state();
-        if st.fork.take().is_some() {
-            self.dev.to_main();
+        if let Some(f) = st.fork.take() {
+            // Best effort: after a failed capture the streams may refuse; the step that follows
+            // reports any real device error itself.
+            if self.dev.join(f.branches).is_err() {
+                self.dev.to_main();
+            }
         }
     }
 
