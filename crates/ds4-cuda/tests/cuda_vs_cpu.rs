@@ -1358,3 +1358,31 @@ fn split_row_expert_products_match_cpu() {
     let er = routed_experts_rel(&c, &g, l, &xc, &xg, &ids, &wts);
     assert!(er <= Q8_NORM_2, "routed experts: {er:e}");
 }
+
+/// Lanes out of order are an error, not a hang or a stream left behind: a join or a main line
+/// without a branch, a branch from the main line beside an open one; three branches share the
+/// two side streams; a batch of several rows ignores lanes (it runs in issue order).
+#[test]
+fn lanes_out_of_order_are_errors() {
+    use ds4::backend::Lane;
+    let m = tiny(ExpertRecipe::Q2, 2);
+    let Some(g) = gpu(&m) else { return };
+    g.begin().unwrap();
+    let _rows = g.rows(&[1], 0).unwrap();
+    assert!(g.lane(Lane::Join).is_err(), "a join without a branch");
+    assert!(g.lane(Lane::Main).is_err(), "a main line without a branch");
+    for _ in 0..3 {
+        g.lane(Lane::Branch).unwrap();
+    }
+    g.lane(Lane::Main).unwrap();
+    assert!(
+        g.lane(Lane::Branch).is_err(),
+        "a branch from the main line beside open ones"
+    );
+    assert!(g.lane(Lane::Main).is_err(), "the main line resumed twice");
+    g.lane(Lane::Join).unwrap();
+    assert!(g.lane(Lane::Join).is_err(), "a second join");
+    g.begin().unwrap();
+    let _rows = g.rows(&[1, 2, 3], 0).unwrap();
+    g.lane(Lane::Join).unwrap();
+}
