@@ -2,7 +2,7 @@
 //! starts from the beginning (`Backend::begin`), so a decode step's tensors land at the same
 //! addresses every time and a recorded step stays valid. Operations take temporaries with
 //! [`Arena::mark`] / [`Arena::release`]: memory released after a launch is only reused by later
-//! launches of the same stream, which it orders after it. A branch on the side stream
+//! launches of the same stream, which it orders after it. A branch on a side stream
 //! (crate::lanes) keeps what it took until it is joined: [`Arena::hold_peak`].
 
 use std::sync::Mutex;

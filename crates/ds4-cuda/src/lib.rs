@@ -143,7 +143,7 @@ pub struct CudaOptions {
     /// `DS4_CUDA_MVP=0` never does (always `mv_q8_0`, one block lifetime a row group).
     pub mvp_min_rows: usize,
     /// Run the forward pass's independent branches ([`ds4::backend::Lane`]) of a one-row batch
-    /// on a second stream beside the main line (crate::lanes; `DS4_CUDA_LANES=0` runs them in
+    /// on side streams beside the main line (crate::lanes; `DS4_CUDA_LANES=0` runs them in
     /// issue order).
     pub lanes: bool,
     /// Slices of a decode row's visible rows per head in `attn_partial` (`DS4_CUDA_ATT_SPLITS`,
