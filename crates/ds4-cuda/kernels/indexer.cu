@@ -11,7 +11,6 @@
 
 #define IDX_DH_MAX 128
 #define IDX_NH_MAX 64
-#define IDX_RPW_MAX 4
 
 extern "C" __global__ void idx_scores(const float* q, const float* wts, const float* krows,
                                       const int* pos, int ratio, int nh, int dh, float* scores,
@@ -41,12 +40,14 @@ extern "C" __global__ void idx_scores(const float* q, const float* wts, const fl
         for (int h = lane; h < nh; h += 32) {
             const float* qh = qs + h * (dh + 1);
             float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
-            for (int k = 0; k < dh; k += 4) {
+            int k = 0;
+            for (; k + 3 < dh; k += 4) {
                 d0 = fmaf(qh[k], kr[k], d0);
                 d1 = fmaf(qh[k + 1], kr[k + 1], d1);
                 d2 = fmaf(qh[k + 2], kr[k + 2], d2);
                 d3 = fmaf(qh[k + 3], kr[k + 3], d3);
             }
+            for (; k < dh; k++) d0 = fmaf(qh[k], kr[k], d0);  // dh not a multiple of 4
             float d = (d0 + d1) + (d2 + d3);
             acc += wts[(i64)t * nh + h] * fmaxf(d, 0.0f);
         }

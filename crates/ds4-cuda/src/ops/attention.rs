@@ -1,7 +1,8 @@
 //! The raw window and sink attention (kernels/attention.cu): rows are pushed into the layer's
 //! ring at their positions; attention runs as slices of each row's visible rows (16 slices for
-//! one-row decode by default, so the grid fills the device: CudaOptions::attn_splits) and a combine with the sink. Chunks of rows
-//! whose stored rows are f16-exact (the default precision) run `attn_mma` instead: the same
+//! one-row decode by default, so the grid fills the device: CudaOptions::attn_splits) and a
+//! combine with the sink. Chunks of rows whose stored rows are f16-exact (the default
+//! precision) run `attn_mma` instead: the same
 //! attention on the tensor cores, 16 heads of one row a block, the sink folded in.
 
 use ds4::backend::{BResult, Rows, SessionState, Tensor};

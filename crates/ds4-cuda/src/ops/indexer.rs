@@ -40,7 +40,7 @@ impl CudaBackend {
         let scores = self.scratch(n * cap * 4)?;
         let (qp, wp, r, sp) = (dp(q)?, dp(wts)?, drows(rows)?, dp(sel)?);
         let (ratio, nh_i, dh_i, cap_i, k_i) = (4i32, nh as i32, dh as i32, cap as i32, topk as i32);
-        // Rows a warp of idx_scores scores (IDX_RPW_MAX at most): one for a decode row, so
+        // Rows a warp of idx_scores scores: one for a decode row, so
         // that its few hundred visible rows still spread over the device; four in a chunk,
         // whose blocks each stage one row's queries.
         let rpw = if n == 1 { 1 } else { 4 };

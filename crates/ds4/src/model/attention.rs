@@ -47,23 +47,19 @@ pub fn attention(
         indexer_weights(be, iw, s, cfg, num)?;
     }
     be.lane(Lane::Branch)?;
-    match (&lw.attn_compressor, cfg.ratio(il)) {
-        (Some(cw), 4) => {
-            let (kv, sc) = (&mut s.comp4_kv, &mut s.comp4_score);
-            let stream = CompStream::Attn;
-            compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
-            if let Some(iw) = &lw.indexer {
-                let (kv, sc) = (&mut s.idx_kv, &mut s.idx_score);
-                let (cw, stream) = (&iw.compressor, CompStream::Indexer);
-                compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
-            }
-        }
-        (Some(cw), _) => {
-            let (kv, sc) = (&mut s.comp128_kv, &mut s.comp128_score);
-            let stream = CompStream::Attn;
-            compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
-        }
-        (None, _) => {}
+    if let Some(cw) = &lw.attn_compressor {
+        let (kv, sc) = if compressed4 {
+            (&mut s.comp4_kv, &mut s.comp4_score)
+        } else {
+            (&mut s.comp128_kv, &mut s.comp128_score)
+        };
+        let stream = CompStream::Attn;
+        compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
+    }
+    if let Some(iw) = lw.indexer.as_ref().filter(|_| compressed4) {
+        let (kv, sc) = (&mut s.idx_kv, &mut s.idx_score);
+        let (cw, stream) = (&iw.compressor, CompStream::Indexer);
+        compressor(be, cw, &s.h, kv, sc, st, il, stream, &rope, cfg, num, rows)?;
     }
 
     // The queries: q norm, q_b, per-head norm and §2.4.2 RoPE; the indexer's queries.
