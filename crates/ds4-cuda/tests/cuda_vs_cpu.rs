@@ -1354,6 +1354,70 @@ fn split_row_expert_products_match_cpu() {
     assert!(er <= Q8_NORM_2, "routed experts: {er:e}");
 }
 
+/// The resident, row-pipelined routed-expert kernels of a decode row (gup_iq2_xxs, dnp_q2_k)
+/// against the CPU and against the one-row-a-warp kernels they replace
+/// (`expert_pipe: false`), on shapes where a row takes several segments: a 4096-wide model
+/// (two gate/up segments a row) and experts 4096 wide (two down segments a slot). The
+/// emulator's 4 SMs give 128 resident warps, so each walks several rows.
+#[test]
+fn pipelined_routed_experts_match_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for (hidden, ff) in [(4096, 256), (1024, 4096)] {
+        let mut b = Vec::new();
+        generate(&TinySpec {
+            recipe: ExpertRecipe::Q2,
+            layers: 3,
+            hidden,
+            ff,
+            seed: 9,
+            ..TinySpec::default()
+        })
+        .expect("generate")
+        .write_to(&mut b)
+        .expect("write");
+        let m = Model::from_file(Arc::new(GgufFile::from_bytes(b).expect("parse"))).expect("bind");
+        let Some(piped) = gpu(&m) else { return };
+        let plain = CudaBackend::new(
+            &m,
+            &CudaOptions {
+                expert_pipe: false,
+                ..test_opts()
+            },
+        )
+        .expect("CUDA backend");
+        let c = CpuBackend::new(m.file.clone());
+        let cfg = &m.config;
+        let (e, k) = (cfg.n_embd, cfg.n_expert_used);
+        let l = &m.weights.layers[2];
+        assert_eq!(l.ffn_gate_exps.ty, GgmlType::IQ2_XXS);
+        assert_eq!(l.ffn_down_exps.ty, GgmlType::Q2_K);
+        c.begin().unwrap();
+        let x = rand_vec(&mut rng, e, 1.0);
+        let xc = put(&c, 1, e, &x);
+        let ids: Vec<f32> = (0..k)
+            .map(|i| ((i * 5 + 2) % cfg.n_expert) as f32)
+            .collect();
+        let wts = rand_vec(&mut rng, k, 1.0);
+        let mut outs = Vec::new();
+        for g in [&piped, &plain] {
+            g.begin().unwrap();
+            let xg = put(g, 1, e, &x);
+            let er = routed_experts_rel(&c, g, l, &xc, &xg, &ids, &wts);
+            assert!(er <= Q8_NORM_2, "{hidden}×{ff} routed experts: {er:e}");
+            let wg = put(g, 1, k, &wts);
+            let mut ig = g.alloc(1, k, DType::I32).unwrap();
+            g.write(&mut ig, &ids).unwrap();
+            let mut og = g.alloc(1, e, DType::F32).unwrap();
+            let (gt, up, dn) = (&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps);
+            g.moe_experts(gt, up, dn, &xg, &ig, &wg, 10.0, &mut og, fast())
+                .unwrap();
+            outs.push(get(g, &og));
+        }
+        let er = max_rel(&outs[0], &outs[1]);
+        assert!(er <= 1e-6, "{hidden}×{ff} pipelined vs plain: {er:e}");
+    }
+}
+
 /// Lanes out of order are an error, not a hang or a stream left behind: a join or a main line
 /// without a branch, a branch from the main line beside an open one; three branches share the
 /// two side streams; a batch of several rows ignores lanes (it runs in issue order).
