@@ -149,6 +149,31 @@ __device__ __forceinline__ void grid_dep_sync() {
 #endif
 }
 
+// A barrier of the block's first n threads (named barrier 1, n a multiple of 32), for blocks
+// whose other warps go on alone meanwhile (hc_step's Sinkhorn warp). The emulator has only
+// the block barrier, which counts a finished warp as arrived: the same when those warps
+// never wait at a barrier again.
+__device__ __forceinline__ void bar_first(int n) {
+#ifdef DS4_EMU
+    __syncthreads();
+#else
+    asm volatile("bar.sync 1, %0;" ::"r"(n) : "memory");
+#endif
+}
+
+// Σv over the first nw warps of a block (every thread of them gets it), in warp order, with
+// bar_first: the other warps must not call it.
+__device__ double first_warps_sum_d(double v, double* sh, int nw) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_sum_d(v);
+    bar_first(nw * 32);
+    if (lane == 0) sh[w] = v;
+    bar_first(nw * 32);
+    double t = 0.0;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
 // c += A·B on the tensor cores for one warp: A 16×16 f16 (row-major), B 16×8 f16 (column-major),
 // c 16×8 f32 — PTX `mma.m16n8k16.row.col.f32.f16.f16.f32`. With g = lane / 4, t = lane % 4:
 // a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][8+2t..], a[3] = A[g+8][8+2t..];

@@ -200,8 +200,10 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
 #define HC_FUSED 4
 #define HC_FUSED_MIX 24
 
-// Threads of an hc_step block, and the columns a block posts: a thread per (stream, column).
+// Threads of an hc_step block that post, and the columns a block posts: a thread per (stream,
+// column). The block has one more warp (HC_STEP_BLOCK), the last block's Sinkhorn warp.
 #define HC_STEP_THREADS 256
+#define HC_STEP_BLOCK (HC_STEP_THREADS + 32)
 #define HC_STEP_COLS (HC_STEP_THREADS / HC_FUSED)
 // Widest row the finishing block holds in registers: 4 float4 column groups a thread.
 #define HC_STEP_MAXE (HC_STEP_THREADS * 16)
@@ -216,7 +218,7 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
 // `part` layout); the last block of a row to finish (a ticket in tickets[t], which it resets)
 // sums the slices and does the rest for the whole row, every thread holding 16 columns in
 // registers (e a multiple of 128 — whole warps of float4 groups — and at most HC_STEP_MAXE),
-// Sinkhorn last in warp 0. `mix` holds this sublayer's gates on entry (read by every block
+// while its extra warp runs Sinkhorn. `mix` holds this sublayer's gates on entry (read by every block
 // before it takes its ticket) and the next one's on return.
 extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix, int e,
                                    float* out, DW fn, float* part, const float* scale3,
@@ -237,25 +239,24 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
     float* o_row = out + (i64)t * hc * e;
     int f = threadIdx.x / HC_STEP_COLS;
     int d = blockIdx.y * HC_STEP_COLS + threadIdx.x % HC_STEP_COLS;
-    float acc[HC_FUSED_MIX];
-    double ss = 0.0;
-    {
+    if (warp < nwarp) {
+        float acc[HC_FUSED_MIX];
         float v = m[f] * y[(i64)t * e + d];
 #pragma unroll
         for (int s = 0; s < hc; s++) v += m[hc + f + hc * s] * x[(i64)s * e + d];
         o_row[(i64)f * e + d] = v;
-        ss = (double)v * (double)v;
+        double ss = (double)v * (double)v;
         const u16* fw = (const u16*)fn.a + (i64)f * e + d;
 #pragma unroll
         for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = h2f(fw[(i64)i * fn.cols]) * v;
-    }
 #pragma unroll
-    for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
-    ss = warp_sum_d(ss);
-    if (lane == 0) {
+        for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
+        ss = warp_sum_d(ss);
+        if (lane == 0) {
 #pragma unroll
-        for (int i = 0; i < HC_FUSED_MIX; i++) red[warp][i] = acc[i];
-        redd[warp] = ss;
+            for (int i = 0; i < HC_FUSED_MIX; i++) red[warp][i] = acc[i];
+            redd[warp] = ss;
+        }
     }
     __syncthreads();
     float* po = part + ((i64)t * S + blockIdx.y) * (n_mix + 1);
@@ -278,6 +279,16 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
     hc_mix_value(part, t, S, n_mix, hc * e, rms_eps, mixv);
     if (threadIdx.x < hc) pre[threadIdx.x] = sigmoidf_ref(mixv[threadIdx.x] * scale3[0] + base[threadIdx.x]) + eps;
     __syncthreads();
+    if (warp == nwarp) {
+        // The Sinkhorn warp, beside the stream sum (its ~20 dependent rounds of shuffles used
+        // to follow it). Every block read this sublayer's gates before its ticket: m is free.
+        if (lane < hc) m[lane] = 2.0f * sigmoidf_ref(mixv[hc + lane] * scale3[1] + base[hc + lane]);
+        float c = lane < nc ? mixv[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
+        c = sinkhorn_lane(c, hc, iters, eps);
+        if (lane < nc) m[hc + lane] = c;
+        if (lane == 0) tickets[t] = 0;
+        return;
+    }
     // The weighted stream sum of 4 consecutive columns per group (the other blocks' columns
     // through L2), all 16 loads of a thread issued before any is used; then its RMSNorm.
     const int ng = HC_STEP_MAXE / (4 * HC_STEP_THREADS);
@@ -307,7 +318,7 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
                    (double)a.w * (double)a.w;
         }
     }
-    float scale = rms_scale(block_sum_d(ss2, shd), e, rms_eps);
+    float scale = rms_scale(first_warps_sum_d(ss2, shd, nwarp), e, rms_eps);
     float* hr = h + (i64)t * e;
 #pragma unroll
     for (int j = 0; j < ng; j++) {
@@ -340,12 +351,6 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
             if ((lane & 7) == 0) qd[c / 32] = dd;
         }
     }
-    if (warp != 0) return;
-    if (lane < hc) m[lane] = 2.0f * sigmoidf_ref(mixv[hc + lane] * scale3[1] + base[hc + lane]);
-    float c = lane < nc ? mixv[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
-    c = sinkhorn_lane(c, hc, iters, eps);
-    if (lane < nc) m[hc + lane] = c;
-    if (lane == 0) tickets[t] = 0;
 }
 
 // z[t] = Σ_h (σ(pre_h·scale + base[h]) + eps)·x_hc[first + t][h], pre from the mix slices.

@@ -17,9 +17,11 @@ use crate::CudaBackend;
 const GEMM_ROWS: usize = 32;
 /// The HC width `hc_step` is compiled for (HC_FUSED).
 const HC_FUSED: usize = 4;
-/// Threads of an `hc_step` block (HC_STEP_THREADS), the columns it posts (a thread per stream
+/// Threads of an `hc_step` block that post (HC_STEP_THREADS), the columns it posts (a thread per stream
 /// and column: HC_STEP_COLS) and the widest row its last block holds (HC_STEP_MAXE).
 const HC_STEP_THREADS: usize = 256;
+/// Threads of an `hc_step` launch: the posting threads and the Sinkhorn warp (HC_STEP_BLOCK).
+const HC_STEP_BLOCK: usize = HC_STEP_THREADS + 32;
 const HC_STEP_COLS: usize = HC_STEP_THREADS / HC_FUSED;
 const HC_STEP_MAXE: usize = HC_STEP_THREADS * 16;
 /// Row widths hc_step takes: whole warps of its last block's float4 groups (128 columns).
@@ -178,7 +180,7 @@ impl CudaBackend {
         self.launch(
             "hc_step",
             (n as u32, s as u32, 1),
-            HC_STEP_THREADS as u32,
+            HC_STEP_BLOCK as u32,
             0,
             &mut kargs![
                 &yp, &xp, &mp, &e_i, &op, &fw, &part, &s3, &base, &it, &eps, &reps, &np, &hp, &q,
