@@ -1,5 +1,5 @@
 // Decode-product lab: times the engine's matrix-vector kernels (kernels/matmul.cu, included
-// as they are: mv_q8_0, mvp_q8_0, gu_iq2_xxs, gup_iq2_xxs, dn_q2_k, dnp_q2_k) against a plain streaming read and
+// as they are: mv_q8_0, mvp_q8_0, gu_iq2_xxs, dn_q2_k) against a plain streaming read and
 // an experimental variant (dnx_q2_k: the down product with the activation's 16-value sums
 // precomputed) on the full-size shapes of one decode step, with weights rotated through more
 // copies than L2 holds, and checks each variant's output against the engine kernel's. Build and run on the GPU machine:
@@ -300,13 +300,6 @@ static void bench_experts(int nsm) {
     float us = time([&](int s) { gu_iq2_xxs<<<gg, 256>>>(gate, up, x, xq, xd, ids + s * K, wts, 10.0f, mid0, 1); });
     std::vector<float> ref = host(mid0, K * FF);
     printf("experts gu_iq2_xxs (engine)        %8.2f us %7.2f TB/s\n", us, gbu / us * 1e3);
-    for (int bps : {2, 3, 4, 6, 8}) {
-        us = time([&](int s) {
-            gup_iq2_xxs<<<nsm * bps, 256>>>(gate, up, xq, xd, ids + s * K, wts, K, 10.0f, mid1);
-        });
-        printf("experts gup_iq2_xxs %d blk/SM        %8.2f us %7.2f TB/s rel %.2e\n", bps, us,
-               gbu / us * 1e3, max_rel(ref, host(mid1, K * FF)));
-    }
     // down: mid from the engine's gate/up output
     CK(cudaMemcpy(mid1, mid0, K * FF * 4, cudaMemcpyDeviceToDevice));
     quant_q8<<<K * FF / 32 / 8, 256>>>(mid0, FF, FF, K, mq, md);
@@ -315,12 +308,6 @@ static void bench_experts(int nsm) {
     us = time([&](int s) { dn_q2_k<<<D / 4, 256>>>(down, mid0, mq, md, ids + s * K, K, y0, 2); });
     ref = host(y0, D);
     printf("experts dn_q2_k (engine, kspl 2)   %8.2f us %7.2f TB/s\n", us, gbd / us * 1e3);
-    for (int bps : {2, 3, 4, 6, 8}) {
-        int grid = nsm * bps < D / 8 ? nsm * bps : D / 8;
-        us = time([&](int s) { dnp_q2_k<<<grid, 256>>>(down, mq, md, ids + s * K, K, y1); });
-        printf("experts dnp_q2_k %d blk/SM (%d)     %8.2f us %7.2f TB/s rel %.2e\n", bps, grid, us,
-               gbd / us * 1e3, max_rel(ref, host(y1, D)));
-    }
     us = time([&](int s) { dnx_q2_k<<<D / 4, 256>>>(down, mq, md, xs, ids + s * K, K, y1); });
     printf("experts dnx: precomputed sums     %8.2f us %7.2f TB/s rel %.2e\n", us, gbd / us * 1e3, max_rel(ref, host(y1, D)));
 }

@@ -356,20 +356,14 @@ __device__ __forceinline__ u32 ksigns(u32 i) { return i | ((u32)(__popc(i) & 1) 
 // scale is `dx`. Consecutive lanes own consecutive halves, so their activation loads are
 // consecutive 16-byte chunks (a lane per 32-weight sub-block made them span 1 KB of the warp);
 // the two lanes of a sub-block read the same 8 header bytes.
-// The 8 bytes of sub-block `si` of IQ2_XXS row `grow` (four grid indices, then 4 × 7 sign
-// bits and the 4-bit scale) and its block's f16 scale.
-__device__ __forceinline__ void iq2_xxs_load(const DW& w, i64 grow, int si, uint2* q, u16* d) {
-    i64 blk = grow * (w.cols / 256) + (si >> 3);
-    *q = *(const uint2*)(w.a + blk * 64 + (si & 7) * 8);
-    *d = ld_u16(w.b + blk * 2);
-}
-
-// Half h of a sub-block whose bytes are `v` and block scale `d16` (iq2_xxs_load) against its
-// activation chunk `xv` (one int4 per stage) whose scale is `dx`.
-__device__ __forceinline__ float iq2_xxs_half(uint2 v, u16 d16, int h, const int4* xv, float dx,
-                                              const IqTab* tab) {
+__device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int u, const int4* xv,
+                                              float dx, const IqTab* tab) {
+    int nb = w.cols / 256;
+    int si = u >> 1, h = u & 1;
+    i64 blk = grow * nb + (si >> 3);
+    uint2 v = *(const uint2*)(w.a + blk * 64 + (si & 7) * 8);
     u32 a0 = v.x, a1 = v.y;
-    float d = h2f(d16);
+    float d = h2f(ld_u16(w.b + blk * 2));
     float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
     int wq[4];
 #pragma unroll
@@ -389,19 +383,6 @@ __device__ __forceinline__ float iq2_xxs_half(uint2 v, u16 d16, int h, const int
         st[p] = __dp4a(wq[3], xv[p].w, s);
     }
     return fold3(st[0], st[1], st[2]) * (db * dx);
-}
-
-// Half `u` of an IQ2_XXS sub-block (weights 16u..16u+15 of row `grow`: grid entries 2h, 2h+1
-// of sub-block u >> 1, h = u & 1) against its activation chunk `xv` whose scale is `dx`.
-// Consecutive lanes own consecutive halves, so their activation loads are consecutive 16-byte
-// chunks (a lane per 32-weight sub-block made them span 1 KB of the warp); the two lanes of a
-// sub-block read the same 8 header bytes.
-__device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int u, const int4* xv,
-                                              float dx, const IqTab* tab) {
-    uint2 v;
-    u16 d;
-    iq2_xxs_load(w, grow, u >> 1, &v, &d);
-    return iq2_xxs_half(v, d, u & 1, xv, dx, tab);
 }
 
 __device__ __forceinline__ void iq2_xxs_x(const i8* xq, int cols, int u, int4* xv) {
@@ -473,42 +454,19 @@ __device__ __forceinline__ float kquant16_part(const int* wq, const i8* xq, int 
 // and step. Consecutive lanes own consecutive sub-blocks, so their activation loads are
 // consecutive 16-byte chunks and the lanes of one block read the same 64 quant bytes (a lane
 // per 64-weight quarter made each activation load span 2 KB of the warp, 16 L1 wavefronts).
-// The bytes sub-block u of a Q2_K row needs, as loaded: the 16 quant bytes that hold its
-// quants, its scale byte (scale low, min high nibble) and the block's d and dmin.
-struct Q2kRaw {
-    u32 q[4];
-    u32 dd;
-    u32 sc;
-};
-
-__device__ __forceinline__ void q2_k_load(const u8* row, int u, Q2kRaw* w) {
+// Sub-block u of a Q2_K row (as above): its 16 two-bit quants, four a byte-lane int in `wq`,
+// its scale byte (scale low, min high nibble) and the block's d and dmin.
+__device__ __forceinline__ void q2_k_group(const u8* row, int u, int* wq, int* sc, float* d, float* dmin) {
     const u8* b = row + (u >> 4) * 84;
-    int is = u & 15, n = is >> 3, h = is & 1;
-    w->dd = *(const u32*)(b + 80);
-    w->sc = b[is];
+    int is = u & 15, n = is >> 3, j = (is >> 1) & 3, h = is & 1;
+    u32 dd = *(const u32*)(b + 80);
+    *d = h2f((u16)(dd & 0xffffu));
+    *dmin = h2f((u16)(dd >> 16));
+    *sc = b[is];
     // Q2_K blocks are 84 bytes: only 4-byte aligned.
     const u32* q32 = (const u32*)(b + 16 + 32 * n + 16 * h);
 #pragma unroll
-    for (int c = 0; c < 4; c++) w->q[c] = q32[c];
-}
-
-// Sub-block u's 16 two-bit quants, four a byte-lane int in `wq`, its scale byte and the
-// block's d and dmin, from its loaded bytes.
-__device__ __forceinline__ void q2_k_unpack(const Q2kRaw& w, int u, int* wq, int* sc, float* d,
-                                            float* dmin) {
-    int j = ((u & 15) >> 1) & 3;
-    *d = h2f((u16)(w.dd & 0xffffu));
-    *dmin = h2f((u16)(w.dd >> 16));
-    *sc = (int)w.sc;
-#pragma unroll
-    for (int c = 0; c < 4; c++) wq[c] = (int)((w.q[c] >> (2 * j)) & 0x03030303u);
-}
-
-// Sub-block u of a Q2_K row (as above), unpacked.
-__device__ __forceinline__ void q2_k_group(const u8* row, int u, int* wq, int* sc, float* d, float* dmin) {
-    Q2kRaw w;
-    q2_k_load(row, u, &w);
-    q2_k_unpack(w, u, wq, sc, d, dmin);
+    for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
 }
 
 __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
@@ -864,168 +822,6 @@ extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd
         }
         r = r2;
         s = s2;
-    }
-}
-
-// ---- resident, row-pipelined routed experts (decode) --------------------------------------
-//
-// gu_*/dn_* give each row one warp for one block lifetime: a warp loads its row, waits a full
-// memory latency, computes, and the block retires before the next row's loads are issued (the
-// H200 ran the routed IQ2_XXS gate/up at ~0.8 TB/s and the Q2_K down at ~0.6). The kernels
-// below are mvp_q8_0's scheme for the experts of the q2 layout: a few resident blocks an SM,
-// each warp walking its items (item i, i + warps of the grid, …) in segments, the next
-// segment's weights loaded before the current one is used.
-
-// Halves (16 weights) a lane of gup_iq2_xxs holds per segment and matrix (a 4096-column row
-// gives it 8).
-#define GUP_SEG 4
-
-// Segment `seg` of IQ2_XXS row `grow` for gup_iq2_xxs: the lane's halves
-// u = (seg·GUP_SEG + j)·32 + lane, j < GUP_SEG.
-__device__ __forceinline__ void gup_load(const DW& w, i64 grow, int seg, uint2* q, u16* d) {
-    int lane = threadIdx.x & 31, nu = w.cols / 16;
-#pragma unroll
-    for (int j = 0; j < GUP_SEG; j++) {
-        int u = (seg * GUP_SEG + j) * 32 + lane;
-        if (u < nu) iq2_xxs_load(w, grow, u >> 1, q + j, d + j);
-    }
-}
-
-// gu_iq2_xxs for the k routed slots of one decode row (ids and wts given), in its order of sums
-// (a lane's halves in order, one warp a row): item i is row i % rows of slot i / rows.
-extern "C" __global__ void gup_iq2_xxs(DW gate, DW up, const i8* xq, const float* xd,
-                                       const int* ids, const float* wts, int k, float clamp,
-                                       float* mid) {
-    grid_dep_sync();
-    DECLARE_IQ2_TABLES
-    int lane = threadIdx.x & 31;
-    int nw = gridDim.x * (blockDim.x >> 5);
-    int it = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int rows = gate.rows, items = k * rows, cols = gate.cols, nu = cols / 16;
-    int segs = (nu + 32 * GUP_SEG - 1) / (32 * GUP_SEG), seg = 0;
-    uint2 cg[GUP_SEG], cu[GUP_SEG];
-    u16 dg[GUP_SEG], du[GUP_SEG];
-    if (it < items) {
-        int s = it / rows;
-        i64 grow = (i64)ids[s] * rows + (it - s * rows);
-        gup_load(gate, grow, 0, cg, dg);
-        gup_load(up, grow, 0, cu, du);
-    }
-    float ga = 0.0f, ua = 0.0f;
-    while (it < items) {
-        int it2 = it, seg2 = seg + 1;
-        if (seg2 == segs) {
-            seg2 = 0;
-            it2 += nw;
-        }
-        uint2 ng[GUP_SEG], nu2[GUP_SEG];
-        u16 ndg[GUP_SEG], ndu[GUP_SEG];
-        if (it2 < items) {
-            int s2 = it2 / rows;
-            i64 grow2 = (i64)ids[s2] * rows + (it2 - s2 * rows);
-            gup_load(gate, grow2, seg2, ng, ndg);
-            gup_load(up, grow2, seg2, nu2, ndu);
-        }
-#pragma unroll
-        for (int j = 0; j < GUP_SEG; j++) {
-            int u = (seg * GUP_SEG + j) * 32 + lane;
-            if (u < nu) {
-                int4 xv[3];
-                iq2_xxs_x(xq, cols, u, xv);
-                float dx = xd[u >> 1];
-                ga += iq2_xxs_half(cg[j], dg[j], u & 1, xv, dx, tab);
-                ua += iq2_xxs_half(cu[j], du[j], u & 1, xv, dx, tab);
-            }
-        }
-        if (seg == segs - 1) {
-            warp_sum2(&ga, &ua);
-            if (lane == 0) {
-                int s = it / rows;
-                float m = siluf_ref(fminf(ga, clamp)) * fminf(fmaxf(ua, -clamp), clamp);
-                mid[(i64)s * rows + (it - s * rows)] = m * wts[s];
-            }
-            ga = ua = 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < GUP_SEG; j++) {
-            cg[j] = ng[j];
-            cu[j] = nu2[j];
-            dg[j] = ndg[j];
-            du[j] = ndu[j];
-        }
-        it = it2;
-        seg = seg2;
-    }
-}
-
-// Sub-blocks (16 weights) a lane of dnp_q2_k holds per segment: a 2048-column row's 128 over
-// 32 lanes, so a segment is one slot's row.
-#define DNP_SEG 4
-
-// Segment `seg` of Q2_K row `grow` for dnp_q2_k: the lane's sub-blocks
-// u = (seg·DNP_SEG + j)·32 + lane, j < DNP_SEG.
-__device__ __forceinline__ void dnp_load(const DW& w, i64 grow, int seg, Q2kRaw* q) {
-    int lane = threadIdx.x & 31, nu = w.cols / 16;
-    const u8* row = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols);
-#pragma unroll
-    for (int j = 0; j < DNP_SEG; j++) {
-        int u = (seg * DNP_SEG + j) * 32 + lane;
-        if (u < nu) q2_k_load(row, u, q + j);
-    }
-}
-
-// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k (dn_q2_k's sums, from the int8 planes mq/md of the
-// k mid rows), one warp a row: item r's segments are its slots' rows (cols ≤ 32·DNP_SEG·16
-// a segment), each loaded while the previous one is used. A lane sums each slot's row, adds the
-// slots in order and the warp reduces once: dn_q2_k's order of sums with kspl = 1.
-extern "C" __global__ void dnp_q2_k(DW down, const i8* mq, const float* md, const int* ids, int k,
-                                    float* y) {
-    grid_dep_sync();
-    int lane = threadIdx.x & 31;
-    int nw = gridDim.x * (blockDim.x >> 5);
-    int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int rows = down.rows, cols = down.cols, nu = cols / 16;
-    int per = (nu + 32 * DNP_SEG - 1) / (32 * DNP_SEG), segs = k * per, seg = 0;
-    Q2kRaw cur[DNP_SEG];
-    if (r < rows) dnp_load(down, (i64)ids[0] * rows + r, 0, cur);
-    float acc = 0.0f, ps = 0.0f;  // the row's sum; the current slot's
-    while (r < rows) {
-        int r2 = r, seg2 = seg + 1;
-        if (seg2 == segs) {
-            seg2 = 0;
-            r2 += nw;
-        }
-        Q2kRaw nxt[DNP_SEG];
-        if (r2 < rows) {
-            int s2 = seg2 / per;
-            dnp_load(down, (i64)ids[s2] * rows + r2, seg2 - s2 * per, nxt);
-        }
-        int s = seg / per, part = seg - s * per;
-        const i8* xq = mq + (i64)s * 3 * cols;
-        const float* xd = md + (i64)s * (cols / 32);
-#pragma unroll
-        for (int j = 0; j < DNP_SEG; j++) {
-            int u = (part * DNP_SEG + j) * 32 + lane;
-            if (u < nu) {
-                int wq[4], sc;
-                float d, dmin;
-                q2_k_unpack(cur[j], u, wq, &sc, &d, &dmin);
-                ps += kquant16_part(wq, xq, cols, u, sc & 15, sc >> 4, d, dmin) * xd[u >> 1];
-            }
-        }
-        if (part == per - 1) {
-            acc += ps;
-            ps = 0.0f;
-        }
-        if (seg == segs - 1) {
-            acc = warp_sum(acc);
-            if (lane == 0) y[r] = acc;
-            acc = 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < DNP_SEG; j++) cur[j] = nxt[j];
-        r = r2;
-        seg = seg2;
     }
 }
 

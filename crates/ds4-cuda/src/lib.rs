@@ -142,11 +142,6 @@ pub struct CudaOptions {
     /// their rows (`mvp_q8_0`); default 4096, where `mv_q8_0` gives each row one warp.
     /// `DS4_CUDA_MVP=0` never does (always `mv_q8_0`, one block lifetime a row group).
     pub mvp_min_rows: usize,
-    /// The routed experts of a decode row whose types have a pipelined kernel (IQ2_XXS gate
-    /// and up, Q2_K down: `gup_iq2_xxs`, `dnp_q2_k`) run as resident warps that load each
-    /// next row segment before using the current one (`DS4_CUDA_EXPERT_PIPE=0` runs
-    /// `gu_*`/`dn_*`, one row a warp for a block's lifetime).
-    pub expert_pipe: bool,
     /// Run the forward pass's independent branches ([`ds4::backend::Lane`]) of a one-row batch
     /// on side streams beside the main line (crate::lanes; `DS4_CUDA_LANES=0` runs them in
     /// issue order).
@@ -176,7 +171,6 @@ impl Default for CudaOptions {
             } else {
                 4096
             },
-            expert_pipe: std::env::var("DS4_CUDA_EXPERT_PIPE").map_or(true, |v| v != "0"),
             lanes: std::env::var("DS4_CUDA_LANES").map_or(true, |v| v != "0"),
             attn_splits: std::env::var("DS4_CUDA_ATT_SPLITS")
                 .ok()
@@ -447,10 +441,6 @@ impl CudaBackend {
 
     pub(crate) fn opts_hc_step(&self) -> bool {
         self.opts.hc_step
-    }
-
-    pub(crate) fn opts_expert_pipe(&self) -> bool {
-        self.opts.expert_pipe
     }
 
     pub(crate) fn opts_mvp_min_rows(&self) -> usize {

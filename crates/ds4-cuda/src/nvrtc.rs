@@ -33,8 +33,6 @@ pub const KERNELS: &[&str] = &[
     "quant_q8",
     "mv_q8_0",
     "mvp_q8_0",
-    "gup_iq2_xxs",
-    "dnp_q2_k",
     "mv_q2_k",
     "mv_q4_k",
     "mv_iq2_xxs",

@@ -95,13 +95,6 @@ struct MvJobs {
 }
 
 impl CudaBackend {
-    /// Blocks of a resident, row-pipelined one-row kernel (`mvp_q8_0`, `gup_iq2_xxs`,
-    /// `dnp_q2_k`) over `items` warp items: MVP_BLOCKS_PER_SM an SM, no more than the items
-    /// fill.
-    pub(crate) fn pipe_grid(&self, items: usize) -> u32 {
-        (MVP_BLOCKS_PER_SM * self.sm_count()).min(items.div_ceil(MV_WARPS).max(1)) as u32
-    }
-
     /// `y += W·x`: for a decode row in the fast mode the product accumulates into `y` (the
     /// kernel's `beta`: the same addition as the `add` kernel), else into `tmp`, then `add`.
     pub(crate) fn op_matmul_add(
@@ -286,10 +279,10 @@ impl CudaBackend {
         let (m, rpg, ks, b) = (mat as i32, rows_per_group as i32, kspl as i32, beta as i32);
         let pipelined = (self.opts_mvp_min_rows()..=MVP_MAX_ROWS).contains(&rows);
         if ty == GgmlType::Q8_0 && pipelined {
-            let grid = self.pipe_grid(rows);
+            let grid = (MVP_BLOCKS_PER_SM * self.sm_count()).min(rows.div_ceil(MV_WARPS));
             self.launch(
                 "mvp_q8_0",
-                (grid, 1, 1),
+                (grid as u32, 1, 1),
                 256,
                 0,
                 &mut kargs![&w, &m, &xq, &xd, &rpg, &y, &b],

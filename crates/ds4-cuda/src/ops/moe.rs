@@ -285,44 +285,18 @@ impl CudaBackend {
             let mark = self.arena.mark();
             let mid = self.scratch(k * ff * 4)?;
             let (xq, xd) = self.quant_q8(gate.ty, xp, gate.cols, gate.cols, 1)?;
-            let pipe = self.opts_expert_pipe();
-            if pipe && gate.ty == GgmlType::IQ2_XXS {
-                let grid = self.pipe_grid(k * ff);
-                let k_i = k as i32;
-                self.launch(
-                    "gup_iq2_xxs",
-                    (grid, 1, 1),
-                    256,
-                    0,
-                    &mut kargs![&gw, &uw, &xq, &xd, &ip, &wp, &k_i, &clamp, &mid],
-                )?;
-            } else {
-                // Warps per row as for one product of all k slots' rows (one at 6 × 2048).
-                let kspl = mv_split(k * ff, gate.cols);
-                let grid = (ff.div_ceil(8 / kspl) as u32, k as u32, 1);
-                let rp = kspl as i32;
-                self.launch(
-                    kname("gu", gate.ty)?,
-                    grid,
-                    256,
-                    0,
-                    &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
-                )?;
-            }
+            // Warps per row as for one product of all k slots' rows (one at 6 × 2048).
+            let kspl = mv_split(k * ff, gate.cols);
+            let grid = (ff.div_ceil(8 / kspl) as u32, k as u32, 1);
+            let rp = kspl as i32;
+            self.launch(
+                kname("gu", gate.ty)?,
+                grid,
+                256,
+                0,
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
+            )?;
             let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
-            if pipe && down.ty == GgmlType::Q2_K {
-                let grid = self.pipe_grid(e);
-                let k_i = k as i32;
-                self.launch(
-                    "dnp_q2_k",
-                    (grid, 1, 1),
-                    256,
-                    0,
-                    &mut kargs![&dw, &mq, &md, &ip, &k_i, &op],
-                )?;
-                self.arena.release(mark);
-                return Ok(());
-            }
             // Warps per output row (DS4_CUDA_DN_SPLIT): a power of two ≤ 8, each warp taking
             // every kspl-th slot.
             let kspl = self
