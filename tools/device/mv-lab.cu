@@ -85,6 +85,34 @@ __global__ void __launch_bounds__(256) dnx_q2_k(DW down, const i8* mq, const flo
     if (lane == 0 && sl == 0 && r < down.rows) y[r] = part[warp] + part[warp + 1];
 }
 
+// gu_iq2_xxs (kspl 1) with the row loop's unroll and the blocks an SM the compiler must fit
+// (register budget) as parameters: is the 128-register, 25 %-occupancy engine kernel short
+// of warps rather than of instructions?
+template <int UNROLL, int MINB>
+__global__ void __launch_bounds__(256, MINB) guv_iq2_xxs(DW gate, DW up, const i8* xq, const float* xd,
+                                                         const int* ids, const float* wts,
+                                                         float clamp, float* mid) {
+    DECLARE_IQ2_TABLES
+    int s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * 8 + warp;
+    if (r >= gate.rows) return;
+    i64 grow = (i64)ids[s] * gate.rows + r;
+    float ga = 0.0f, ua = 0.0f;
+#pragma unroll UNROLL
+    for (int c = lane; c < gate.cols / 16; c += 32) {
+        int4 xv[3];
+        iq2_xxs_x(xq, gate.cols, c, xv);
+        float dx = xd[c >> 1];
+        ga += iq2_xxs_part(gate, grow, c, xv, dx, tab);
+        ua += iq2_xxs_part(up, grow, c, xv, dx, tab);
+    }
+    warp_sum2(&ga, &ua);
+    if (lane == 0) {
+        float m = siluf_ref(fminf(ga, clamp)) * fminf(fmaxf(ua, -clamp), clamp);
+        mid[(i64)s * gate.rows + r] = m * wts[s];
+    }
+}
+
 // Σ of each 16 activation values (the XSUM input).
 __global__ void xsum16(const float* x, int n, float* o) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -300,6 +328,15 @@ static void bench_experts(int nsm) {
     float us = time([&](int s) { gu_iq2_xxs<<<gg, 256>>>(gate, up, x, xq, xd, ids + s * K, wts, 10.0f, mid0, 1, nullptr, nullptr, nullptr); });
     std::vector<float> ref = host(mid0, K * FF);
     printf("experts gu_iq2_xxs (engine)        %8.2f us %7.2f TB/s\n", us, gbu / us * 1e3);
+    auto guv = [&](const char* v, auto kern) {
+        float u = time([&](int s) { kern<<<gg, 256>>>(gate, up, xq, xd, ids + s * K, wts, 10.0f, mid1); });
+        printf("experts guv %-24s %8.2f us %7.2f TB/s rel %.2e\n", v, u, gbu / u * 1e3, max_rel(ref, host(mid1, K * FF)));
+    };
+    guv("unroll 4, 2 blk/SM", guv_iq2_xxs<4, 2>);
+    guv("unroll 2, 3 blk/SM", guv_iq2_xxs<2, 3>);
+    guv("unroll 2, 4 blk/SM", guv_iq2_xxs<2, 4>);
+    guv("unroll 1, 4 blk/SM", guv_iq2_xxs<1, 4>);
+    guv("unroll 8, 1 blk/SM", guv_iq2_xxs<8, 1>);
     // down: mid from the engine's gate/up output
     CK(cudaMemcpy(mid1, mid0, K * FF * 4, cudaMemcpyDeviceToDevice));
     quant_q8<<<K * FF / 32 / 8, 256>>>(mid0, FF, FF, K, mq, md);
