@@ -1,5 +1,5 @@
 // Decode-product lab: times the engine's matrix-vector kernels (kernels/matmul.cu, included
-// as they are: mv_q8_0, mvp_q8_0, gu_iq2_xxs with and without its planes, dn_q2_k) against a plain streaming read and
+// as they are: mv_q8_0, mvp_q8_0, gu_iq2_xxs, dn_q2_k) against a plain streaming read and
 // an experimental variant (dnx_q2_k: the down product with the activation's 16-value sums
 // precomputed) on the full-size shapes of one decode step, with weights rotated through more
 // copies than L2 holds, and checks each variant's output against the engine kernel's. Build and run on the GPU machine:
@@ -256,7 +256,7 @@ static void bench_q8(const char* name, int rows, int cols, int groups, int nsm) 
     for (int bps : {2, 4, 8}) {
         char v[64];
         snprintf(v, sizeof v, "mvp_q8_0 (engine) %d blk/SM", bps);
-        trial(v, [&](int c) { mvp_q8_0<<<nsm * bps, 256>>>(ws[c], 0, xq, xd, rpg, y1, 0, nullptr, nullptr, nullptr); });
+        trial(v, [&](int c) { mvp_q8_0<<<nsm * bps, 256>>>(ws[c], 0, xq, xd, rpg, y1, 0); });
     }
     {
         int* o;
@@ -325,7 +325,7 @@ static void bench_experts(int nsm) {
         return us;
     };
     dim3 gg(FF / 8, K);
-    float us = time([&](int s) { gu_iq2_xxs<<<gg, 256>>>(gate, up, x, xq, xd, ids + s * K, wts, 10.0f, mid0, 1, nullptr, nullptr, nullptr); });
+    float us = time([&](int s) { gu_iq2_xxs<<<gg, 256>>>(gate, up, x, xq, xd, ids + s * K, wts, 10.0f, mid0, 1); });
     std::vector<float> ref = host(mid0, K * FF);
     printf("experts gu_iq2_xxs (engine)        %8.2f us %7.2f TB/s\n", us, gbu / us * 1e3);
     auto guv = [&](const char* v, auto kern) {
@@ -340,29 +340,6 @@ static void bench_experts(int nsm) {
     // down: mid from the engine's gate/up output
     CK(cudaMemcpy(mid1, mid0, K * FF * 4, cudaMemcpyDeviceToDevice));
     quant_q8<<<K * FF / 32 / 8, 256>>>(mid0, FF, FF, K, mq, md);
-    {
-        // gate/up writing mid's planes itself (planes_ticket) against gate/up then quant_q8.
-        i8* pq;
-        float* pd;
-        int* tk;
-        CK(cudaMalloc(&pq, K * FF * 3)); CK(cudaMalloc(&pd, K * FF / 32 * 4));
-        CK(cudaMalloc(&tk, K * FF / 32 * 4)); CK(cudaMemset(tk, 0, K * FF / 32 * 4));
-        float u2 = time([&](int s) {
-            gu_iq2_xxs<<<gg, 256>>>(gate, up, x, xq, xd, ids + s * K, wts, 10.0f, mid0, 1, nullptr, nullptr, nullptr);
-            quant_q8<<<K * FF / 32 / 8, 256>>>(mid0, FF, FF, K, mq, md);
-        });
-        float u3 = time([&](int s) {
-            gu_iq2_xxs<<<gg, 256>>>(gate, up, x, xq, xd, ids + s * K, wts, 10.0f, mid1, 1, pq, pd, tk);
-        });
-        std::vector<i8> a(K * FF * 3), b(K * FF * 3);
-        CK(cudaMemcpy(a.data(), mq, a.size(), cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(b.data(), pq, b.size(), cudaMemcpyDeviceToHost));
-        std::vector<float> ad = host(md, K * FF / 32), bd = host(pd, K * FF / 32);
-        bool same = a == b && ad == bd;
-        printf("experts gu + quant_q8 %8.2f us, gu writing planes %8.2f us (planes %s)\n", u2, u3,
-               same ? "identical" : "DIFFER");
-        cudaFree(pq); cudaFree(pd); cudaFree(tk);
-    }
     xsum16<<<(K * FF / 16 + 255) / 256, 256>>>(mid0, K * FF, xs);
     CK(cudaDeviceSynchronize());
     us = time([&](int s) { dn_q2_k<<<D / 4, 256>>>(down, mid0, mq, md, ids + s * K, K, y0, 2); });

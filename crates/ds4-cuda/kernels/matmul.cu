@@ -585,37 +585,6 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     if (lane == 0) d[(i64)r * per_row + b] = dd;
 }
 
-// The producer side of quant_q8, for products whose output values are each stored once by one
-// warp (lane 0) and read next as planes: after lane 0 stored y[i] (y rows of `cols`, a
-// multiple of 32, planes laid out as quant_q8 lays them), the warp that stores the last value
-// of a 32-value block — a ticket in tickets[i / 32], which it resets — writes that block's
-// planes, bit for bit quant_q8's. Saves the quant_q8 launch between the products. Warp-uniform.
-__device__ __forceinline__ void planes_ticket(const float* y, i64 i, int cols, i8* q, float* d,
-                                              int* tickets) {
-    int lane = threadIdx.x & 31;
-    i64 b = i / 32;
-    int last = 0;
-    if (lane == 0) {
-        __threadfence();
-        last = atomicAdd(tickets + b, 1) == 31;
-    }
-    if (!__shfl_sync(FULL_MASK, last, 0)) return;
-    __threadfence();
-    float v = __ldcg(y + b * 32 + lane);
-    float dd = warp_max(fabsf(v)) / 127.0f;
-    int q1, q2, q3;
-    q8_stages(v, dd, &q1, &q2, &q3);
-    i64 r = b * 32 / cols;
-    i8* qr = q + r * 2 * cols + b * 32 + lane;  // row r's planes start at 3·cols·r
-    qr[0] = (i8)q1;
-    qr[cols] = (i8)q2;
-    qr[2 * cols] = (i8)q3;
-    if (lane == 0) {
-        d[b] = dd;
-        tickets[b] = 0;
-    }
-}
-
 // The row sum of the kspl warps of a block that share one row (warp order), from each warp's
 // lane partial `v`: true, with the sum in *a, in lane 0 of the row's first warp.
 // Block-cooperative (one barrier).
@@ -676,14 +645,11 @@ DOT2_OF(dot2_deq, dot_deq)
 // expert e = ids[s] (ids null: matrix 0, weight 1), r < gate.rows (spec §2.5 steps 5–6).
 // `kspl` (1, 2, 4 or 8) warps share a row, each taking every kspl-th chunk of it, so that a
 // single matrix pair (the shared expert: 2048 rows) still puts enough warps on the device;
-// their partial sums meet in shared memory in warp order (kspl = 1: the one-warp sums). With
-// `mq` given, the mid rows' three-stage planes too (planes_ticket: mq/md as quant_q8 would
-// write them, `tickets` one zero int per 32 values of mid).
+// their partial sums meet in shared memory in warp order (kspl = 1: the one-warp sums).
 #define GU_KERNEL(NAME, DOT2, TABLES)                                                         \
     extern "C" __global__ void NAME(DW gate, DW up, const float* x, const i8* xq,             \
                                     const float* xd, const int* ids, const float* wts,       \
-                                    float clamp, float* mid, int kspl, i8* mq, float* md,    \
-                                    int* tickets) {                                           \
+                                    float clamp, float* mid, int kspl) {                     \
         grid_dep_sync();                                                                      \
         TABLES                                                                                \
         __shared__ float pg[MV_WARPS], pu[MV_WARPS];                                          \
@@ -717,8 +683,6 @@ DOT2_OF(dot2_deq, dot_deq)
             float m = siluf_ref(fminf(gv, clamp)) * fminf(fmaxf(uv, -clamp), clamp);         \
             mid[(i64)s * gate.rows + r] = m * wt;                                             \
         }                                                                                     \
-        if (mq && sl == 0 && r < gate.rows)                                                   \
-            planes_ticket(mid, (i64)s * gate.rows + r, gate.rows, mq, md, tickets);           \
     }
 
 // y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows). `kspl` (1, 2,
@@ -812,9 +776,8 @@ __device__ __forceinline__ void mvp_load(const DW& w, i64 grow, int ss, int4* wv
 // and loads the next segment (perhaps of its next row) before it uses the current one, so a
 // warp always has weights in flight instead of one row per block lifetime (q_b, 32768 rows of
 // 1024: 21 → 13 µs in tools/device/mv-lab.cu).
-// With `q` given, y's three-stage planes too (planes_ticket; `tickets` one zero int per 32 rows).
 extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd, int rows_per_group,
-                                    float* y, int beta, i8* q, float* qd, int* tickets) {
+                                    float* y, int beta) {
     grid_dep_sync();
     int lane = threadIdx.x & 31;
     int nw = gridDim.x * (blockDim.x >> 5);
@@ -850,7 +813,6 @@ extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd
         if (s == segs - 1) {
             acc = warp_sum(acc);
             if (lane == 0) y[r] = beta ? y[r] + acc : acc;
-            if (q) planes_ticket(y, r, w.rows, q, qd, tickets);
             acc = 0.0f;
         }
 #pragma unroll

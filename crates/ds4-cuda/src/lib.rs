@@ -213,26 +213,6 @@ pub(crate) struct DevRows {
 /// Widest row whose 8-bit planes an RMSNorm writes beside its output ([`NormPlanes`]).
 pub(crate) const NORM_PLANES_COLS: usize = 8192;
 
-/// Tickets a [`PlaneTickets`] region holds: one per 32 values of the products' outputs that
-/// write their own 8-bit planes (kernels/matmul.cu `planes_ticket`).
-pub(crate) const PLANE_TICKETS: usize = 1024;
-
-/// The ticket regions of the products that write their output's planes, one per caller that
-/// may run beside another on a side stream (crate::lanes).
-#[derive(Clone, Copy)]
-pub(crate) enum PlaneTickets {
-    /// The routed experts' mid rows (gate/up into down).
-    RoutedMid = 0,
-    /// The shared expert's mid row (op_swiglu).
-    SharedMid = 1,
-    /// A one-row product's output (mvp_q8_0).
-    Product = 2,
-}
-
-impl PlaneTickets {
-    const COUNT: usize = 3;
-}
-
 /// The three-stage 8-bit planes of one activation row that an RMSNorm wrote beside its output,
 /// for the weight products that read that row next: `quant_q8` of the same row returns them
 /// instead of launching. They stay valid while only weight products (and their own activation
@@ -294,7 +274,7 @@ pub struct CudaBackend {
     pub(crate) gemm: Mutex<Option<gemm::Gemm>>,
     rows_buf: DevBuf,
     /// One zeroed ticket per row of a chunk for kernels whose last block of a row finishes the
-    /// row's work (hc_step); that block resets its ticket. Then the [`PlaneTickets`] regions.
+    /// row's work (hc_step); that block resets its ticket.
     pub(crate) tickets: DevBuf,
     pub(crate) norm_planes: NormPlanes,
     pub(crate) lanes: lanes::Lanes,
@@ -409,7 +389,7 @@ impl CudaBackend {
         let upload_secs = tu.elapsed().as_secs_f64();
         let arena = Arena::new(arena_bytes)?;
         let rows_buf = DevBuf::new(PREFILL_CHUNK * 8)?;
-        let tickets = DevBuf::new((PREFILL_CHUNK + PlaneTickets::COUNT * PLANE_TICKETS) * 4)?;
+        let tickets = DevBuf::new(PREFILL_CHUNK * 4)?;
         dev.memset(tickets.ptr, 0, tickets.len)?;
         let rows_host = Mutex::new(Pinned::new(PREFILL_CHUNK * 8)?);
         let stats = LoadStats {
@@ -461,12 +441,6 @@ impl CudaBackend {
 
     pub(crate) fn opts_hc_step(&self) -> bool {
         self.opts.hc_step
-    }
-
-    /// The zeroed tickets of `region` (kernels/matmul.cu `planes_ticket`): PLANE_TICKETS ints
-    /// after hc_step's.
-    pub(crate) fn plane_tickets(&self, region: PlaneTickets) -> u64 {
-        self.tickets.ptr + ((PREFILL_CHUNK + region as usize * PLANE_TICKETS) * 4) as u64
     }
 
     pub(crate) fn opts_mvp_min_rows(&self) -> usize {

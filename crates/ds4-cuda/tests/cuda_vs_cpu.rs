@@ -1308,28 +1308,6 @@ fn row_pipelined_q8_0_matches_cpu() {
         .unwrap();
     let er = norm_rel(&get(&forced, &yg), &get(&c, &yc));
     assert!(er <= Q8_NORM, "grouped: {er:e}");
-    // The grouped product wrote its output's planes (planes_ticket) for the next product:
-    // that product must give what it gives on a copy of the same row, planes from quant_q8.
-    assert_next_product_same(&forced, &l.attn_output_b, &yg);
-}
-
-/// `w`·x on the GPU with x's planes as its producer left them, and on a fresh copy of x
-/// (planes from quant_q8): bit for bit the same.
-fn assert_next_product_same(g: &CudaBackend, w: &ds4::model::weights::TensorRef, x: &Tensor) {
-    let v = get(g, x);
-    let mut y0 = g.alloc(1, w.rows, DType::F32).unwrap();
-    g.matmul(w, x, &mut y0, fast()).unwrap();
-    let copy = put(g, 1, w.cols, &v);
-    let mut y1 = g.alloc(1, w.rows, DType::F32).unwrap();
-    g.matmul(w, &copy, &mut y1, fast()).unwrap();
-    let (a, b) = (get(g, &y0), get(g, &y1));
-    let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
-    assert!(
-        same,
-        "{} on producer-written planes: {:e}",
-        w.name,
-        max_rel(&a, &b)
-    );
 }
 
 /// One-row products whose rows are split over several warps (kspl > 1: matrices of few rows
@@ -1367,7 +1345,6 @@ fn split_row_expert_products_match_cpu() {
     g.swiglu(gs, us, &xg, 7.0, &mut mg, fast()).unwrap();
     let er = norm_rel(&get(&g, &mg), &get(&c, &mc));
     assert!(er <= Q8_NORM, "shared expert swiglu: {er:e}");
-    assert_next_product_same(&g, &l.ffn_down_shexp, &mg);
     // The routed experts of one row.
     let ids: Vec<f32> = (0..k)
         .map(|i| ((i * 3 + 1) % cfg.n_expert) as f32)

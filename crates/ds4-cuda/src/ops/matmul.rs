@@ -10,7 +10,7 @@ use ds4::model::Numerics;
 use super::{blocks, dp, err, want};
 use crate::driver::kargs;
 use crate::upload::Dw;
-use crate::{be_err, CudaBackend, PlaneTickets, PLANE_TICKETS};
+use crate::{be_err, CudaBackend};
 
 /// Warps per block of the matrix-vector kernels (MV_WARPS).
 const MV_WARPS: usize = 8;
@@ -113,7 +113,7 @@ impl CudaBackend {
         want(y, 1, w.rows, &format!("{} output", w.name))?;
         let (dw, xp, yp) = (self.w(w)?, dp(x)?, dp(y)?);
         self.forget_planes(yp);
-        self.mv_fast(dw, w.ty, 0, xp, w.rows, yp, true, false)
+        self.mv_fast(dw, w.ty, 0, xp, w.rows, yp, true)
     }
 
     /// Several products of one activation (`op_matmuls`): for a decode row in the fast mode,
@@ -258,8 +258,7 @@ impl CudaBackend {
     }
 
     /// One activation row: `y[r] (+)= W[mat][r]·x_{g(r)}` with the rows in groups of
-    /// `rows_per_group` taking consecutive `cols`-wide slices of x; with `planes`, y's 8-bit
-    /// planes too where the kernel can write them (mvp_q8_0, `y =`), held for the next product.
+    /// `rows_per_group` taking consecutive `cols`-wide slices of x.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn mv_fast(
         &self,
@@ -270,7 +269,6 @@ impl CudaBackend {
         rows_per_group: usize,
         y: u64,
         beta: bool,
-        planes: bool,
     ) -> BResult<()> {
         let cols = w.cols as usize;
         let groups = (w.rows as usize).div_ceil(rows_per_group);
@@ -282,22 +280,13 @@ impl CudaBackend {
         let pipelined = (self.opts_mvp_min_rows()..=MVP_MAX_ROWS).contains(&rows);
         if ty == GgmlType::Q8_0 && pipelined {
             let grid = (MVP_BLOCKS_PER_SM * self.sm_count()).min(rows.div_ceil(MV_WARPS));
-            let planes = (planes && !beta)
-                .then(|| self.planes_to_write(y, rows))
-                .flatten()
-                .filter(|_| rows / 32 <= PLANE_TICKETS);
-            let (q, d) = planes.map_or((0, 0), |(q, d, _)| (q, d));
-            let tk = self.plane_tickets(PlaneTickets::Product);
             self.launch(
                 "mvp_q8_0",
                 (grid as u32, 1, 1),
                 256,
                 0,
-                &mut kargs![&w, &m, &xq, &xd, &rpg, &y, &b, &q, &d, &tk],
+                &mut kargs![&w, &m, &xq, &xd, &rpg, &y, &b],
             )?;
-            if let Some((_, _, h)) = planes {
-                self.hold_planes(h);
-            }
             self.arena.release(mark);
             return Ok(());
         }
@@ -405,7 +394,7 @@ impl CudaBackend {
             return self.mm_precise(dw, 0, 0, w.rows, xp, w.cols, 0, n, yp, w.rows, 0);
         }
         if n == 1 {
-            return self.mv_fast(dw, w.ty, 0, xp, w.rows, yp, false, false);
+            return self.mv_fast(dw, w.ty, 0, xp, w.rows, yp, false);
         }
         let mark = self.arena.mark();
         let x16 = self.to_f16(xp, w.cols, 0, 0, n, w.cols)?;
@@ -450,8 +439,7 @@ impl CudaBackend {
             return Ok(());
         }
         if n == 1 {
-            // The grouped output projection's output is the next product's input: its planes too.
-            return self.mv_fast(dw, w.ty, 0, xp, gr, yp, false, true);
+            return self.mv_fast(dw, w.ty, 0, xp, gr, yp, false);
         }
         let mark = self.arena.mark();
         let x16 = self.to_f16(xp, groups * gw, 0, 0, n, groups * gw)?;

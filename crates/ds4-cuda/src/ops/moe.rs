@@ -9,10 +9,10 @@ use ds4::gguf::GgmlType;
 use ds4::model::weights::TensorRef;
 use ds4::model::Numerics;
 
-use super::matmul::{kname, mv_split, takes_q8};
+use super::matmul::{kname, mv_split};
 use super::{blocks, dp, drows, err, want};
 use crate::driver::kargs;
-use crate::{CudaBackend, PlaneTickets, PLANE_TICKETS};
+use crate::CudaBackend;
 
 /// Floor of the selected scores' sum (spec §2.5 step 4), as the CPU uses.
 const WEIGHT_SUM_FLOOR: f32 = 6.1035e-5;
@@ -178,20 +178,13 @@ impl CudaBackend {
             let kspl = mv_split(ff, gate.cols);
             let grid = (ff.div_ceil(8 / kspl) as u32, 1, 1);
             let (zero, one, rp) = (0u64, 0u64, kspl as i32);
-            // The mid row's planes for the down product that reads it next.
-            let planes = self.planes_to_write(mp, ff);
-            let (q, d) = planes.map_or((0, 0), |(q, d, _)| (q, d));
-            let tk = self.plane_tickets(PlaneTickets::SharedMid);
             self.launch(
                 kname("gu", gate.ty)?,
                 grid,
                 256,
                 0,
-                &mut kargs![&gw, &uw, &xp, &xq, &xd, &zero, &one, &clamp, &mp, &rp, &q, &d, &tk],
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &zero, &one, &clamp, &mp, &rp],
             )?;
-            if let Some((_, _, h)) = planes {
-                self.hold_planes(h);
-            }
             self.arena.release(mark);
             return Ok(());
         }
@@ -296,26 +289,14 @@ impl CudaBackend {
             let kspl = mv_split(k * ff, gate.cols);
             let grid = (ff.div_ceil(8 / kspl) as u32, k as u32, 1);
             let rp = kspl as i32;
-            // The down product's planes of mid, written by the gate/up kernel (no quant_q8).
-            let planes = takes_q8(down.ty) && ff.is_multiple_of(32) && k * ff / 32 <= PLANE_TICKETS;
-            let (pq, pd) = if planes {
-                (self.scratch(k * 3 * ff)?, self.scratch(k * ff / 32 * 4)?)
-            } else {
-                (0, 0)
-            };
-            let tk = self.plane_tickets(PlaneTickets::RoutedMid);
             self.launch(
                 kname("gu", gate.ty)?,
                 grid,
                 256,
                 0,
-                &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp, &pq, &pd, &tk],
+                &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
             )?;
-            let (mq, md) = if planes {
-                (pq, pd)
-            } else {
-                self.quant_q8(down.ty, mid, ff, ff, k)?
-            };
+            let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
             // Warps per output row (DS4_CUDA_DN_SPLIT): a power of two ≤ 8, each warp taking
             // every kspl-th slot.
             let kspl = self
