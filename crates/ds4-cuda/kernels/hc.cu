@@ -218,8 +218,8 @@ extern "C" __global__ void hc_post(const float* y, const float* x_hc, const floa
 // `part` layout); the last block of a row to finish (a ticket in tickets[t], which it resets)
 // sums the slices and does the rest for the whole row, every thread holding 16 columns in
 // registers (e a multiple of 128 — whole warps of float4 groups — and at most HC_STEP_MAXE),
-// while its extra warp runs Sinkhorn. `mix` holds this sublayer's gates on entry (read by every block
-// before it takes its ticket) and the next one's on return.
+// while its extra warp runs Sinkhorn. `mix` holds this sublayer's gates on entry (read by
+// every block before it takes its ticket) and the next one's on return.
 extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix, int e,
                                    float* out, DW fn, float* part, const float* scale3,
                                    const float* base, int iters, float eps, float rms_eps,

@@ -17,8 +17,8 @@ use crate::CudaBackend;
 const GEMM_ROWS: usize = 32;
 /// The HC width `hc_step` is compiled for (HC_FUSED).
 const HC_FUSED: usize = 4;
-/// Threads of an `hc_step` block that post (HC_STEP_THREADS), the columns it posts (a thread per stream
-/// and column: HC_STEP_COLS) and the widest row its last block holds (HC_STEP_MAXE).
+/// Threads of an `hc_step` block that post (HC_STEP_THREADS), the columns it posts (a thread
+/// per stream and column: HC_STEP_COLS) and the widest row its last block holds (HC_STEP_MAXE).
 const HC_STEP_THREADS: usize = 256;
 /// Threads of an `hc_step` launch: the posting threads and the Sinkhorn warp (HC_STEP_BLOCK).
 const HC_STEP_BLOCK: usize = HC_STEP_THREADS + 32;
