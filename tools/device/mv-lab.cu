@@ -21,6 +21,7 @@ __device__ u32 iq3xxs_grid[256];
 __device__ i8 kvalues_mxfp4[16];
 #include "../../crates/ds4-cuda/kernels/numerics.cu"
 #include "../../crates/ds4-cuda/kernels/matmul.cu"
+#include "../../crates/ds4-cuda/kernels/repack.cu"
 
 #define CK(x)                                                                                  \
     do {                                                                                       \
@@ -110,6 +111,15 @@ __global__ void __launch_bounds__(256, MINB) guv_iq2_xxs(DW gate, DW up, const i
     if (lane == 0) {
         float m = siluf_ref(fminf(ga, clamp)) * fminf(fmaxf(ua, -clamp), clamp);
         mid[(i64)s * gate.rows + r] = m * wts[s];
+    }
+}
+
+// Raw 66-byte IQ2_XXS blocks from the planes (the input repack_iq2c takes).
+__global__ void join_iq2_xxs(const u8* qs, const u8* d, i64 nb, u8* raw) {
+    for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += (i64)gridDim.x * blockDim.x) {
+        raw[b * 66] = d[2 * b];
+        raw[b * 66 + 1] = d[2 * b + 1];
+        for (int i = 0; i < 64; i++) raw[b * 66 + 2 + i] = qs[b * 64 + i];
     }
 }
 
@@ -337,6 +347,28 @@ static void bench_experts(int nsm) {
     guv("unroll 2, 4 blk/SM", guv_iq2_xxs<2, 4>);
     guv("unroll 1, 4 blk/SM", guv_iq2_xxs<1, 4>);
     guv("unroll 8, 1 blk/SM", guv_iq2_xxs<8, 1>);
+    // The same gate/up as 4-bit codes (repack_iq2c): twice the bytes, a permute per 4 weights.
+    {
+        u8 *raw, *gc, *gs, *uc, *us;
+        CK(cudaMalloc(&raw, nb * 66));
+        CK(cudaMalloc(&gc, nb * 128)); CK(cudaMalloc(&gs, nb * 8));
+        CK(cudaMalloc(&uc, nb * 128)); CK(cudaMalloc(&us, nb * 8));
+        join_iq2_xxs<<<4096, 256>>>(ga, gb, nb, raw);
+        repack_iq2c<<<4096, 256>>>(raw, nb, gc, gs);
+        join_iq2_xxs<<<4096, 256>>>(ua, ub, nb, raw);
+        repack_iq2c<<<4096, 256>>>(raw, nb, uc, us);
+        CK(cudaDeviceSynchronize());
+        CK(cudaFree(raw));
+        DW gcw{gc, gs, TY_IQ2C, FF, D}, ucw{uc, us, TY_IQ2C, FF, D};
+        double gbc = (double)K * 2 * FF * (D / 256) * 136 / 1e9;
+        float u = time([&](int s) { gu_iq2c<<<gg, 256>>>(gcw, ucw, x, xq, xd, ids + s * K, wts, 10.0f, mid1, 1); });
+        std::vector<float> got = host(mid1, K * FF);
+        int same = 0;
+        for (int i = 0; i < K * FF; i++) same += memcmp(&got[i], &ref[i], 4) == 0;
+        printf("experts gu_iq2c (4-bit codes)      %8.2f us %7.2f TB/s rel %.2e, %d of %d bit-equal\n", u,
+               gbc / u * 1e3, max_rel(ref, got), same, K * FF);
+        CK(cudaFree(gc)); CK(cudaFree(gs)); CK(cudaFree(uc)); CK(cudaFree(us));
+    }
     // down: mid from the engine's gate/up output
     CK(cudaMemcpy(mid1, mid0, K * FF * 4, cudaMemcpyDeviceToDevice));
     quant_q8<<<K * FF / 32 / 8, 256>>>(mid0, FF, FF, K, mq, md);

@@ -30,6 +30,9 @@ typedef long long i64;
 #define TY_IQ3_XXS 18
 #define TY_BF16 30
 #define TY_MXFP4 39
+// Not a ggml type: IQ2_XXS expanded at upload into one 4-bit code a weight (kernels/repack.cu,
+// repack_iq2c), which the decode dots turn into int8 with one byte permute per four weights.
+#define TY_IQ2C 1016
 
 #ifdef DS4_EMU
 #define DYN_SHARED(T, name) T* name = (T*)emu_dyn_smem()
@@ -275,6 +278,18 @@ struct DW {
     int cols;
 };
 
+// TY_IQ2C codes: code m | s << 2 is grid magnitude m (0, 1, 2 for 8, 25, 43: the only bytes of
+// ggml's iq2xxs_grid) with sign s (1: negative). Plane a holds a row's codes, weight c in the
+// low (c even) or high nibble of byte c / 2; plane b holds each 256-weight block's f16 d (bits
+// 0..15 of its first word) and its eight 4-bit sub-block scales (second word, sub-block j at
+// bits 4j), the fields of the IQ2_XXS block it came from. Bytes 3 and 7 of the table are unused.
+#define IQ2C_POS 0x002b1908u
+#define IQ2C_NEG 0x00d5e7f8u
+
+// Four weights as signed int8 (byte j weight j) from the four codes in the low 16 bits of `c`:
+// one byte permute over the table (the high 16 bits of the selector are ignored).
+__device__ __forceinline__ int iq2c_4(u32 c) { return (int)__byte_perm(IQ2C_POS, IQ2C_NEG, c); }
+
 // Bytes of one row in plane `a` of a weight of type `ty` with `cols` columns.
 __device__ __forceinline__ i64 plane_row_bytes(int ty, int cols) {
     switch (ty) {
@@ -291,6 +306,7 @@ __device__ __forceinline__ i64 plane_row_bytes(int ty, int cols) {
     case TY_IQ2_XS: return (i64)(cols / 256) * 74;
     case TY_IQ3_XXS: return (i64)(cols / 256) * 98;
     case TY_MXFP4: return (i64)(cols / 32) * 17;
+    case TY_IQ2C: return cols / 2;  // one code a nibble; d and the 4-bit scales in b
     }
     return 0;
 }

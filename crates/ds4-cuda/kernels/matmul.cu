@@ -104,6 +104,14 @@ __device__ float deq(const DW& w, i64 grow, int c) {
         float v = db * g;
         return (signs >> j) & 1u ? -v : v;
     }
+    case TY_IQ2C: {
+        u32 code = (w.a[grow * (w.cols / 2) + c / 2] >> (4 * (c & 1))) & 15u;
+        i64 blk = grow * (w.cols / 256) + (c >> 8);
+        float d = h2f(ld_u16(w.b + blk * 8));
+        float db = d * (0.5f + (float)((ld_u32(w.b + blk * 8 + 4) >> (4 * ((c & 255) >> 5))) & 15u)) * 0.25f;
+        float v = db * (float)((IQ2C_POS >> (8 * (code & 3))) & 255u);
+        return code & 4u ? -v : v;
+    }
     case TY_BF16: return bf2f(ld_u16(w.a + (grow * w.cols + c) * 2));
     case TY_Q3_K: {
         const u8* b = w.a + grow * plane_row_bytes(TY_Q3_K, w.cols) + 110 * (c >> 8);
@@ -390,18 +398,45 @@ __device__ __forceinline__ void iq2_xxs_x(const i8* xq, int cols, int u, int4* x
     for (int p = 0; p < EXPERT_STAGES; p++) xv[p] = *(const int4*)(xq + p * cols + u * 16);
 }
 
-__device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq, const float* xd,
-                             const float* xf, const IqTab* tab, int l0, int ls) {
-    int lane = threadIdx.x & 31;
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int u = lane + l0; u < w.cols / 16; u += ls) {
-        int4 xv[3];
-        iq2_xxs_x(xq, w.cols, u, xv);
-        acc += iq2_xxs_part(w, grow, u, xv, xd[u >> 1], tab);
+// Half `u` of a TY_IQ2C sub-block, as iq2_xxs_part: the 16 codes are one 8-byte load and four
+// byte permutes make them int8 (in place of two grid lookups, the sign bits' parity and four
+// sign expansions); the sub-block scale comes from the block's (d, scales) pair in plane b. The
+// weights and the float operations are iq2_xxs_part's, so the sums are bit for bit the same.
+__device__ __forceinline__ float iq2c_part(const DW& w, i64 grow, int u, const int4* xv, float dx,
+                                           const IqTab* tab) {
+    uint2 v = *(const uint2*)(w.a + grow * (w.cols / 2) + u * 8);
+    uint2 sb = *(const uint2*)(w.b + (grow * (w.cols / 256) + (u >> 4)) * 8);
+    float d = h2f((u16)(sb.x & 0xffffu));
+    float db = d * (0.5f + (float)((sb.y >> (4 * ((u >> 1) & 7))) & 15u)) * 0.25f;
+    int wq[4] = {iq2c_4(v.x), iq2c_4(v.x >> 16), iq2c_4(v.y), iq2c_4(v.y >> 16)};
+    int st[3] = {0, 0, 0};
+#pragma unroll
+    for (int p = 0; p < EXPERT_STAGES; p++) {
+        int s = __dp4a(wq[0], xv[p].x, 0);
+        s = __dp4a(wq[1], xv[p].y, s);
+        s = __dp4a(wq[2], xv[p].z, s);
+        st[p] = __dp4a(wq[3], xv[p].w, s);
     }
-    return acc;
+    return fold3(st[0], st[1], st[2]) * (db * dx);
 }
+
+// The one-row dot of the types whose dot is a sum of 16-weight parts (`PART`) with
+// IQ2_XXS's activation chunks.
+#define DOT16(NAME, PART)                                                                     \
+    __device__ __forceinline__ float NAME(const DW& w, i64 grow, const i8* xq, const float* xd, \
+                                          const float* xf, const IqTab* tab, int l0, int ls) { \
+        int lane = threadIdx.x & 31;                                                          \
+        float acc = 0.0f;                                                                     \
+        _Pragma("unroll 4")                                                                   \
+        for (int u = lane + l0; u < w.cols / 16; u += ls) {                                   \
+            int4 xv[3];                                                                       \
+            iq2_xxs_x(xq, w.cols, u, xv);                                                     \
+            acc += PART(w, grow, u, xv, xd[u >> 1], tab);                                     \
+        }                                                                                     \
+        return acc;                                                                           \
+    }
+DOT16(dot_iq2_xxs, iq2_xxs_part)
+DOT16(dot_iq2c, iq2c_part)
 
 // Gate and up rows `grow` of two matrices of one shape against one activation, for the types
 // whose dot is a sum of 16-weight parts (`PART`, activation chunk loaded by `XLOAD`): each
@@ -425,6 +460,7 @@ __device__ __forceinline__ float dot_iq2_xxs(const DW& w, i64 grow, const i8* xq
     }
 DOT2_FUSED(dot2_q8_0, q8_0_x, q8_0_part)
 DOT2_FUSED(dot2_iq2_xxs, iq2_xxs_x, iq2_xxs_part)
+DOT2_FUSED(dot2_iq2c, iq2_xxs_x, iq2c_part)
 
 // The K-quant form of one 16-weight group u (Q2_K, Q4_K): d·sc·Σ q·x − dmin·m·Σ x over the
 // activation chunk 16u..16u+15 (three stages; the group's unsigned quants `wq`, four per int),
@@ -832,6 +868,7 @@ MV_KERNEL(mv_q8_0, dot_q8_0, NO_TABLES)
 MV_KERNEL(mv_q2_k, dot_q2_k, NO_TABLES)
 MV_KERNEL(mv_q4_k, dot_q4_k, NO_TABLES)
 MV_KERNEL(mv_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+MV_KERNEL(mv_iq2c, dot_iq2c, NO_TABLES)
 MV_KERNEL(mv_f16, dot_f16, NO_TABLES)
 MV_KERNEL(mv_f32, dot_f32, NO_TABLES)
 MV_KERNEL(mv_deq, dot_deq, NO_TABLES)
@@ -840,6 +877,7 @@ GU_KERNEL(gu_q8_0, dot2_q8_0, NO_TABLES)
 GU_KERNEL(gu_q2_k, dot2_q2_k, NO_TABLES)
 GU_KERNEL(gu_q4_k, dot2_q4_k, NO_TABLES)
 GU_KERNEL(gu_iq2_xxs, dot2_iq2_xxs, DECLARE_IQ2_TABLES)
+GU_KERNEL(gu_iq2c, dot2_iq2c, NO_TABLES)
 GU_KERNEL(gu_f16, dot2_f16, NO_TABLES)
 GU_KERNEL(gu_f32, dot2_f32, NO_TABLES)
 GU_KERNEL(gu_deq, dot2_deq, NO_TABLES)
@@ -848,6 +886,7 @@ DN_KERNEL(dn_q8_0, dot_q8_0, NO_TABLES)
 DN_KERNEL(dn_q2_k, dot_q2_k, NO_TABLES)
 DN_KERNEL(dn_q4_k, dot_q4_k, NO_TABLES)
 DN_KERNEL(dn_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+DN_KERNEL(dn_iq2c, dot_iq2c, NO_TABLES)
 DN_KERNEL(dn_f16, dot_f16, NO_TABLES)
 DN_KERNEL(dn_f32, dot_f32, NO_TABLES)
 DN_KERNEL(dn_deq, dot_deq, NO_TABLES)
@@ -910,6 +949,19 @@ __device__ void deq8(const DW& w, i64 grow, int c, float* o) {
         for (int j = 0; j < 8; j++) {
             float v = db * (float)((g >> (8 * j)) & 255ull);
             o[j] = (signs >> j) & 1u ? -v : v;
+        }
+        return;
+    }
+    case TY_IQ2C: {
+        u32 codes = ld_u32(w.a + grow * (w.cols / 2) + c / 2);
+        i64 blk = grow * (w.cols / 256) + (c >> 8);
+        float d = h2f(ld_u16(w.b + blk * 8));
+        float db = d * (0.5f + (float)((ld_u32(w.b + blk * 8 + 4) >> (4 * ((c & 255) >> 5))) & 15u)) * 0.25f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            u32 code = (codes >> (4 * j)) & 15u;
+            float v = db * (float)((IQ2C_POS >> (8 * (code & 3))) & 255u);
+            o[j] = code & 4u ? -v : v;
         }
         return;
     }

@@ -95,6 +95,21 @@ __device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, const Mq
         }
         sc[0] = sc[1] = db;
         mn[0] = mn[1] = 0.0f;
+    } else if (TY == TY_IQ2C) {
+        uint4 v = *(const uint4*)(w.a + grow * (w.cols / 2) + c0 / 2);
+        i64 blk = grow * (w.cols / 256) + (c0 >> 8);
+        uint2 sb = *(const uint2*)(w.b + blk * 8);
+        float d = h2f((u16)(sb.x & 0xffffu));
+        float db = d * (0.5f + (float)((sb.y >> (4 * ((c0 & 255) >> 5))) & 15u)) * 0.25f;
+        u32 c[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            u32 u = (u32)iq2c_4(c[k >> 1] >> (16 * (k & 1))) ^ 0x80808080u;
+            q[2 * k] = mq_pair_lo(u, MQ_I8);
+            q[2 * k + 1] = mq_pair_hi(u, MQ_I8);
+        }
+        sc[0] = sc[1] = db;
+        mn[0] = mn[1] = 0.0f;
     } else if (TY == TY_Q2_K) {
         const u8* b = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols) + 84 * (c0 >> 8);
         int i = c0 & 255, n = i >> 7, j = (i & 127) >> 5;
@@ -373,5 +388,6 @@ __device__ __forceinline__ void mq_body(const DW& w, const u16* xh, const u16* x
     }
 MQ_KERNEL(mq_q8_0, TY_Q8_0)
 MQ_KERNEL(mq_iq2_xxs, TY_IQ2_XXS)
+MQ_KERNEL(mq_iq2c, TY_IQ2C)
 MQ_KERNEL(mq_q2_k, TY_Q2_K)
 MQ_KERNEL(mq_q4_k, TY_Q4_K)

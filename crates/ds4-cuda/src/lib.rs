@@ -149,6 +149,9 @@ pub struct CudaOptions {
     /// Slices of a decode row's visible rows per head in `attn_partial` (`DS4_CUDA_ATT_SPLITS`,
     /// 1 to 64, default 16), merged by `attn_combine`.
     pub attn_splits: usize,
+    /// Store IQ2_XXS weights as 4-bit codes (twice their bytes, a much cheaper decode dot) as
+    /// far as the memory left after weights, KV and scratch allows (`DS4_CUDA_IQ2C=0`: never).
+    pub iq2_codes: bool,
 }
 
 impl Default for CudaOptions {
@@ -176,6 +179,7 @@ impl Default for CudaOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(16),
+            iq2_codes: std::env::var("DS4_CUDA_IQ2C").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -197,6 +201,8 @@ pub struct LoadStats {
     pub weight_bytes: usize,
     /// Scratch arena bytes.
     pub arena_bytes: usize,
+    /// IQ2_XXS tensors stored as 4-bit codes ([`CudaOptions::iq2_codes`]).
+    pub coded_tensors: usize,
 }
 
 /// Tensor storage of the CUDA backend: a device address (in the arena or a session).
@@ -321,7 +327,7 @@ impl CudaBackend {
         let cfg = model.config.clone();
         check_shapes(&cfg)?;
         // Memory check before any large allocation.
-        let weight_bytes = upload::total_bytes(&model.weights);
+        let weight_bytes = upload::total_bytes(&model.weights, &upload::Coded::new());
         let staging = upload::staging_bytes(&model.weights);
         let arena_bytes = arena::arena_bytes(&cfg, PREFILL_CHUNK, opts.ctx);
         let kv = state::state_bytes(&cfg, opts.ctx);
@@ -354,6 +360,26 @@ impl CudaBackend {
                 max_ctx,
             });
         }
+        // What is left, less room for a second session of this context (a session that
+        // replaces another is made before the old one goes) and 1 GiB, may hold IQ2_XXS codes.
+        let coded = if opts.iq2_codes {
+            let reserve = kv + (1usize << 30);
+            upload::plan_codes(&model.weights, free.saturating_sub(need + reserve))
+        } else {
+            upload::Coded::new()
+        };
+        if !coded.is_empty() {
+            let n = upload::tensors(&model.weights)
+                .iter()
+                .filter(|t| t.ty == ds4::gguf::GgmlType::IQ2_XXS)
+                .count();
+            let extra = upload::total_bytes(&model.weights, &coded) - weight_bytes;
+            tracing_line(&format!(
+                "IQ2_XXS weights as 4-bit codes: {} of {n} tensors (+{:.1} GiB)",
+                coded.len(),
+                extra as f64 / (1u64 << 30) as f64
+            ));
+        }
         let src = nvrtc::source();
         let image = nvrtc::compile(&src, dev.cc)?;
         let smem = (dev.smem_optin - 8 * 1024).max(48 * 1024);
@@ -370,6 +396,7 @@ impl CudaBackend {
             &kernels,
             model.file.bytes(),
             &model.weights,
+            &coded,
             &mut |done, total| {
                 if let Some(b) = &bar {
                     b.set_position(done as u64);
@@ -397,6 +424,7 @@ impl CudaBackend {
             upload_secs,
             weight_bytes: weights.bytes,
             arena_bytes,
+            coded_tensors: coded.len(),
         };
         Ok(CudaBackend {
             dev,

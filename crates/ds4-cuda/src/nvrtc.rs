@@ -36,6 +36,7 @@ pub const KERNELS: &[&str] = &[
     "mv_q2_k",
     "mv_q4_k",
     "mv_iq2_xxs",
+    "mv_iq2c",
     "mv_f16",
     "mv_f32",
     "mv_deq",
@@ -45,6 +46,7 @@ pub const KERNELS: &[&str] = &[
     "gu_q2_k",
     "gu_q4_k",
     "gu_iq2_xxs",
+    "gu_iq2c",
     "gu_f16",
     "gu_f32",
     "gu_deq",
@@ -52,6 +54,7 @@ pub const KERNELS: &[&str] = &[
     "dn_q2_k",
     "dn_q4_k",
     "dn_iq2_xxs",
+    "dn_iq2c",
     "dn_f16",
     "dn_f32",
     "dn_deq",
@@ -59,6 +62,7 @@ pub const KERNELS: &[&str] = &[
     "to_f16",
     "mq_q8_0",
     "mq_iq2_xxs",
+    "mq_iq2c",
     "mq_q2_k",
     "mq_q4_k",
     "mq_xsum",
@@ -93,6 +97,7 @@ pub const KERNELS: &[&str] = &[
     "fill",
     "repack_q8_0",
     "repack_iq2_xxs",
+    "repack_iq2c",
 ];
 
 /// Kernels whose dynamic shared memory can exceed the default 48 KiB.

@@ -1,10 +1,11 @@
 //! Loading the model onto the device, once, at start: every weight tensor is copied from the
 //! mapped file through two pinned staging buffers (the host copy of one chunk, spread over all
 //! cores, overlaps the DMA of the other), Q8_0 and IQ2_XXS tensors are repacked on the device
-//! into aligned planes (kernels/repack.cu), and the small f32 parameters (norms, biases, HC
+//! into aligned planes (kernels/repack.cu) — IQ2_XXS, where memory allows, into 4-bit codes
+//! (`plan_codes`) — and the small f32 parameters (norms, biases, HC
 //! scales, `ape`, `tid2eid`) go into one buffer. Progress is reported through a callback.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -26,6 +27,20 @@ pub(crate) struct Dw {
     pub cols: i32,
 }
 
+/// The device type id of IQ2_XXS in 4-bit codes (TY_IQ2C in kernels/common.cuh): not a ggml
+/// type; the kernels of the `*_iq2c` family read it.
+pub(crate) const TY_IQ2C: i32 = 1016;
+
+impl Dw {
+    /// Whether this weight is IQ2_XXS stored as 4-bit codes.
+    pub(crate) fn coded(&self) -> bool {
+        self.ty == TY_IQ2C
+    }
+}
+
+/// The IQ2_XXS tensors (by file offset) that go to the device as 4-bit codes.
+pub(crate) type Coded = HashSet<usize>;
+
 /// Bytes per pinned staging buffer.
 const STAGE: usize = 64 << 20;
 
@@ -34,9 +49,13 @@ fn repacked(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q8_0 | GgmlType::IQ2_XXS)
 }
 
-/// Device bytes of a tensor (planes included, each 256-aligned).
-pub(crate) fn device_bytes(t: &TensorRef) -> usize {
+/// Device bytes of a tensor (planes included, each 256-aligned), in codes when `coded` holds it.
+pub(crate) fn device_bytes(t: &TensorRef, coded: &Coded) -> usize {
     let n = t.range.len();
+    if coded.contains(&t.range.start) {
+        let blocks = n / 66;
+        return align(blocks * 128) + blocks * 8;
+    }
     match t.ty {
         GgmlType::Q8_0 => {
             let blocks = n / 34;
@@ -119,12 +138,12 @@ pub(crate) struct DeviceWeights {
 }
 
 /// Total device bytes the weights will take.
-pub(crate) fn total_bytes(w: &Weights) -> usize {
-    let mut seen = std::collections::HashSet::new();
+pub(crate) fn total_bytes(w: &Weights, coded: &Coded) -> usize {
+    let mut seen = HashSet::new();
     let t: usize = tensors(w)
         .into_iter()
         .filter(|t| seen.insert(t.range.start))
-        .map(|t| align(device_bytes(t)))
+        .map(|t| align(device_bytes(t, coded)))
         .sum();
     let p: usize = params(w).iter().map(|p| align(p.len() * 4)).sum();
     let tid: usize = w
@@ -134,6 +153,30 @@ pub(crate) fn total_bytes(w: &Weights) -> usize {
         .map(|t| align(t.len() * 4))
         .sum();
     t + p + tid
+}
+
+/// The IQ2_XXS tensors to store as 4-bit codes, in model order (layer by layer), as long as
+/// the bytes the codes add stay within `spare`: twice the quant bytes buy a decode dot of about
+/// a third of the instructions (kernels/matmul.cu iq2c_part), which these instruction-bound
+/// products turn into speed; what does not fit stays IQ2_XXS.
+pub(crate) fn plan_codes(w: &Weights, spare: usize) -> Coded {
+    let none = Coded::new();
+    let mut coded = Coded::new();
+    let mut left = spare;
+    for t in tensors(w) {
+        if t.ty != GgmlType::IQ2_XXS || coded.contains(&t.range.start) {
+            continue;
+        }
+        let mut one = Coded::new();
+        one.insert(t.range.start);
+        let extra = align(device_bytes(t, &one)).saturating_sub(align(device_bytes(t, &none)));
+        if extra > left {
+            break;
+        }
+        left -= extra;
+        coded.insert(t.range.start);
+    }
+    coded
 }
 
 /// The largest tensor that is repacked (its raw bytes need a device staging buffer).
@@ -153,6 +196,7 @@ pub(crate) fn upload(
     kernels: &HashMap<&'static str, Kernel>,
     file: &[u8],
     w: &Weights,
+    coded: &Coded,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<DeviceWeights, CudaError> {
     let list = tensors(w);
@@ -173,7 +217,7 @@ pub(crate) fn upload(
         let src = file.get(t.range.clone()).ok_or_else(|| {
             CudaError::Model(format!("tensor `{}` lies outside the file", t.name))
         })?;
-        let buf = DevBuf::new(device_bytes(t))?;
+        let buf = DevBuf::new(device_bytes(t, coded))?;
         let dst = if repacked(t.ty) { staging.ptr } else { buf.ptr };
         // Copy in chunks through the two pinned buffers.
         for (ci, chunk) in src.chunks(STAGE).enumerate() {
@@ -193,6 +237,29 @@ pub(crate) fn upload(
         }
         let (rows, cols) = (t.rows as i32, t.cols as i32);
         let dw = match t.ty {
+            GgmlType::IQ2_XXS if coded.contains(&t.range.start) => {
+                let nblocks = (t.range.len() / 66) as i64;
+                let codes = buf.ptr;
+                let sb = buf.ptr + align(nblocks as usize * 128) as u64;
+                let grid = (nblocks as u64).div_ceil(256).min(65535) as u32;
+                let src_ptr = staging.ptr;
+                dev.launch(
+                    &kernels["repack_iq2c"],
+                    (grid, 1, 1),
+                    256,
+                    0,
+                    &mut kargs![&src_ptr, &nblocks, &codes, &sb],
+                )?;
+                // The staging buffer is reused by the next repacked tensor.
+                dev.sync()?;
+                Dw {
+                    a: codes,
+                    b: sb,
+                    ty: TY_IQ2C,
+                    rows,
+                    cols,
+                }
+            }
             GgmlType::Q8_0 | GgmlType::IQ2_XXS => {
                 let (bb, qb) = if t.ty == GgmlType::Q8_0 {
                     (34, 32)

@@ -1381,3 +1381,119 @@ fn lanes_out_of_order_are_errors() {
     let _rows = g.rows(&[1, 2, 3], 0).unwrap();
     g.lane(Lane::Join).unwrap();
 }
+
+/// IQ2_XXS stored as 4-bit codes (the `*_iq2c` kernels) gives the same bits as IQ2_XXS
+/// decoded from its grid: every product form of an expert matrix (precise, one-row fast,
+/// f16 GEMM) and the routed experts of one row (gate/up, down) and of a prefill chunk (the
+/// tensor-core kernels), with the IQ2_XXS backend itself against the CPU.
+#[test]
+fn iq2_codes_match_iq2_xxs_bit_for_bit() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let m = tiny(ExpertRecipe::Q2, 3);
+    let Some(coded) = gpu(&m) else { return };
+    let plain = CudaBackend::new(
+        &m,
+        &CudaOptions {
+            iq2_codes: false,
+            ..test_opts()
+        },
+    )
+    .expect("CUDA backend");
+    let n_iq2 = expert_tensors_of_type(&m, GgmlType::IQ2_XXS);
+    assert!(n_iq2 >= 4, "only {n_iq2} IQ2_XXS tensors in the fixture");
+    assert_eq!(
+        coded.load_stats().coded_tensors,
+        n_iq2,
+        "not every IQ2_XXS tensor coded"
+    );
+    assert_eq!(plain.load_stats().coded_tensors, 0);
+    let c = CpuBackend::new(m.file.clone());
+    let l = &m.weights.layers[2];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for w in [&l.ffn_gate_exps, &l.ffn_up_exps] {
+        assert_eq!(w.ty, GgmlType::IQ2_XXS);
+        for n in [1usize, 5, 17] {
+            let x = rand_vec(&mut rng, n * w.cols, 1.0);
+            let mut yc = c.alloc(n, w.rows, DType::F32).unwrap();
+            c.begin().unwrap();
+            c.matmul(w, &put(&c, n, w.cols, &x), &mut yc, precise())
+                .unwrap();
+            let want = get(&c, &yc);
+            for (num, what) in [(precise(), "precise"), (fast(), "fast")] {
+                let mut outs = Vec::new();
+                for g in [&plain, &coded] {
+                    g.begin().unwrap();
+                    let mut yg = g.alloc(n, w.rows, DType::F32).unwrap();
+                    g.matmul(w, &put(g, n, w.cols, &x), &mut yg, num).unwrap();
+                    outs.push(get(g, &yg));
+                }
+                let tol = match (what, n) {
+                    ("precise", _) => PRECISE_OP,
+                    (_, 1) => Q8_NORM,
+                    _ => F16_NORM,
+                };
+                let er = if what == "precise" {
+                    max_rel(&outs[0], &want)
+                } else {
+                    norm_rel(&outs[0], &want)
+                };
+                assert!(er <= tol, "{} {what} n={n} IQ2_XXS vs CPU: {er:e}", w.name);
+                assert!(
+                    bits(&outs[0]) == bits(&outs[1]),
+                    "{} {what} n={n}: codes differ from IQ2_XXS (max rel {:e})",
+                    w.name,
+                    max_rel(&outs[1], &outs[0])
+                );
+            }
+        }
+    }
+    // The routed experts: one decode row, then a chunk of rows.
+    let (e, k, ne) = (m.config.n_embd, m.config.n_expert_used, m.config.n_expert);
+    let (gt, up, dn) = (&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps);
+    for n in [1usize, 24] {
+        let x = rand_vec(&mut rng, n * e, 1.0);
+        let ids: Vec<f32> = (0..n * k).map(|i| ((i * 7 + 3) % ne) as f32).collect();
+        let wts = rand_vec(&mut rng, n * k, 1.0);
+        let mut outs = Vec::new();
+        for g in [&plain, &coded] {
+            g.begin().unwrap();
+            let mut it = g.alloc(n, k, DType::I32).unwrap();
+            g.write(&mut it, &ids).unwrap();
+            let mut og = g.alloc(n, e, DType::F32).unwrap();
+            g.moe_experts(
+                gt,
+                up,
+                dn,
+                &put(g, n, e, &x),
+                &it,
+                &put(g, n, k, &wts),
+                10.0,
+                &mut og,
+                fast(),
+            )
+            .unwrap();
+            outs.push(get(g, &og));
+        }
+        assert!(
+            bits(&outs[0]) == bits(&outs[1]),
+            "routed experts n={n}: codes differ from IQ2_XXS (max rel {:e})",
+            max_rel(&outs[1], &outs[0])
+        );
+        if n == 1 {
+            let xc = put(&c, 1, e, &x);
+            let xg = put(&plain, 1, e, &x);
+            let er = routed_experts_rel(&c, &plain, l, &xc, &xg, &ids, &wts);
+            assert!(er <= Q8_NORM_2, "routed experts IQ2_XXS vs CPU: {er:e}");
+        }
+    }
+}
+
+/// Routed-expert stacks of type `ty` in the model.
+fn expert_tensors_of_type(m: &Model, ty: GgmlType) -> usize {
+    m.weights
+        .layers
+        .iter()
+        .flat_map(|l| [&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps])
+        .filter(|t| t.ty == ty)
+        .count()
+}

@@ -17,9 +17,21 @@ const MV_WARPS: usize = 8;
 /// Bytes of the f16 weight slice a GEMM dequantises at a time.
 const W16_SLICE: usize = 64 << 20;
 
-/// The name of kernel family `fam` (`mv`, `gu`, `dn`) for weights of type `ty`.
-pub(crate) fn kname(fam: &str, ty: GgmlType) -> BResult<&'static str> {
+/// The name of kernel family `fam` (`mv`, `gu`, `dn`, `mq`) for weights of GGUF type `ty`
+/// whose device copy is `dw` (IQ2_XXS may be stored as 4-bit codes: the `*_iq2c` kernels).
+pub(crate) fn kname(fam: &str, ty: GgmlType, dw: &Dw) -> BResult<&'static str> {
     use GgmlType as T;
+    if dw.coded() {
+        return match fam {
+            "mv" => Ok("mv_iq2c"),
+            "gu" => Ok("gu_iq2c"),
+            "dn" => Ok("dn_iq2c"),
+            "mq" => Ok("mq_iq2c"),
+            _ => Err(err(format!(
+                "kernel family {fam} has no IQ2_XXS-code kernel"
+            ))),
+        };
+    }
     Ok(match (fam, ty) {
         ("mv", T::Q8_0) => "mv_q8_0",
         ("mv", T::Q2_K) => "mv_q2_k",
@@ -292,7 +304,7 @@ impl CudaBackend {
         }
         let grid = rows.div_ceil(MV_WARPS / kspl) as u32;
         self.launch(
-            kname("mv", ty)?,
+            kname("mv", ty, &w)?,
             (grid, 1, 1),
             256,
             0,

@@ -179,7 +179,7 @@ impl CudaBackend {
             let grid = (ff.div_ceil(8 / kspl) as u32, 1, 1);
             let (zero, one, rp) = (0u64, 0u64, kspl as i32);
             self.launch(
-                kname("gu", gate.ty)?,
+                kname("gu", gate.ty, &gw)?,
                 grid,
                 256,
                 0,
@@ -241,7 +241,7 @@ impl CudaBackend {
         y_stride: usize,
     ) -> BResult<()> {
         let xl = x16 + (slots * w.cols as usize * 2) as u64;
-        let name = kname("mq", ty)?;
+        let name = kname("mq", ty, &w)?;
         let ys = y_stride as i32;
         let grid = (
             (w.rows as usize).div_ceil(MQ_ROWS) as u32,
@@ -290,7 +290,7 @@ impl CudaBackend {
             let grid = (ff.div_ceil(8 / kspl) as u32, k as u32, 1);
             let rp = kspl as i32;
             self.launch(
-                kname("gu", gate.ty)?,
+                kname("gu", gate.ty, &gw)?,
                 grid,
                 256,
                 0,
@@ -307,7 +307,7 @@ impl CudaBackend {
             let grid = (e.div_ceil(8 / kspl) as u32, 1, 1);
             let (k_i, ks) = (k as i32, kspl as i32);
             self.launch(
-                kname("dn", down.ty)?,
+                kname("dn", down.ty, &dw)?,
                 grid,
                 256,
                 0,
