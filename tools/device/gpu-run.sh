@@ -169,13 +169,15 @@ curl -sN localhost:8123/v1/chat/completions -H 'content-type: application/json' 
     -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"stream":true}' > "$OUT/server-stream.txt"
 kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
 DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
-# $BENCH_AB (space-separated VAR=value, "-" for the defaults): decode at 2k per setting, in turn.
+# $BENCH_AB (space-separated settings, each VAR=value[,VAR=value…] or "-" for the defaults):
+# decode at 2k per setting, in turn.
 for v in ${BENCH_AB:-}; do
-    env ${v/#-/DS4_AB=1} "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ab.csv" > /dev/null 2>&1
+    v2=${v/#-/DS4_AB=1}
+    env ${v2//,/ } "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 32 --csv "$OUT/ab.csv" > /dev/null 2>&1
     echo "$v $(tail -n +2 "$OUT/ab.csv")" >> "$OUT/bench-ab.txt"
 done
 # The same prefill with the routed experts on the per-expert split-f16 GEMMs (A/B of mq_experts).
-DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/nomq.csv" > "$OUT/nomq.log" 2>&1
+[[ "${BENCH_MQ0:-1}" != 0 ]] && DS4_CUDA_MQ=0 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 8 --csv "$OUT/nomq.csv" > "$OUT/nomq.log" 2>&1
 # Where a prefill chunk's time goes, kernels (cuBLAS's too) and the gaps between them: nsys on a
 # 2048-token prompt of a 4-layer file ($BENCH_NSYS=0 skips it: up to four minutes).
 NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)

@@ -215,13 +215,14 @@ extern "C" __global__ void mm_f32(DW w, int mat, int r0, int rows, const float* 
 // dp4a speed (the storage simulations of the default precision amplify any larger error).
 #define Q8_STAGE 254.0f
 
-// Activation stages the IQ2_XXS, Q2_K and Q4_K row dots use (the routed experts' types): 3,
-// or 2 for A/B runs (DS4_CUDA_EXPERT_STAGES=2 at compile time: ~2^-16 of a block's largest
-// value instead of ~2^-24). Two made these instruction-bound kernels 8–11 % faster, but decode
-// no faster beyond the noise on the H200 while the q4 fixture's argmax agreement with the CPU
-// fell from 0.9962 to 0.9923 (docs/perf.md, 2026-12-02), so three stay the default.
+// Activation stages the IQ2_XXS, Q2_K and Q4_K row dots use (the routed experts' types): 2,
+// exact to ~2^-16 of a block's largest value (still far finer than the 2-bit weights they
+// multiply), or 3 (DS4_CUDA_EXPERT_STAGES=3 at compile time: ~2^-24). With IQ2_XXS as 4-bit
+// codes the dp4a are most of what these dots execute: two stages gave 107.3 against 100.6
+// tok/s at 2k on the H200 (docs/perf.md, 2026-12-03), while the q4 fixture's argmax agreement
+// with the CPU was 0.9923 against 0.9962 with three (2026-12-02), above the 0.99 gate.
 #ifndef EXPERT_STAGES
-#define EXPERT_STAGES 3
+#define EXPERT_STAGES 2
 #endif
 
 // The three stages' integer sums folded into one float.

@@ -123,10 +123,13 @@ pub fn source() -> String {
     {
         s.push_str(&format!("#define DOT_BATCH {n}\n"));
     }
-    // DS4_CUDA_EXPERT_STAGES=2: two activation stages in the routed experts' row dots instead
-    // of three (matmul.cu EXPERT_STAGES), for A/B runs.
-    if std::env::var("DS4_CUDA_EXPERT_STAGES").is_ok_and(|v| v == "2") {
-        s.push_str("#define EXPERT_STAGES 2\n");
+    // DS4_CUDA_EXPERT_STAGES=3 (or 2, the default): the activation stages of the routed
+    // experts' row dots (matmul.cu EXPERT_STAGES).
+    if let Some(n) = std::env::var("DS4_CUDA_EXPERT_STAGES")
+        .ok()
+        .filter(|v| v == "2" || v == "3")
+    {
+        s.push_str(&format!("#define EXPERT_STAGES {n}\n"));
     }
     for (name, text) in FILES {
         s.push_str(&format!("// ---- {name}\n"));
