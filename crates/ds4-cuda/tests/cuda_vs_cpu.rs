@@ -19,8 +19,20 @@ use rand_chacha::ChaCha8Rng;
 const PRECISE_OP: f32 = 2e-5;
 /// Three-stage 8-bit activations (one-row fast matmuls): ‖Δ‖/‖ref‖.
 const Q8_NORM: f32 = 2e-5;
-/// Two three-stage products (x, then the SwiGLU output before `down`).
-const Q8_NORM_2: f32 = 4e-5;
+/// The routed experts' types (IQ2_XXS, Q2_K, Q4_K) in one-row products take two activation
+/// stages (kernels/matmul.cu EXPERT_STAGES): ~2^-16 of a block's largest value a stage-2
+/// residual instead of ~2^-24, so three times the three-stage gate.
+const Q8_NORM_EXPERT: f32 = 6e-5;
+/// Two two-stage products (the routed experts' gate/up, then the SwiGLU output before down).
+const Q8_NORM_EXPERT_2: f32 = 1.2e-4;
+
+/// The one-row fast-product gate of a weight of type `ty`.
+fn q8_norm(ty: GgmlType) -> f32 {
+    match ty {
+        GgmlType::IQ2_XXS | GgmlType::Q2_K | GgmlType::Q4_K => Q8_NORM_EXPERT,
+        _ => Q8_NORM,
+    }
+}
 /// Split f16 GEMM operands: ‖Δ‖/‖ref‖.
 const F16_NORM: f32 = 2e-5;
 /// Whole model, precise, against transformers (issue #2's gate).
@@ -196,7 +208,11 @@ fn every_matmul_matches_cpu() {
                 let want = get(&c, &yc);
                 for (num, tol, what) in [
                     (precise(), PRECISE_OP, "precise"),
-                    (fast(), if n == 1 { Q8_NORM } else { F16_NORM }, "fast"),
+                    (
+                        fast(),
+                        if n == 1 { q8_norm(w.ty) } else { F16_NORM },
+                        "fast",
+                    ),
                 ] {
                     let xg = put(&g, n, w.cols, &x);
                     let mut yg = g.alloc(n, w.rows, DType::F32).unwrap();
@@ -774,7 +790,7 @@ fn hc_and_moe_ops_match_cpu() {
                     let tol = if !num.fast {
                         PRECISE_OP * 5.0
                     } else if n == 1 {
-                        Q8_NORM_2
+                        Q8_NORM_EXPERT_2
                     } else {
                         F16_NORM
                     };
@@ -1225,7 +1241,10 @@ fn decode_fusions_on_and_off_match_cpu() {
                 .collect();
             let wts = rand_vec(&mut rng, k, 1.0);
             let er = routed_experts_rel(&c, &g, l, &hcp, &hgp, &ids, &wts);
-            assert!(er <= Q8_NORM_2 * 2.0, "experts l{il} fused={fused}: {er:e}");
+            assert!(
+                er <= Q8_NORM_EXPERT_2 * 2.0,
+                "experts l{il} fused={fused}: {er:e}"
+            );
         }
     }
 }
@@ -1351,7 +1370,7 @@ fn split_row_expert_products_match_cpu() {
         .collect();
     let wts = rand_vec(&mut rng, k, 1.0);
     let er = routed_experts_rel(&c, &g, l, &xc, &xg, &ids, &wts);
-    assert!(er <= Q8_NORM_2, "routed experts: {er:e}");
+    assert!(er <= Q8_NORM_EXPERT_2, "routed experts: {er:e}");
 }
 
 /// Lanes out of order are an error, not a hang or a stream left behind: a join or a main line
@@ -1429,7 +1448,7 @@ fn iq2_codes_match_iq2_xxs_bit_for_bit() {
                 }
                 let tol = match (what, n) {
                     ("precise", _) => PRECISE_OP,
-                    (_, 1) => Q8_NORM,
+                    (_, 1) => Q8_NORM_EXPERT,
                     _ => F16_NORM,
                 };
                 let er = if what == "precise" {
@@ -1483,7 +1502,10 @@ fn iq2_codes_match_iq2_xxs_bit_for_bit() {
             let xc = put(&c, 1, e, &x);
             let xg = put(&plain, 1, e, &x);
             let er = routed_experts_rel(&c, &plain, l, &xc, &xg, &ids, &wts);
-            assert!(er <= Q8_NORM_2, "routed experts IQ2_XXS vs CPU: {er:e}");
+            assert!(
+                er <= Q8_NORM_EXPERT_2,
+                "routed experts IQ2_XXS vs CPU: {er:e}"
+            );
         }
     }
 }
