@@ -217,10 +217,12 @@ extern "C" __global__ void mm_f32(DW w, int mat, int r0, int rows, const float* 
 
 // Activation stages the IQ2_XXS, Q2_K and Q4_K row dots use (the routed experts' types): 2,
 // exact to ~2^-16 of a block's largest value (still far finer than the 2-bit weights they
-// multiply), or 3 (DS4_CUDA_EXPERT_STAGES=3 at compile time: ~2^-24). With IQ2_XXS as 4-bit
-// codes the dp4a are most of what these dots execute: two stages gave 107.3 against 100.6
-// tok/s at 2k on the H200 (docs/perf.md, 2026-12-03), while the q4 fixture's argmax agreement
-// with the CPU was 0.9923 against 0.9962 with three (2026-12-02), above the 0.99 gate.
+// multiply; llama.cpp's 8-bit activations are one stage), or 3 (DS4_CUDA_EXPERT_STAGES=3 at
+// compile time: ~2^-24). With IQ2_XXS as 4-bit codes the dp4a are most of what these dots
+// execute: on the H200 two stages took dn_q2_k from 27.1 to 21.7 µs a launch and gu_iq2c from
+// 25.2 to 24.5; decode at 2k was 107.3 against 100.6 tok/s in one call and level (101.4 /
+// 101.5) in the next (docs/perf.md, 2026-12-03). The q4 fixture's argmax agreement with the
+// CPU is 0.9923 against 0.9962 with three, above the 0.99 gate.
 #ifndef EXPERT_STAGES
 #define EXPERT_STAGES 2
 #endif
