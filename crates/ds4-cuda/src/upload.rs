@@ -347,3 +347,73 @@ pub(crate) fn upload(
         _bufs: bufs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ds4::gguf::GgufFile;
+    use ds4::model::Model;
+    use ds4::tiny::{generate, ExpertRecipe, TinySpec};
+
+    use super::*;
+
+    fn q2_model() -> Model {
+        let mut b = Vec::new();
+        generate(&TinySpec {
+            recipe: ExpertRecipe::Q2,
+            layers: 3,
+            ..TinySpec::default()
+        })
+        .expect("generate")
+        .write_to(&mut b)
+        .expect("write");
+        Model::from_file(Arc::new(GgufFile::from_bytes(b).expect("parse"))).expect("bind")
+    }
+
+    /// The bytes coding `t` adds.
+    fn extra(t: &TensorRef) -> usize {
+        let one: Coded = [t.range.start].into_iter().collect();
+        align(device_bytes(t, &one)) - align(device_bytes(t, &Coded::new()))
+    }
+
+    /// The codes take what the budget allows, in model order, and the device bytes count them.
+    #[test]
+    fn plan_codes_fills_the_budget_in_model_order() {
+        let m = q2_model();
+        let w = &m.weights;
+        let iq2: Vec<&TensorRef> = tensors(w)
+            .into_iter()
+            .filter(|t| t.ty == GgmlType::IQ2_XXS)
+            .collect();
+        assert!(iq2.len() >= 4, "{} IQ2_XXS tensors", iq2.len());
+        // Each coded tensor takes 136 bytes a block instead of 66 (+ plane alignment).
+        for t in &iq2 {
+            let blocks = t.range.len() / 66;
+            assert!(
+                extra(t) >= blocks * 70,
+                "{}: {} extra bytes",
+                t.name,
+                extra(t)
+            );
+        }
+        assert!(plan_codes(w, 0).is_empty());
+        let all: usize = iq2.iter().map(|t| extra(t)).sum();
+        assert_eq!(plan_codes(w, all).len(), iq2.len());
+        assert_eq!(plan_codes(w, usize::MAX).len(), iq2.len());
+        // One byte short of the first two: only the first.
+        let two = extra(iq2[0]) + extra(iq2[1]);
+        let c = plan_codes(w, two - 1);
+        assert_eq!(c.len(), 1);
+        assert!(c.contains(&iq2[0].range.start));
+        let none = Coded::new();
+        assert_eq!(
+            total_bytes(w, &plan_codes(w, two)) - total_bytes(w, &none),
+            two
+        );
+        // Only IQ2_XXS tensors are ever coded.
+        assert!(plan_codes(w, usize::MAX)
+            .iter()
+            .all(|off| iq2.iter().any(|t| t.range.start == *off)));
+    }
+}
