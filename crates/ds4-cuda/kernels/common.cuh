@@ -290,6 +290,13 @@ struct DW {
 // one byte permute over the table (the high 16 bits of the selector are ignored).
 __device__ __forceinline__ int iq2c_4(u32 c) { return (int)__byte_perm(IQ2C_POS, IQ2C_NEG, c); }
 
+// The scale of sub-block `sub` (0..7) of TY_IQ2C block `blk`: IQ2_XXS's d·(0.5 + s)·0.25, in
+// that order of operations.
+__device__ __forceinline__ float iq2c_scale(const DW& w, i64 blk, int sub) {
+    uint2 sb = *(const uint2*)(w.b + blk * 8);
+    return h2f((u16)(sb.x & 0xffffu)) * (0.5f + (float)((sb.y >> (4 * sub)) & 15u)) * 0.25f;
+}
+
 // Bytes of one row in plane `a` of a weight of type `ty` with `cols` columns.
 __device__ __forceinline__ i64 plane_row_bytes(int ty, int cols) {
     switch (ty) {

@@ -106,11 +106,8 @@ __device__ float deq(const DW& w, i64 grow, int c) {
     }
     case TY_IQ2C: {
         u32 code = (w.a[grow * (w.cols / 2) + c / 2] >> (4 * (c & 1))) & 15u;
-        i64 blk = grow * (w.cols / 256) + (c >> 8);
-        float d = h2f(ld_u16(w.b + blk * 8));
-        float db = d * (0.5f + (float)((ld_u32(w.b + blk * 8 + 4) >> (4 * ((c & 255) >> 5))) & 15u)) * 0.25f;
-        float v = db * (float)((IQ2C_POS >> (8 * (code & 3))) & 255u);
-        return code & 4u ? -v : v;
+        float db = iq2c_scale(w, grow * (w.cols / 256) + (c >> 8), (c & 255) >> 5);
+        return db * (float)(i8)iq2c_4(code);  // db·(−g) is −(db·g) exactly
     }
     case TY_BF16: return bf2f(ld_u16(w.a + (grow * w.cols + c) * 2));
     case TY_Q3_K: {
@@ -367,6 +364,20 @@ __device__ __forceinline__ u32 ksigns(u32 i) { return i | ((u32)(__popc(i) & 1) 
 // scale is `dx`. Consecutive lanes own consecutive halves, so their activation loads are
 // consecutive 16-byte chunks (a lane per 32-weight sub-block made them span 1 KB of the warp);
 // the two lanes of a sub-block read the same 8 header bytes.
+// The routed experts' integer dot of 16 signed int8 weights `wq` (four an int) with their
+// activation chunk `xv` (EXPERT_STAGES stages), folded (before the weight and activation scales).
+__device__ __forceinline__ float expert_chunk(const int* wq, const int4* xv) {
+    int st[3] = {0, 0, 0};
+#pragma unroll
+    for (int p = 0; p < EXPERT_STAGES; p++) {
+        int s = __dp4a(wq[0], xv[p].x, 0);
+        s = __dp4a(wq[1], xv[p].y, s);
+        s = __dp4a(wq[2], xv[p].z, s);
+        st[p] = __dp4a(wq[3], xv[p].w, s);
+    }
+    return fold3(st[0], st[1], st[2]);
+}
+
 __device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int u, const int4* xv,
                                               float dx, const IqTab* tab) {
     int nb = w.cols / 256;
@@ -385,15 +396,7 @@ __device__ __forceinline__ float iq2_xxs_part(const DW& w, i64 grow, int u, cons
         wq[2 * kk] = signed4((u32)g, sg);
         wq[2 * kk + 1] = signed4((u32)(g >> 32), sg >> 4);
     }
-    int st[3] = {0, 0, 0};
-#pragma unroll
-    for (int p = 0; p < EXPERT_STAGES; p++) {
-        int s = __dp4a(wq[0], xv[p].x, 0);
-        s = __dp4a(wq[1], xv[p].y, s);
-        s = __dp4a(wq[2], xv[p].z, s);
-        st[p] = __dp4a(wq[3], xv[p].w, s);
-    }
-    return fold3(st[0], st[1], st[2]) * (db * dx);
+    return expert_chunk(wq, xv) * (db * dx);
 }
 
 __device__ __forceinline__ void iq2_xxs_x(const i8* xq, int cols, int u, int4* xv) {
@@ -408,19 +411,9 @@ __device__ __forceinline__ void iq2_xxs_x(const i8* xq, int cols, int u, int4* x
 __device__ __forceinline__ float iq2c_part(const DW& w, i64 grow, int u, const int4* xv, float dx,
                                            const IqTab* tab) {
     uint2 v = *(const uint2*)(w.a + grow * (w.cols / 2) + u * 8);
-    uint2 sb = *(const uint2*)(w.b + (grow * (w.cols / 256) + (u >> 4)) * 8);
-    float d = h2f((u16)(sb.x & 0xffffu));
-    float db = d * (0.5f + (float)((sb.y >> (4 * ((u >> 1) & 7))) & 15u)) * 0.25f;
+    float db = iq2c_scale(w, grow * (w.cols / 256) + (u >> 4), (u >> 1) & 7);
     int wq[4] = {iq2c_4(v.x), iq2c_4(v.x >> 16), iq2c_4(v.y), iq2c_4(v.y >> 16)};
-    int st[3] = {0, 0, 0};
-#pragma unroll
-    for (int p = 0; p < EXPERT_STAGES; p++) {
-        int s = __dp4a(wq[0], xv[p].x, 0);
-        s = __dp4a(wq[1], xv[p].y, s);
-        s = __dp4a(wq[2], xv[p].z, s);
-        st[p] = __dp4a(wq[3], xv[p].w, s);
-    }
-    return fold3(st[0], st[1], st[2]) * (db * dx);
+    return expert_chunk(wq, xv) * (db * dx);
 }
 
 // The one-row dot of the types whose dot is a sum of 16-weight parts (`PART`) with
@@ -957,15 +950,9 @@ __device__ void deq8(const DW& w, i64 grow, int c, float* o) {
     }
     case TY_IQ2C: {
         u32 codes = ld_u32(w.a + grow * (w.cols / 2) + c / 2);
-        i64 blk = grow * (w.cols / 256) + (c >> 8);
-        float d = h2f(ld_u16(w.b + blk * 8));
-        float db = d * (0.5f + (float)((ld_u32(w.b + blk * 8 + 4) >> (4 * ((c & 255) >> 5))) & 15u)) * 0.25f;
+        float db = iq2c_scale(w, grow * (w.cols / 256) + (c >> 8), (c & 255) >> 5);
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            u32 code = (codes >> (4 * j)) & 15u;
-            float v = db * (float)((IQ2C_POS >> (8 * (code & 3))) & 255u);
-            o[j] = code & 4u ? -v : v;
-        }
+        for (int j = 0; j < 8; j++) o[j] = db * (float)(i8)iq2c_4((codes >> (4 * j)) & 15u);
         return;
     }
     case TY_BF16: {

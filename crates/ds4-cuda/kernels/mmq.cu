@@ -97,10 +97,7 @@ __device__ __forceinline__ void mq_deq32(const DW& w, i64 grow, int c0, const Mq
         mn[0] = mn[1] = 0.0f;
     } else if (TY == TY_IQ2C) {
         uint4 v = *(const uint4*)(w.a + grow * (w.cols / 2) + c0 / 2);
-        i64 blk = grow * (w.cols / 256) + (c0 >> 8);
-        uint2 sb = *(const uint2*)(w.b + blk * 8);
-        float d = h2f((u16)(sb.x & 0xffffu));
-        float db = d * (0.5f + (float)((sb.y >> (4 * ((c0 & 255) >> 5))) & 15u)) * 0.25f;
+        float db = iq2c_scale(w, grow * (w.cols / 256) + (c0 >> 8), (c0 & 255) >> 5);
         u32 c[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int k = 0; k < 8; k++) {

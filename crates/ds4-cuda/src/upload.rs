@@ -44,29 +44,65 @@ pub(crate) type Coded = HashSet<usize>;
 /// Bytes per pinned staging buffer.
 const STAGE: usize = 64 << 20;
 
-/// Whether the device copy of `ty` is repacked into planes.
-fn repacked(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::IQ2_XXS)
+/// A device layout into which a GGUF tensor is repacked at upload: its `block`-byte blocks
+/// become `quants` bytes each in plane a and `side` bytes each in plane b (256-aligned after
+/// plane a), by `kernel` (kernels/repack.cu).
+struct Repack {
+    kernel: &'static str,
+    block: usize,
+    quants: usize,
+    side: usize,
+    /// The 4-bit codes (TY_IQ2C) rather than the GGUF type's own planes.
+    codes: bool,
+}
+
+const REPACK_Q8_0: Repack = Repack {
+    kernel: "repack_q8_0",
+    block: 34,
+    quants: 32,
+    side: 2,
+    codes: false,
+};
+const REPACK_IQ2_XXS: Repack = Repack {
+    kernel: "repack_iq2_xxs",
+    block: 66,
+    quants: 64,
+    side: 2,
+    codes: false,
+};
+const REPACK_IQ2C: Repack = Repack {
+    kernel: "repack_iq2c",
+    block: 66,
+    quants: 128,
+    side: 8,
+    codes: true,
+};
+
+impl Repack {
+    /// Blocks of a tensor of `n` file bytes.
+    fn blocks(&self, n: usize) -> usize {
+        n / self.block
+    }
+
+    /// Device bytes of a tensor of `n` file bytes (both planes).
+    fn bytes(&self, n: usize) -> usize {
+        align(self.blocks(n) * self.quants) + self.blocks(n) * self.side
+    }
+}
+
+/// The layout `t` is repacked into on the device (codes when `coded` holds it), if any.
+fn repack_of(t: &TensorRef, coded: &Coded) -> Option<&'static Repack> {
+    match t.ty {
+        GgmlType::IQ2_XXS if coded.contains(&t.range.start) => Some(&REPACK_IQ2C),
+        GgmlType::IQ2_XXS => Some(&REPACK_IQ2_XXS),
+        GgmlType::Q8_0 => Some(&REPACK_Q8_0),
+        _ => None,
+    }
 }
 
 /// Device bytes of a tensor (planes included, each 256-aligned), in codes when `coded` holds it.
 pub(crate) fn device_bytes(t: &TensorRef, coded: &Coded) -> usize {
-    let n = t.range.len();
-    if coded.contains(&t.range.start) {
-        let blocks = n / 66;
-        return align(blocks * 128) + blocks * 8;
-    }
-    match t.ty {
-        GgmlType::Q8_0 => {
-            let blocks = n / 34;
-            align(blocks * 32) + blocks * 2
-        }
-        GgmlType::IQ2_XXS => {
-            let blocks = n / 66;
-            align(blocks * 64) + blocks * 2
-        }
-        _ => n,
-    }
+    repack_of(t, coded).map_or(t.range.len(), |r| r.bytes(t.range.len()))
 }
 
 fn align(n: usize) -> usize {
@@ -160,16 +196,14 @@ pub(crate) fn total_bytes(w: &Weights, coded: &Coded) -> usize {
 /// a third of the instructions (kernels/matmul.cu iq2c_part), which these instruction-bound
 /// products turn into speed; what does not fit stays IQ2_XXS.
 pub(crate) fn plan_codes(w: &Weights, spare: usize) -> Coded {
-    let none = Coded::new();
     let mut coded = Coded::new();
     let mut left = spare;
     for t in tensors(w) {
         if t.ty != GgmlType::IQ2_XXS || coded.contains(&t.range.start) {
             continue;
         }
-        let mut one = Coded::new();
-        one.insert(t.range.start);
-        let extra = align(device_bytes(t, &one)).saturating_sub(align(device_bytes(t, &none)));
+        let n = t.range.len();
+        let extra = align(REPACK_IQ2C.bytes(n)).saturating_sub(align(REPACK_IQ2_XXS.bytes(n)));
         if extra > left {
             break;
         }
@@ -183,7 +217,7 @@ pub(crate) fn plan_codes(w: &Weights, spare: usize) -> Coded {
 pub(crate) fn staging_bytes(w: &Weights) -> usize {
     tensors(w)
         .into_iter()
-        .filter(|t| repacked(t.ty))
+        .filter(|t| repack_of(t, &Coded::new()).is_some())
         .map(|t| t.range.len())
         .max()
         .unwrap_or(0)
@@ -218,7 +252,12 @@ pub(crate) fn upload(
             CudaError::Model(format!("tensor `{}` lies outside the file", t.name))
         })?;
         let buf = DevBuf::new(device_bytes(t, coded))?;
-        let dst = if repacked(t.ty) { staging.ptr } else { buf.ptr };
+        let repack = repack_of(t, coded);
+        let dst = if repack.is_some() {
+            staging.ptr
+        } else {
+            buf.ptr
+        };
         // Copy in chunks through the two pinned buffers.
         for (ci, chunk) in src.chunks(STAGE).enumerate() {
             let s = turn % 2;
@@ -236,65 +275,31 @@ pub(crate) fn upload(
             used[s] = true;
         }
         let (rows, cols) = (t.rows as i32, t.cols as i32);
-        let dw = match t.ty {
-            GgmlType::IQ2_XXS if coded.contains(&t.range.start) => {
-                let nblocks = (t.range.len() / 66) as i64;
-                let codes = buf.ptr;
-                let sb = buf.ptr + align(nblocks as usize * 128) as u64;
-                let grid = (nblocks as u64).div_ceil(256).min(65535) as u32;
-                let src_ptr = staging.ptr;
-                dev.launch(
-                    &kernels["repack_iq2c"],
-                    (grid, 1, 1),
-                    256,
-                    0,
-                    &mut kargs![&src_ptr, &nblocks, &codes, &sb],
-                )?;
-                // The staging buffer is reused by the next repacked tensor.
-                dev.sync()?;
-                Dw {
-                    a: codes,
-                    b: sb,
-                    ty: TY_IQ2C,
-                    rows,
-                    cols,
-                }
-            }
-            GgmlType::Q8_0 | GgmlType::IQ2_XXS => {
-                let (bb, qb) = if t.ty == GgmlType::Q8_0 {
-                    (34, 32)
-                } else {
-                    (66, 64)
-                };
-                let nblocks = (t.range.len() / bb) as i64;
+        let dw = match repack {
+            Some(r) => {
+                let nblocks = r.blocks(t.range.len()) as i64;
                 let qs = buf.ptr;
-                let d = buf.ptr + align(nblocks as usize * qb) as u64;
-                let name = if t.ty == GgmlType::Q8_0 {
-                    "repack_q8_0"
-                } else {
-                    "repack_iq2_xxs"
-                };
-                let k = &kernels[name];
+                let side = buf.ptr + align(nblocks as usize * r.quants) as u64;
                 let grid = (nblocks as u64).div_ceil(256).min(65535) as u32;
                 let src_ptr = staging.ptr;
                 dev.launch(
-                    k,
+                    &kernels[r.kernel],
                     (grid, 1, 1),
                     256,
                     0,
-                    &mut kargs![&src_ptr, &nblocks, &qs, &d],
+                    &mut kargs![&src_ptr, &nblocks, &qs, &side],
                 )?;
                 // The staging buffer is reused by the next repacked tensor.
                 dev.sync()?;
                 Dw {
                     a: qs,
-                    b: d,
-                    ty: t.ty.id() as i32,
+                    b: side,
+                    ty: if r.codes { TY_IQ2C } else { t.ty.id() as i32 },
                     rows,
                     cols,
                 }
             }
-            _ => Dw {
+            None => Dw {
                 a: buf.ptr,
                 b: 0,
                 ty: t.ty.id() as i32,
