@@ -13,6 +13,8 @@
 #                      switches at 2k ($QUICK_AB, space-separated VAR=value), the decode profile, and ds4 at 2k last if its build is done;
 #                      every step appends to $OUT/summary.txt as it finishes. QUICK_NCU=REGEX
 #                      adds ncu of those prefill kernels (4-layer file, 2048-token prompt).
+#   gpu-run.sh timeline  (TL_AB="- VAR=v,VAR=v …") the decode timeline per setting at 2k
+#                      (DS4_CUDA_TIMELINE=1, crates/ds4-cuda/src/timeline.rs).
 #   gpu-run.sh ab      (AB="VAR=v - …") ds4-bench at 2k for each environment setting in turn.
 #   gpu-run.sh ncu     the GPU tests, then ncu of every kernel of a decode step (CSV, summed per
 #                      kernel by ncu-step.py) on a 4-layer file of the full-size shapes, the same
@@ -85,6 +87,33 @@ if [[ "$MODE" == quick ]]; then
         echo "== ds4 build not done: $(tail -1 "$OUT/ds4-build.log" 2>/dev/null)" >> "$S"
     fi
     # Everything else in one archive: the device call brings back only a few files.
+    (cd "$OUT" && tar czf /tmp/logs.tgz --exclude summary.txt . && find . -type f ! -name summary.txt -delete && mv /tmp/logs.tgz .)
+    cat "$S"
+    exit 0
+fi
+
+if [[ "$MODE" == timeline ]]; then
+    # The decode timeline (DS4_CUDA_TIMELINE=1: every kernel's start as it really runs, graphs,
+    # dependent launch and branches on) at 2k on the full-size q2 file, for each setting in
+    # $TL_AB (space-separated VAR=value[,VAR=value…], "-" the defaults), after the GPU tests
+    # (TL_TESTS=0 skips them) and a plain decode figure per setting.
+    S="$OUT/summary.txt"
+    if [[ "${TL_TESTS:-1}" != 0 ]]; then
+        timeout 150 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
+        echo "tests exit $?" >> "$OUT/tests.log"
+        grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30 >> "$S"
+    fi
+    synth; cat "$OUT/synth.txt" >> "$S"
+    B=(-m /mnt/m/q2.gguf --cuda --synthetic-prompt --ctx-start 2048 --ctx-max 2048)
+    i=0
+    for v in ${TL_AB:--}; do
+        v2=${v/#-/DS4_AB=1}
+        env ${v2//,/ } "$BIN/ds4-bench" "${B[@]}" -n 64 --csv "$OUT/ab.csv" > /dev/null 2>&1
+        echo "== $v: $(tail -n 1 "$OUT/ab.csv")" >> "$S"
+        env ${v2//,/ } DS4_CUDA_TIMELINE=1 "$BIN/ds4-bench" "${B[@]}" -n 32 > "$OUT/timeline$i.txt" 2>&1
+        grep -A40 "CUDA timeline" "$OUT/timeline$i.txt" >> "$S"
+        i=$((i + 1))
+    done
     (cd "$OUT" && tar czf /tmp/logs.tgz --exclude summary.txt . && find . -type f ! -name summary.txt -delete && mv /tmp/logs.tgz .)
     cat "$S"
     exit 0

@@ -146,11 +146,41 @@ __device__ __forceinline__ void warp_sum2(float* a, float* b) {
 // visible, then lets the next grid be scheduled (which, in turn, waits here). Because every
 // kernel waits for its predecessor's completion before finishing, completion stays transitive
 // down the stream. Before sm_90 and under the emulator (serial launches) it is a no-op.
-__device__ __forceinline__ void grid_dep_sync() {
+__device__ __forceinline__ void grid_dep_wait() {
 #if !defined(DS4_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// The decode timeline (DS4_CUDA_TIMELINE=1, timeline.rs): DS4_TIMELINE is then the address of
+// a device buffer {count, pad, then entries of four words: the global timer in ns and the
+// first 24 bytes of the kernel's name}; block 0 of every launch appends one entry as it passes
+// grid_dep_wait, so a step's stamps are its kernels' start times as they really run (graphs,
+// dependent launch and branches on). Without the define nothing is stamped.
+#ifdef DS4_TIMELINE
+__device__ __forceinline__ void timeline_stamp(const char* name) {
+    if (threadIdx.x | blockIdx.x | blockIdx.y | blockIdx.z) return;
+    unsigned long long* t = (unsigned long long*)DS4_TIMELINE;
+    unsigned long long now, i = atomicAdd(t, 1ull);
+    if (i >= DS4_TIMELINE_CAP) return;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    unsigned long long* e = t + 2 + 4 * i;
+    e[0] = now;
+    bool end = false;
+    for (int w = 0; w < 3; w++) {
+        unsigned long long v = 0;
+        for (int b = 0; b < 8 && !end; b++) {
+            unsigned long long c = (unsigned char)name[8 * w + b];
+            end = c == 0;
+            v |= c << (8 * b);
+        }
+        e[1 + w] = v;
+    }
+}
+#define grid_dep_sync() (grid_dep_wait(), timeline_stamp(__func__))
+#else
+#define grid_dep_sync() grid_dep_wait()
+#endif
 
 // A barrier of the block's first n threads (named barrier 1, n a multiple of 32), for blocks
 // whose other warps go on alone meanwhile (hc_step's Sinkhorn warp). The emulator has only

@@ -26,6 +26,7 @@ pub mod nvrtc;
 mod ops;
 mod profile;
 mod state;
+mod timeline;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
@@ -291,6 +292,7 @@ pub struct CudaBackend {
     next_state: AtomicU64,
     stats: LoadStats,
     pub(crate) profile: Option<profile::Profile>,
+    timeline: Option<timeline::Timeline>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -380,7 +382,8 @@ impl CudaBackend {
                 extra as f64 / (1u64 << 30) as f64
             ));
         }
-        let src = nvrtc::source();
+        let timeline = timeline::Timeline::from_env(&dev)?;
+        let src = timeline.as_ref().map_or(String::new(), |t| t.define()) + &nvrtc::source();
         let image = nvrtc::compile(&src, dev.cc)?;
         let smem = (dev.smem_optin - 8 * 1024).max(48 * 1024);
         let kernels: HashMap<&'static str, Kernel> =
@@ -444,6 +447,7 @@ impl CudaBackend {
             next_state: AtomicU64::new(1),
             stats,
             profile,
+            timeline,
         })
     }
 
@@ -764,6 +768,13 @@ impl Drop for CudaBackend {
         if let Some(p) = &self.profile {
             let _ = self.dev.make_current();
             eprintln!("{}", p.report(&self.dev));
+        }
+        if let Some(t) = &self.timeline {
+            let _ = self.dev.make_current();
+            match t.report(&self.dev) {
+                Ok(r) => eprintln!("{r}"),
+                Err(e) => eprintln!("ds4 CUDA timeline: {e}"),
+            }
         }
     }
 }

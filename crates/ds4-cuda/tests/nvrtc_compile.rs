@@ -37,6 +37,37 @@ fn every_kernel_compiles_with_nvrtc_for_sm_90() {
     }
 }
 
+/// The timeline's stamps (DS4_CUDA_TIMELINE=1: a define with the buffer's address, common.cuh
+/// `timeline_stamp`) compile into every kernel too.
+#[test]
+fn the_timeline_variant_compiles_with_nvrtc_for_sm_90() {
+    if std::env::var_os("DS4_CUDA_EMU").is_some()
+        // SAFETY: only tries to dlopen the library by name.
+        || !unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    {
+        eprintln!("skipping: no real libnvrtc on the library path");
+        return;
+    }
+    std::env::set_var(
+        "DS4_KERNEL_CACHE",
+        std::env::temp_dir().join("ds4-nvrtc-test"),
+    );
+    let src = format!(
+        "#define DS4_TIMELINE 0x7f0000000000ull\n#define DS4_TIMELINE_CAP 16ull\n{}",
+        ds4_cuda::nvrtc::source()
+    );
+    let stamped = ds4_cuda::nvrtc::compile(&src, (9, 0)).unwrap_or_else(|e| panic!("{e}"));
+    let plain = ds4_cuda::nvrtc::compile(&ds4_cuda::nvrtc::source(), (9, 0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The stamps are code in every kernel: the module grows.
+    assert!(
+        stamped.len() > plain.len(),
+        "{} vs {} bytes",
+        stamped.len(),
+        plain.len()
+    );
+}
+
 /// Writes the kernel source to $DS4_DUMP_KERNEL_SOURCE (for ptxas reports).
 #[test]
 fn dump_source_when_asked() {
