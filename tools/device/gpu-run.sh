@@ -13,7 +13,8 @@
 #                      switches at 2k ($QUICK_AB, space-separated VAR=value), the decode profile, and ds4 at 2k last if its build is done;
 #                      every step appends to $OUT/summary.txt as it finishes. QUICK_NCU=REGEX
 #                      adds ncu of those prefill kernels (4-layer file, 2048-token prompt).
-#   gpu-run.sh timeline  (TL_AB="- VAR=v,VAR=v …") the decode timeline per setting at 2k
+#   gpu-run.sh timeline  (TL_AB="- old …", TL_TIMELINE="- VAR=v,VAR=v …") decode at 2k per
+#                      setting (an earlier build's too), then the decode timeline per setting
 #                      (DS4_CUDA_TIMELINE=1, crates/ds4-cuda/src/timeline.rs).
 #   gpu-run.sh ab      (AB="VAR=v - …") ds4-bench at 2k for each environment setting in turn.
 #   gpu-run.sh ncu     the GPU tests, then ncu of every kernel of a decode step (CSV, summed per
@@ -93,10 +94,12 @@ if [[ "$MODE" == quick ]]; then
 fi
 
 if [[ "$MODE" == timeline ]]; then
-    # The decode timeline (DS4_CUDA_TIMELINE=1: every kernel's start as it really runs, graphs,
-    # dependent launch and branches on) at 2k on the full-size q2 file, for each setting in
-    # $TL_AB (space-separated VAR=value[,VAR=value…], "-" the defaults), after the GPU tests
-    # (TL_TESTS=0 skips them) and a plain decode figure per setting.
+    # On the full-size q2 file at 2k, after the GPU tests (TL_TESTS=0 skips them): decode per
+    # setting of $TL_AB in turn (space-separated VAR=value[,VAR=value…], "-" the defaults; one
+    # that starts with "old" runs .devcarry/old-bench.xz, an earlier commit's ds4-bench, for an
+    # A/B of two builds in one call: "old" or "old,VAR=value"), then the decode timeline
+    # (DS4_CUDA_TIMELINE=1: every kernel's start as it really runs, graphs, dependent launch
+    # and branches on) for each setting of $TL_TIMELINE (default "-").
     S="$OUT/summary.txt"
     if [[ "${TL_TESTS:-1}" != 0 ]]; then
         timeout 150 "$BIN/cuda_vs_cpu" --test-threads 1 --nocapture > "$OUT/tests.log" 2>&1
@@ -105,13 +108,23 @@ if [[ "$MODE" == timeline ]]; then
     fi
     synth; cat "$OUT/synth.txt" >> "$S"
     B=(-m /mnt/m/q2.gguf --cuda --synthetic-prompt --ctx-start 2048 --ctx-max 2048)
-    i=0
-    for v in ${TL_AB:--}; do
-        v2=${v/#-/DS4_AB=1}
-        env ${v2//,/ } "$BIN/ds4-bench" "${B[@]}" -n 64 --csv "$OUT/ab.csv" > /dev/null 2>&1
+    [[ -f .devcarry/old-bench.xz ]] && xz -dc .devcarry/old-bench.xz > /tmp/old-bench && chmod +x /tmp/old-bench
+    setting() { # $1: a setting; prints "bench env…"
+        local b="$BIN/ds4-bench" v="$1"
+        if [[ "$v" == old* ]]; then b=/tmp/old-bench; v=${v#old}; v=${v#,}; fi
+        v=${v:--}; v=${v/#-/DS4_AB=1}
+        echo "$b ${v//,/ }"
+    }
+    for v in ${TL_AB:-}; do
+        read -r bench envs <<< "$(setting "$v")"
+        env $envs "$bench" "${B[@]}" -n 64 --csv "$OUT/ab.csv" > /dev/null 2>&1
         echo "== $v: $(tail -n 1 "$OUT/ab.csv")" >> "$S"
-        env ${v2//,/ } DS4_CUDA_TIMELINE=1 "$BIN/ds4-bench" "${B[@]}" -n 32 > "$OUT/timeline$i.txt" 2>&1
-        grep -A40 "CUDA timeline" "$OUT/timeline$i.txt" >> "$S"
+    done
+    i=0
+    for v in ${TL_TIMELINE:--}; do
+        read -r bench envs <<< "$(setting "$v")"
+        env $envs DS4_CUDA_TIMELINE=1 "$bench" "${B[@]}" -n 32 > "$OUT/timeline$i.txt" 2>&1
+        { echo "== timeline, $v"; grep -A40 "CUDA timeline" "$OUT/timeline$i.txt"; } >> "$S"
         i=$((i + 1))
     done
     (cd "$OUT" && tar czf /tmp/logs.tgz --exclude summary.txt . && find . -type f ! -name summary.txt -delete && mv /tmp/logs.tgz .)

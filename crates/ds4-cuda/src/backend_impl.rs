@@ -397,11 +397,12 @@ impl Backend for CudaBackend {
         sinks: &[f32],
         sel: Option<&Tensor>,
         cfg: &Config,
+        rope: &Rope,
         rows: &Rows,
         num: Numerics,
         out: &mut Tensor,
     ) -> BResult<()> {
-        self.op_attention(st, il, q, sinks, sel, cfg, rows, num, out)
+        self.op_attention(st, il, q, sinks, sel, cfg, rope, rows, num, out)
     }
 
     fn route(

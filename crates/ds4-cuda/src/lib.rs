@@ -217,11 +217,13 @@ pub(crate) struct DevRows {
     pub pos: u64,
 }
 
-/// Widest row whose 8-bit planes an RMSNorm writes beside its output ([`NormPlanes`]).
-pub(crate) const NORM_PLANES_COLS: usize = 8192;
+/// Widest row (all its groups) whose 8-bit planes a norm or the attention writes beside its
+/// output ([`NormPlanes`]): the attention output, 64 heads of 512.
+pub(crate) const NORM_PLANES_COLS: usize = 32768;
 
-/// The three-stage 8-bit planes of one activation row that an RMSNorm wrote beside its output,
-/// for the weight products that read that row next: `quant_q8` of the same row returns them
+/// The three-stage 8-bit planes of one activation row that an RMSNorm (or the attention, of
+/// its output in the grouped projection's groups) wrote beside its output, for the weight
+/// products that read that row next: `quant_q8` of the same row and groups returns them
 /// instead of launching. They stay valid while only weight products (and their own activation
 /// preparation) run: [`CudaBackend::launch`] drops them before any other kernel, and the
 /// product launchers drop them before writing their outputs ([`CudaBackend::forget_planes`]).
@@ -235,9 +237,10 @@ pub(crate) struct NormPlanes {
 /// The row whose planes a [`NormPlanes`] buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HeldPlanes {
-    /// Device address and width of the row.
+    /// Device address of the row, width of a group and groups (the row is `groups · cols`).
     pub row: u64,
     pub cols: usize,
+    pub groups: usize,
     /// Which buffer.
     pub buf: usize,
 }
@@ -544,13 +547,27 @@ impl CudaBackend {
     /// The (planes, scales) buffer a norm of a `cols`-wide row `row` may write its planes to,
     /// and the token to [`CudaBackend::hold_planes`] them with; None when it writes none (a
     /// row too wide, or a branch's: crate::lanes).
-    pub(crate) fn planes_to_write(&self, row: u64, cols: usize) -> Option<(u64, u64, HeldPlanes)> {
-        if !cols.is_multiple_of(32) || cols > NORM_PLANES_COLS {
+    pub(crate) fn planes_to_write(
+        &self,
+        row: u64,
+        cols: usize,
+        groups: usize,
+    ) -> Option<(u64, u64, HeldPlanes)> {
+        if !cols.is_multiple_of(32) || cols * groups > NORM_PLANES_COLS {
             return None;
         }
         let buf = self.lanes.planes_buffer(*self.norm_planes.held())?;
         let (q, d) = self.norm_planes.bufs(buf);
-        Some((q, d, HeldPlanes { row, cols, buf }))
+        Some((
+            q,
+            d,
+            HeldPlanes {
+                row,
+                cols,
+                groups,
+                buf,
+            },
+        ))
     }
 
     /// Marks planes as held in [`NormPlanes`] (after the launch that writes them).
@@ -558,10 +575,10 @@ impl CudaBackend {
         *self.norm_planes.held() = Some(h);
     }
 
-    /// The held planes of `row` when they are those of a `cols`-wide row.
-    pub(crate) fn held_planes(&self, row: u64, cols: usize) -> Option<(u64, u64)> {
+    /// The held planes of `row` when they are those of `groups` groups of `cols` columns.
+    pub(crate) fn held_planes(&self, row: u64, cols: usize, groups: usize) -> Option<(u64, u64)> {
         let h = (*self.norm_planes.held())?;
-        (h.row == row && h.cols == cols).then(|| self.norm_planes.bufs(h.buf))
+        (h.row == row && h.cols == cols && h.groups == groups).then(|| self.norm_planes.bufs(h.buf))
     }
 
     /// Drops the held planes, whatever row they belong to.

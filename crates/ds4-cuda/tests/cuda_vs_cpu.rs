@@ -955,6 +955,7 @@ fn session_ops_match_cpu() {
                 &l.attn_sinks,
                 sel.0.as_ref(),
                 cfg,
+                &rope,
                 &rc,
                 fast(),
                 &mut oc,
@@ -967,6 +968,7 @@ fn session_ops_match_cpu() {
                 &l.attn_sinks,
                 sel.1.as_ref(),
                 cfg,
+                &rope,
                 &rg,
                 fast(),
                 &mut og,
@@ -976,6 +978,22 @@ fn session_ops_match_cpu() {
             assert!(
                 e <= PRECISE_OP * 5.0,
                 "attention step {step} (n={n} at {pos}) layer {il}: {e:e}"
+            );
+            // A decode row's attention writes the 8-bit planes of the grouped output
+            // projection that reads it next: the same product as over a fresh copy of it.
+            let wa = &m.weights.layers[il].attn_output_a;
+            let grouped = |o: &Tensor| {
+                let mut y = g.alloc(n, wa.rows, DType::F32).unwrap();
+                g.matmul_grouped(wa, cfg.o_groups, o, &mut y, fast())
+                    .unwrap();
+                get(&g, &y)
+            };
+            let via_planes = grouped(&og);
+            let fresh = put(&g, n, nh * hd, &get(&g, &og));
+            assert_eq!(
+                via_planes,
+                grouped(&fresh),
+                "o_a over the attention's planes step {step} layer {il}"
             );
         }
         pos += n;

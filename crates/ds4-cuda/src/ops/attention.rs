@@ -9,7 +9,9 @@ use ds4::backend::{BResult, Rows, SessionState, Tensor};
 use ds4::model::config::Config;
 use ds4::model::Numerics;
 
-use super::{dp, drows, dstate, err, want};
+use ds4::model::rope::Rope;
+
+use super::{dp, drows, dstate, err, want, RopeTab};
 use crate::driver::kargs;
 use crate::CudaBackend;
 
@@ -51,6 +53,7 @@ impl CudaBackend {
         sinks: &[f32],
         sel: Option<&Tensor>,
         cfg: &Config,
+        rope: &Rope,
         rows: &Rows,
         num: Numerics,
         out: &mut Tensor,
@@ -86,7 +89,7 @@ impl CudaBackend {
             && hd % 64 == 0
             && hd <= 512
         {
-            return self.launch(
+            self.launch(
                 "attn_mma",
                 (n as u32, nh.div_ceil(16) as u32, 1),
                 128,
@@ -95,7 +98,8 @@ impl CudaBackend {
                     &qp, &nh_i, &hd_i, &l.raw, &ring, &swa, &l.comp, &ratio, &selp, &topk, &r.pos,
                     &scale, &sp, &op
                 ],
-            );
+            )?;
+            return self.op_rope(out, hd, rope, rows, true);
         }
         let splits = if n == 1 { self.opts_attn_splits() } else { 1 };
         let mark = self.arena.mark();
@@ -112,13 +116,31 @@ impl CudaBackend {
                 &sp_i, &scale, &part
             ],
         )?;
+        // The combine also applies the inverse RoPE and, for a decode row, writes the planes
+        // of the grouped output projection's activation (its groups of nh·hd / o_groups).
+        if 2 * rope.freq().len() > hd {
+            return Err(err("RoPE wider than the head"));
+        }
+        let tab = RopeTab::new(rope)?;
+        let groups = cfg.o_groups.max(1);
+        let gw = nh * hd / groups;
+        let planes = (n == 1 && (nh * hd).is_multiple_of(groups))
+            .then(|| self.planes_to_write(op, gw, groups))
+            .flatten();
+        let (pq, pd) = planes.map_or((0, 0), |(q, d, _)| (q, d));
+        let (inv, gw_i) = (1i32, gw as i32);
         self.launch(
             "attn_combine",
             (n as u32, nh as u32, 1),
             hd.min(256) as u32,
             0,
-            &mut kargs![&part, &sp, &nh_i, &hd_i, &sp_i, &op],
+            &mut kargs![
+                &part, &sp, &nh_i, &hd_i, &sp_i, &op, &r.pos, &tab, &inv, &pq, &pd, &gw_i
+            ],
         )?;
+        if let Some((_, _, h)) = planes {
+            self.hold_planes(h);
+        }
         self.arena.release(mark);
         Ok(())
     }

@@ -52,7 +52,7 @@ impl CudaBackend {
         let threads = (group / 4).next_multiple_of(32).clamp(32, 1024) as u32;
         // A whole decode row also gets its 8-bit planes, for the products that read it next.
         let planes = (x.rows == 1 && group == x.cols)
-            .then(|| self.planes_to_write(xp, group))
+            .then(|| self.planes_to_write(xp, group, 1))
             .flatten();
         let (q, d) = planes.map_or((0, 0), |(q, d, _)| (q, d));
         self.launch(

@@ -173,7 +173,7 @@ impl CudaBackend {
         let (yp, xp, mp, op, fw) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out_hc)?, self.w(&w.func)?);
         let (s3, base, np, hp) = (self.p(&w.scale)?, self.p(&w.base)?, self.p(norm)?, dp(h)?);
         // A lone decode row also gets its 8-bit planes, as op_rms_norm gives it.
-        let planes = (n == 1).then(|| self.planes_to_write(hp, e)).flatten();
+        let planes = (n == 1).then(|| self.planes_to_write(hp, e, 1)).flatten();
         let (q, qd) = planes.map_or((0, 0), |(q, d, _)| (q, d));
         let (e_i, it, eps, reps) = (e as i32, cfg.sinkhorn_iters as i32, cfg.hc_eps, cfg.rms_eps);
         let tk = self.tickets.ptr;

@@ -245,8 +245,9 @@ impl CudaBackend {
         if !takes_q8(ty) {
             return Ok((0, 0));
         }
-        if rows == 1 {
-            if let Some(held) = self.held_planes(x, cols) {
+        // One token's row: a norm's planes (one group) or the attention output's (its groups).
+        if x_stride == cols || rows == 1 {
+            if let Some(held) = self.held_planes(x, cols, rows) {
                 return Ok(held);
             }
         }

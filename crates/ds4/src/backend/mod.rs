@@ -448,7 +448,8 @@ pub trait Backend: Send + Sync {
     ) -> BResult<()>;
     /// §2.4.6 sink attention of each row's heads `q` (`[n × heads·head_dim]`) over its raw
     /// window (the last `n_swa` rows up to and including itself) followed by its compressed rows
-    /// (all visible ones, or the ones `sel` lists); `out` like `q`. `num` tells a backend
+    /// (all visible ones, or the ones `sel` lists), then §2.4.7's inverse RoPE of each head of
+    /// the output (`rope`, at each row's position); `out` like `q`. `num` tells a backend
     /// whether the stored rows are f16-exact (`f16_rows`), which its fast kernels may use.
     #[allow(clippy::too_many_arguments)]
     fn attention(
@@ -459,6 +460,7 @@ pub trait Backend: Send + Sync {
         sinks: &[f32],
         sel: Option<&Tensor>,
         cfg: &Config,
+        rope: &Rope,
         rows: &Rows,
         num: Numerics,
         out: &mut Tensor,

@@ -75,10 +75,9 @@ pub fn attention(
         be.indexer_select(st, il, &s.idx_q, &s.idx_w, rows, &mut s.sel)?; // §2.4.5 top-k
     }
 
-    // §2.4.6 attention with sinks, then §2.4.7 inverse RoPE and the grouped projection.
+    // §2.4.6 attention with sinks and §2.4.7's inverse RoPE, then the grouped projection.
     let sel = selecting.is_some().then_some(&s.sel);
-    be.attention(st, il, &s.q, &lw.attn_sinks, sel, cfg, rows, num, &mut s.o)?;
-    be.rope(&mut s.o, hd, &rope, rows, true)?;
+    be.attention(st, il, &s.q, &lw.attn_sinks, sel, cfg, &rope, rows, num, &mut s.o)?;
     be.matmul_grouped(&lw.attn_output_a, cfg.o_groups, &s.o, &mut s.low, num)?;
     be.matmul(&lw.attn_output_b, &s.low, &mut s.y, num)
 }

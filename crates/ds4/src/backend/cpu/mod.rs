@@ -493,12 +493,14 @@ impl Backend for CpuBackend {
         sinks: &[f32],
         sel: Option<&Tensor>,
         cfg: &Config,
+        rope: &Rope,
         rows: &Rows,
         _num: Numerics,
         out: &mut Tensor,
     ) -> BResult<()> {
         self.tick()?;
-        attention::attention(kv(st)?, il, q, sinks, sel, cfg, rows, out)
+        attention::attention(kv(st)?, il, q, sinks, sel, cfg, rows, out)?;
+        self.rope(out, cfg.head_dim, rope, rows, true)
     }
 
     fn route(
