@@ -146,6 +146,12 @@ __device__ __forceinline__ void warp_sum2(float* a, float* b) {
 // visible, then lets the next grid be scheduled (which, in turn, waits here). Because every
 // kernel waits for its predecessor's completion before finishing, completion stays transitive
 // down the stream. Before sm_90 and under the emulator (serial launches) it is a no-op.
+//
+// PRE_WAIT: a kernel may read, before its wait, what no kernel still running can be writing —
+// constant weights, and state written two launches back or earlier (the launch before it has
+// passed its own wait, so the one before that has completed) — so that those loads are in
+// flight while the launch ahead drains. Such a kernel begins with a comment that starts
+// "// Before the wait" and saying what it reads (tests/nvrtc_compile.rs checks the form).
 __device__ __forceinline__ void grid_dep_wait() {
 #if !defined(DS4_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");

@@ -224,7 +224,8 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
                                    float* out, DW fn, float* part, const float* scale3,
                                    const float* base, int iters, float eps, float rms_eps,
                                    const float* nw, float* h, i8* q, float* qd, int* tickets) {
-    grid_dep_sync();
+    // Before the wait (PRE_WAIT in common.cuh): the mix weights (constant), the HC state and
+    // this sublayer's gates (both written by the previous boundary's launch).
     const int hc = HC_FUSED, n_mix = HC_FUSED_MIX, nc = HC_FUSED * HC_FUSED;
     const int nwarp = HC_STEP_THREADS / 32;
     __shared__ float red[nwarp][HC_FUSED_MIX];
@@ -239,16 +240,27 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
     float* o_row = out + (i64)t * hc * e;
     int f = threadIdx.x / HC_STEP_COLS;
     int d = blockIdx.y * HC_STEP_COLS + threadIdx.x % HC_STEP_COLS;
+    float acc[HC_FUSED_MIX], xs[HC_FUSED], ms[HC_FUSED], mf = 0.0f;
     if (warp < nwarp) {
-        float acc[HC_FUSED_MIX];
-        float v = m[f] * y[(i64)t * e + d];
-#pragma unroll
-        for (int s = 0; s < hc; s++) v += m[hc + f + hc * s] * x[(i64)s * e + d];
-        o_row[(i64)f * e + d] = v;
-        double ss = (double)v * (double)v;
         const u16* fw = (const u16*)fn.a + (i64)f * e + d;
 #pragma unroll
-        for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = h2f(fw[(i64)i * fn.cols]) * v;
+        for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = h2f(fw[(i64)i * fn.cols]);
+        mf = m[f];
+#pragma unroll
+        for (int s = 0; s < hc; s++) {
+            ms[s] = m[hc + f + hc * s];
+            xs[s] = x[(i64)s * e + d];
+        }
+    }
+    grid_dep_sync();
+    if (warp < nwarp) {
+        float v = mf * y[(i64)t * e + d];
+#pragma unroll
+        for (int s = 0; s < hc; s++) v += ms[s] * xs[s];
+        o_row[(i64)f * e + d] = v;
+        double ss = (double)v * (double)v;
+#pragma unroll
+        for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] *= v;
 #pragma unroll
         for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
         ss = warp_sum_d(ss);

@@ -810,7 +810,7 @@ __device__ __forceinline__ void mvp_load(const DW& w, i64 grow, int ss, int4* wv
 // 1024: 21 → 13 µs in tools/device/mv-lab.cu).
 extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd, int rows_per_group,
                                     float* y, int beta) {
-    grid_dep_sync();
+    // Before the wait (PRE_WAIT in common.cuh): the first weight segment, constant.
     int lane = threadIdx.x & 31;
     int nw = gridDim.x * (blockDim.x >> 5);
     int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -820,6 +820,7 @@ extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd
     int4 cur[MVP_SEG];
     u16 csc[MVP_SEG];
     if (r < w.rows) mvp_load(w, base + r, 0, cur, csc);
+    grid_dep_sync();
     float acc = 0.0f;
     while (r < w.rows) {
         int r2 = r, s2 = s + 1;

@@ -19,12 +19,16 @@ impl CudaBackend {
         if t.dtype != DType::F32 || rows.end > t.rows || rows.start > rows.end {
             return Err(err(format!("read of rows {rows:?} of {t:?}")));
         }
-        let mut b = vec![0u8; rows.len() * t.cols * 4];
         let at = dp(t)? + (rows.start * t.cols * 4) as u64;
-        self.dev.dtoh(&mut b, at).map_err(be_err)?;
-        Ok(b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        let len = rows.len() * t.cols * 4;
+        if self.timeline.is_some() {
+            self.mark("read call", false);
+            self.dev.sync().map_err(be_err)?;
+            self.mark("device wait", false);
+        }
+        let out = self.read_f32(at, len).map_err(be_err)?;
+        self.mark_end("read copy");
+        Ok(out)
     }
 
     pub(crate) fn op_read_i32(&self, t: &Tensor) -> BResult<Vec<i32>> {
@@ -55,6 +59,7 @@ impl Backend for CudaBackend {
     }
 
     fn begin(&self) -> BResult<()> {
+        self.mark("caller", false);
         self.dev.make_current().map_err(be_err)?;
         self.lanes_reset();
         self.arena.reset();
@@ -102,6 +107,7 @@ impl Backend for CudaBackend {
     }
 
     fn rows(&self, tokens: &[u32], pos0: usize) -> BResult<Rows> {
+        self.mark("begin", false);
         self.dev.make_current().map_err(be_err)?;
         if let Some(p) = &self.profile {
             use std::sync::atomic::Ordering::Relaxed;
@@ -110,6 +116,7 @@ impl Backend for CudaBackend {
             p.steps[if decode { 0 } else { 1 }].fetch_add(1, Relaxed);
         }
         let d = self.write_rows(tokens, pos0).map_err(be_err)?;
+        self.mark("rows", false);
         self.lanes_for_batch(tokens.len());
         Ok(Rows {
             tokens: tokens.to_vec(),
@@ -186,7 +193,10 @@ impl Backend for CudaBackend {
         {
             let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(g) = graphs.get(&id) {
-                return self.dev.replay(g).map_err(be_err);
+                self.mark("replay call", false);
+                let r = self.dev.replay(g).map_err(be_err);
+                self.mark("graph launch", true);
+                return r;
             }
         }
         self.dev.begin_capture().map_err(be_err)?;

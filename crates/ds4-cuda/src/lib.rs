@@ -289,13 +289,15 @@ pub struct CudaBackend {
     pub(crate) norm_planes: NormPlanes,
     pub(crate) lanes: lanes::Lanes,
     rows_host: Mutex<Pinned>,
+    /// Pinned staging of reads up to READ_PINNED bytes (a decode step's logits).
+    read_host: Mutex<Pinned>,
     graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
     no_graph: Mutex<HashSet<(ds4::backend::StepKey, u64)>>,
     opts: CudaOptions,
     next_state: AtomicU64,
     stats: LoadStats,
     pub(crate) profile: Option<profile::Profile>,
-    timeline: Option<timeline::Timeline>,
+    pub(crate) timeline: Option<timeline::Timeline>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -425,6 +427,7 @@ impl CudaBackend {
         let tickets = DevBuf::new(PREFILL_CHUNK * 4)?;
         dev.memset(tickets.ptr, 0, tickets.len)?;
         let rows_host = Mutex::new(Pinned::new(PREFILL_CHUNK * 8)?);
+        let read_host = Mutex::new(Pinned::new(READ_PINNED)?);
         let stats = LoadStats {
             load_secs: t0.elapsed().as_secs_f64(),
             upload_secs,
@@ -444,6 +447,7 @@ impl CudaBackend {
             norm_planes: NormPlanes::new()?,
             lanes: lanes::Lanes::new(opts.lanes),
             rows_host,
+            read_host,
             graphs: Mutex::new(HashMap::new()),
             no_graph: Mutex::new(HashSet::new()),
             opts: opts.clone(),
@@ -471,7 +475,7 @@ impl CudaBackend {
     }
 
     pub(crate) fn opts_attn_splits(&self) -> usize {
-        self.opts.attn_splits.clamp(1, 64)
+        self.opts.attn_splits.clamp(1, 64) // ATT_SPLITS_MAX of kernels/attention.cu
     }
 
     pub(crate) fn opts_hc_step(&self) -> bool {
@@ -657,16 +661,61 @@ impl CudaBackend {
                 .copy_from_slice(&p.to_le_bytes());
         }
         // Tokens then positions; the pinned buffer is reused only after the stream has passed
-        // the copy (every forward pass ends with a synchronous read).
-        self.dev.htod(self.rows_buf.ptr, &h[..4 * n])?;
+        // the copy. A few rows go in one copy of both ranges and what lies between them (a
+        // decode step: one driver call fewer on its host path), more in two.
         let pos = self.rows_buf.ptr + 4 * PREFILL_CHUNK as u64;
-        self.dev
-            .htod(pos, &h[4 * PREFILL_CHUNK..4 * (PREFILL_CHUNK + n)])?;
+        if n <= 64 {
+            self.dev
+                .htod(self.rows_buf.ptr, &h[..4 * (PREFILL_CHUNK + n)])?;
+        } else {
+            self.dev.htod(self.rows_buf.ptr, &h[..4 * n])?;
+            self.dev
+                .htod(pos, &h[4 * PREFILL_CHUNK..4 * (PREFILL_CHUNK + n)])?;
+        }
         self.dev.sync()?;
         Ok(DevRows {
             tokens: self.rows_buf.ptr,
             pos,
         })
+    }
+}
+
+/// Reads up to this many bytes go through the pinned staging buffer (CudaBackend::read_f32).
+const READ_PINNED: usize = 4 << 20;
+
+impl CudaBackend {
+    /// `len` bytes (F32 values) at device address `at`, as floats: through the pinned staging
+    /// buffer when they fit (one DMA, no fresh pageable pages for the driver to stage through:
+    /// a decode step's 517 KB of logits), else through a pageable buffer.
+    pub(crate) fn read_f32(&self, at: u64, len: usize) -> Result<Vec<f32>, CudaError> {
+        let conv = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        if len <= READ_PINNED {
+            let mut host = self.read_host.lock().unwrap_or_else(|e| e.into_inner());
+            let b = &mut host.as_mut_slice()[..len];
+            self.dev.dtoh(b, at)?;
+            return Ok(conv(b));
+        }
+        let mut b = vec![0u8; len];
+        self.dev.dtoh(&mut b, at)?;
+        Ok(conv(&b))
+    }
+
+    /// Ends the host phase `name` of the decode timeline (timeline.rs), if it is on.
+    pub(crate) fn mark(&self, name: &'static str, replayed: bool) {
+        if let Some(t) = &self.timeline {
+            t.mark(name, replayed, false);
+        }
+    }
+
+    /// As [`CudaBackend::mark`], closing a step's cycle (its output read).
+    pub(crate) fn mark_end(&self, name: &'static str) {
+        if let Some(t) = &self.timeline {
+            t.mark(name, false, true);
+        }
     }
 }
 

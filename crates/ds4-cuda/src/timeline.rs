@@ -8,6 +8,8 @@
 //! buffer's address is compiled into the kernels (a define), so this mode compiles its own.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use crate::driver::{DevBuf, Device};
 use crate::CudaError;
@@ -19,6 +21,18 @@ const SKIP: usize = 2;
 
 pub(crate) struct Timeline {
     buf: DevBuf,
+    host: Mutex<Host>,
+}
+
+/// The host's side of decode steps: the time between consecutive [`Timeline::mark`]s, summed
+/// per mark over the cycles (one read to the next) that replayed a one-row graph.
+#[derive(Default)]
+struct Host {
+    sums: Vec<(&'static str, u64, f64)>,
+    pending: Vec<(&'static str, f64)>,
+    last: Option<Instant>,
+    /// Whether the cycle being timed replayed a graph.
+    replayed: bool,
 }
 
 struct Stamp {
@@ -35,7 +49,41 @@ impl Timeline {
         let buf = DevBuf::new(16 + CAP * 32)?;
         dev.memset(buf.ptr, 0, 16)?;
         dev.sync()?;
-        Ok(Some(Timeline { buf }))
+        Ok(Some(Timeline {
+            buf,
+            host: Mutex::new(Host::default()),
+        }))
+    }
+
+    fn host(&self) -> std::sync::MutexGuard<'_, Host> {
+        self.host.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the host phase `name` (the time since the previous mark); `end_of_cycle` closes a
+    /// step's cycle (its output read), `replayed` says that this cycle replayed a graph.
+    pub fn mark(&self, name: &'static str, replayed: bool, end_of_cycle: bool) {
+        let now = Instant::now();
+        let mut h = self.host();
+        if let Some(l) = h.last {
+            let us = now.duration_since(l).as_secs_f64() * 1e6;
+            h.pending.push((name, us));
+        }
+        h.last = Some(now);
+        h.replayed |= replayed;
+        if end_of_cycle {
+            let pending = std::mem::take(&mut h.pending);
+            if std::mem::take(&mut h.replayed) {
+                for (name, us) in pending {
+                    match h.sums.iter_mut().find(|e| e.0 == name) {
+                        Some(e) => {
+                            e.1 += 1;
+                            e.2 += us;
+                        }
+                        None => h.sums.push((name, 1, us)),
+                    }
+                }
+            }
+        }
     }
 
     /// The defines that turn the stamps on, put before the kernel source.
@@ -90,6 +138,14 @@ impl Timeline {
             "ds4 CUDA timeline: {count} kernels stamped, {} decode steps measured\n",
             steps.len()
         );
+        {
+            let h = self.host();
+            s.push_str("host, per replayed step (µs from the previous mark to):");
+            for (name, n, us) in &h.sums {
+                s.push_str(&format!(" {name} {:.1},", us / (*n).max(1) as f64));
+            }
+            s.push('\n');
+        }
         if steps.is_empty() {
             return Ok(s);
         }

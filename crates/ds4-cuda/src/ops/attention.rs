@@ -134,9 +134,7 @@ impl CudaBackend {
             (n as u32, nh as u32, 1),
             hd.min(256) as u32,
             0,
-            &mut kargs![
-                &part, &sp, &nh_i, &hd_i, &sp_i, &op, &r.pos, &tab, &inv, &pq, &pd, &gw_i
-            ],
+            &mut kargs![&part, &sp, &nh_i, &hd_i, &sp_i, &op, &r.pos, &tab, &inv, &pq, &pd, &gw_i],
         )?;
         if let Some((_, _, h)) = planes {
             self.hold_planes(h);

@@ -77,7 +77,18 @@ pub fn attention(
 
     // §2.4.6 attention with sinks and §2.4.7's inverse RoPE, then the grouped projection.
     let sel = selecting.is_some().then_some(&s.sel);
-    be.attention(st, il, &s.q, &lw.attn_sinks, sel, cfg, &rope, rows, num, &mut s.o)?;
+    be.attention(
+        st,
+        il,
+        &s.q,
+        &lw.attn_sinks,
+        sel,
+        cfg,
+        &rope,
+        rows,
+        num,
+        &mut s.o,
+    )?;
     be.matmul_grouped(&lw.attn_output_a, cfg.o_groups, &s.o, &mut s.low, num)?;
     be.matmul(&lw.attn_output_b, &s.low, &mut s.y, num)
 }
