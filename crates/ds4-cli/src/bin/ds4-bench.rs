@@ -145,20 +145,6 @@ fn argmax_excluding(logits: &[f32], skip: Option<u32>) -> u32 {
         .unwrap_or(0) as u32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::argmax_excluding;
-
-    #[test]
-    fn argmax_takes_the_first_largest_and_skips() {
-        let l = [0.5, 3.0, -1.0, 3.0, 2.0];
-        assert_eq!(argmax_excluding(&l, None), 1);
-        assert_eq!(argmax_excluding(&l, Some(1)), 3);
-        assert_eq!(argmax_excluding(&[1.0, 9.0, 2.0], Some(1)), 2);
-        assert_eq!(argmax_excluding(&[f32::NEG_INFINITY; 3], None), 0);
-    }
-}
-
 fn run(a: Args) -> anyhow::Result<()> {
     ds4_cli::init_threads(a.threads)?;
     let t_load = Instant::now();
@@ -243,5 +229,19 @@ fn main() {
     if let Err(e) = run(args) {
         eprintln!("ds4-bench: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax_excluding;
+
+    #[test]
+    fn argmax_takes_the_first_largest_and_skips() {
+        let l = [0.5, 3.0, -1.0, 3.0, 2.0];
+        assert_eq!(argmax_excluding(&l, None), 1);
+        assert_eq!(argmax_excluding(&l, Some(1)), 3);
+        assert_eq!(argmax_excluding(&[1.0, 9.0, 2.0], Some(1)), 2);
+        assert_eq!(argmax_excluding(&[f32::NEG_INFINITY; 3], None), 0);
     }
 }
