@@ -204,13 +204,16 @@ synth
 wait $BUILD
 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 32768 --step-mul 4 -n 64 --csv "$OUT/ours.csv" > "$OUT/ours.log" 2>&1
 DS4_CUDA_COPY_MODEL=1 /tmp/ds4src/ds4-bench -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 32768 --step-mul 4 -n 64 --csv "$OUT/ds4.csv" > "$OUT/ds4.log" 2>&1
+# BENCH_SERVER=0 and BENCH_PROFILE=0 skip the server's stream and the event profile (a short lease).
+if [[ "${BENCH_SERVER:-1}" != 0 ]]; then
 "$BIN/ds4-server" -m /mnt/m/q2.gguf --cuda --port 8123 -c 8192 > "$OUT/server.log" 2>&1 &
 SRV=$!
 for i in $(seq 120); do curl -sf localhost:8123/health >/dev/null && break; sleep 1; done
 curl -sN localhost:8123/v1/chat/completions -H 'content-type: application/json' \
     -d '{"model":"deepseek-chat","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"stream":true}' > "$OUT/server-stream.txt"
 kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
-DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
+fi
+[[ "${BENCH_PROFILE:-1}" != 0 ]] && DS4_CUDA_PROFILE=1 "$BIN/ds4-bench" -m /mnt/m/q2.gguf --cuda --prompt-file "$PROMPT" --ctx-start 2048 --ctx-max 2048 -n 16 --csv "$OUT/profile.csv" > "$OUT/profile.txt" 2>&1
 # $BENCH_AB (space-separated settings, each VAR=value[,VAR=value…] or "-" for the defaults):
 # decode at 2k per setting, in turn.
 for v in ${BENCH_AB:-}; do
