@@ -105,7 +105,11 @@ fn forward_chunk(
     })?;
     let host = be.read(&logits, 0..n_out)?;
     sess.tokens.extend_from_slice(tokens);
-    sess.logits = host[(n_out - 1) * cfg.n_vocab..].to_vec();
+    // Into the session's own buffer: a decode step then allocates no fresh 0.5 MB for it (on
+    // the GPU machine's sandbox, new pages are a visible part of a token's host time).
+    sess.logits.clear();
+    sess.logits
+        .extend_from_slice(&host[(n_out - 1) * cfg.n_vocab..]);
     Ok(host)
 }
 
