@@ -145,15 +145,15 @@ extern "C" __global__ void attn_partial(const float* q, int nh, int hd, const fl
 }
 
 // out[t][h] = (Σ_s acc_s·e^{m_s − M}) / (e^{sink_h − M} + Σ_s l_s·e^{m_s − M}),
-// M = max(sink_h, m_s), then the inverse RoPE of the head's trailing dims (spec §2.4.7) when
-// `inverse_rope`, and, when q is given (a one-row decode step), the output's three-stage
+// M = max(sink_h, m_s), then the inverse RoPE of the head's trailing dims (spec §2.4.7), and,
+// when q is given (a one-row decode step), the output's three-stage
 // 8-bit planes for the grouped output projection that reads it next: the row as groups of
 // `gw` columns, group g's planes at q + 3·gw·g and its scales at d + gw/32·g, as quant_q8 of
 // the row's groups writes them. The values are those of attn_combine, rope and quant_q8 run
 // one after the other, bit for bit, in one launch. Grid (rows, nh).
 extern "C" __global__ void attn_combine(const float* part, const float* sinks, int nh, int hd,
                                         int splits, float* out, const int* pos, RopeTab tab,
-                                        int inverse_rope, i8* q, float* d, int gw) {
+                                        i8* q, float* d, int gw) {
     grid_dep_sync();
     // The slices' (m, l) and weights e^{m_s − M} once in shared memory, then each output value
     // with all its slices' loads in flight together (a loop that loaded one slice's value per
@@ -193,27 +193,17 @@ extern "C" __global__ void attn_combine(const float* part, const float* sinks, i
         }
         out[((i64)t * nh + h) * hd + c] = a / den;
     }
-    if (!inverse_rope && !q) return;
     // The head's values, written by other threads of this block, are visible after a barrier.
     float* head = out + ((i64)t * nh + h) * hd;
     __syncthreads();
-    if (inverse_rope) {
-        rope_head(head, hd, pos[t], tab, 1);
-        __syncthreads();
-    }
+    rope_head(head, hd, pos[t], tab, 1);
     if (!q) return;
+    __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int b = warp; b < hd / 32; b += blockDim.x >> 5) {
-        float v = head[b * 32 + lane];
-        float dd = warp_max(fabsf(v)) / 127.0f;
-        int q1, q2, q3;
-        q8_stages(v, dd, &q1, &q2, &q3);
         int c = h * hd + b * 32, g = c / gw, cc = c - g * gw;
-        i8* qr = q + (i64)g * 3 * gw + cc + lane;
-        qr[0] = (i8)q1;
-        qr[gw] = (i8)q2;
-        qr[2 * gw] = (i8)q3;
-        if (lane == 0) d[(i64)g * (gw / 32) + cc / 32] = dd;
+        q8_store_lane(head[b * 32 + lane], q + (i64)g * 3 * gw + cc + lane, gw,
+                      d + (i64)g * (gw / 32) + cc / 32);
     }
 }
 

@@ -597,6 +597,20 @@ __device__ __forceinline__ void q8_stages(float v, float dd, int* q1, int* q2, i
     }
 }
 
+// A warp's 32-value activation block into its three-stage planes, a value a lane: lane's
+// value v, its byte in the first plane at qv (the planes `plane` bytes apart), the block's
+// scale into *d by lane 0. Every writer of planes (quant_q8, rms_norm, attn_combine) stores
+// through this, so that their bytes are the same.
+__device__ __forceinline__ void q8_store_lane(float v, i8* qv, int plane, float* d) {
+    float dd = warp_max(fabsf(v)) / 127.0f;
+    int q1, q2, q3;
+    q8_stages(v, dd, &q1, &q2, &q3);
+    qv[0] = (i8)q1;
+    qv[plane] = (i8)q2;
+    qv[2 * plane] = (i8)q3;
+    if ((threadIdx.x & 31) == 0) *d = dd;
+}
+
 // Three-stage int8 planes of `rows` rows of `cols` (row r at x + r·x_stride): q[r] is three
 // planes of cols bytes, d[r] cols/32 scales. One warp per 32 values.
 extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int rows, i8* q, float* d) {
@@ -607,14 +621,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     if (blk >= (i64)rows * per_row) return;
     int r = (int)(blk / per_row), b = (int)(blk - (i64)r * per_row);
     float v = x[(i64)r * x_stride + b * 32 + lane];
-    float dd = warp_max(fabsf(v)) / 127.0f;
-    int q1, q2, q3;
-    q8_stages(v, dd, &q1, &q2, &q3);
-    i8* qr = q + (i64)r * 3 * cols + b * 32 + lane;
-    qr[0] = (i8)q1;
-    qr[cols] = (i8)q2;
-    qr[2 * cols] = (i8)q3;
-    if (lane == 0) d[(i64)r * per_row + b] = dd;
+    q8_store_lane(v, q + (i64)r * 3 * cols + b * 32 + lane, cols, d + (i64)r * per_row + b);
 }
 
 // The row sum of the kspl warps of a block that share one row (warp order), from each warp's

@@ -41,15 +41,7 @@ extern "C" __global__ void rms_norm(float* x, const float* w, int group, float e
         float v = g[i] * scale;
         v = w ? v * w[i] : v;
         g[i] = v;
-        if (q) {
-            float dd = warp_max(fabsf(v)) / 127.0f;
-            int q1, q2, q3;
-            q8_stages(v, dd, &q1, &q2, &q3);
-            q[i] = (i8)q1;
-            q[group + i] = (i8)q2;
-            q[2 * group + i] = (i8)q3;
-            if ((threadIdx.x & 31) == 0) d[i / 32] = dd;
-        }
+        if (q) q8_store_lane(v, q + i, group, d + i / 32);
     }
 }
 

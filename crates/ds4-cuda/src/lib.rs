@@ -660,18 +660,12 @@ impl CudaBackend {
             h[4 * (PREFILL_CHUNK + i)..4 * (PREFILL_CHUNK + i) + 4]
                 .copy_from_slice(&p.to_le_bytes());
         }
-        // Tokens then positions; the pinned buffer is reused only after the stream has passed
-        // the copy. A few rows go in one copy of both ranges and what lies between them (a
-        // decode step: one driver call fewer on its host path), more in two.
+        // Tokens then positions, in one copy of both ranges and what lies between them (at most
+        // 16 KB; one driver call on a decode step's host path); the pinned buffer is reused only
+        // after the stream has passed the copy.
         let pos = self.rows_buf.ptr + 4 * PREFILL_CHUNK as u64;
-        if n <= 64 {
-            self.dev
-                .htod(self.rows_buf.ptr, &h[..4 * (PREFILL_CHUNK + n)])?;
-        } else {
-            self.dev.htod(self.rows_buf.ptr, &h[..4 * n])?;
-            self.dev
-                .htod(pos, &h[4 * PREFILL_CHUNK..4 * (PREFILL_CHUNK + n)])?;
-        }
+        self.dev
+            .htod(self.rows_buf.ptr, &h[..4 * (PREFILL_CHUNK + n)])?;
         self.dev.sync()?;
         Ok(DevRows {
             tokens: self.rows_buf.ptr,

@@ -118,23 +118,20 @@ impl CudaBackend {
         )?;
         // The combine also applies the inverse RoPE and, for a decode row, writes the planes
         // of the grouped output projection's activation (its groups of nh·hd / o_groups).
-        if 2 * rope.freq().len() > hd {
-            return Err(err("RoPE wider than the head"));
-        }
-        let tab = RopeTab::new(rope)?;
+        let tab = RopeTab::for_heads(rope, hd)?;
         let groups = cfg.o_groups.max(1);
         let gw = nh * hd / groups;
         let planes = (n == 1 && (nh * hd).is_multiple_of(groups))
             .then(|| self.planes_to_write(op, gw, groups))
             .flatten();
         let (pq, pd) = planes.map_or((0, 0), |(q, d, _)| (q, d));
-        let (inv, gw_i) = (1i32, gw as i32);
+        let gw_i = gw as i32;
         self.launch(
             "attn_combine",
             (n as u32, nh as u32, 1),
             hd.min(256) as u32,
             0,
-            &mut kargs![&part, &sp, &nh_i, &hd_i, &sp_i, &op, &r.pos, &tab, &inv, &pq, &pd, &gw_i],
+            &mut kargs![&part, &sp, &nh_i, &hd_i, &sp_i, &op, &r.pos, &tab, &pq, &pd, &gw_i],
         )?;
         if let Some((_, _, h)) = planes {
             self.hold_planes(h);

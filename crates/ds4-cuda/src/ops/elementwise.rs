@@ -79,10 +79,7 @@ impl CudaBackend {
         if head_dim == 0 || !x.cols.is_multiple_of(head_dim) || x.rows != rows.n() {
             return Err(err(format!("rope of {x:?} in heads of {head_dim}")));
         }
-        if 2 * rope.freq().len() > head_dim {
-            return Err(err("RoPE wider than the head"));
-        }
-        let tab = RopeTab::new(rope)?;
+        let tab = RopeTab::for_heads(rope, head_dim)?;
         let (xp, r) = (dp(x)?, drows(rows)?);
         let (cols, hd, inv) = (x.cols as i32, head_dim as i32, inverse as i32);
         let grid = (x.rows as u32, (x.cols / head_dim) as u32, 1);
@@ -114,10 +111,7 @@ impl CudaBackend {
                 "head norm + rope of {x:?} in heads of {head_dim}"
             )));
         }
-        if 2 * rope.freq().len() > head_dim {
-            return Err(err("RoPE wider than the head"));
-        }
-        let tab = RopeTab::new(rope)?;
+        let tab = RopeTab::for_heads(rope, head_dim)?;
         let wp = match w {
             Some(w) => self.p(w)?,
             None => 0u64,

@@ -80,4 +80,12 @@ impl RopeTab {
             pairs: fr.len() as i32,
         })
     }
+
+    /// The table for RoPE of the trailing dims of `head_dim`-wide heads.
+    pub fn for_heads(r: &ds4::model::rope::Rope, head_dim: usize) -> BResult<Self> {
+        if 2 * r.freq().len() > head_dim {
+            return Err(err("RoPE wider than the head"));
+        }
+        Self::new(r)
+    }
 }
