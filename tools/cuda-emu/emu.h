@@ -302,6 +302,7 @@ static inline int __dp4a(int a, int b, int c) {
 }
 // Blocks run one after another, so memory is always coherent between them.
 static inline void __threadfence() {}
+static inline void __threadfence_system() {}
 template <class T> static inline T __ldcg(const T* p) { return *p; }
 template <class T> static inline T __ldcs(const T* p) { return *p; }
 static inline int atomicAdd(int* p, int v) { int o = *p; *p = o + v; return o; }

@@ -42,6 +42,75 @@ impl CudaBackend {
             .collect())
     }
 
+    /// A step (Backend::step): replays its recording, records it, or runs it directly.
+    fn run_step(
+        &self,
+        key: StepKey,
+        session: u64,
+        body: &mut dyn FnMut() -> BResult<()>,
+    ) -> BResult<()> {
+        self.dev.make_current().map_err(be_err)?;
+        // Planes held from before this step (or a failed recording of it) are not trusted.
+        self.drop_planes();
+        let recordable = self.opts_graphs() && !self.profiling() && key.fast && key.rows == 1;
+        let id = (key, session);
+        if !recordable
+            || self
+                .no_graph
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+        {
+            return body();
+        }
+        {
+            let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(g) = graphs.get(&id) {
+                self.mark("replay call", false);
+                let r = self.dev.replay(g).map_err(be_err);
+                self.mark("graph launch", true);
+                return r;
+            }
+        }
+        self.dev.begin_capture().map_err(be_err)?;
+        let r = body();
+        let g = self.dev.end_capture();
+        match (r, g) {
+            (Ok(()), Ok(g)) => {
+                self.dev.replay(&g).map_err(be_err)?;
+                let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+                // A few recordings per session and bucket; drop them all when the cache grows
+                // (sessions come and go).
+                if graphs.len() >= 64 {
+                    graphs.clear();
+                }
+                graphs.insert(id, g);
+                Ok(())
+            }
+            // This step cannot be recorded: run it directly from now on.
+            _ => {
+                self.no_graph
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id);
+                self.lanes_reset();
+                self.arena.reset();
+                self.drop_planes();
+                body()
+            }
+        }
+    }
+
+    /// Counts a batch of `n` rows for the event profile.
+    fn note_batch(&self, n: usize) {
+        if let Some(p) = &self.profile {
+            use std::sync::atomic::Ordering::Relaxed;
+            let decode = n == 1;
+            p.decode.store(decode, Relaxed);
+            p.steps[if decode { 0 } else { 1 }].fetch_add(1, Relaxed);
+        }
+    }
+
     fn dev_state_mut(st: &mut SessionState) -> BResult<&mut DevState> {
         st.data
             .downcast_mut::<DevState>()
@@ -109,13 +178,10 @@ impl Backend for CudaBackend {
     fn rows(&self, tokens: &[u32], pos0: usize) -> BResult<Rows> {
         self.mark("begin", false);
         self.dev.make_current().map_err(be_err)?;
-        if let Some(p) = &self.profile {
-            use std::sync::atomic::Ordering::Relaxed;
-            let decode = tokens.len() == 1;
-            p.decode.store(decode, Relaxed);
-            p.steps[if decode { 0 } else { 1 }].fetch_add(1, Relaxed);
-        }
+        self.note_batch(tokens.len());
         let d = self.write_rows(tokens, pos0).map_err(be_err)?;
+        // write_rows waited for the stream: no chosen token is still to come.
+        self.drop_sampled();
         self.mark("rows", false);
         self.lanes_for_batch(tokens.len());
         Ok(Rows {
@@ -124,6 +190,25 @@ impl Backend for CudaBackend {
             slot: vec![0; tokens.len()],
             data: Box::new(d),
         })
+    }
+
+    fn rows_sampled(&self, pos: usize) -> BResult<Rows> {
+        self.mark("begin", false);
+        self.dev.make_current().map_err(be_err)?;
+        self.note_batch(1);
+        // argmax_next wrote the token and the position into the row buffer on the device.
+        self.mark("rows", false);
+        self.lanes_for_batch(1);
+        Ok(Rows {
+            tokens: vec![ds4::backend::UNKNOWN_TOKEN],
+            pos: vec![pos],
+            slot: vec![0],
+            data: Box::new(self.dev_rows()),
+        })
+    }
+
+    fn take_sampled(&self, pos: usize) -> BResult<u32> {
+        self.op_take_sampled(pos)
     }
 
     fn new_state(&self, cfg: &Config, ctx: usize) -> BResult<SessionState> {
@@ -176,60 +261,19 @@ impl Backend for CudaBackend {
         session: u64,
         body: &mut dyn FnMut() -> BResult<()>,
     ) -> BResult<()> {
-        self.dev.make_current().map_err(be_err)?;
-        // Planes held from before this step (or a failed recording of it) are not trusted.
-        self.drop_planes();
-        let recordable = self.opts_graphs() && !self.profiling() && key.fast && key.rows == 1;
-        let id = (key, session);
-        if !recordable
-            || self
-                .no_graph
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&id)
-        {
-            return body();
+        self.run_step(key, session, body)?;
+        if key.greedy.is_some() {
+            self.sampled_step_issued()?;
         }
-        {
-            let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(g) = graphs.get(&id) {
-                self.mark("replay call", false);
-                let r = self.dev.replay(g).map_err(be_err);
-                self.mark("graph launch", true);
-                return r;
-            }
-        }
-        self.dev.begin_capture().map_err(be_err)?;
-        let r = body();
-        let g = self.dev.end_capture();
-        match (r, g) {
-            (Ok(()), Ok(g)) => {
-                self.dev.replay(&g).map_err(be_err)?;
-                let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-                // A few recordings per session and bucket; drop them all when the cache grows
-                // (sessions come and go).
-                if graphs.len() >= 64 {
-                    graphs.clear();
-                }
-                graphs.insert(id, g);
-                Ok(())
-            }
-            // This step cannot be recorded: run it directly from now on.
-            _ => {
-                self.no_graph
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id);
-                self.lanes_reset();
-                self.arena.reset();
-                self.drop_planes();
-                body()
-            }
-        }
+        Ok(())
     }
 
     fn lane(&self, lane: ds4::backend::Lane) -> BResult<()> {
         self.op_lane(lane)
+    }
+
+    fn argmax_next(&self, logits: &Tensor, rows: &Rows, g: ds4::backend::Greedy) -> BResult<()> {
+        self.op_argmax_next(logits, rows, g)
     }
 
     fn embed(&self, w: &TensorRef, rows: &Rows, n_hc: usize, x_hc: &mut Tensor) -> BResult<()> {

@@ -385,6 +385,23 @@ impl Pinned {
         })
     }
 
+    /// The buffer's address, which kernels may also use: under unified addressing (every GPU
+    /// this backend runs on) pinned host memory is reachable from the device at its host
+    /// address.
+    pub fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// The i32 at index `i`, read afresh (a kernel may have written it since).
+    pub fn read_i32(&self, i: usize) -> Option<i32> {
+        if (i + 1) * 4 > self.len {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); cuMemHostAlloc memory is page-aligned, so the i32
+        // is aligned; a volatile read because the device writes it behind the compiler's back.
+        Some(unsafe { std::ptr::read_volatile((self.ptr as *const i32).add(i)) })
+    }
+
     /// The buffer.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr holds len bytes owned by self.
@@ -410,6 +427,14 @@ impl Event {
         let mut e: sys::CUevent = std::ptr::null_mut();
         // SAFETY: valid out-pointer; default flags (timing enabled).
         check("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 0) })?;
+        Ok(Event(e))
+    }
+
+    /// An event only waited on (no timing, which makes recording and waiting cheaper).
+    pub fn for_sync() -> Result<Self, CudaError> {
+        let mut e: sys::CUevent = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; CU_EVENT_DISABLE_TIMING.
+        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 2) })?;
         Ok(Event(e))
     }
 

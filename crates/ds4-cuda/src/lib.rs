@@ -298,6 +298,7 @@ pub struct CudaBackend {
     stats: LoadStats,
     pub(crate) profile: Option<profile::Profile>,
     pub(crate) timeline: Option<timeline::Timeline>,
+    pub(crate) sampling: ops::sample::Sampling,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -428,6 +429,7 @@ impl CudaBackend {
         dev.memset(tickets.ptr, 0, tickets.len)?;
         let rows_host = Mutex::new(Pinned::new(PREFILL_CHUNK * 8)?);
         let read_host = Mutex::new(Pinned::new(READ_PINNED)?);
+        let sampling = ops::sample::Sampling::new(&dev)?;
         let stats = LoadStats {
             load_secs: t0.elapsed().as_secs_f64(),
             upload_secs,
@@ -455,6 +457,7 @@ impl CudaBackend {
             stats,
             profile,
             timeline,
+            sampling,
         })
     }
 
@@ -663,14 +666,18 @@ impl CudaBackend {
         // Tokens then positions, in one copy of both ranges and what lies between them (at most
         // 16 KB; one driver call on a decode step's host path); the pinned buffer is reused only
         // after the stream has passed the copy.
-        let pos = self.rows_buf.ptr + 4 * PREFILL_CHUNK as u64;
         self.dev
             .htod(self.rows_buf.ptr, &h[..4 * (PREFILL_CHUNK + n)])?;
         self.dev.sync()?;
-        Ok(DevRows {
+        Ok(self.dev_rows())
+    }
+
+    /// The row buffer: tokens, then positions from PREFILL_CHUNK on.
+    pub(crate) fn dev_rows(&self) -> DevRows {
+        DevRows {
             tokens: self.rows_buf.ptr,
-            pos,
-        })
+            pos: self.rows_buf.ptr + 4 * PREFILL_CHUNK as u64,
+        }
     }
 }
 

@@ -25,6 +25,7 @@ const FILES: &[(&str, &str)] = &[
     ("indexer.cu", include_str!("../kernels/indexer.cu")),
     ("moe.cu", include_str!("../kernels/moe.cu")),
     ("repack.cu", include_str!("../kernels/repack.cu")),
+    ("sample.cu", include_str!("../kernels/sample.cu")),
 ];
 
 /// Every kernel the backend launches.
@@ -90,6 +91,7 @@ pub const KERNELS: &[&str] = &[
     "idx_scores",
     "idx_topk",
     "route",
+    "argmax_next",
     "swiglu_rows",
     "gather_rows",
     "scatter_add",

@@ -1537,3 +1537,111 @@ fn expert_tensors_of_type(m: &Model, ty: GgmlType) -> usize {
         .filter(|t| t.ty == ty)
         .count()
 }
+
+/// Greedy choices on the device: `argmax_next` picks what `greedy_excluding` picks on the host
+/// (ties to the lowest index, NaN never, the skipped token never) for the last row of a batch;
+/// and `decode_greedy`, which issues each step before the host has the token, decodes the
+/// same tokens as the host loop (forward, read, choose) and leaves the same session, on CUDA
+/// and on the CPU.
+#[test]
+fn greedy_on_the_device_matches_the_host_loop() {
+    use ds4::backend::{Greedy, StepKey};
+    use ds4::sample::greedy_excluding;
+    let m = tiny(ExpertRecipe::Q2, 4);
+    let Some(g) = gpu(&m) else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for (cols, case) in [
+        (1000 + 7, 0),
+        (129_280, 1),
+        (129_280, 2),
+        (33, 3),
+        (5000, 4),
+    ] {
+        let mut l = rand_vec(&mut rng, 3 * cols, 4.0);
+        let last = &mut l[2 * cols..];
+        let skip = match case {
+            // Ties: the largest value at three places, the first of them skipped.
+            1 => {
+                for &i in &[17usize, 90_000, 129_000] {
+                    last[i] = 9.0;
+                }
+                Some(17)
+            }
+            // NaN everywhere but two values; the second is the largest.
+            2 => {
+                last.fill(f32::NAN);
+                last[5] = -1.0;
+                last[77_777] = 2.0;
+                None
+            }
+            // Nothing to choose but minus infinity.
+            3 => {
+                last.fill(f32::NEG_INFINITY);
+                Some(0)
+            }
+            _ => Some(rng.random_range(0..cols as u32)),
+        };
+        let want = greedy_excluding(&l[2 * cols..], skip);
+        g.begin().unwrap();
+        let rows = g.rows(&[1, 2, 3], 10).unwrap();
+        let t = put(&g, 3, cols, &l);
+        let key = StepKey {
+            rows: 3,
+            out_rows: 3,
+            fast: true,
+            indexer: false,
+            idx_cap: 0,
+            greedy: Some(Greedy { skip }),
+        };
+        g.step(key, 0, &mut || g.argmax_next(&t, &rows, Greedy { skip }))
+            .unwrap();
+        let got = g.take_sampled(13).unwrap();
+        assert_eq!(
+            got, want,
+            "width {cols}, case {case}: device {got}, host {want}"
+        );
+        assert!(g.take_sampled(13).is_err(), "a second take of one choice");
+    }
+
+    let prec = Precision::Default;
+    let prompt: Vec<u32> = (0..61u32)
+        .map(|i| (i * 11 + 3) % m.config.n_vocab as u32)
+        .collect();
+    let skip = Some(5);
+    let c = CpuBackend::new(m.file.clone());
+    for (be, what) in [(&g as &dyn Backend, "cuda"), (&c, "cpu")] {
+        let mut s = m.new_session(be, 4096).unwrap();
+        m.forward_last(be, &mut s, &prompt, prec).unwrap();
+        let snap = s.snapshot(be).unwrap();
+        let first = greedy_excluding(&s.logits, skip);
+        // The host loop.
+        let (mut t, mut host) = (first, Vec::new());
+        for _ in 0..20 {
+            let l = m.forward_last(be, &mut s, &[t], prec).unwrap();
+            t = greedy_excluding(&l, skip);
+            host.push(t);
+        }
+        let (host_tokens, host_logits) = (s.tokens.clone(), s.logits.clone());
+        // On the backend, pipelined.
+        s.restore(be, &m.config, &snap).unwrap();
+        let dev = m.decode_greedy(be, &mut s, first, 20, skip, prec).unwrap();
+        assert_eq!(dev, host, "{what}: greedy tokens");
+        assert!(!dev.contains(&5), "{what}: the skipped token was chosen");
+        assert_eq!(s.tokens, host_tokens, "{what}: session tokens");
+        assert!(
+            s.logits == host_logits,
+            "{what}: last logits differ: {:e}",
+            max_rel(&s.logits, &host_logits)
+        );
+        // And a plain step after it continues from the same state.
+        let a = m.forward_last(be, &mut s, &[dev[19]], prec).unwrap();
+        s.restore(be, &m.config, &snap).unwrap();
+        let mut t = first;
+        for _ in 0..20 {
+            let l = m.forward_last(be, &mut s, &[t], prec).unwrap();
+            t = greedy_excluding(&l, skip);
+        }
+        let b = m.forward_last(be, &mut s, &[t], prec).unwrap();
+        assert!(a == b, "{what}: the step after a greedy run differs");
+    }
+}

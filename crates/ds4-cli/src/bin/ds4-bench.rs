@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Parser;
 use ds4::model::{Model, Precision};
+use ds4::sample::greedy_excluding;
 use ds4::tokenizer::Tokenizer;
 
 /// Speed sweep for DeepSeek V4 Flash.
@@ -71,6 +72,11 @@ struct Args {
     /// Write the CSV here instead of stdout.
     #[arg(long = "csv")]
     csv: Option<PathBuf>,
+    /// Choose each decoded token on the host from the step's logits, as ds4's bench and the
+    /// server's sampler do, instead of on the backend with the next step issued before the
+    /// host reads the token (`Model::decode_greedy`). Same tokens; for comparing the two.
+    #[arg(long = "host-sample")]
+    host_sample: bool,
 }
 
 fn frontiers(a: &Args) -> Vec<usize> {
@@ -127,24 +133,6 @@ fn prompt_tokens(a: &Args, model: &Model) -> anyhow::Result<Vec<u32>> {
     bail!("give --prompt-file, --chat-prompt-file or --synthetic-prompt")
 }
 
-/// The first index of the largest logit, `skip` excluded: the largest value first (a fold the
-/// compiler vectorises), then its first position — two passes over 129,280 values are cheaper
-/// than one that compares and branches per value, and this runs on a decode step's host path.
-fn argmax_excluding(logits: &[f32], skip: Option<u32>) -> u32 {
-    let skip = skip.map(|s| s as usize).filter(|&s| s < logits.len());
-    let (head, tail) = match skip {
-        Some(s) => (&logits[..s], &logits[s + 1..]),
-        None => (logits, &logits[..0]),
-    };
-    let max = |x: &[f32]| x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let m = max(head).max(max(tail));
-    logits
-        .iter()
-        .enumerate()
-        .position(|(i, &v)| v == m && Some(i) != skip)
-        .unwrap_or(0) as u32
-}
-
 fn run(a: Args) -> anyhow::Result<()> {
     ds4_cli::init_threads(a.threads)?;
     let t_load = Instant::now();
@@ -195,10 +183,15 @@ fn run(a: Args) -> anyhow::Result<()> {
         let snapshot = sess.snapshot(be)?;
         let kv_bytes = snapshot.kv_bytes();
         let t1 = Instant::now();
-        let mut l = sess.logits.clone();
-        for _ in 0..a.gen_tokens {
-            let t = argmax_excluding(&l, eos);
-            l = model.forward_last(be, &mut sess, &[t], prec)?;
+        let first = greedy_excluding(&sess.logits, eos);
+        if a.host_sample {
+            let mut t = first;
+            for _ in 0..a.gen_tokens {
+                let l = model.forward_last(be, &mut sess, &[t], prec)?;
+                t = greedy_excluding(&l, eos);
+            }
+        } else {
+            model.decode_greedy(be, &mut sess, first, a.gen_tokens, eos, prec)?;
         }
         let gen_s = t1.elapsed().as_secs_f64();
         note_peak(be);
@@ -229,19 +222,5 @@ fn main() {
     if let Err(e) = run(args) {
         eprintln!("ds4-bench: error: {e:#}");
         std::process::exit(1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::argmax_excluding;
-
-    #[test]
-    fn argmax_takes_the_first_largest_and_skips() {
-        let l = [0.5, 3.0, -1.0, 3.0, 2.0];
-        assert_eq!(argmax_excluding(&l, None), 1);
-        assert_eq!(argmax_excluding(&l, Some(1)), 3);
-        assert_eq!(argmax_excluding(&[1.0, 9.0, 2.0], Some(1)), 2);
-        assert_eq!(argmax_excluding(&[f32::NEG_INFINITY; 3], None), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! The launchers of each backend operation, grouped by spec concept: `matmul` (weight
 //! products in their three forms), `elementwise` (embedding, norms, RoPE, roundings), `hc`,
-//! `attention` (raw window and sink attention), `compressor`, `indexer`, `moe`. Each checks the
+//! `attention` (raw window and sink attention), `compressor`, `indexer`, `moe`, `sample` (greedy choice on the device). Each checks the
 //! shapes it is given, picks the kernel and grid, and launches on the backend's stream.
 
 pub(crate) mod attention;
@@ -10,6 +10,7 @@ pub(crate) mod hc;
 pub(crate) mod indexer;
 pub(crate) mod matmul;
 pub(crate) mod moe;
+pub(crate) mod sample;
 
 use ds4::backend::{BResult, BackendError, Rows, SessionState, Tensor};
 

@@ -186,7 +186,22 @@ pub struct StepKey {
     pub indexer: bool,
     /// [`Rows::visible_cap`] of the ratio-4 layers (grid size of the indexer).
     pub idx_cap: usize,
+    /// Whether the step ends with a greedy choice on the backend ([`Backend::argmax_next`]).
+    pub greedy: Option<Greedy>,
 }
+
+/// A greedy choice of the next token made by the backend at the end of a step (serving.md
+/// §3.3 "T ≤ 0": the first index of the largest logit, NaN never chosen), so that the host
+/// can issue the next step before it knows the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Greedy {
+    /// A token never chosen (ds4-bench excludes EOS, as ds4's bench does).
+    pub skip: Option<u32>,
+}
+
+/// The host's value of [`Rows::tokens`] for a row whose token the backend chose and the host
+/// does not know yet ([`Backend::rows_sampled`]).
+pub const UNKNOWN_TOKEN: u32 = u32::MAX;
 
 /// Where the operations issued after [`Backend::lane`] run relative to the others: how the
 /// forward pass says that two runs of operations are independent, so that a backend may
@@ -233,6 +248,14 @@ pub trait Backend: Send + Sync {
     fn read_i32(&self, t: &Tensor) -> BResult<Vec<i32>>;
     /// The row list of a batch of `tokens` at positions `pos0..` of one session.
     fn rows(&self, tokens: &[u32], pos0: usize) -> BResult<Rows>;
+    /// The one-row batch at position `pos` of one session whose token is the one the last
+    /// [`Backend::argmax_next`] chose, at the end of the step at `pos − 1` (the caller's
+    /// guarantee). A device backend's host may not know the token yet: [`Rows::tokens`] may
+    /// hold [`UNKNOWN_TOKEN`].
+    fn rows_sampled(&self, pos: usize) -> BResult<Rows>;
+    /// The token the oldest step ended by [`Backend::argmax_next`] chose (to be fed at `pos`)
+    /// and that has not been taken yet; waits for that step.
+    fn take_sampled(&self, pos: usize) -> BResult<u32>;
     /// An empty session sized for `ctx` tokens.
     fn new_state(&self, cfg: &Config, ctx: usize) -> BResult<SessionState>;
     /// Empties `st` in place (same memory, same [`SessionState::id`]).
@@ -505,4 +528,10 @@ pub trait Backend: Send + Sync {
         out: &mut Tensor,
         num: Numerics,
     ) -> BResult<()>;
+    /// The greedy choice ([`Greedy`], `g.skip` excluded) from the last row of `logits`
+    /// `[n × n_vocab]` at the end of a step whose rows are `rows`: it becomes the token of the
+    /// batch [`Backend::rows_sampled`] returns next and the value of
+    /// [`Backend::take_sampled`]. A device backend neither waits for it nor sends it to the
+    /// host here. The step's key says [`StepKey::greedy`].
+    fn argmax_next(&self, logits: &Tensor, rows: &Rows, g: Greedy) -> BResult<()>;
 }

@@ -9,7 +9,7 @@ use super::attention::attention;
 use super::moe::moe;
 use super::scratch::Scratch;
 use super::{Model, ModelError, Numerics};
-use crate::backend::{BResult, Backend, DType, Rows, StepKey, Tensor};
+use crate::backend::{BResult, Backend, DType, Greedy, Rows, StepKey, Tensor};
 use crate::session::Session;
 
 /// Rows per forward chunk (ds4's GPU ubatch, spec §2.7).
@@ -69,6 +69,7 @@ fn step_key(model: &Model, rows: &Rows, out_rows: usize, num: Numerics) -> StepK
         fast: num.fast,
         indexer,
         idx_cap: if indexer { rows.visible_cap(4) } else { 0 },
+        greedy: None,
     }
 }
 
@@ -111,6 +112,80 @@ fn forward_chunk(
     sess.logits
         .extend_from_slice(&host[(n_out - 1) * cfg.n_vocab..]);
     Ok(host)
+}
+
+/// Decodes `n` greedy tokens (`skip` never chosen) after the session's state: feeds `first`,
+/// then each token the backend chose at the end of the step before ([`Backend::argmax_next`]).
+/// Each step is issued before the host has the previous step's token, so the host's work and
+/// a step's start overlap the steps still running on a device. Returns the `n` chosen tokens;
+/// the session advances by `n` (`first` and all but the last chosen one) and its logits are
+/// the last step's.
+pub fn decode_greedy(
+    model: &Model,
+    be: &dyn Backend,
+    sess: &mut Session,
+    first: u32,
+    n: usize,
+    skip: Option<u32>,
+    num: Numerics,
+) -> Result<Vec<u32>, ModelError> {
+    let cfg = &model.config;
+    if first as usize >= cfg.n_vocab {
+        return Err(ModelError::TokenOutOfRange {
+            token: first,
+            vocab: cfg.n_vocab,
+        });
+    }
+    if sess.pos() + n > sess.state.ctx {
+        return Err(ModelError::ContextFull {
+            needed: sess.pos() + n,
+            ctx: sess.state.ctx,
+        });
+    }
+    let (g, pos0) = (Greedy { skip }, sess.pos());
+    let mut chosen = Vec::with_capacity(n);
+    let mut last = None;
+    for i in 0..n {
+        let pos = pos0 + i;
+        be.begin()?;
+        let rows = match i {
+            0 => be.rows(&[first], pos)?,
+            _ => be.rows_sampled(pos)?,
+        };
+        let mut logits = be.alloc(1, cfg.n_vocab, DType::F32)?;
+        let key = StepKey {
+            greedy: Some(g),
+            ..step_key(model, &rows, 1, num)
+        };
+        let state = &mut sess.state;
+        be.step(key, state.id, &mut || {
+            let noop = &mut |_: Stage, _: &Tensor| Ok(());
+            layers(model, be, state, &rows, num, key, &mut logits, noop)?;
+            be.argmax_next(&logits, &rows, g)
+        })?;
+        if i > 0 {
+            chosen.push(take_token(be, cfg.n_vocab, pos)?);
+        }
+        last = Some(logits);
+    }
+    let Some(logits) = last else {
+        return Ok(chosen);
+    };
+    chosen.push(take_token(be, cfg.n_vocab, pos0 + n)?);
+    let host = be.read(&logits, 0..1)?;
+    sess.tokens.push(first);
+    sess.tokens.extend_from_slice(&chosen[..n - 1]);
+    sess.logits = host;
+    Ok(chosen)
+}
+
+/// The backend's greedy choice to feed at `pos`, checked against the vocabulary.
+fn take_token(be: &dyn Backend, vocab: usize, pos: usize) -> Result<u32, ModelError> {
+    let t = be.take_sampled(pos)?;
+    if t as usize >= vocab {
+        return Err(ModelError::TokenOutOfRange { token: t, vocab });
+    }
+    Ok(t)
 }
 
 /// A point of the forward pass whose output [`first_token_check`] inspects.

@@ -165,6 +165,21 @@ impl Model {
         forward::forward(self, be, sess, tokens, prec.numerics(), Logits::Last)
     }
 
+    /// Decodes `n` greedy tokens after `sess` (`skip` never chosen), feeding `first` and then
+    /// each token as the backend chooses it, with the next step issued before the host has the
+    /// token ([`forward::decode_greedy`]). Returns the chosen tokens.
+    pub fn decode_greedy(
+        &self,
+        be: &dyn Backend,
+        sess: &mut Session,
+        first: u32,
+        n: usize,
+        skip: Option<u32>,
+        prec: Precision,
+    ) -> Result<Vec<u32>, ModelError> {
+        forward::decode_greedy(self, be, sess, first, n, skip, prec.numerics())
+    }
+
     /// Evaluates `token` in `sess` in precise numerics and refuses the model when some layer's
     /// output is not finite, naming the first such stage. `sess` advances by one token.
     pub fn check_first_token(

@@ -10,14 +10,15 @@ mod hc;
 mod indexer;
 mod moe;
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use super::{
-    BResult, Backend, BackendError, CompStream, DType, Rows, SessionState, StepKey, Tensor,
+    BResult, Backend, BackendError, CompStream, DType, Greedy, Rows, SessionState, StepKey, Tensor,
 };
 use crate::gguf::GgufFile;
 use crate::model::config::Config;
@@ -35,6 +36,8 @@ pub struct CpuBackend {
     /// Operations left before every further one fails (fault injection for tests).
     fault_after: Option<AtomicUsize>,
     next_state_id: AtomicUsize,
+    /// Greedy choices made by `argmax_next` and not yet taken, oldest first.
+    sampled: Mutex<VecDeque<u32>>,
 }
 
 pub(crate) fn err(e: impl ToString) -> BackendError {
@@ -103,6 +106,7 @@ impl CpuBackend {
             file,
             fault_after: None,
             next_state_id: AtomicUsize::new(1),
+            sampled: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -124,6 +128,10 @@ impl CpuBackend {
             left.store(n - 1, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    fn sampled_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<u32>> {
+        self.sampled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The bytes of the mapped file.
@@ -221,12 +229,34 @@ impl Backend for CpuBackend {
     }
 
     fn rows(&self, tokens: &[u32], pos0: usize) -> BResult<Rows> {
+        // A batch of known tokens: choices a failed greedy run left behind are stale.
+        self.sampled_queue().clear();
         Ok(Rows {
             tokens: tokens.to_vec(),
             pos: (pos0..pos0 + tokens.len()).collect(),
             slot: vec![0; tokens.len()],
             data: Box::new(()),
         })
+    }
+
+    fn rows_sampled(&self, pos: usize) -> BResult<Rows> {
+        let t = self
+            .sampled_queue()
+            .back()
+            .copied()
+            .ok_or_else(|| err("no greedy choice to feed"))?;
+        Ok(Rows {
+            tokens: vec![t],
+            pos: vec![pos],
+            slot: vec![0],
+            data: Box::new(()),
+        })
+    }
+
+    fn take_sampled(&self, _pos: usize) -> BResult<u32> {
+        self.sampled_queue()
+            .pop_front()
+            .ok_or_else(|| err("no greedy choice pending"))
     }
 
     fn new_state(&self, cfg: &Config, ctx: usize) -> BResult<SessionState> {
@@ -544,6 +574,19 @@ impl Backend for CpuBackend {
     ) -> BResult<()> {
         self.tick()?;
         moe::experts(self, gate, up, down, x, ids, wts, clamp, out)
+    }
+
+    fn argmax_next(&self, logits: &Tensor, rows: &Rows, g: Greedy) -> BResult<()> {
+        self.tick()?;
+        let (n, v) = (rows.n(), logits.cols);
+        want(logits, logits.rows.max(1), v, "greedy logits")?;
+        if logits.rows == 0 || n == 0 {
+            return Err(err("greedy choice from no logits"));
+        }
+        let l = f32s(logits)?;
+        let t = crate::sample::greedy_excluding(&l[(logits.rows - 1) * v..], g.skip);
+        self.sampled_queue().push_back(t);
+        Ok(())
     }
 }
 
