@@ -139,6 +139,15 @@ template <class T> static inline T __shfl_up_sync(unsigned, T v, unsigned delta,
     return emu_shfl_from(v, lane >= (int)delta ? lane - (int)delta : lane);
 }
 
+// The lanes whose value equals this lane's (a full warp).
+static inline unsigned __match_any_sync(unsigned, unsigned v) {
+    const uint64_t* all = emu_exchange(v);
+    unsigned m = 0;
+    for (int l = 0; l < 32; l++)
+        if ((unsigned)all[l] == v) m |= 1u << l;
+    return m;
+}
+
 // Every lane's 64-bit value in one exchange (all[32], by lane): the emulated tensor-core
 // product (common.cuh's mma_16816) gathers its operand fragments with three of these instead
 // of 32 shuffles.
@@ -289,6 +298,7 @@ static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline int __float2int_rn(float x) { return (int)nearbyintf(x); }
 static inline int __popc(unsigned x) { return __builtin_popcount(x); }
+static inline int __ffs(int x) { return __builtin_ffs(x); }
 // Byte n of the result is byte (s >> 4n) & 7 of the eight bytes y:x (x the lower four).
 static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     unsigned long long v = ((unsigned long long)y << 32) | x;

@@ -56,6 +56,74 @@ extern "C" __global__ void idx_scores(const float* q, const float* wts, const fl
     }
 }
 
+// idx_scores for one decode row with lanes over the indexer rows: block (t, b) scores rows
+// 32b … 32b + 31 of row t, lane l row 32b + l, warp w the heads w, w + 8, … (at most
+// IDXR_HPW of them); the warps' sums meet in shared memory in warp order. The queries and the
+// 32 rows are staged in shared memory once a block; each step loads a float4 of the lane's row
+// and of each of its heads' queries (the same for the whole warp: one broadcast) for 4·heads
+// multiply-adds, in the four running sums a head of idx_scores, so that the FMA units, not the
+// shared-memory loads, set the pace. (idx_scores' lanes over heads load a query and a key value
+// for every multiply-add, and stage the 32 KB of queries for every 8 rows: at 32k tokens,
+// 8,192 visible rows, 1,024 blocks of it.) dh a multiple of 4.
+#define IDXR_ROWS 32
+#define IDXR_WARPS 8
+#define IDXR_HPW (IDX_NH_MAX / IDXR_WARPS)
+extern "C" __global__ void idx_scores_rows(const float* q, const float* wts, const float* krows,
+                                           const int* pos, int ratio, int nh, int dh,
+                                           float* scores, int cap) {
+    grid_dep_sync();
+    DYN_SHARED(float, sh);
+    __shared__ float part[IDXR_WARPS][IDXR_ROWS];
+    int ks_stride = dh + 4;                    // float4 loads of 8 lanes fall in distinct banks
+    float* qs = sh;                            // nh × dh
+    float* ks = sh + nh * dh;                  // IDXR_ROWS × (dh + 4)
+    int t = blockIdx.x, c0 = blockIdx.y * IDXR_ROWS;
+    int nv = (pos[t] + 1) / ratio;
+    if (c0 >= nv) return;
+    const float4* q4 = (const float4*)(q + (i64)t * nh * dh);
+    for (int i = threadIdx.x; i < nh * dh / 4; i += blockDim.x) ((float4*)qs)[i] = q4[i];
+    int d4 = dh / 4;
+    for (int i = threadIdx.x; i < IDXR_ROWS * d4; i += blockDim.x) {
+        int r = i / d4, k = i - r * d4, c = c0 + r;
+        float4 v = c < nv ? *(const float4*)(krows + (i64)c * dh + 4 * k) : make_float4(0, 0, 0, 0);
+        *(float4*)(ks + r * ks_stride + 4 * k) = v;
+    }
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float d[IDXR_HPW][4];
+#pragma unroll
+    for (int j = 0; j < IDXR_HPW; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.0f;
+    const float* kr = ks + lane * ks_stride;
+    for (int k = 0; k < dh; k += 4) {
+        float4 kv = *(const float4*)(kr + k);
+#pragma unroll
+        for (int j = 0; j < IDXR_HPW; j++) {
+            int h = warp + IDXR_WARPS * j;
+            if (h < nh) {
+                float4 qv = *(const float4*)(qs + h * dh + k);
+                d[j][0] = fmaf(qv.x, kv.x, d[j][0]);
+                d[j][1] = fmaf(qv.y, kv.y, d[j][1]);
+                d[j][2] = fmaf(qv.z, kv.z, d[j][2]);
+                d[j][3] = fmaf(qv.w, kv.w, d[j][3]);
+            }
+        }
+    }
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < IDXR_HPW; j++) {
+        int h = warp + IDXR_WARPS * j;
+        if (h < nh) acc += wts[(i64)t * nh + h] * fmaxf((d[j][0] + d[j][1]) + (d[j][2] + d[j][3]), 0.0f);
+    }
+    part[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0 && c0 + lane < nv) {
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < IDXR_WARPS; w++) s += part[w][lane];
+        scores[(i64)t * cap + c0 + lane] = s;
+    }
+}
+
 // Order-preserving key of a float: larger float (total order) → larger key.
 __device__ __forceinline__ u32 f32_key(float f) {
     u32 u = __float_as_uint(f);
@@ -89,7 +157,20 @@ __device__ int block_scan(int v, int* sh, int* total) {
     return x + (w > 0 ? sh[w - 1] : 0);
 }
 
-// sel[t][0..k) = the selected compressed rows of row t. Grid (rows), TOPK_THREADS threads.
+// The histogram of the digits (key >> shift) & 255 of the keys that match `prefix` above
+// `shift` (`ok`), with the lanes of a warp that share a digit adding their count in one
+// atomic: the top digits of a row's scores are mostly the same, and one shared-memory atomic a
+// key on one bin serialised thousands of them. Warp-uniform: every lane calls it.
+__device__ __forceinline__ void topk_count(u32 key, bool ok, int shift, int* hist) {
+    int lane = threadIdx.x & 31;
+    u32 digit = (key >> shift) & 255u;
+    u32 peers = __match_any_sync(FULL_MASK, ok ? digit : 256u + (u32)lane);
+    if (ok && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+}
+
+// sel[t][0..k) = the selected compressed rows of row t. Grid (rows), TOPK_THREADS threads;
+// thread i owns the `per` consecutive rows from i·per (so the selection is written in index
+// order after two block scans, not two a TOPK_THREADS-row slice).
 extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos, int ratio,
                                     int k, int* sel) {
     grid_dep_sync();
@@ -97,7 +178,6 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
     __shared__ int scan[32];
     __shared__ u32 s_prefix;
     __shared__ int s_remaining;
-    __shared__ int s_base;
     int t = blockIdx.x, tid = threadIdx.x;
     int nv = (pos[t] + 1) / ratio;
     const float* sc = scores + (i64)t * cap;
@@ -110,15 +190,17 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
         s_prefix = 0;
         s_remaining = k;
     }
+    int per = (nv + TOPK_THREADS - 1) / TOPK_THREADS, i0 = tid * per;
     // Radix select, 8 bits a pass from the top: the key of the k-th largest.
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < 256; i += TOPK_THREADS) hist[i] = 0;
         __syncthreads();
         u32 prefix = s_prefix;
         u32 hmask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-        for (int i = tid; i < nv; i += TOPK_THREADS) {
-            u32 key = f32_key(sc[i]);
-            if ((key & hmask) == (prefix & hmask)) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        for (int j = 0; j < per; j++) {
+            int i = i0 + j;
+            u32 key = i < nv ? f32_key(sc[i]) : 0u;
+            topk_count(key, i < nv && (key & hmask) == (prefix & hmask), shift, hist);
         }
         __syncthreads();
         // The digit of the k-th largest: warp 0, lane l holding digits 255 − 8l … 248 − 8l,
@@ -149,22 +231,28 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
     }
     u32 thr = s_prefix;
     int take_eq = s_remaining;  // keys equal to thr to take, lowest index first
-    if (tid == 0) s_base = 0;
-    int eq_before = 0;
-    for (int c0 = 0; c0 < nv; c0 += TOPK_THREADS) {
-        int i = c0 + tid;
+    // Keys above the threshold are taken; of those equal to it, the first take_eq in index
+    // order (the equal ones before this thread's: an exclusive scan of the counts).
+    int n_eq = 0, n_gt = 0;
+    for (int j = 0; j < per; j++) {
+        int i = i0 + j;
         u32 key = i < nv ? f32_key(sc[i]) : 0u;
-        int gt = i < nv && key > thr;
-        int eq = i < nv && key == thr;
-        int eq_total, taken;
-        int eq_incl = block_scan(eq, scan, &eq_total) + eq_before;
-        int take = gt || (eq && eq_incl <= take_eq);
-        int pos_incl = block_scan(take, scan, &taken);
-        int base = s_base;
-        if (take) out[base + pos_incl - 1] = i;
-        __syncthreads();
-        if (tid == 0) s_base = base + taken;
-        eq_before += eq_total;
-        __syncthreads();
+        n_gt += i < nv && key > thr;
+        n_eq += i < nv && key == thr;
+    }
+    int tot;
+    int eq_before = block_scan(n_eq, scan, &tot) - n_eq;
+    int eq_taken = max(0, min(n_eq, take_eq - eq_before));
+    int taken = n_gt + eq_taken;
+    int base = block_scan(taken, scan, &tot) - taken;
+    for (int j = 0, e = 0; j < per && taken > 0; j++) {
+        int i = i0 + j;
+        u32 key = i < nv ? f32_key(sc[i]) : 0u;
+        bool eq = i < nv && key == thr;
+        if ((i < nv && key > thr) || (eq && e < eq_taken)) {
+            out[base++] = i;
+            taken--;
+        }
+        e += eq;
     }
 }

@@ -89,6 +89,7 @@ pub const KERNELS: &[&str] = &[
     "comp_emit",
     "comp_frontier",
     "idx_scores",
+    "idx_scores_rows",
     "idx_topk",
     "route",
     "argmax_next",
@@ -103,7 +104,7 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// Kernels whose dynamic shared memory can exceed the default 48 KiB.
-pub(crate) const DYNAMIC_SMEM: &[&str] = &["idx_scores"];
+pub(crate) const DYNAMIC_SMEM: &[&str] = &["idx_scores", "idx_scores_rows"];
 
 /// The complete NVRTC source.
 pub fn source() -> String {

@@ -1645,3 +1645,104 @@ fn greedy_on_the_device_matches_the_host_loop() {
         assert!(a == b, "{what}: the step after a greedy run differs");
     }
 }
+
+/// The indexer's decode selection against the CPU where a thread of the top-k owns several
+/// rows (8,192 positions: 2,048 visible rows, two a thread), on random queries and on all-zero
+/// ones, whose scores all tie (the lowest indices win).
+#[test]
+fn indexer_selection_of_many_rows_matches_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let m = tiny(ExpertRecipe::Q2, 4);
+    let Some(g) = gpu(&m) else { return };
+    let c = CpuBackend::new(m.file.clone());
+    let cfg = &m.config;
+    let il = (0..cfg.n_layer)
+        .find(|&il| m.weights.layers[il].indexer.is_some())
+        .expect("an indexer layer");
+    let (iw, rope) = (
+        m.weights.layers[il].indexer.as_ref().unwrap(),
+        Rope::for_layer(cfg, il),
+    );
+    let ctx = 8192;
+    let mut sc = m.new_session(&c, ctx).unwrap();
+    let mut sg = m.new_session(&g, ctx).unwrap();
+    let w = iw.compressor.kv.rows;
+    for p0 in (0..ctx).step_by(2048) {
+        let n = 2048;
+        g.begin().unwrap();
+        c.begin().unwrap();
+        let tokens: Vec<u32> = (0..n).map(|i| ((p0 + i) % cfg.n_vocab) as u32).collect();
+        let (rc, rg) = (c.rows(&tokens, p0).unwrap(), g.rows(&tokens, p0).unwrap());
+        let (a, b) = (
+            rand_vec(&mut rng, n * w, 1.0),
+            rand_vec(&mut rng, n * w, 2.0),
+        );
+        c.compress(
+            &mut sc.state,
+            il,
+            CompStream::Indexer,
+            &put(&c, n, w, &a),
+            &put(&c, n, w, &b),
+            &iw.compressor,
+            &rope,
+            cfg,
+            fast(),
+            &rc,
+        )
+        .unwrap();
+        g.compress(
+            &mut sg.state,
+            il,
+            CompStream::Indexer,
+            &put(&g, n, w, &a),
+            &put(&g, n, w, &b),
+            &iw.compressor,
+            &rope,
+            cfg,
+            fast(),
+            &rg,
+        )
+        .unwrap();
+    }
+    let (ih, dh) = (cfg.idx_heads, cfg.idx_head_dim);
+    for zero in [false, true] {
+        g.begin().unwrap();
+        c.begin().unwrap();
+        let (rc, rg) = (
+            c.rows(&[1], ctx - 1).unwrap(),
+            g.rows(&[1], ctx - 1).unwrap(),
+        );
+        let q = if zero {
+            vec![0.0; ih * dh]
+        } else {
+            rand_vec(&mut rng, ih * dh, 1.0)
+        };
+        let wv = rand_vec(&mut rng, ih, 1.0);
+        let mut selc = c.alloc(1, cfg.idx_topk, DType::I32).unwrap();
+        let mut selg = g.alloc(1, cfg.idx_topk, DType::I32).unwrap();
+        c.indexer_select(
+            &sc.state,
+            il,
+            &put(&c, 1, ih * dh, &q),
+            &put(&c, 1, ih, &wv),
+            &rc,
+            &mut selc,
+        )
+        .unwrap();
+        g.indexer_select(
+            &sg.state,
+            il,
+            &put(&g, 1, ih * dh, &q),
+            &put(&g, 1, ih, &wv),
+            &rg,
+            &mut selg,
+        )
+        .unwrap();
+        let (want, got) = (c.read_i32(&selc).unwrap(), g.read_i32(&selg).unwrap());
+        assert_eq!(got, want, "selection of 2,048 rows (zero queries: {zero})");
+        if zero {
+            let first: Vec<i32> = (0..cfg.idx_topk as i32).collect();
+            assert_eq!(got, first, "all-tied scores take the lowest rows");
+        }
+    }
+}

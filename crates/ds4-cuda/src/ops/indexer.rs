@@ -8,6 +8,9 @@ use super::{dp, drows, dstate, err, want};
 use crate::driver::kargs;
 use crate::CudaBackend;
 
+/// Indexer rows a block of `idx_scores_rows` scores (IDXR_ROWS: a lane each).
+const IDXR_ROWS: usize = 32;
+
 impl CudaBackend {
     pub(crate) fn op_indexer_select(
         &self,
@@ -40,19 +43,32 @@ impl CudaBackend {
         let scores = self.scratch(n * cap * 4)?;
         let (qp, wp, r, sp) = (dp(q)?, dp(wts)?, drows(rows)?, dp(sel)?);
         let (ratio, nh_i, dh_i, cap_i, k_i) = (4i32, nh as i32, dh as i32, cap as i32, topk as i32);
-        // Rows a warp of idx_scores scores: one for a decode row, so
-        // that its few hundred visible rows still spread over the device; four in a chunk,
-        // whose blocks each stage one row's queries.
-        let rpw = if n == 1 { 1 } else { 4 };
-        let smem = ((nh * (dh + 1) + 8 * rpw * dh) * 4) as u32;
-        let rpw_i = rpw as i32;
-        self.launch(
-            "idx_scores",
-            (n as u32, cap.div_ceil(8 * rpw) as u32, 1),
-            256,
-            smem,
-            &mut kargs![&qp, &wp, &l.idx, &r.pos, &ratio, &nh_i, &dh_i, &scores, &cap_i, &rpw_i],
-        )?;
+        if n == 1 && dh.is_multiple_of(4) {
+            // A decode row: lanes over its visible rows (kernels/indexer.cu idx_scores_rows).
+            let smem = ((nh * dh + IDXR_ROWS * (dh + 4)) * 4) as u32;
+            self.launch(
+                "idx_scores_rows",
+                (1, cap.div_ceil(IDXR_ROWS) as u32, 1),
+                256,
+                smem,
+                &mut kargs![&qp, &wp, &l.idx, &r.pos, &ratio, &nh_i, &dh_i, &scores, &cap_i],
+            )?;
+        } else {
+            // Four rows a warp of idx_scores in a chunk, whose blocks each stage one row's
+            // queries.
+            let rpw = 4usize;
+            let smem = ((nh * (dh + 1) + 8 * rpw * dh) * 4) as u32;
+            let rpw_i = rpw as i32;
+            self.launch(
+                "idx_scores",
+                (n as u32, cap.div_ceil(8 * rpw) as u32, 1),
+                256,
+                smem,
+                &mut kargs![
+                    &qp, &wp, &l.idx, &r.pos, &ratio, &nh_i, &dh_i, &scores, &cap_i, &rpw_i
+                ],
+            )?;
+        }
         self.launch(
             "idx_topk",
             (n as u32, 1, 1),
