@@ -13,9 +13,10 @@
 #                      switches at 2k ($QUICK_AB, space-separated VAR=value), the decode profile, and ds4 at 2k last if its build is done;
 #                      every step appends to $OUT/summary.txt as it finishes. QUICK_NCU=REGEX
 #                      adds ncu of those prefill kernels (4-layer file, 2048-token prompt).
-#   gpu-run.sh timeline  (TL_AB="- old …", TL_TIMELINE="- VAR=v,VAR=v …") decode at 2k per
-#                      setting (an earlier build's too), then the decode timeline per setting
-#                      (DS4_CUDA_TIMELINE=1, crates/ds4-cuda/src/timeline.rs).
+#   gpu-run.sh timeline  (TL_AB="- old hs …", TL_TIMELINE="- VAR=v,VAR=v …") decode at each
+#                      context of $TL_CTX (default 2048) per setting (an earlier build's too;
+#                      "hs": --host-sample), then the decode timeline per setting at each
+#                      context of $TL_TL_CTX (DS4_CUDA_TIMELINE=1, crates/ds4-cuda/src/timeline.rs).
 #   gpu-run.sh ab      (AB="VAR=v - …") ds4-bench at 2k for each environment setting in turn.
 #   gpu-run.sh ncu     the GPU tests, then ncu of every kernel of a decode step (CSV, summed per
 #                      kernel by ncu-step.py) on a 4-layer file of the full-size shapes, the same
@@ -107,25 +108,31 @@ if [[ "$MODE" == timeline ]]; then
         grep -E "^test |vs |test result|panicked|exit" "$OUT/tests.log" | head -30 >> "$S"
     fi
     synth; cat "$OUT/synth.txt" >> "$S"
-    B=(-m /mnt/m/q2.gguf --cuda --synthetic-prompt --ctx-start 2048 --ctx-max 2048)
     [[ -f .devcarry/old-bench.xz ]] && xz -dc .devcarry/old-bench.xz > /tmp/old-bench && chmod +x /tmp/old-bench
-    setting() { # $1: a setting; prints "bench env…"
-        local b="$BIN/ds4-bench" v="$1"
+    setting() { # $1: a setting; prints "bench args-and-env…" ("hs": this build with --host-sample)
+        local b="$BIN/ds4-bench" v="$1" a=""
         if [[ "$v" == old* ]]; then b=/tmp/old-bench; v=${v#old}; v=${v#,}; fi
+        if [[ "$v" == hs* ]]; then a="--host-sample"; v=${v#hs}; v=${v#,}; fi
         v=${v:--}; v=${v/#-/DS4_AB=1}
-        echo "$b ${v//,/ }"
+        echo "$b $a|${v//,/ }"
     }
-    for v in ${TL_AB:-}; do
-        read -r bench envs <<< "$(setting "$v")"
-        env $envs "$bench" "${B[@]}" -n 64 --csv "$OUT/ab.csv" > /dev/null 2>&1
-        echo "== $v: $(tail -n 1 "$OUT/ab.csv")" >> "$S"
+    for c in ${TL_CTX:-2048}; do
+        B=(-m /mnt/m/q2.gguf --cuda --synthetic-prompt --ctx-start "$c" --ctx-max "$c")
+        for v in ${TL_AB:-}; do
+            IFS='|' read -r cmd envs <<< "$(setting "$v")"
+            env $envs $cmd "${B[@]}" -n 64 --csv "$OUT/ab.csv" > /dev/null 2>&1
+            echo "== $c $v: $(tail -n 1 "$OUT/ab.csv")" >> "$S"
+        done
     done
     i=0
-    for v in ${TL_TIMELINE:--}; do
-        read -r bench envs <<< "$(setting "$v")"
-        env $envs DS4_CUDA_TIMELINE=1 "$bench" "${B[@]}" -n 32 > "$OUT/timeline$i.txt" 2>&1
-        { echo "== timeline, $v"; grep -A40 "CUDA timeline" "$OUT/timeline$i.txt"; } >> "$S"
-        i=$((i + 1))
+    for c in ${TL_TL_CTX:-2048}; do
+        B=(-m /mnt/m/q2.gguf --cuda --synthetic-prompt --ctx-start "$c" --ctx-max "$c")
+        for v in ${TL_TIMELINE:--}; do
+            IFS='|' read -r cmd envs <<< "$(setting "$v")"
+            env $envs DS4_CUDA_TIMELINE=1 $cmd "${B[@]}" -n 32 > "$OUT/timeline$i.txt" 2>&1
+            { echo "== timeline, $c $v"; grep -A60 "CUDA timeline" "$OUT/timeline$i.txt"; } >> "$S"
+            i=$((i + 1))
+        done
     done
     (cd "$OUT" && tar czf /tmp/logs.tgz --exclude summary.txt . && find . -type f ! -name summary.txt -delete && mv /tmp/logs.tgz .)
     cat "$S"
