@@ -460,20 +460,10 @@ DOT2_FUSED(dot2_iq2c, iq2_xxs_x, iq2c_part)
 
 // The K-quant form of one 16-weight group u (Q2_K, Q4_K): d·sc·Σ q·x − dmin·m·Σ x over the
 // activation chunk 16u..16u+15 (three stages; the group's unsigned quants `wq`, four per int),
-// before the chunk's activation scale. With SUMS the stages' Σ x come from `xs` (quant_q8's
-// 16-value sums: stages 1 and 2 as the low and high i16 of xs[u], stage 3 at xs[cols / 16 +
-// u]) instead of four dp4a a stage: the same integers, so the same result bit for bit.
-template <bool SUMS>
+// before the chunk's activation scale.
 __device__ __forceinline__ float kquant16_part(const int* wq, const i8* xq, int cols, int u, int sc,
-                                               int m, float d, float dmin, const u32* xs) {
+                                               int m, float d, float dmin) {
     int sq[3] = {0, 0, 0}, sm[3] = {0, 0, 0};
-    int xsum[3] = {0, 0, 0};
-    if (SUMS) {
-        u32 s12 = xs[u];
-        xsum[0] = (int)(short)(s12 & 0xffffu);
-        xsum[1] = (int)s12 >> 16;
-        if (EXPERT_STAGES > 2) xsum[2] = (int)xs[cols / 16 + u];
-    }
 #pragma unroll
     for (int p = 0; p < EXPERT_STAGES; p++) {
         int4 xv = *(const int4*)(xq + p * cols + 16 * u);
@@ -481,15 +471,12 @@ __device__ __forceinline__ float kquant16_part(const int* wq, const i8* xq, int 
         s = __dp4a(wq[1], xv.y, s);
         s = __dp4a(wq[2], xv.z, s);
         s = __dp4a(wq[3], xv.w, s);
-        int x = xsum[p];
-        if (!SUMS) {
-            x = __dp4a(0x01010101, xv.x, 0);
-            x = __dp4a(0x01010101, xv.y, x);
-            x = __dp4a(0x01010101, xv.z, x);
-            x = __dp4a(0x01010101, xv.w, x);
-        }
+        int xs = __dp4a(0x01010101, xv.x, 0);
+        xs = __dp4a(0x01010101, xv.y, xs);
+        xs = __dp4a(0x01010101, xv.z, xs);
+        xs = __dp4a(0x01010101, xv.w, xs);
         sq[p] = sc * s;
-        sm[p] = m * x;
+        sm[p] = m * xs;
     }
     return d * fold3(sq[0], sq[1], sq[2]) - dmin * fold3(sm[0], sm[1], sm[2]);
 }
@@ -514,9 +501,8 @@ __device__ __forceinline__ void q2_k_group(const u8* row, int u, int* wq, int* s
     for (int c = 0; c < 4; c++) wq[c] = (int)((q32[c] >> (2 * j)) & 0x03030303u);
 }
 
-template <bool SUMS>
-__device__ __forceinline__ float dot_q2_k_t(const DW& w, i64 grow, const i8* xq, const float* xd,
-                                            const u32* xs, int l0, int ls) {
+__device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q2_K, w.cols);
@@ -526,14 +512,9 @@ __device__ __forceinline__ float dot_q2_k_t(const DW& w, i64 grow, const i8* xq,
         int wq[4], sc;
         float d, dmin;
         q2_k_group(row, u, wq, &sc, &d, &dmin);
-        acc += kquant16_part<SUMS>(wq, xq, w.cols, u, sc & 15, sc >> 4, d, dmin, xs) * xd[u >> 1];
+        acc += kquant16_part(wq, xq, w.cols, u, sc & 15, sc >> 4, d, dmin) * xd[u >> 1];
     }
     return acc;
-}
-
-__device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
-                         const IqTab* tab, int l0, int ls) {
-    return dot_q2_k_t<false>(w, grow, xq, xd, 0, l0, ls);
 }
 
 // Q4_K, one 16-weight group u (weights 16u..16u+15 of the row) per lane and step: in block
@@ -541,9 +522,8 @@ __device__ __forceinline__ float dot_q2_k(const DW& w, i64 grow, const i8* xq, c
 // high nibbles of its 32 quant bytes, so group q = u & 3 is nibble q >> 1 of bytes
 // 16(q & 1)..+15, with scale pair 2c + (q >> 1). Consecutive lanes load consecutive activation
 // chunks (as in dot_q2_k).
-template <bool SUMS>
-__device__ __forceinline__ float dot_q4_k_t(const DW& w, i64 grow, const i8* xq, const float* xd,
-                                            const u32* xs, int l0, int ls) {
+__device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
+                         const IqTab* tab, int l0, int ls) {
     int lane = threadIdx.x & 31;
     int nb = w.cols / 256;
     const u8* row = w.a + grow * plane_row_bytes(TY_Q4_K, w.cols);
@@ -559,14 +539,9 @@ __device__ __forceinline__ float dot_q4_k_t(const DW& w, i64 grow, const i8* xq,
         uint4 qa = *(const uint4*)(b + 16 + 32 * c + 16 * (q & 1));
         int wq[4] = {(int)((qa.x >> (4 * hi)) & 0x0f0f0f0fu), (int)((qa.y >> (4 * hi)) & 0x0f0f0f0fu),
                      (int)((qa.z >> (4 * hi)) & 0x0f0f0f0fu), (int)((qa.w >> (4 * hi)) & 0x0f0f0f0fu)};
-        acc += kquant16_part<SUMS>(wq, xq, w.cols, u, sc, m, d, dmin, xs) * xd[u >> 1];
+        acc += kquant16_part(wq, xq, w.cols, u, sc, m, d, dmin) * xd[u >> 1];
     }
     return acc;
-}
-
-__device__ __forceinline__ float dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd, const float* xf,
-                         const IqTab* tab, int l0, int ls) {
-    return dot_q4_k_t<false>(w, grow, xq, xd, 0, l0, ls);
 }
 
 // Elements c..c+7 of global row `grow` (defined with the f16 conversion below).
@@ -626,13 +601,7 @@ __device__ __forceinline__ void q8_stages(float v, float dd, int* q1, int* q2, i
 // value v, its byte in the first plane at qv (the planes `plane` bytes apart), the block's
 // scale into *d by lane 0. Every writer of planes (quant_q8, rms_norm, attn_combine) stores
 // through this, so that their bytes are the same.
-// The three stage values of one activation value.
-struct Q8Stages {
-    int x, y, z;
-};
-
-// Returns the lane's three stage values.
-__device__ __forceinline__ Q8Stages q8_store_lane(float v, i8* qv, int plane, float* d) {
+__device__ __forceinline__ void q8_store_lane(float v, i8* qv, int plane, float* d) {
     float dd = warp_max(fabsf(v)) / 127.0f;
     int q1, q2, q3;
     q8_stages(v, dd, &q1, &q2, &q3);
@@ -640,16 +609,11 @@ __device__ __forceinline__ Q8Stages q8_store_lane(float v, i8* qv, int plane, fl
     qv[plane] = (i8)q2;
     qv[2 * plane] = (i8)q3;
     if ((threadIdx.x & 31) == 0) *d = dd;
-    return Q8Stages{q1, q2, q3};
 }
 
 // Three-stage int8 planes of `rows` rows of `cols` (row r at x + r·x_stride): q[r] is three
-// planes of cols bytes, d[r] cols/32 scales. With `xs`, also each stage's sum over every 16
-// values, which the K-quant dots' minimum term needs (kquant16_part): xs[r] is cols / 16
-// words of stages 1 and 2 (low and high i16; |sum| ≤ 16·127) then cols / 16 of stage 3. One
-// warp per 32 values.
-extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int rows, i8* q, float* d,
-                                    u32* xs) {
+// planes of cols bytes, d[r] cols/32 scales. One warp per 32 values.
+extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int rows, i8* q, float* d) {
     grid_dep_sync();
     int lane = threadIdx.x & 31;
     i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -657,20 +621,7 @@ extern "C" __global__ void quant_q8(const float* x, int x_stride, int cols, int 
     if (blk >= (i64)rows * per_row) return;
     int r = (int)(blk / per_row), b = (int)(blk - (i64)r * per_row);
     float v = x[(i64)r * x_stride + b * 32 + lane];
-    Q8Stages st = q8_store_lane(v, q + (i64)r * 3 * cols + b * 32 + lane, cols, d + (i64)r * per_row + b);
-    if (!xs) return;
-#pragma unroll
-    for (int o = 1; o < 16; o <<= 1) {
-        st.x += __shfl_xor_sync(FULL_MASK, st.x, o);
-        st.y += __shfl_xor_sync(FULL_MASK, st.y, o);
-        st.z += __shfl_xor_sync(FULL_MASK, st.z, o);
-    }
-    if ((lane & 15) == 0) {
-        u32* xr = xs + (i64)r * 2 * (cols / 16);
-        int g = b * 2 + (lane >> 4);
-        xr[g] = ((u32)st.x & 0xffffu) | ((u32)st.y << 16);
-        xr[cols / 16 + g] = (u32)st.z;
-    }
+    q8_store_lane(v, q + (i64)r * 3 * cols + b * 32 + lane, cols, d + (i64)r * per_row + b);
 }
 
 // The row sum of the kspl warps of a block that share one row (warp order), from each warp's
@@ -773,36 +724,12 @@ DOT2_OF(dot2_deq, dot_deq)
         }                                                                                     \
     }
 
-// The down dots of DN_KERNEL: one type's one-row dot (lane stride 32) of slot activation xq /
-// xd / xf, and for the K-quants the slot's 16-value sums xs (quant_q8), which spare them four
-// dp4a a stage.
-#define DN_DOT(NAME, DOT)                                                                     \
-    __device__ __forceinline__ float NAME(const DW& w, i64 grow, const i8* xq, const float* xd, \
-                                          const float* xf, const u32* xs, const IqTab* tab) { \
-        return DOT(w, grow, xq, xd, xf, tab, 0, 32);                                          \
-    }
-DN_DOT(dn_dot_q8_0, dot_q8_0)
-DN_DOT(dn_dot_iq2_xxs, dot_iq2_xxs)
-DN_DOT(dn_dot_iq2c, dot_iq2c)
-DN_DOT(dn_dot_f16, dot_f16)
-DN_DOT(dn_dot_f32, dot_f32)
-DN_DOT(dn_dot_deq, dot_deq)
-__device__ __forceinline__ float dn_dot_q2_k(const DW& w, i64 grow, const i8* xq, const float* xd,
-                                             const float* xf, const u32* xs, const IqTab* tab) {
-    return xs ? dot_q2_k_t<true>(w, grow, xq, xd, xs, 0, 32) : dot_q2_k_t<false>(w, grow, xq, xd, 0, 0, 32);
-}
-__device__ __forceinline__ float dn_dot_q4_k(const DW& w, i64 grow, const i8* xq, const float* xd,
-                                             const float* xf, const u32* xs, const IqTab* tab) {
-    return xs ? dot_q4_k_t<true>(w, grow, xq, xd, xs, 0, 32) : dot_q4_k_t<false>(w, grow, xq, xd, 0, 0, 32);
-}
-
-// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows, with its
-// 16-value sums `ms` for the K-quants). `kspl` (1, 2, 4 or 8) warps share a row, warp j of them
-// taking the slots s ≡ j (mod kspl), so that more weight rows are in flight at once; their
-// sums meet in shared memory in warp order.
+// y[r] = Σ_s D_{ids[s]}[r]·mid[s], s < k, r < down.rows (mid prepared as k rows). `kspl` (1, 2,
+// 4 or 8) warps share a row, warp j of them taking the slots s ≡ j (mod kspl), so that more
+// weight rows are in flight at once; their sums meet in shared memory in warp order.
 #define DN_KERNEL(NAME, DOT, TABLES)                                                          \
     extern "C" __global__ void NAME(DW down, const float* mid, const i8* mq, const float* md, \
-                                    const u32* ms, const int* ids, int k, float* y, int kspl) { \
+                                    const int* ids, int k, float* y, int kspl) {             \
         grid_dep_sync();                                                                      \
         TABLES                                                                                \
         __shared__ float part[MV_WARPS];                                                      \
@@ -815,8 +742,7 @@ __device__ __forceinline__ float dn_dot_q4_k(const DW& w, i64 grow, const i8* xq
             for (int s = sl; s < k; s += kspl) {                                              \
                 i64 grow = (i64)ids[s] * down.rows + r;                                       \
                 acc += DOT(down, grow, mq ? mq + (i64)s * 3 * cols : 0,                       \
-                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols,           \
-                           ms ? ms + (i64)s * 2 * (cols / 16) : 0, tab);                      \
+                           md ? md + (i64)s * (cols / 32) : 0, mid + (i64)s * cols, tab, 0, 32); \
             }                                                                                 \
         }                                                                                     \
         acc = warp_sum(acc);                                                                  \
@@ -960,14 +886,14 @@ GU_KERNEL(gu_f16, dot2_f16, NO_TABLES)
 GU_KERNEL(gu_f32, dot2_f32, NO_TABLES)
 GU_KERNEL(gu_deq, dot2_deq, NO_TABLES)
 
-DN_KERNEL(dn_q8_0, dn_dot_q8_0, NO_TABLES)
-DN_KERNEL(dn_q2_k, dn_dot_q2_k, NO_TABLES)
-DN_KERNEL(dn_q4_k, dn_dot_q4_k, NO_TABLES)
-DN_KERNEL(dn_iq2_xxs, dn_dot_iq2_xxs, DECLARE_IQ2_TABLES)
-DN_KERNEL(dn_iq2c, dn_dot_iq2c, NO_TABLES)
-DN_KERNEL(dn_f16, dn_dot_f16, NO_TABLES)
-DN_KERNEL(dn_f32, dn_dot_f32, NO_TABLES)
-DN_KERNEL(dn_deq, dn_dot_deq, NO_TABLES)
+DN_KERNEL(dn_q8_0, dot_q8_0, NO_TABLES)
+DN_KERNEL(dn_q2_k, dot_q2_k, NO_TABLES)
+DN_KERNEL(dn_q4_k, dot_q4_k, NO_TABLES)
+DN_KERNEL(dn_iq2_xxs, dot_iq2_xxs, DECLARE_IQ2_TABLES)
+DN_KERNEL(dn_iq2c, dot_iq2c, NO_TABLES)
+DN_KERNEL(dn_f16, dot_f16, NO_TABLES)
+DN_KERNEL(dn_f32, dot_f32, NO_TABLES)
+DN_KERNEL(dn_deq, dot_deq, NO_TABLES)
 
 // ---- f16 conversion for the prefill GEMMs -------------------------------------------------
 

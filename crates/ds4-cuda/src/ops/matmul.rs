@@ -251,35 +251,6 @@ impl CudaBackend {
                 return Ok(held);
             }
         }
-        let (q, d, _) = self.quant_q8_launch(x, x_stride, cols, rows, false)?;
-        Ok((q, d))
-    }
-
-    /// As [`CudaBackend::quant_q8`] (never held planes), with each stage's 16-value sums for
-    /// the K-quant down kernels (kernels/matmul.cu quant_q8 `xs`) when `ty` is Q2_K or Q4_K:
-    /// (planes, scales, sums or 0).
-    pub(crate) fn quant_q8_sums(
-        &self,
-        ty: GgmlType,
-        x: u64,
-        cols: usize,
-        rows: usize,
-    ) -> BResult<(u64, u64, u64)> {
-        if !takes_q8(ty) {
-            return Ok((0, 0, 0));
-        }
-        let sums = matches!(ty, GgmlType::Q2_K | GgmlType::Q4_K);
-        self.quant_q8_launch(x, cols, cols, rows, sums)
-    }
-
-    fn quant_q8_launch(
-        &self,
-        x: u64,
-        x_stride: usize,
-        cols: usize,
-        rows: usize,
-        sums: bool,
-    ) -> BResult<(u64, u64, u64)> {
         if !cols.is_multiple_of(32) {
             return Err(err(format!(
                 "8-bit activations need a multiple of 32 columns (found {cols})"
@@ -287,21 +258,16 @@ impl CudaBackend {
         }
         let q = self.scratch(rows * 3 * cols)?;
         let d = self.scratch(rows * cols / 32 * 4)?;
-        let xs = if sums {
-            self.scratch(rows * 2 * (cols / 16) * 4)?
-        } else {
-            0
-        };
-        let (xst, c, r) = (x_stride as i32, cols as i32, rows as i32);
+        let (xs, c, r) = (x_stride as i32, cols as i32, rows as i32);
         let grid = (rows * cols / 32).div_ceil(8) as u32;
         self.launch(
             "quant_q8",
             (grid, 1, 1),
             256,
             0,
-            &mut kargs![&x, &xst, &c, &r, &q, &d, &xs],
+            &mut kargs![&x, &xs, &c, &r, &q, &d],
         )?;
-        Ok((q, d, xs))
+        Ok((q, d))
     }
 
     /// One activation row: `y[r] (+)= W[mat][r]·x_{g(r)}` with the rows in groups of

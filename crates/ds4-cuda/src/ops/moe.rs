@@ -296,7 +296,7 @@ impl CudaBackend {
                 0,
                 &mut kargs![&gw, &uw, &xp, &xq, &xd, &ip, &wp, &clamp, &mid, &rp],
             )?;
-            let (mq, md, ms) = self.quant_q8_sums(down.ty, mid, ff, k)?;
+            let (mq, md) = self.quant_q8(down.ty, mid, ff, ff, k)?;
             // Warps per output row (DS4_CUDA_DN_SPLIT): a power of two ≤ 8, each warp taking
             // every kspl-th slot.
             let kspl = self
@@ -311,7 +311,7 @@ impl CudaBackend {
                 grid,
                 256,
                 0,
-                &mut kargs![&dw, &mid, &mq, &md, &ms, &ip, &k_i, &op, &ks],
+                &mut kargs![&dw, &mid, &mq, &md, &ip, &k_i, &op, &ks],
             )?;
             self.arena.release(mark);
             return Ok(());
