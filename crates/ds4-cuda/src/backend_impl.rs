@@ -64,34 +64,27 @@ impl CudaBackend {
             return body();
         }
         {
-            let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(rec) = graphs.get_mut(&id) {
+            let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(g) = graphs.get(&id) {
                 self.mark("replay call", false);
-                let i = rec.next % rec.execs.len();
-                rec.next = i + 1;
-                let r = self.dev.replay(&rec.execs[i]).map_err(be_err);
+                let r = self.dev.replay(g).map_err(be_err);
                 self.mark("graph launch", true);
                 return r;
             }
         }
         self.dev.begin_capture().map_err(be_err)?;
         let r = body();
-        let copies = if key.greedy.is_some() {
-            self.opts_graph_copies()
-        } else {
-            1
-        };
-        let g = self.dev.end_capture(copies);
+        let g = self.dev.end_capture();
         match (r, g) {
-            (Ok(()), Ok(execs)) => {
-                self.dev.replay(&execs[0]).map_err(be_err)?;
+            (Ok(()), Ok(g)) => {
+                self.dev.replay(&g).map_err(be_err)?;
                 let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
                 // A few recordings per session and bucket; drop them all when the cache grows
                 // (sessions come and go).
                 if graphs.len() >= 64 {
                     graphs.clear();
                 }
-                graphs.insert(id, crate::Recorded { execs, next: 1 });
+                graphs.insert(id, g);
                 Ok(())
             }
             // This step cannot be recorded: run it directly from now on.

@@ -297,29 +297,20 @@ impl Device {
         })
     }
 
-    /// Ends the recording and instantiates it `copies` times (at least once).
-    pub fn end_capture(&self, copies: usize) -> Result<Vec<GraphExec>, CudaError> {
+    /// Ends the recording and instantiates it.
+    pub fn end_capture(&self) -> Result<GraphExec, CudaError> {
         let mut g: sys::CUgraph = std::ptr::null_mut();
         // SAFETY: capture was begun on this stream.
         check("cuStreamEndCapture", unsafe {
             sys::cuStreamEndCapture(self.stream, &mut g)
         })?;
-        let mut out = Vec::new();
-        let mut r = Ok(());
-        for _ in 0..copies.max(1) {
-            let mut e: sys::CUgraphExec = std::ptr::null_mut();
-            // SAFETY: g is the graph just captured, live until destroyed below.
-            r = check("cuGraphInstantiate", unsafe {
-                sys::cuGraphInstantiateWithFlags(&mut e, g, 0)
-            });
-            if r.is_err() {
-                break;
-            }
-            out.push(GraphExec(e));
-        }
-        // SAFETY: the executable graphs do not need the graph they came from.
+        let mut e: sys::CUgraphExec = std::ptr::null_mut();
+        // SAFETY: g is the graph just captured; it is destroyed after instantiation.
+        let r = unsafe { sys::cuGraphInstantiateWithFlags(&mut e, g, 0) };
+        // SAFETY: the executable graph does not need the graph it came from.
         unsafe { sys::cuGraphDestroy(g) };
-        r.map(|()| out)
+        check("cuGraphInstantiate", r)?;
+        Ok(GraphExec(e))
     }
 
     /// Replays a graph on the stream.

@@ -153,10 +153,9 @@ pub struct CudaOptions {
     /// Store IQ2_XXS weights as 4-bit codes (twice their bytes, a much cheaper decode dot) as
     /// far as the memory left after weights, KV and scratch allows (`DS4_CUDA_IQ2C=0`: never).
     pub iq2_codes: bool,
-    /// Instantiations of a greedy step's recording that consecutive steps take in turn
-    /// (`DS4_CUDA_GRAPH_COPIES`, 1 to 4, default 2): a step issued while the previous one still
-    /// runs then launches another executable graph than the one running.
-    pub graph_copies: usize,
+    /// A decode row's indexer scores with lanes over its visible rows (`idx_scores_rows`;
+    /// `DS4_CUDA_IDX_ROWS=0` runs `idx_scores`, lanes over the heads, as chunks do).
+    pub idx_rows: bool,
 }
 
 impl Default for CudaOptions {
@@ -185,11 +184,7 @@ impl Default for CudaOptions {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(16),
             iq2_codes: std::env::var("DS4_CUDA_IQ2C").map_or(true, |v| v != "0"),
-            graph_copies: std::env::var("DS4_CUDA_GRAPH_COPIES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2)
-                .clamp(1, 4),
+            idx_rows: std::env::var("DS4_CUDA_IDX_ROWS").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -283,13 +278,6 @@ fn keeps_norm_planes(name: &str) -> bool {
         || matches!(name, "quant_q8" | "route")
 }
 
-/// A recorded step: its executable graphs (more than one for greedy steps, which are issued
-/// before the previous step ends; CudaOptions::graph_copies) and the one to launch next.
-pub(crate) struct Recorded {
-    pub execs: Vec<GraphExec>,
-    pub next: usize,
-}
-
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     pub(crate) dev: Device,
@@ -307,7 +295,7 @@ pub struct CudaBackend {
     rows_host: Mutex<Pinned>,
     /// Pinned staging of reads up to READ_PINNED bytes (a decode step's logits).
     read_host: Mutex<Pinned>,
-    graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), Recorded>>,
+    graphs: Mutex<HashMap<(ds4::backend::StepKey, u64), GraphExec>>,
     no_graph: Mutex<HashSet<(ds4::backend::StepKey, u64)>>,
     opts: CudaOptions,
     next_state: AtomicU64,
@@ -477,8 +465,8 @@ impl CudaBackend {
         })
     }
 
-    pub(crate) fn opts_graph_copies(&self) -> usize {
-        self.opts.graph_copies
+    pub(crate) fn opts_idx_rows(&self) -> bool {
+        self.opts.idx_rows
     }
 
     pub(crate) fn opts_graphs(&self) -> bool {

@@ -43,7 +43,7 @@ impl CudaBackend {
         let scores = self.scratch(n * cap * 4)?;
         let (qp, wp, r, sp) = (dp(q)?, dp(wts)?, drows(rows)?, dp(sel)?);
         let (ratio, nh_i, dh_i, cap_i, k_i) = (4i32, nh as i32, dh as i32, cap as i32, topk as i32);
-        if n == 1 && dh.is_multiple_of(4) {
+        if n == 1 && dh.is_multiple_of(4) && self.opts_idx_rows() {
             // A decode row: lanes over its visible rows (kernels/indexer.cu idx_scores_rows).
             let smem = ((nh * dh + IDXR_ROWS * (dh + 4)) * 4) as u32;
             self.launch(
@@ -54,9 +54,10 @@ impl CudaBackend {
                 &mut kargs![&qp, &wp, &l.idx, &r.pos, &ratio, &nh_i, &dh_i, &scores, &cap_i],
             )?;
         } else {
-            // Four rows a warp of idx_scores in a chunk, whose blocks each stage one row's
+            // Rows a warp of idx_scores scores: one for a decode row, so that its visible rows
+            // still spread over the device; four in a chunk, whose blocks each stage one row's
             // queries.
-            let rpw = 4usize;
+            let rpw = if n == 1 { 1 } else { 4 };
             let smem = ((nh * (dh + 1) + 8 * rpw * dh) * 4) as u32;
             let rpw_i = rpw as i32;
             self.launch(
