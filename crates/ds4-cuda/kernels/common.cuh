@@ -121,13 +121,9 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 __device__ __forceinline__ int warp_sum_i(int v) {
-#if __CUDA_ARCH__ >= 800
-    return __reduce_add_sync(FULL_MASK, v);  // one instruction (redux.sync), any order: integers
-#else
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
-#endif
 }
 
 // Two warp sums with their shuffles interleaved (the same order per value as warp_sum).

@@ -157,24 +157,16 @@ __device__ int block_scan(int v, int* sh, int* total) {
     return x + (w > 0 ? sh[w - 1] : 0);
 }
 
-// Keys a thread of idx_topk holds in registers (rows up to TOPK_THREADS · TOPK_REG: 32k
-// tokens at ratio 4); beyond that each count reads the scores again.
-#define TOPK_REG 8
-
-// sel[t][0..k) = the selected compressed rows of row t. Grid (rows), TOPK_THREADS threads;
-// thread i owns the `per` consecutive rows from i·per. The key T of the k-th largest is found
-// bit by bit from the top: T gets bit b when at least k keys are ≥ (T | 2^b) — a count of the
-// thread's keys, a warp sum and one barrier a bit, no atomics (a radix histogram's shared
-// atomics pile onto the one or two bins where a row's scores' top bits fall: ~38 µs at 32k
-// tokens). Then the keys above T are taken and, of those equal to it, the first in index
-// order, written in index order after block scans.
+// sel[t][0..k) = the selected compressed rows of row t. Grid (rows), TOPK_THREADS threads.
 extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos, int ratio,
                                     int k, int* sel) {
     grid_dep_sync();
-    __shared__ int cnt[2][32];
+    __shared__ int hist[256];
     __shared__ int scan[32];
-    int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    int nwarp = TOPK_THREADS / 32;
+    __shared__ u32 s_prefix;
+    __shared__ int s_remaining;
+    __shared__ int s_base;
+    int t = blockIdx.x, tid = threadIdx.x;
     int nv = (pos[t] + 1) / ratio;
     const float* sc = scores + (i64)t * cap;
     int* out = sel + (i64)t * k;
@@ -182,60 +174,65 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
         for (int i = tid; i < k; i += TOPK_THREADS) out[i] = i < nv ? i : -1;
         return;
     }
-    int per = (nv + TOPK_THREADS - 1) / TOPK_THREADS, i0 = tid * per;
-    bool in_reg = per <= TOPK_REG;
-    // A row past nv holds key 0, below every candidate (each has a bit set).
-    u32 kr[TOPK_REG];
-#pragma unroll
-    for (int j = 0; j < TOPK_REG; j++) {
-        int i = i0 + j;
-        kr[j] = in_reg && j < per && i < nv ? f32_key(sc[i]) : 0u;
+    if (tid == 0) {
+        s_prefix = 0;
+        s_remaining = k;
     }
-    u32 thr = 0;
-    for (int b = 31; b >= 0; b--) {
-        u32 cand = thr | (1u << b);
-        int c = 0;
-        if (in_reg) {
+    // Radix select, 8 bits a pass from the top: the key of the k-th largest.
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += TOPK_THREADS) hist[i] = 0;
+        __syncthreads();
+        u32 prefix = s_prefix;
+        u32 hmask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+        for (int i = tid; i < nv; i += TOPK_THREADS) {
+            u32 key = f32_key(sc[i]);
+            if ((key & hmask) == (prefix & hmask)) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        __syncthreads();
+        // The digit of the k-th largest: warp 0, lane l holding digits 255 − 8l … 248 − 8l,
+        // the keys above each lane's digits from a scan of the lanes' counts.
+        if (tid < 32) {
+            int rem = s_remaining, top = 255 - 8 * tid, cnt[8], n8 = 0;
 #pragma unroll
-            for (int j = 0; j < TOPK_REG; j++) c += kr[j] >= cand;
-        } else {
-            for (int j = 0; j < per; j++) {
-                int i = i0 + j;
-                c += i < nv && f32_key(sc[i]) >= cand;
+            for (int j = 0; j < 8; j++) {
+                cnt[j] = hist[top - j];
+                n8 += cnt[j];
+            }
+            int incl = warp_scan(n8), above = incl - n8;
+            if (above < rem && rem <= incl) {
+                int d = top - 7;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    if (above + cnt[j] >= rem) {
+                        d = top - j;
+                        break;
+                    }
+                    above += cnt[j];
+                }
+                s_prefix = prefix | ((u32)d << shift);
+                s_remaining = rem - above;
             }
         }
-        c = warp_sum_i(c);
-        // Two buffers: a warp can only write this one again after the next barrier, which
-        // every warp reaches after reading it.
-        if (lane == 0) cnt[b & 1][warp] = c;
         __syncthreads();
-        int tot = warp_sum_i(lane < nwarp ? cnt[b & 1][lane] : 0);
-        if (tot >= k) thr = cand;
     }
-    // Keys above the threshold are taken; of those equal to it, the first k − (keys above) in
-    // index order.
-    int n_eq = 0, n_gt = 0;
-    for (int j = 0; j < per; j++) {
-        int i = i0 + j;
+    u32 thr = s_prefix;
+    int take_eq = s_remaining;  // keys equal to thr to take, lowest index first
+    if (tid == 0) s_base = 0;
+    int eq_before = 0;
+    for (int c0 = 0; c0 < nv; c0 += TOPK_THREADS) {
+        int i = c0 + tid;
         u32 key = i < nv ? f32_key(sc[i]) : 0u;
-        n_gt += i < nv && key > thr;
-        n_eq += i < nv && key == thr;
-    }
-    int gt_total, tot;
-    block_scan(n_gt, scan, &gt_total);
-    int take_eq = k - gt_total;
-    int eq_before = block_scan(n_eq, scan, &tot) - n_eq;
-    int eq_taken = max(0, min(n_eq, take_eq - eq_before));
-    int taken = n_gt + eq_taken;
-    int base = block_scan(taken, scan, &tot) - taken;
-    for (int j = 0, e = 0; j < per && taken > 0; j++) {
-        int i = i0 + j;
-        u32 key = i < nv ? f32_key(sc[i]) : 0u;
-        bool eq = i < nv && key == thr;
-        if ((i < nv && key > thr) || (eq && e < eq_taken)) {
-            out[base++] = i;
-            taken--;
-        }
-        e += eq;
+        int gt = i < nv && key > thr;
+        int eq = i < nv && key == thr;
+        int eq_total, taken;
+        int eq_incl = block_scan(eq, scan, &eq_total) + eq_before;
+        int take = gt || (eq && eq_incl <= take_eq);
+        int pos_incl = block_scan(take, scan, &taken);
+        int base = s_base;
+        if (take) out[base + pos_incl - 1] = i;
+        __syncthreads();
+        if (tid == 0) s_base = base + taken;
+        eq_before += eq_total;
+        __syncthreads();
     }
 }
