@@ -20,14 +20,7 @@ __device__ i8 kvalues_mxfp4[16];
 #include "../../crates/ds4-cuda/kernels/numerics.cu"
 #include "../../crates/ds4-cuda/kernels/matmul.cu"
 
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        cudaError_t e_ = (x);                                                                  \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));         \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "lab.cuh"
 
 __device__ __forceinline__ u64 now_ns() {
     u64 t;

@@ -23,14 +23,7 @@ __device__ i8 kvalues_mxfp4[16];
 #include "../../crates/ds4-cuda/kernels/matmul.cu"
 #include "../../crates/ds4-cuda/kernels/repack.cu"
 
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        cudaError_t e_ = (x);                                                                  \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));         \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "lab.cuh"
 
 // ---- experimental variants ---------------------------------------------------------------
 

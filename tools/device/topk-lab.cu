@@ -13,14 +13,7 @@
 #include "../../crates/ds4-cuda/kernels/common.cuh"
 #include INDEXER
 
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        cudaError_t e_ = (x);                                                                  \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));         \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "lab.cuh"
 
 int main() {
     const int k = 512, nh = 64, dh = 128, reps = 200;

@@ -424,17 +424,20 @@ unsafe impl Send for Event {}
 
 impl Event {
     pub fn new() -> Result<Self, CudaError> {
-        let mut e: sys::CUevent = std::ptr::null_mut();
-        // SAFETY: valid out-pointer; default flags (timing enabled).
-        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 0) })?;
-        Ok(Event(e))
+        Self::with_flags(0) // timing enabled
     }
 
     /// An event only waited on (no timing, which makes recording and waiting cheaper).
     pub fn for_sync() -> Result<Self, CudaError> {
+        Self::with_flags(2) // CU_EVENT_DISABLE_TIMING
+    }
+
+    fn with_flags(flags: u32) -> Result<Self, CudaError> {
         let mut e: sys::CUevent = std::ptr::null_mut();
-        // SAFETY: valid out-pointer; CU_EVENT_DISABLE_TIMING.
-        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 2) })?;
+        // SAFETY: valid out-pointer.
+        check("cuEventCreate", unsafe {
+            sys::cuEventCreate(&mut e, flags)
+        })?;
         Ok(Event(e))
     }
 

@@ -808,6 +808,31 @@ fn hc_and_moe_ops_match_cpu() {
 /// Raw window, both compressors, the indexer and attention over a sequence of chunks of
 /// awkward sizes (windows split across chunks, the indexer switching on, the raw window
 /// wrapping), comparing the session states and the attention outputs.
+/// One compressor stream's update of layer `il` from the same `[rows × cw.kv.rows]` inputs
+/// `(a, b)`, on the CPU and on CUDA, each in its own session.
+#[allow(clippy::too_many_arguments)]
+fn compress_both(
+    (c, g): (&CpuBackend, &CudaBackend),
+    (sc, sg): (&mut ds4::session::Session, &mut ds4::session::Session),
+    il: usize,
+    stream: CompStream,
+    (a, b): (&[f32], &[f32]),
+    cw: &ds4::model::weights::CompressorWeights,
+    rope: &Rope,
+    cfg: &ds4::model::Config,
+    (rc, rg): (&ds4::backend::Rows, &ds4::backend::Rows),
+) {
+    let (n, w) = (rc.n(), cw.kv.rows);
+    for (be, st, r) in [
+        (c as &dyn Backend, &mut sc.state, rc),
+        (g, &mut sg.state, rg),
+    ] {
+        let (xa, xb) = (put(be, n, w, a), put(be, n, w, b));
+        be.compress(st, il, stream, &xa, &xb, cw, rope, cfg, fast(), r)
+            .unwrap();
+    }
+}
+
 #[test]
 fn session_ops_match_cpu() {
     let mut rng = ChaCha8Rng::seed_from_u64(14);
@@ -847,32 +872,17 @@ fn session_ops_match_cpu() {
                     rand_vec(&mut rng, n * w, 1.0),
                     rand_vec(&mut rng, n * w, 2.0),
                 );
-                c.compress(
-                    &mut sc.state,
+                compress_both(
+                    (&c, &g),
+                    (&mut sc, &mut sg),
                     il,
                     CompStream::Attn,
-                    &put(&c, n, w, &a),
-                    &put(&c, n, w, &b),
+                    (&a, &b),
                     cw,
                     &rope,
                     cfg,
-                    fast(),
-                    &rc,
-                )
-                .unwrap();
-                g.compress(
-                    &mut sg.state,
-                    il,
-                    CompStream::Attn,
-                    &put(&g, n, w, &a),
-                    &put(&g, n, w, &b),
-                    cw,
-                    &rope,
-                    cfg,
-                    fast(),
-                    &rg,
-                )
-                .unwrap();
+                    (&rc, &rg),
+                );
             }
             if let Some(iw) = &l.indexer {
                 let w = iw.compressor.kv.rows;
@@ -881,32 +891,17 @@ fn session_ops_match_cpu() {
                     rand_vec(&mut rng, n * w, 2.0),
                 );
                 let ic = &iw.compressor;
-                c.compress(
-                    &mut sc.state,
+                compress_both(
+                    (&c, &g),
+                    (&mut sc, &mut sg),
                     il,
                     CompStream::Indexer,
-                    &put(&c, n, w, &a),
-                    &put(&c, n, w, &b),
+                    (&a, &b),
                     ic,
                     &rope,
                     cfg,
-                    fast(),
-                    &rc,
-                )
-                .unwrap();
-                g.compress(
-                    &mut sg.state,
-                    il,
-                    CompStream::Indexer,
-                    &put(&g, n, w, &a),
-                    &put(&g, n, w, &b),
-                    ic,
-                    &rope,
-                    cfg,
-                    fast(),
-                    &rg,
-                )
-                .unwrap();
+                    (&rc, &rg),
+                );
                 if rc.max_visible(4) > cfg.idx_topk {
                     let (ih, dh) = (cfg.idx_heads, cfg.idx_head_dim);
                     let (q, wv) = (
@@ -1677,32 +1672,17 @@ fn indexer_selection_of_many_rows_matches_cpu() {
             rand_vec(&mut rng, n * w, 1.0),
             rand_vec(&mut rng, n * w, 2.0),
         );
-        c.compress(
-            &mut sc.state,
+        compress_both(
+            (&c, &g),
+            (&mut sc, &mut sg),
             il,
             CompStream::Indexer,
-            &put(&c, n, w, &a),
-            &put(&c, n, w, &b),
+            (&a, &b),
             &iw.compressor,
             &rope,
             cfg,
-            fast(),
-            &rc,
-        )
-        .unwrap();
-        g.compress(
-            &mut sg.state,
-            il,
-            CompStream::Indexer,
-            &put(&g, n, w, &a),
-            &put(&g, n, w, &b),
-            &iw.compressor,
-            &rope,
-            cfg,
-            fast(),
-            &rg,
-        )
-        .unwrap();
+            (&rc, &rg),
+        );
     }
     let (ih, dh) = (cfg.idx_heads, cfg.idx_head_dim);
     for zero in [false, true] {

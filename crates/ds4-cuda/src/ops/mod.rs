@@ -1,7 +1,8 @@
 //! The launchers of each backend operation, grouped by spec concept: `matmul` (weight
 //! products in their three forms), `elementwise` (embedding, norms, RoPE, roundings), `hc`,
-//! `attention` (raw window and sink attention), `compressor`, `indexer`, `moe`, `sample` (greedy choice on the device). Each checks the
-//! shapes it is given, picks the kernel and grid, and launches on the backend's stream.
+//! `attention` (raw window and sink attention), `compressor`, `indexer`, `moe`, `sample`
+//! (greedy choice on the device). Each checks the shapes it is given, picks the kernel and
+//! grid, and launches on the backend's stream.
 
 pub(crate) mod attention;
 pub(crate) mod compressor;

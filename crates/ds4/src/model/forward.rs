@@ -34,19 +34,10 @@ pub fn forward(
     num: Numerics,
     which: Logits,
 ) -> Result<Vec<f32>, ModelError> {
-    let cfg = &model.config;
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
-        return Err(ModelError::TokenOutOfRange {
-            token: bad,
-            vocab: cfg.n_vocab,
-        });
+    for &t in tokens {
+        in_vocab(model, t)?;
     }
-    if sess.pos() + tokens.len() > sess.state.ctx {
-        return Err(ModelError::ContextFull {
-            needed: sess.pos() + tokens.len(),
-            ctx: sess.state.ctx,
-        });
-    }
+    check_room(sess, tokens.len())?;
     let mut out = Vec::new();
     for chunk in tokens.chunks(PREFILL_CHUNK) {
         let logits = forward_chunk(model, be, sess, chunk, num, which)?;
@@ -130,18 +121,8 @@ pub fn decode_greedy(
     num: Numerics,
 ) -> Result<Vec<u32>, ModelError> {
     let cfg = &model.config;
-    if first as usize >= cfg.n_vocab {
-        return Err(ModelError::TokenOutOfRange {
-            token: first,
-            vocab: cfg.n_vocab,
-        });
-    }
-    if sess.pos() + n > sess.state.ctx {
-        return Err(ModelError::ContextFull {
-            needed: sess.pos() + n,
-            ctx: sess.state.ctx,
-        });
-    }
+    in_vocab(model, first)?;
+    check_room(sess, n)?;
     let (g, pos0) = (Greedy { skip }, sess.pos());
     let mut chosen = Vec::with_capacity(n);
     let mut last = None;
@@ -164,14 +145,14 @@ pub fn decode_greedy(
             be.argmax_next(&logits, &rows, g)
         })?;
         if i > 0 {
-            chosen.push(take_token(be, cfg.n_vocab, pos)?);
+            chosen.push(in_vocab(model, be.take_sampled(pos)?)?);
         }
         last = Some(logits);
     }
     let Some(logits) = last else {
         return Ok(chosen);
     };
-    chosen.push(take_token(be, cfg.n_vocab, pos0 + n)?);
+    chosen.push(in_vocab(model, be.take_sampled(pos0 + n)?)?);
     let host = be.read(&logits, 0..1)?;
     sess.tokens.push(first);
     sess.tokens.extend_from_slice(&chosen[..n - 1]);
@@ -179,13 +160,24 @@ pub fn decode_greedy(
     Ok(chosen)
 }
 
-/// The backend's greedy choice to feed at `pos`, checked against the vocabulary.
-fn take_token(be: &dyn Backend, vocab: usize, pos: usize) -> Result<u32, ModelError> {
-    let t = be.take_sampled(pos)?;
+/// `t`, if it is a token of the model's vocabulary.
+fn in_vocab(model: &Model, t: u32) -> Result<u32, ModelError> {
+    let vocab = model.config.n_vocab;
     if t as usize >= vocab {
         return Err(ModelError::TokenOutOfRange { token: t, vocab });
     }
     Ok(t)
+}
+
+/// Fails unless `n` more tokens fit the session's context.
+fn check_room(sess: &Session, n: usize) -> Result<(), ModelError> {
+    if sess.pos() + n > sess.state.ctx {
+        return Err(ModelError::ContextFull {
+            needed: sess.pos() + n,
+            ctx: sess.state.ctx,
+        });
+    }
+    Ok(())
 }
 
 /// A point of the forward pass whose output [`first_token_check`] inspects.
@@ -227,12 +219,7 @@ pub fn first_token_check(
     num: Numerics,
 ) -> Result<Option<Stage>, ModelError> {
     let cfg = &model.config;
-    if token as usize >= cfg.n_vocab {
-        return Err(ModelError::TokenOutOfRange {
-            token,
-            vocab: cfg.n_vocab,
-        });
-    }
+    in_vocab(model, token)?;
     be.begin()?;
     let rows = be.rows(&[token], sess.pos())?;
     let mut logits = be.alloc(1, cfg.n_vocab, DType::F32)?;
