@@ -8,7 +8,9 @@
 // a warp shuffle parks it until every live lane of its warp has, exchanging values through a
 // double-buffered slot array. No kernel progress with threads still parked is a deadlock and
 // aborts with the kernel's name. Shared memory is `static` (blocks run one at a time);
-// dynamic shared memory is one buffer per launch. Only what ds4's kernels use is provided.
+// dynamic shared memory is one buffer per launch. A thread-block cluster's blocks run together,
+// block by block, each up to its next wait; their shared memory is swapped in and out between
+// them. Only what ds4's kernels use is provided.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -21,11 +23,14 @@
 #define __global__
 #define __device__
 #define __host__
-#define __forceinline__ inline
+#define __forceinline__ static inline  // internal linkage: its __shared__ statics are not COMDAT, so one section holds them all
 #define __noinline__
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-#define __shared__ static
+// Every __shared__ variable lies in one section, so that the blocks of a cluster, which run as
+// one group of fibers, can each have their own copy: the scheduler swaps the section's bytes
+// when it moves from one block to another (emu_live).
+#define __shared__ static __attribute__((section("emu_shm")))
 #define __constant__ static
 #define __align__(n) alignas(n)
 
@@ -44,32 +49,47 @@ template <class T> static inline T max(T a, T b) { return a < b ? b : a; }
 
 // ---- fibers --------------------------------------------------------------------------------
 
-enum { EMU_READY = 0, EMU_BLOCK_WAIT = 1, EMU_WARP_WAIT = 2, EMU_DONE = 3 };
+enum { EMU_READY = 0, EMU_BLOCK_WAIT = 1, EMU_WARP_WAIT = 2, EMU_DONE = 3, EMU_CLUSTER_WAIT = 4 };
 
 struct EmuFiber {
     void* sp;
-    emu_u3 tid;
+    emu_u3 tid, bid;
     int lin;
+    int blk;       // the fiber's block in its cluster (its rank)
     int state;
+    int bar;       // at EMU_BLOCK_WAIT: 0 for __syncthreads, n for the first n threads' barrier
     unsigned wgen;
+    unsigned arrived, waits;  // cluster barrier halves passed
 };
 
+// Threads of one block, and fibers of one cluster launch (its blocks' threads, each block's
+// rounded up to whole warps).
 #define EMU_MAX_THREADS 1024
+#define EMU_MAX_FIBERS 8192
 #define EMU_STACK (128 * 1024)
 
-static EmuFiber emu_fibers[EMU_MAX_THREADS];
-static int emu_nthreads;
+static EmuFiber emu_fibers[EMU_MAX_FIBERS];
+static int emu_nthreads, emu_per_block, emu_nblocks;
 static EmuFiber* emu_cur;
 static void* emu_sched_sp;
 static char* emu_stacks;
-static emu_u3 emu_block_idx, emu_block_dim, emu_grid_dim;
+static emu_u3 emu_block_dim, emu_grid_dim;
 static void (*emu_kernel)(void**);
 static void** emu_args;
 static unsigned char* emu_dyn;
 static const char* emu_kernel_name;
-static uint64_t emu_slots[EMU_MAX_THREADS / 32][2][32];
+static uint64_t emu_slots[EMU_MAX_FIBERS / 32][2][32];
 // Lanes released from a warp barrier, per warp (read by emu_warp_reduce right after).
-static uint32_t emu_released[EMU_MAX_THREADS / 32];
+static uint32_t emu_released[EMU_MAX_FIBERS / 32];
+
+// The shared-memory section, the block whose copy is in it, the other blocks' copies (and
+// their dynamic shared memory), for the cluster being run.
+extern "C" char __start_emu_shm[], __stop_emu_shm[];
+__shared__ char emu_shm_anchor;  // the section exists even in a module without __shared__
+static int emu_live;
+static unsigned char* emu_saved;  // emu_nblocks copies of the section
+static unsigned char* emu_dyns[16];
+static unsigned emu_dyn_bytes;
 
 extern "C" void emu_swap(void** save, void* load);
 asm(".text\n"
@@ -96,13 +116,46 @@ static inline void emu_yield(int state) {
 }
 
 #define threadIdx (emu_cur->tid)
-#define blockIdx emu_block_idx
+#define blockIdx (emu_cur->bid)
 #define blockDim emu_block_dim
 #define gridDim emu_grid_dim
 
-static inline void __syncthreads() { emu_yield(EMU_BLOCK_WAIT); }
+static inline void __syncthreads() {
+    emu_cur->bar = 0;
+    emu_yield(EMU_BLOCK_WAIT);
+}
+// The barrier of the block's first n threads (common.cuh's bar_first).
+static inline void emu_bar_first(int n) {
+    emu_cur->bar = n;
+    emu_yield(EMU_BLOCK_WAIT);
+}
 static inline void __syncwarp(unsigned = 0xffffffffu) { emu_yield(EMU_WARP_WAIT); }
 
+// The cluster barrier's halves: a wait returns once every live thread of the cluster has
+// arrived as often as this thread has waited (a finished thread counts as arrived).
+static inline void emu_cluster_arrive() { emu_cur->arrived++; }
+static inline void emu_cluster_wait() {
+    emu_cur->waits++;
+    emu_yield(EMU_CLUSTER_WAIT);
+}
+
+// The address of shared variable p in the cluster's block `rank`.
+static inline const void* emu_cluster_map(const void* p, int rank) {
+    const unsigned char* c = (const unsigned char*)p;
+    size_t sec = (size_t)(__stop_emu_shm - __start_emu_shm);
+    if (rank < 0 || rank >= emu_nblocks) {
+        fprintf(stderr, "cuda-emu: kernel %s maps cluster rank %d of %d\n", emu_kernel_name, rank,
+                emu_nblocks);
+        abort();
+    }
+    if (c >= (const unsigned char*)__start_emu_shm && c < (const unsigned char*)__stop_emu_shm) {
+        if (rank == emu_live) return p;
+        return emu_saved + (size_t)rank * sec + (size_t)(c - (const unsigned char*)__start_emu_shm);
+    }
+    if (emu_dyn_bytes && c >= emu_dyn && c < emu_dyn + emu_dyn_bytes) return emu_dyns[rank] + (c - emu_dyn);
+    fprintf(stderr, "cuda-emu: kernel %s maps an address outside shared memory\n", emu_kernel_name);
+    abort();
+}
 // One warp exchange: this lane deposits `bits`, parks until the warp has, and gets the
 // deposited row (32 slots, by lane). Shuffles and the mma gather read from it.
 static inline const uint64_t* emu_exchange(uint64_t bits) {
@@ -157,14 +210,19 @@ static inline void emu_warp_all(uint64_t v, uint64_t* all) {
 
 static inline void* emu_dyn_smem() { return emu_dyn; }
 
-static void emu_init_fiber(int lin) {
+// Fiber `lin` as thread `local` of the cluster's block `blk` (at grid block `bid`).
+static void emu_init_fiber(int lin, int blk, int local, emu_u3 bid) {
     EmuFiber* f = &emu_fibers[lin];
     f->lin = lin;
-    f->tid.x = lin % emu_block_dim.x;
-    f->tid.y = (lin / emu_block_dim.x) % emu_block_dim.y;
-    f->tid.z = lin / (emu_block_dim.x * emu_block_dim.y);
-    f->state = EMU_READY;
+    f->blk = blk;
+    f->bid = bid;
+    f->tid.x = local % emu_block_dim.x;
+    f->tid.y = (local / emu_block_dim.x) % emu_block_dim.y;
+    f->tid.z = local / (emu_block_dim.x * emu_block_dim.y);
+    f->state = local < emu_nthreads ? EMU_READY : EMU_DONE;  // a warp's unused lanes
+    f->bar = 0;
     f->wgen = 0;
+    f->arrived = f->waits = 0;
     char* top = emu_stacks + (size_t)(lin + 1) * EMU_STACK;  // 16-aligned
     void** sp = (void**)(top - 64);
     for (int i = 0; i < 6; i++) sp[i] = 0;                    // r15 r14 r13 r12 rbx rbp
@@ -173,64 +231,131 @@ static void emu_init_fiber(int lin) {
     f->sp = sp;
 }
 
-static void emu_deadlock() {
+static void emu_deadlock(int blk) {
+    EmuFiber* b = &emu_fibers[blk * emu_per_block];
     fprintf(stderr, "cuda-emu: deadlock in kernel %s block (%u,%u,%u):", emu_kernel_name,
-            emu_block_idx.x, emu_block_idx.y, emu_block_idx.z);
-    for (int i = 0; i < emu_nthreads; i++) fprintf(stderr, " %d", emu_fibers[i].state);
+            b->bid.x, b->bid.y, b->bid.z);
+    for (int i = 0; i < emu_per_block; i++) fprintf(stderr, " %d", b[i].state);
     fprintf(stderr, "\n");
     abort();
 }
 
-// Runs one block. Warp-major: the lanes of a warp run until each is parked; a warp whose live
-// lanes all wait at a warp barrier is released and runs on; once every warp is parked at the
-// block barrier (or done) the block barrier is released.
-static void emu_run_block() {
-    for (int i = 0; i < emu_nthreads; i++) emu_init_fiber(i);
-    int nwarps = (emu_nthreads + 31) / 32;
+// Puts block k's shared memory (static and dynamic) in place.
+static void emu_make_live(int k) {
+    if (k == emu_live) return;
+    size_t sec = (size_t)(__stop_emu_shm - __start_emu_shm);
+    memcpy(emu_saved + (size_t)emu_live * sec, __start_emu_shm, sec);
+    memcpy(__start_emu_shm, emu_saved + (size_t)k * sec, sec);
+    emu_dyn = emu_dyns[k];
+    emu_live = k;
+}
+
+// Runs block k of the cluster until every live thread of it is parked at a cluster wait or
+// done. Warp-major: the lanes of a warp run until each is parked; a warp whose live lanes all
+// wait at a warp barrier is released and runs on; once every live thread is parked at the
+// block barrier, or every live thread below n at the barrier of the first n, that barrier is
+// released. Returns whether any thread ran.
+static bool emu_run_block(int k) {
+    emu_make_live(k);
+    EmuFiber* b = &emu_fibers[k * emu_per_block];
+    int n = emu_per_block, nwarps = n / 32;
+    bool any = false;
     for (;;) {
         for (int w = 0; w < nwarps; w++) {
-            int lo = w * 32, hi = std::min(emu_nthreads, lo + 32);
+            int lo = w * 32, hi = lo + 32;
             for (;;) {
                 int ran = 0;
                 for (int i = lo; i < hi; i++) {
-                    EmuFiber* f = &emu_fibers[i];
+                    EmuFiber* f = &b[i];
                     if (f->state != EMU_READY) continue;
                     emu_cur = f;
                     emu_swap(&emu_sched_sp, f->sp);
                     ran = 1;
+                    any = true;
                 }
                 int live = 0, at_warp = 0;
                 for (int i = lo; i < hi; i++) {
-                    int s = emu_fibers[i].state;
+                    int s = b[i].state;
                     if (s != EMU_DONE) live++;
                     if (s == EMU_WARP_WAIT) at_warp++;
                 }
                 if (live > 0 && at_warp == live) {
                     uint32_t mask = 0;
                     for (int i = lo; i < hi; i++) {
-                        if (emu_fibers[i].state == EMU_WARP_WAIT) {
-                            emu_fibers[i].state = EMU_READY;
+                        if (b[i].state == EMU_WARP_WAIT) {
+                            b[i].state = EMU_READY;
                             mask |= 1u << (i - lo);
                         }
                     }
-                    emu_released[w] = mask;
+                    emu_released[b[lo].lin >> 5] = mask;
                     continue;
                 }
-                if (at_warp > 0) emu_deadlock();  // lanes split between a warp and a block barrier
+                if (at_warp > 0) emu_deadlock(k);  // lanes split between a warp and another barrier
                 if (!ran) break;
             }
         }
-        int live = 0, at_block = 0;
-        for (int i = 0; i < emu_nthreads; i++) {
-            int s = emu_fibers[i].state;
+        int live = 0, at_block = 0, bar = -1;
+        for (int i = 0; i < n; i++) {
+            int s = b[i].state;
             if (s != EMU_DONE) live++;
-            if (s == EMU_BLOCK_WAIT) at_block++;
+            if (s == EMU_BLOCK_WAIT) {
+                at_block++;
+                if (b[i].bar > 0) bar = b[i].bar;
+            }
+        }
+        if (at_block == 0) return any;  // done, or parked at a cluster wait
+        if (bar > 0) {
+            // The first `bar` threads' barrier: released when all of them that live are there.
+            bool all = true;
+            for (int i = 0; i < bar && i < n; i++) {
+                int s = b[i].state;
+                if (s != EMU_DONE && !(s == EMU_BLOCK_WAIT && b[i].bar == bar)) all = false;
+            }
+            if (all) {
+                for (int i = 0; i < bar && i < n; i++)
+                    if (b[i].state == EMU_BLOCK_WAIT) b[i].state = EMU_READY;
+                continue;
+            }
+        } else if (at_block == live) {
+            for (int i = 0; i < n; i++)
+                if (b[i].state == EMU_BLOCK_WAIT) b[i].state = EMU_READY;
+            continue;
+        }
+        return any;  // some threads at a cluster wait: the cluster decides
+    }
+}
+
+// Runs the emu_nblocks blocks of one cluster (one block when the launch has no clusters) until
+// all are done, releasing the cluster barrier when every live thread has arrived often enough.
+static void emu_run_cluster() {
+    int nf = emu_nblocks * emu_per_block;
+    for (;;) {
+        bool any = false;
+        for (int k = 0; k < emu_nblocks; k++) any |= emu_run_block(k);
+        unsigned least = ~0u;
+        int live = 0;
+        for (int i = 0; i < nf; i++) {
+            EmuFiber* f = &emu_fibers[i];
+            if (f->state == EMU_DONE) continue;
+            live++;
+            least = std::min(least, f->arrived);
         }
         if (live == 0) return;
-        if (at_block != live) emu_deadlock();
-        for (int i = 0; i < emu_nthreads; i++)
-            if (emu_fibers[i].state == EMU_BLOCK_WAIT) emu_fibers[i].state = EMU_READY;
-    }
+        bool released = false;
+        for (int i = 0; i < nf; i++) {
+            EmuFiber* f = &emu_fibers[i];
+            if (f->state == EMU_CLUSTER_WAIT && f->waits <= least) {
+                f->state = EMU_READY;
+                released = true;
+            }
+        }
+        if (!released && !any) {
+            for (int i = 0; i < nf; i++)
+                if (emu_fibers[i].state != EMU_DONE && emu_fibers[i].state != EMU_CLUSTER_WAIT)
+                    emu_deadlock(emu_fibers[i].blk);
+            emu_deadlock(0);
+        }
+        }
 }
 
 // A warp-wide reduction in one exchange (the kernels' warp_sum/warp_max under emulation):
@@ -254,37 +379,57 @@ template <class T, class F> static inline T emu_warp_reduce(T v, F op) {
     return acc;
 }
 
-// Runs `kernel` (a wrapper unpacking `args`) over the grid. Called by the fake driver.
+// Runs `kernel` (a wrapper unpacking `args`) over the grid, in clusters of cx × cy × cz
+// blocks (1 × 1 × 1: none). Called by the fake driver.
 extern "C" void __emu_run(const char* name, void (*kernel)(void**), unsigned gx, unsigned gy,
                           unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem,
-                          void** args) {
+                          void** args, unsigned cx, unsigned cy, unsigned cz) {
     int n = (int)(bx * by * bz);
-    if (n <= 0 || n > EMU_MAX_THREADS) {
-        fprintf(stderr, "cuda-emu: kernel %s launched with %d threads\n", name, n);
+    int per = (n + 31) / 32 * 32, nb = (int)(cx * cy * cz);
+    if (n <= 0 || n > EMU_MAX_THREADS || nb <= 0 || nb > 16 || nb * per > EMU_MAX_FIBERS ||
+        gx % cx || gy % cy || gz % cz) {
+        fprintf(stderr, "cuda-emu: kernel %s launched with %d threads in clusters of %d\n", name, n, nb);
         abort();
     }
     if (!emu_stacks) {
-        emu_stacks = (char*)aligned_alloc(64, (size_t)EMU_MAX_THREADS * EMU_STACK);
+        emu_stacks = (char*)aligned_alloc(64, (size_t)EMU_MAX_FIBERS * EMU_STACK);
     }
-    unsigned char* dyn = 0;
-    if (smem) {
-        dyn = (unsigned char*)aligned_alloc(64, ((size_t)smem + 63) / 64 * 64);
-        memset(dyn, 0xcd, smem);  // poison: kernels must write before reading
+    size_t sec = (size_t)(__stop_emu_shm - __start_emu_shm);
+    unsigned char* dyn[16] = {0};
+    for (int k = 0; k < nb && smem; k++) {
+        dyn[k] = (unsigned char*)aligned_alloc(64, ((size_t)smem + 63) / 64 * 64);
+        memset(dyn[k], 0xcd, smem);  // poison: kernels must write before reading
     }
+    emu_saved = nb > 1 ? (unsigned char*)malloc((size_t)nb * sec) : 0;
     emu_kernel = kernel;
     emu_args = args;
-    emu_dyn = dyn;
     emu_kernel_name = name;
     emu_nthreads = n;
+    emu_per_block = per;
+    emu_nblocks = nb;
+    emu_dyn_bytes = smem;
+    memcpy(emu_dyns, dyn, sizeof dyn);
+    emu_dyn = dyn[0];
     emu_block_dim = {bx, by, bz};
     emu_grid_dim = {gx, gy, gz};
-    for (unsigned z = 0; z < gz; z++)
-        for (unsigned y = 0; y < gy; y++)
-            for (unsigned x = 0; x < gx; x++) {
-                emu_block_idx = {x, y, z};
-                emu_run_block();
+    for (unsigned z = 0; z < gz; z += cz)
+        for (unsigned y = 0; y < gy; y += cy)
+            for (unsigned x = 0; x < gx; x += cx) {
+                // Every block of the cluster starts from the section as it is now.
+                for (int k = 0; k < nb && nb > 1; k++)
+                    memcpy(emu_saved + (size_t)k * sec, __start_emu_shm, sec);
+                emu_live = 0;
+                emu_dyn = dyn[0];
+                for (int k = 0; k < nb; k++) {
+                    emu_u3 bid = {x + k % cx, y + (k / cx) % cy, z + k / (cx * cy)};
+                    for (int i = 0; i < per; i++) emu_init_fiber(k * per + i, k, i, bid);
+                }
+                emu_run_cluster();
             }
-    free(dyn);
+    emu_make_live(0);
+    for (int k = 0; k < nb; k++) free(dyn[k]);
+    free(emu_saved);
+    emu_saved = 0;
 }
 
 // ---- built-ins -----------------------------------------------------------------------------

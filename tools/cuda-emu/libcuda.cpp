@@ -31,7 +31,7 @@ enum {
 };
 
 typedef void (*EmuRun)(const char*, void (*)(void**), unsigned, unsigned, unsigned, unsigned,
-                       unsigned, unsigned, unsigned, void**);
+                       unsigned, unsigned, unsigned, void**, unsigned, unsigned, unsigned);
 
 struct Module {
     void* handle;
@@ -48,7 +48,7 @@ struct Function {
 struct Op {
     enum { LAUNCH, COPY, SET8, SET32 } kind;
     Function* f;
-    unsigned g[3], b[3], smem;
+    unsigned g[3], b[3], c[3], smem;  // c: the cluster's blocks (1 × 1 × 1: none)
     std::vector<unsigned char> args;  // parameter bytes, 16-aligned each
     std::vector<size_t> offs;
     void* dst;
@@ -72,9 +72,10 @@ static size_t emu_total_mem() {
     return mb << 20;
 }
 
-static void run_launch(Function* f, const unsigned* g, const unsigned* b, unsigned smem,
-                       void** params) {
-    f->mod->run(f->name.c_str(), f->wrapper, g[0], g[1], g[2], b[0], b[1], b[2], smem, params);
+static void run_launch(Function* f, const unsigned* g, const unsigned* b, const unsigned* c,
+                       unsigned smem, void** params) {
+    f->mod->run(f->name.c_str(), f->wrapper, g[0], g[1], g[2], b[0], b[1], b[2], smem, params,
+                c[0], c[1], c[2]);
 }
 
 static void run_op(Op& op) {
@@ -82,7 +83,7 @@ static void run_op(Op& op) {
     case Op::LAUNCH: {
         std::vector<void*> p(op.offs.size());
         for (size_t i = 0; i < op.offs.size(); i++) p[i] = op.args.data() + op.offs[i];
-        run_launch(op.f, op.g, op.b, op.smem, p.data());
+        run_launch(op.f, op.g, op.b, op.c, op.smem, p.data());
         break;
     }
     case Op::COPY: memcpy(op.dst, op.src, op.n); break;
@@ -260,21 +261,17 @@ CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
 }
 CUresult cuFuncSetAttribute(void*, int, int) { return CUDA_SUCCESS; }
 
-CUresult cuLaunchKernel(void* fp, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
-                        unsigned by, unsigned bz, unsigned smem, void*, void** params,
-                        void** extra) {
-    if (extra) return CUDA_ERROR_NOT_SUPPORTED;
-    Function* f = (Function*)fp;
+// A launch in clusters of c[0] × c[1] × c[2] blocks (cuLaunchKernel: 1 × 1 × 1).
+static CUresult launch(Function* f, const unsigned* g, const unsigned* b, const unsigned* c,
+                       unsigned smem, void** params) {
     if (!g_capturing) {
-        unsigned g[3] = {gx, gy, gz}, b[3] = {bx, by, bz};
-        run_launch(f, g, b, smem, params);
+        run_launch(f, g, b, c, smem, params);
         return CUDA_SUCCESS;
     }
     Op op{};
     op.kind = Op::LAUNCH;
     op.f = f;
-    op.g[0] = gx, op.g[1] = gy, op.g[2] = gz;
-    op.b[0] = bx, op.b[1] = by, op.b[2] = bz;
+    for (int i = 0; i < 3; i++) op.g[i] = g[i], op.b[i] = b[i], op.c[i] = c[i];
     op.smem = smem;
     int np = f->sizes[0];
     size_t off = 0;
@@ -287,18 +284,42 @@ CUresult cuLaunchKernel(void* fp, unsigned gx, unsigned gy, unsigned gz, unsigne
     return submit(std::move(op));
 }
 
-// CUlaunchConfig (cuda.h): the grid, block, dynamic shared memory and stream of a launch, and
-// its attributes. Programmatic stream serialization changes nothing here: launches run one
-// after another, and the kernels' grid_dep_sync() is a no-op under the emulator.
+CUresult cuLaunchKernel(void* fp, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                        unsigned by, unsigned bz, unsigned smem, void*, void** params,
+                        void** extra) {
+    if (extra) return CUDA_ERROR_NOT_SUPPORTED;
+    unsigned g[3] = {gx, gy, gz}, b[3] = {bx, by, bz}, c[3] = {1, 1, 1};
+    return launch((Function*)fp, g, b, c, smem, params);
+}
+
+// CUlaunchConfig and CUlaunchAttribute (cuda.h): the grid, block, dynamic shared memory and
+// stream of a launch, and its attributes, of which the cluster dimension (id 4) is used.
+// Programmatic stream serialization changes nothing here: launches run one after another,
+// and the kernels' grid_dep_sync() is a no-op under the emulator.
 struct LaunchConfig {
     unsigned gx, gy, gz, bx, by, bz, smem;
     void* stream;
     void* attrs;
     unsigned num_attrs;
 };
+struct LaunchAttribute {
+    unsigned id;
+    char pad[4];
+    unsigned value[16];  // a 64-byte union; the cluster dimension is its first three words
+};
+enum { LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4 };
 CUresult cuLaunchKernelEx(const LaunchConfig* c, void* fp, void** params, void** extra) {
-    return cuLaunchKernel(fp, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream,
-                          params, extra);
+    if (extra) return CUDA_ERROR_NOT_SUPPORTED;
+    unsigned g[3] = {c->gx, c->gy, c->gz}, b[3] = {c->bx, c->by, c->bz}, cl[3] = {1, 1, 1};
+    const LaunchAttribute* a = (const LaunchAttribute*)c->attrs;
+    for (unsigned i = 0; i < c->num_attrs; i++) {
+        if (a[i].id != LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) continue;
+        for (int k = 0; k < 3; k++) cl[k] = a[i].value[k];
+        if (cl[0] * cl[1] * cl[2] == 0 || cl[0] * cl[1] * cl[2] > 16 || g[0] % cl[0] ||
+            g[1] % cl[1] || g[2] % cl[2])
+            return CUDA_ERROR_INVALID_VALUE;
+    }
+    return launch((Function*)fp, g, b, cl, c->smem, params);
 }
 
 struct Event {

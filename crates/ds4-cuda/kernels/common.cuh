@@ -189,14 +189,49 @@ __device__ __forceinline__ void timeline_stamp(const char* name) {
 #endif
 
 // A barrier of the block's first n threads (named barrier 1, n a multiple of 32), for blocks
-// whose other warps go on alone meanwhile (hc_step's Sinkhorn warp). The emulator has only
-// the block barrier, which counts a finished warp as arrived: the same when those warps
-// never wait at a barrier again.
+// whose other warps go on alone meanwhile (hc_step's Sinkhorn warp).
 __device__ __forceinline__ void bar_first(int n) {
 #ifdef DS4_EMU
-    __syncthreads();
+    emu_bar_first(n);
 #else
     asm volatile("bar.sync 1, %0;" ::"r"(n) : "memory");
+#endif
+}
+
+// Thread-block clusters (Hopper, sm_90): the blocks of a cluster run at once on one GPC and
+// can read each other's shared memory. `cluster_arrive` and `cluster_wait` are the two halves of
+// the cluster barrier (release / acquire: a block's shared and global writes before its arrive
+// are visible to every block of the cluster after their wait); every thread of the cluster
+// calls both, in turn, warp by warp (.aligned). `cluster_peer(p, r)` is the address of the
+// shared variable `p` in the cluster's block r (its rank: blockIdx.y for the clusters here,
+// which are (1, n, 1)); a block must not exit while another may still read its shared memory.
+// Before sm_90 these are not used (the host launches no cluster kernel there); under the
+// emulator a cluster's blocks run as one group of fibers (tools/cuda-emu/emu.h).
+__device__ __forceinline__ void cluster_arrive() {
+#ifdef DS4_EMU
+    emu_cluster_arrive();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait() {
+#ifdef DS4_EMU
+    emu_cluster_wait();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+template <class T> __device__ __forceinline__ const T* cluster_peer(const T* p, int rank) {
+#ifdef DS4_EMU
+    return (const T*)emu_cluster_map(p, rank);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u64 r;
+    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(r) : "l"(p), "r"(rank));
+    return (const T*)r;
+#else
+    return p;
 #endif
 }
 

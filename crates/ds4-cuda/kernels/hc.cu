@@ -365,6 +365,161 @@ extern "C" __global__ void hc_step(const float* y, const float* x_hc, float* mix
     }
 }
 
+// The columns a block of hc_step_cl owns (at most: a thread each) and its threads: those and
+// the Sinkhorn warp.
+#define HC_CL_COLS 256
+#define HC_CL_BLOCK (HC_CL_COLS + 32)
+
+// hc_step as one thread-block cluster a row (Hopper): the same boundary — hc_post, the next HC
+// pre's mix, gates, Sinkhorn and weighted stream sum, its RMSNorm with `nw` into h and (q
+// given) the row's 8-bit planes — with the row's e columns split over the cluster's cl blocks
+// (gridDim.y, e / cl columns each, a whole number of warps), a thread a column and all 4 of
+// its streams. A block posts its columns and projects them on the 24 mix rows; the blocks
+// exchange their 25 sums (24 dots and Σ out²) through shared memory across the cluster
+// barrier, so every block has the whole mix at once and forms its own columns' stream sum
+// from registers; a second exchange gives the norm's Σ h². hc_step's fence, ticket and the
+// last block's reload of the row through L2 are gone. Block 0's extra warp runs Sinkhorn and
+// writes the next gates into `mix` (every block read this sublayer's gates before the wait).
+// Grid (rows, cl) in clusters (1, cl, 1).
+extern "C" __global__ void hc_step_cl(const float* y, const float* x_hc, float* mix, int e,
+                                      float* out, DW fn, const float* scale3, const float* base,
+                                      int iters, float eps, float rms_eps, const float* nw,
+                                      float* h, i8* q, float* qd) {
+    // Before the wait (PRE_WAIT in common.cuh): the mix weights (constant), the HC state and
+    // this sublayer's gates (both written by the previous boundary's launch).
+    const int hc = HC_FUSED, n_mix = HC_FUSED_MIX, nc = HC_FUSED * HC_FUSED;
+    const int nwarp = HC_CL_COLS / 32;
+    __shared__ float gates[HC_FUSED + HC_FUSED * HC_FUSED];
+    __shared__ float red[nwarp][HC_FUSED_MIX];
+    __shared__ double redd[nwarp];
+    __shared__ float slice[HC_FUSED_MIX];  // this block's mix dots, read by the cluster
+    __shared__ double slice_ss;            // and its Σ out²
+    __shared__ double norm_ss;             // this block's Σ h², read by the cluster
+    __shared__ float mixv[HC_FUSED_MIX];
+    __shared__ double shd[32];
+    __shared__ float nscale;
+    int t = blockIdx.x, cl = gridDim.y, rank = blockIdx.y, cpb = e / cl;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    bool col = (int)threadIdx.x < cpb;
+    int d = rank * cpb + threadIdx.x;
+    float* m = mix + (i64)t * (hc + nc);
+    const float* x = x_hc + (i64)t * hc * e;
+    float* o_row = out + (i64)t * hc * e;
+    // fn[i][f·e + d] for the column's streams f, two f16 a word.
+    u32 fw[HC_FUSED_MIX][2];
+    float xs[HC_FUSED];
+    if (col) {
+        const u16* fp = (const u16*)fn.a + d;
+#pragma unroll
+        for (int i = 0; i < HC_FUSED_MIX; i++)
+#pragma unroll
+            for (int p = 0; p < 2; p++)
+                fw[i][p] = (u32)fp[(i64)i * fn.cols + (2 * p) * e] |
+                           ((u32)fp[(i64)i * fn.cols + (2 * p + 1) * e] << 16);
+#pragma unroll
+        for (int s = 0; s < hc; s++) xs[s] = x[(i64)s * e + d];
+    }
+    if (threadIdx.x < hc + nc) gates[threadIdx.x] = m[threadIdx.x];
+    __syncthreads();
+    grid_dep_sync();
+    float o[HC_FUSED], acc[HC_FUSED_MIX];
+    double ss = 0.0;
+#pragma unroll
+    for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = 0.0f;
+#pragma unroll
+    for (int f = 0; f < hc; f++) o[f] = 0.0f;
+    if (col) {
+        float yv = y[(i64)t * e + d];
+#pragma unroll
+        for (int f = 0; f < hc; f++) {
+            float v = gates[f] * yv;
+#pragma unroll
+            for (int s = 0; s < hc; s++) v += gates[hc + f + hc * s] * xs[s];
+            o[f] = v;
+            o_row[(i64)f * e + d] = v;
+            ss += (double)v * (double)v;
+        }
+#pragma unroll
+        for (int i = 0; i < HC_FUSED_MIX; i++)
+#pragma unroll
+            for (int p = 0; p < 2; p++)
+                acc[i] += h2f((u16)(fw[i][p] & 0xffffu)) * o[2 * p] + h2f((u16)(fw[i][p] >> 16)) * o[2 * p + 1];
+    }
+    if (warp < nwarp) {
+#pragma unroll
+        for (int i = 0; i < HC_FUSED_MIX; i++) acc[i] = warp_sum(acc[i]);
+        ss = warp_sum_d(ss);
+        if (lane == 0) {
+#pragma unroll
+            for (int i = 0; i < HC_FUSED_MIX; i++) red[warp][i] = acc[i];
+            redd[warp] = ss;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < n_mix) {
+        float a = 0.0f;
+        for (int w = 0; w < nwarp; w++) a += red[w][threadIdx.x];
+        slice[threadIdx.x] = a;
+    } else if (threadIdx.x == n_mix) {
+        double a = 0.0;
+        for (int w = 0; w < nwarp; w++) a += redd[w];
+        slice_ss = a;
+    }
+    cluster_arrive();
+    cluster_wait();
+    // The row's mix from the cl slices, in rank order (the same in every block): a lane a value.
+    if (warp == 0) {
+        double a2 = 0.0;
+        for (int r = 0; r < cl; r++) a2 += *cluster_peer(&slice_ss, r);
+        float sc = rms_scale(a2, hc * e, rms_eps);
+        if (lane < n_mix) {
+            float a = 0.0f;
+            for (int r = 0; r < cl; r++) a += cluster_peer(slice, r)[lane];
+            mixv[lane] = a * sc;
+        }
+    }
+    __syncthreads();
+    if (warp == nwarp) {
+        // The Sinkhorn warp: no Σ h² to give, so it arrives at once and normalises meanwhile.
+        cluster_arrive();
+        if (rank == 0) {
+            if (lane < hc) m[lane] = 2.0f * sigmoidf_ref(mixv[hc + lane] * scale3[1] + base[hc + lane]);
+            float c = lane < nc ? mixv[2 * hc + lane] * scale3[2] + base[2 * hc + lane] : 0.0f;
+            c = sinkhorn_lane(c, hc, iters, eps);
+            if (lane < nc) m[hc + lane] = c;
+        }
+        cluster_wait();
+        cluster_arrive();
+        cluster_wait();
+        return;
+    }
+    // The column's stream sum and the norm's Σ h² over the cluster.
+    float hv = 0.0f;
+    if (col) {
+#pragma unroll
+        for (int f = 0; f < hc; f++) hv += (sigmoidf_ref(mixv[f] * scale3[0] + base[f]) + eps) * o[f];
+    }
+    double s2 = first_warps_sum_d((double)hv * (double)hv, shd, nwarp);
+    if (threadIdx.x == 0) norm_ss = s2;
+    cluster_arrive();
+    cluster_wait();
+    if (warp == 0) {
+        double a = 0.0;
+        for (int r = 0; r < cl; r++) a += *cluster_peer(&norm_ss, r);
+        if (lane == 0) nscale = rms_scale(a, e, rms_eps);
+    }
+    bar_first(HC_CL_COLS);
+    // Every peer's Σ h² is read: the last barrier only keeps this block's shared memory alive.
+    cluster_arrive();
+    if (col) {
+        float v = hv * nscale;
+        if (nw) v *= nw[d];
+        h[(i64)t * e + d] = v;
+        if (q) q8_store_lane(v, q + d, e, qd + d / 32);
+    }
+    cluster_wait();
+}
+
 // z[t] = Σ_h (σ(pre_h·scale + base[h]) + eps)·x_hc[first + t][h], pre from the mix slices.
 // Grid (rows).
 extern "C" __global__ void hc_head_finish(const float* part, int S, float rms_eps,

@@ -253,19 +253,56 @@ impl Device {
         smem: u32,
         args: &mut [*mut c_void],
     ) -> Result<(), CudaError> {
+        self.launch_in(f, grid, None, block, smem, args)
+    }
+
+    /// As [`Device::launch`], in thread-block clusters of `cluster` blocks (each dimension of
+    /// `grid` a multiple of it; sm_90 and later, up to 16 blocks for the kernels that
+    /// [`load_module`] allows it).
+    pub fn launch_cluster(
+        &self,
+        f: &Kernel,
+        grid: (u32, u32, u32),
+        cluster: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        self.launch_in(f, grid, Some(cluster), block, smem, args)
+    }
+
+    fn launch_in(
+        &self,
+        f: &Kernel,
+        grid: (u32, u32, u32),
+        cluster: Option<(u32, u32, u32)>,
+        block: u32,
+        smem: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        // With `pdl`, each kernel may be scheduled while the one before it drains: every kernel
-        // begins with `grid_dep_sync()` (kernels/common.cuh), which waits for its predecessor's
-        // completion before touching memory. Stream capture keeps these as programmatic edges.
-        let mut attr = sys::CUlaunchAttribute {
+        let zero = || sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
             pad: [0; 4],
             // SAFETY: an all-zero value is valid for every member of the union.
             value: unsafe { std::mem::zeroed() },
         };
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs = [zero(), zero()];
+        let mut n = 0;
+        // With `pdl`, each kernel may be scheduled while the one before it drains: every kernel
+        // begins with `grid_dep_sync()` (kernels/common.cuh), which waits for its predecessor's
+        // completion before touching memory. Stream capture keeps these as programmatic edges.
+        if self.pdl {
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if let Some((x, y, z)) = cluster {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[n].value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x, y, z };
+            n += 1;
+        }
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -275,12 +312,12 @@ impl Device {
             blockDimZ: 1,
             sharedMemBytes: smem,
             hStream: self.cur(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.pdl),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         // SAFETY: `args` points at values matching the kernel's parameter list (each launcher
         // builds it next to the kernel's signature); every pointer parameter refers to device
-        // memory sized for the grid the launcher computes; `cfg` and `attr` outlive the call.
+        // memory sized for the grid the launcher computes; `cfg` and `attrs` outlive the call.
         let r =
             unsafe { sys::cuLaunchKernelEx(&cfg, f.func, args.as_mut_ptr(), std::ptr::null_mut()) };
         check(f.name, r)
@@ -485,12 +522,14 @@ unsafe impl Send for Kernel {}
 unsafe impl Sync for Kernel {}
 
 /// Loads a CUBIN and looks up `names`; the kernels in `dynamic_smem` may use up to
-/// `smem_bytes` of dynamic shared memory.
+/// `smem_bytes` of dynamic shared memory, and those in `clusters` (when given: sm_90 and later)
+/// clusters of up to 16 blocks (8 is the portable limit).
 pub(crate) fn load_module(
     image: &[u8],
     names: &[&'static str],
     dynamic_smem: &[&str],
     smem_bytes: i32,
+    clusters: &[&str],
 ) -> Result<Vec<Kernel>, CudaError> {
     let mut m: sys::CUmodule = std::ptr::null_mut();
     // SAFETY: image is a complete CUBIN (or an emulator image), NUL-terminated by the caller.
@@ -514,6 +553,16 @@ pub(crate) fn load_module(
                         f,
                         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         smem_bytes,
+                    )
+                })?;
+            }
+            if clusters.contains(&name) {
+                // SAFETY: f is a live function handle.
+                check("cuFuncSetAttribute", unsafe {
+                    sys::cuFuncSetAttribute(
+                        f,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                        1,
                     )
                 })?;
             }

@@ -139,6 +139,9 @@ pub struct CudaOptions {
     /// The sublayer boundary of few rows as one `hc_step` launch (`DS4_CUDA_HC_STEP=0` runs
     /// hc_post, hc_mix, hc_pre_finish and rms_norm instead).
     pub hc_step: bool,
+    /// On sm_90 and newer, that launch as one thread-block cluster a row (`hc_step_cl`;
+    /// `DS4_CUDA_HC_CLUSTER=0` runs the ticketed `hc_step`, whose last block finishes the row).
+    pub hc_cluster: bool,
     /// One-row Q8_0 products of at least this many rows run as resident warps that pipeline
     /// their rows (`mvp_q8_0`); default 4096, where `mv_q8_0` gives each row one warp.
     /// `DS4_CUDA_MVP=0` never does (always `mv_q8_0`, one block lifetime a row group).
@@ -173,6 +176,7 @@ impl Default for CudaOptions {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
             hc_step: std::env::var("DS4_CUDA_HC_STEP").map_or(true, |v| v != "0"),
+            hc_cluster: std::env::var("DS4_CUDA_HC_CLUSTER").map_or(true, |v| v != "0"),
             mvp_min_rows: if std::env::var("DS4_CUDA_MVP").is_ok_and(|v| v == "0") {
                 usize::MAX
             } else {
@@ -396,8 +400,9 @@ impl CudaBackend {
         let src = timeline.as_ref().map_or(String::new(), |t| t.define()) + &nvrtc::source();
         let image = nvrtc::compile(&src, dev.cc)?;
         let smem = (dev.smem_optin - 8 * 1024).max(48 * 1024);
+        let clusters = if dev.cc.0 >= 9 { nvrtc::CLUSTER_KERNELS } else { &[] };
         let kernels: HashMap<&'static str, Kernel> =
-            driver::load_module(&image, nvrtc::KERNELS, nvrtc::DYNAMIC_SMEM, smem)?
+            driver::load_module(&image, nvrtc::KERNELS, nvrtc::DYNAMIC_SMEM, smem, clusters)?
                 .into_iter()
                 .map(|k| (k.name, k))
                 .collect();
@@ -493,6 +498,11 @@ impl CudaBackend {
         self.opts.hc_step
     }
 
+    /// Whether the boundary may run as thread-block clusters (the option, and sm_90 or newer).
+    pub(crate) fn opts_hc_cluster(&self) -> bool {
+        self.opts.hc_cluster && self.dev.cc.0 >= 9
+    }
+
     pub(crate) fn opts_mvp_min_rows(&self) -> usize {
         self.opts.mvp_min_rows
     }
@@ -544,6 +554,28 @@ impl CudaBackend {
                 })
                 .map_err(be_err),
         }
+    }
+
+    /// As [`CudaBackend::launch`], in thread-block clusters of `cluster` blocks.
+    pub(crate) fn launch_cluster(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        cluster: (u32, u32, u32),
+        block: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), BackendError> {
+        let k = self.k(name).map_err(be_err)?;
+        if !keeps_norm_planes(name) {
+            self.drop_planes();
+        }
+        match &self.profile {
+            None => self.dev.launch_cluster(k, grid, cluster, block, 0, args),
+            Some(p) => p.time(&self.dev, name, || {
+                self.dev.launch_cluster(k, grid, cluster, block, 0, args)
+            }),
+        }
+        .map_err(be_err)
     }
 
     /// Runs `call` (work that is not one of our kernels: a cuBLAS GEMM) under the profiler's

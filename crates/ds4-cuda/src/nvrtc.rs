@@ -81,6 +81,7 @@ pub const KERNELS: &[&str] = &[
     "hc_pre_finish",
     "hc_post",
     "hc_step",
+    "hc_step_cl",
     "hc_head_finish",
     "raw_push",
     "attn_partial",
@@ -102,6 +103,9 @@ pub const KERNELS: &[&str] = &[
     "repack_iq2_xxs",
     "repack_iq2c",
 ];
+
+/// Kernels launched in thread-block clusters of up to 16 blocks (sm_90 and later).
+pub(crate) const CLUSTER_KERNELS: &[&str] = &["hc_step_cl"];
 
 /// Kernels whose dynamic shared memory can exceed the default 48 KiB.
 pub(crate) const DYNAMIC_SMEM: &[&str] = &["idx_scores", "idx_scores_rows"];

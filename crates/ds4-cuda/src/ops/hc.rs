@@ -1,7 +1,8 @@
 //! Hyper-connections (kernels/hc.cu): the `fn` projection of the HC state in column slices (or,
 //! for large fast chunks, a split-f16 GEMM) with its sum of squares, then `hc_pre_finish`
 //! (flat-norm scale, Sinkhorn, the weighted stream sum), `hc_post`, and the head's weighting;
-//! for few rows the whole sublayer boundary (post, pre, the next input norm) is one `hc_step`.
+//! for few rows the whole sublayer boundary (post, pre, the next input norm) is one `hc_step`
+//! launch, on sm_90 and newer as one thread-block cluster a row (`hc_step_cl`).
 
 use ds4::backend::{BResult, Tensor};
 use ds4::gguf::GgmlType;
@@ -26,6 +27,19 @@ const HC_STEP_COLS: usize = HC_STEP_THREADS / HC_FUSED;
 const HC_STEP_MAXE: usize = HC_STEP_THREADS * 16;
 /// Row widths hc_step takes: whole warps of its last block's float4 groups (128 columns).
 const HC_STEP_ALIGN: usize = 128;
+/// The most columns an `hc_step_cl` block owns (HC_CL_COLS), its threads (HC_CL_BLOCK: those
+/// and the Sinkhorn warp), and the cluster widths it may take (at most 16 blocks).
+const HC_CL_COLS: usize = 256;
+const HC_CL_BLOCK: usize = HC_CL_COLS + 32;
+const HC_CL_WIDTHS: [usize; 4] = [16, 8, 4, 2];
+
+/// The blocks of the `hc_step_cl` cluster of a row of width `e`: the widest whose blocks own
+/// whole warps of columns, at most HC_CL_COLS each.
+fn hc_cluster_width(e: usize) -> Option<usize> {
+    HC_CL_WIDTHS
+        .into_iter()
+        .find(|&cl| e.is_multiple_of(32 * cl) && e / cl <= HC_CL_COLS)
+}
 
 /// Checks the shapes of an HC post's state, gates and output for `n` rows of width `e`.
 fn check_hc_post(
@@ -149,14 +163,16 @@ impl CudaBackend {
     ) -> BResult<()> {
         let (hc, e, n) = (cfg.n_hc, cfg.n_embd, y.rows);
         let n_mix = w.func.rows;
-        let fused = w.func.ty == GgmlType::F16
+        let shape = w.func.ty == GgmlType::F16
             && hc == HC_FUSED
             && n_mix == (2 + hc) * hc
+            && self.opts_hc_step();
+        let cluster = hc_cluster_width(e).filter(|_| shape && self.opts_hc_cluster());
+        let fused = shape
             && e.is_multiple_of(HC_STEP_ALIGN)
             && e <= HC_STEP_MAXE
-            && n * 4 <= self.tickets.len
-            && self.opts_hc_step();
-        if (num.fast && n >= GEMM_ROWS) || !fused {
+            && n * 4 <= self.tickets.len;
+        if (num.fast && n >= GEMM_ROWS) || !(fused || cluster.is_some()) {
             self.op_hc_post(y, x_hc, mix, hc, out_hc)?;
             self.op_hc_pre(out_hc, w, cfg, h, mix, num)?;
             return self.op_rms_norm(h, Some(norm), e, cfg.rms_eps);
@@ -166,6 +182,9 @@ impl CudaBackend {
         check_hc_pre(w, cfg, h, mix, n)?;
         if w.func.cols != hc * e || norm.len() != e {
             return Err(err(format!("hc step of {out_hc:?} with `{}`", w.func.name)));
+        }
+        if let Some(cl) = cluster {
+            return self.hc_step_cl(y, x_hc, mix, out_hc, w, norm, cfg, h, cl);
         }
         let s = e / HC_STEP_COLS;
         let mark = self.arena.mark();
@@ -191,6 +210,43 @@ impl CudaBackend {
             self.hold_planes(h);
         }
         self.arena.release(mark);
+        Ok(())
+    }
+
+    /// `op_hc_post_pre`'s boundary as `hc_step_cl`: a cluster of `cl` blocks a row (shapes
+    /// checked by the caller).
+    #[allow(clippy::too_many_arguments)]
+    fn hc_step_cl(
+        &self,
+        y: &Tensor,
+        x_hc: &Tensor,
+        mix: &mut Tensor,
+        out_hc: &mut Tensor,
+        w: &HcWeights,
+        norm: &[f32],
+        cfg: &Config,
+        h: &mut Tensor,
+        cl: usize,
+    ) -> BResult<()> {
+        let (e, n) = (cfg.n_embd, y.rows);
+        let (yp, xp, mp, op, fw) = (dp(y)?, dp(x_hc)?, dp(mix)?, dp(out_hc)?, self.w(&w.func)?);
+        let (s3, base, np, hp) = (self.p(&w.scale)?, self.p(&w.base)?, self.p(norm)?, dp(h)?);
+        // A lone decode row also gets its 8-bit planes, as op_rms_norm gives it.
+        let planes = (n == 1).then(|| self.planes_to_write(hp, e, 1)).flatten();
+        let (q, qd) = planes.map_or((0, 0), |(q, d, _)| (q, d));
+        let (e_i, it, eps, reps) = (e as i32, cfg.sinkhorn_iters as i32, cfg.hc_eps, cfg.rms_eps);
+        self.launch_cluster(
+            "hc_step_cl",
+            (n as u32, cl as u32, 1),
+            (1, cl as u32, 1),
+            HC_CL_BLOCK as u32,
+            &mut kargs![
+                &yp, &xp, &mp, &e_i, &op, &fw, &s3, &base, &it, &eps, &reps, &np, &hp, &q, &qd
+            ],
+        )?;
+        if let Some((_, _, h)) = planes {
+            self.hold_planes(h);
+        }
         Ok(())
     }
 
