@@ -155,54 +155,78 @@ extern "C" __global__ void attn_combine(const float* part, const float* sinks, i
                                         int splits, float* out, const int* pos, RopeTab tab,
                                         i8* q, float* d, int gw) {
     grid_dep_sync();
-    // The slices' (m, l) and weights e^{m_s − M} once in shared memory, then each output value
-    // with all its slices' loads in flight together (a loop that loaded one slice's value per
-    // step waited on L2 once per slice: 12.6 µs a decode launch). Sums in slice order, as before.
-    __shared__ float msh[ATT_SPLITS_MAX], wsh[ATT_SPLITS_MAX], den_sh;
-    int t = blockIdx.x, h = blockIdx.y;
+    // Every load of the slices is issued before anything waits: each thread's values of its
+    // first two columns in the first ACB_SLICES slices together with the slices' (m, l) (a loop
+    // that loaded one slice's value per step waited on L2 once per slice: 12.6 µs a decode
+    // launch; values, then weights, then the head through global memory: ~9 µs). The weights
+    // e^{m_s − M} are a lane a slice; the head is formed, rotated back and quantised in shared
+    // memory and written once. Sums in slice order, as before.
+    __shared__ float msh[ATT_SPLITS_MAX], lsh[ATT_SPLITS_MAX], esh[ATT_SPLITS_MAX], den_sh;
+    __shared__ float hsh[ATT_HD_MAX];
+    int t = blockIdx.x, h = blockIdx.y, nt = blockDim.x;
     const float* pp = part + ((i64)t * nh + h) * splits * (hd + 2);
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+    const int n0 = 16;  // slices whose values are loaded with the weights
+    int c0 = threadIdx.x, c1 = threadIdx.x + nt;
+    float v0[n0], v1[n0];
+#pragma unroll
+    for (int j = 0; j < n0; j++) {
+        v0[j] = j < splits && c0 < hd ? pp[j * (hd + 2) + c0] : 0.0f;
+        v1[j] = j < splits && c1 < hd ? pp[j * (hd + 2) + c1] : 0.0f;
+    }
+    for (int s = threadIdx.x; s < splits; s += nt) {
         msh[s] = pp[s * (hd + 2) + hd];
-        wsh[s] = pp[s * (hd + 2) + hd + 1];
+        lsh[s] = pp[s * (hd + 2) + hd + 1];
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        float sink = sinks[h];
-        float mx = sink;
-        for (int s = 0; s < splits; s++) mx = fmaxf(mx, msh[s]);
-        float den = expf(sink - mx);
-        for (int s = 0; s < splits; s++) {
-            float ms = msh[s], e = ms > -DS4_INF ? expf(ms - mx) : 0.0f;
-            if (ms > -DS4_INF) den += wsh[s] * e;
-            wsh[s] = e;
+    if (threadIdx.x < 32) {
+        float sink = sinks[h], mx = sink;
+        for (int s = threadIdx.x; s < splits; s += 32) mx = fmaxf(mx, msh[s]);
+        mx = warp_max(mx);
+        for (int s = threadIdx.x; s < splits; s += 32) {
+            float ms = msh[s];
+            esh[s] = ms > -DS4_INF ? expf(ms - mx) : 0.0f;
         }
-        den_sh = den;
+        __syncwarp();
+        if (threadIdx.x == 0) {
+            float den = expf(sink - mx);
+            for (int s = 0; s < splits; s++)
+                if (msh[s] > -DS4_INF) den += lsh[s] * esh[s];
+            den_sh = den;
+        }
     }
     __syncthreads();
     float den = den_sh;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+    for (int c = threadIdx.x, i = 0; c < hd; c += nt, i++) {
         float a = 0.0f;
-        for (int s0 = 0; s0 < splits; s0 += 16) {
+        if (i < 2) {
+#pragma unroll
+            for (int j = 0; j < n0; j++)
+                if (j < splits && msh[j] > -DS4_INF) a += (i == 0 ? v0[j] : v1[j]) * esh[j];
+        } else {
+            for (int j = 0; j < n0 && j < splits; j++)
+                if (msh[j] > -DS4_INF) a += pp[j * (hd + 2) + c] * esh[j];
+        }
+        for (int s0 = n0; s0 < splits; s0 += 16) {
             float v[16];
 #pragma unroll
             for (int j = 0; j < 16; j++)
                 if (s0 + j < splits) v[j] = pp[(s0 + j) * (hd + 2) + c];
 #pragma unroll
             for (int j = 0; j < 16; j++)
-                if (s0 + j < splits && msh[s0 + j] > -DS4_INF) a += v[j] * wsh[s0 + j];
+                if (s0 + j < splits && msh[s0 + j] > -DS4_INF) a += v[j] * esh[s0 + j];
         }
-        out[((i64)t * nh + h) * hd + c] = a / den;
+        hsh[c] = a / den;
     }
-    // The head's values, written by other threads of this block, are visible after a barrier.
+    __syncthreads();
+    rope_head(hsh, hd, pos[t], tab, 1);
+    __syncthreads();
     float* head = out + ((i64)t * nh + h) * hd;
-    __syncthreads();
-    rope_head(head, hd, pos[t], tab, 1);
+    for (int c = threadIdx.x; c < hd; c += nt) head[c] = hsh[c];
     if (!q) return;
-    __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int b = warp; b < hd / 32; b += blockDim.x >> 5) {
+    for (int b = warp; b < hd / 32; b += nt >> 5) {
         int c = h * hd + b * 32, g = c / gw, cc = c - g * gw;
-        q8_store_lane(head[b * 32 + lane], q + (i64)g * 3 * gw + cc + lane, gw,
+        q8_store_lane(hsh[b * 32 + lane], q + (i64)g * 3 * gw + cc + lane, gw,
                       d + (i64)g * (gw / 32) + cc / 32);
     }
 }

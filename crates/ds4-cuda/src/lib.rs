@@ -400,7 +400,11 @@ impl CudaBackend {
         let src = timeline.as_ref().map_or(String::new(), |t| t.define()) + &nvrtc::source();
         let image = nvrtc::compile(&src, dev.cc)?;
         let smem = (dev.smem_optin - 8 * 1024).max(48 * 1024);
-        let clusters = if dev.cc.0 >= 9 { nvrtc::CLUSTER_KERNELS } else { &[] };
+        let clusters = if dev.cc.0 >= 9 {
+            nvrtc::CLUSTER_KERNELS
+        } else {
+            &[]
+        };
         let kernels: HashMap<&'static str, Kernel> =
             driver::load_module(&image, nvrtc::KERNELS, nvrtc::DYNAMIC_SMEM, smem, clusters)?
                 .into_iter()

@@ -19,6 +19,9 @@ use crate::CudaBackend;
 /// head-group blocks fill the device better for a handful of rows).
 const MMA_ROWS: usize = 8;
 
+/// The widest head the attention kernels hold (ATT_HD_MAX in kernels/attention.cu).
+const ATT_HD_MAX: usize = 512;
+
 impl CudaBackend {
     pub(crate) fn op_raw_push(
         &self,
@@ -61,6 +64,11 @@ impl CudaBackend {
         let (hd, nh, n) = (cfg.head_dim, cfg.n_head, rows.n());
         want(q, n, nh * hd, "attention q")?;
         want(out, n, nh * hd, "attention output")?;
+        if hd > ATT_HD_MAX {
+            return Err(err(format!(
+                "head dim {hd}: the attention kernels take at most {ATT_HD_MAX}"
+            )));
+        }
         let ds = dstate(st)?;
         let l = ds
             .layers
