@@ -792,7 +792,9 @@ __device__ __forceinline__ int mvn_job(const MvJobs& jobs, int b) {
     }
 
 // The weight chunks (16 Q8_0 weights each) a lane of mvp_q8_0 holds per segment.
+#ifndef MVP_SEG
 #define MVP_SEG 2
+#endif
 
 // One segment of a Q8_0 row for mvp_q8_0: lane chunks ss·32·MVP_SEG + 32j + lane, j < MVP_SEG.
 __device__ __forceinline__ void mvp_load(const DW& w, i64 grow, int ss, int4* wv, u16* sc) {
@@ -828,6 +830,11 @@ extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd
     u16 csc[MVP_SEG];
     if (r < w.rows) mvp_load(w, base + r, 0, cur, csc);
     grid_dep_sync();
+    // The activation group of the row, found again only when the warp moves to another row
+    // (and never for a plain product): an integer division a segment was ~10 % of the
+    // kernel's instructions, which issue on ~2/3 of its cycles (ncu, q_b).
+    bool grouped = rows_per_group < w.rows;
+    int g = grouped && r < w.rows ? r / rows_per_group : 0;
     float acc = 0.0f;
     while (r < w.rows) {
         int r2 = r, s2 = s + 1;
@@ -838,7 +845,6 @@ extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd
         int4 nxt[MVP_SEG];
         u16 nsc[MVP_SEG];
         if (r2 < w.rows) mvp_load(w, base + r2, s2, nxt, nsc);
-        int g = r / rows_per_group;
         const i8* xg = xq + (i64)g * 3 * cols;
         const float* dg = xd + (i64)g * (cols / 32);
 #pragma unroll
@@ -860,6 +866,7 @@ extern "C" __global__ void mvp_q8_0(DW w, int mat, const i8* xq, const float* xd
             cur[j] = nxt[j];
             csc[j] = nsc[j];
         }
+        if (grouped && r2 != r && r2 < w.rows) g = r2 / rows_per_group;
         r = r2;
         s = s2;
     }
