@@ -201,6 +201,16 @@ static inline unsigned __match_any_sync(unsigned, unsigned v) {
     return m;
 }
 
+// The lanes (of those that arrive together) whose predicate is true.
+static inline unsigned __ballot_sync(unsigned, int p) {
+    const uint64_t* row = emu_exchange(p != 0);
+    uint32_t live = emu_released[emu_cur->lin >> 5];
+    unsigned m = 0;
+    for (int l = 0; l < 32; l++)
+        if (((live >> l) & 1u) && row[l]) m |= 1u << l;
+    return m;
+}
+
 // Every lane's 64-bit value in one exchange (all[32], by lane): the emulated tensor-core
 // product (common.cuh's mma_16816) gathers its operand fragments with three of these instead
 // of 32 shuffles.

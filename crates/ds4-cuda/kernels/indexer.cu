@@ -157,6 +157,12 @@ __device__ int block_scan(int v, int* sh, int* total) {
     return x + (w > 0 ? sh[w - 1] : 0);
 }
 
+// Keys a top-k thread holds in registers (key i = tid + j·TOPK_THREADS, j < TOPK_KPT): up to
+// TOPK_THREADS·TOPK_KPT visible rows (64k tokens at ratio 4) the radix passes read no scores
+// again and the selection is written from bitmaps; beyond that the rest come from memory.
+#define TOPK_KPT 16
+#define TOPK_WORDS (TOPK_THREADS * TOPK_KPT / 32)
+
 // sel[t][0..k) = the selected compressed rows of row t. Grid (rows), TOPK_THREADS threads.
 extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos, int ratio,
                                     int k, int* sel) {
@@ -166,6 +172,7 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
     __shared__ u32 s_prefix;
     __shared__ int s_remaining;
     __shared__ int s_base;
+    __shared__ u32 gtm[TOPK_WORDS], eqm[TOPK_WORDS];
     int t = blockIdx.x, tid = threadIdx.x;
     int nv = (pos[t] + 1) / ratio;
     const float* sc = scores + (i64)t * cap;
@@ -173,6 +180,12 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
     if (nv <= k) {
         for (int i = tid; i < k; i += TOPK_THREADS) out[i] = i < nv ? i : -1;
         return;
+    }
+    u32 kr[TOPK_KPT];
+#pragma unroll
+    for (int j = 0; j < TOPK_KPT; j++) {
+        int i = tid + j * TOPK_THREADS;
+        kr[j] = i < nv ? f32_key(sc[i]) : 0u;
     }
     if (tid == 0) {
         s_prefix = 0;
@@ -184,7 +197,13 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
         __syncthreads();
         u32 prefix = s_prefix;
         u32 hmask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-        for (int i = tid; i < nv; i += TOPK_THREADS) {
+#pragma unroll
+        for (int j = 0; j < TOPK_KPT; j++) {
+            u32 key = kr[j];
+            if (tid + j * TOPK_THREADS < nv && (key & hmask) == (prefix & hmask))
+                atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        for (int i = tid + TOPK_KPT * TOPK_THREADS; i < nv; i += TOPK_THREADS) {
             u32 key = f32_key(sc[i]);
             if ((key & hmask) == (prefix & hmask)) atomicAdd(&hist[(key >> shift) & 255u], 1);
         }
@@ -217,6 +236,37 @@ extern "C" __global__ void idx_topk(const float* scores, int cap, const int* pos
     }
     u32 thr = s_prefix;
     int take_eq = s_remaining;  // keys equal to thr to take, lowest index first
+    if (nv <= TOPK_THREADS * TOPK_KPT) {
+        // The keys above and at the threshold as bitmaps (a ballot a warp and register), then
+        // each word's 32 rows by one thread: a scan of its (above, equal) counts, packed in one
+        // int, gives where its rows go and how many of its equal keys are still to take.
+        int lane = tid & 31, warp = tid >> 5, words = (nv + 31) / 32;
+#pragma unroll
+        for (int j = 0; j < TOPK_KPT; j++) {
+            int i = tid + j * TOPK_THREADS;
+            u32 gt = __ballot_sync(FULL_MASK, i < nv && kr[j] > thr);
+            u32 eq = __ballot_sync(FULL_MASK, i < nv && kr[j] == thr);
+            if (lane == 0) {
+                gtm[j * (TOPK_THREADS / 32) + warp] = gt;
+                eqm[j * (TOPK_THREADS / 32) + warp] = eq;
+            }
+        }
+        __syncthreads();
+        u32 g = tid < words ? gtm[tid] : 0u, e = tid < words ? eqm[tid] : 0u;
+        int packed = (__popc(g) << 16) | __popc(e), total;
+        int excl = block_scan(packed, scan, &total) - packed;
+        int gt_before = excl >> 16, eq_before = excl & 0xffff;
+        int want = min(max(take_eq - eq_before, 0), __popc(e));
+        u32 take = g;
+        for (u32 m = e; want > 0; want--) {
+            u32 b = m & (0u - m);  // the lowest equal key left
+            take |= b;
+            m ^= b;
+        }
+        int o = gt_before + min(eq_before, take_eq);
+        for (u32 m = take; m; m &= m - 1) out[o++] = tid * 32 + __ffs((int)m) - 1;
+        return;
+    }
     if (tid == 0) s_base = 0;
     int eq_before = 0;
     for (int c0 = 0; c0 < nv; c0 += TOPK_THREADS) {
